@@ -1,0 +1,69 @@
+"""ppl_lvm: latent variable models as plain Python, fitted by exact EM, SVI or importance-weighted bounds.
+
+>>> import ppl_lvm as lvm
+>>> from ppl_lvm import dist, constraints
+"""
+
+from __future__ import annotations
+
+import pyro.distributions as dist
+from pyro.distributions import constraints
+
+from . import backends
+from .api import infer, methods
+from .errors import (
+    ConvergenceWarning,
+    DataError,
+    DataWarning,
+    FitError,
+    InferenceWarning,
+    ModelCheckError,
+    ModelDefinitionError,
+    PplLvmError,
+    PplLvmWarning,
+    UnsupportedModelError,
+)
+from .fit import FitOptions, linear_warmup
+from .guides import AmortizedNormal, MeanFieldNormal
+from .io import load
+from .model import Guide, Model, ModelStructure, guide, model
+from .primitives import deterministic, latent, markov, module, observe, param, plate
+from .result import Result
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AmortizedNormal",
+    "ConvergenceWarning",
+    "DataError",
+    "DataWarning",
+    "FitError",
+    "FitOptions",
+    "Guide",
+    "InferenceWarning",
+    "MeanFieldNormal",
+    "Model",
+    "ModelCheckError",
+    "ModelDefinitionError",
+    "ModelStructure",
+    "PplLvmError",
+    "PplLvmWarning",
+    "Result",
+    "UnsupportedModelError",
+    "backends",
+    "constraints",
+    "deterministic",
+    "dist",
+    "guide",
+    "infer",
+    "latent",
+    "linear_warmup",
+    "load",
+    "markov",
+    "methods",
+    "model",
+    "module",
+    "observe",
+    "param",
+    "plate",
+]

@@ -1,0 +1,42 @@
+"""``method="svi"``: stochastic variational inference with ``Trace_ELBO``.
+
+Discrete latent sites that the guide does not sample are summed out exactly with ``TraceEnum_ELBO`` (Pyro's
+``Trace_ELBO`` would instead draw them from the prior and optimise the wrong objective).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyro.poutine as poutine
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO
+
+from ..fit import FitOptions
+from .base import Problem, VariationalBackend, VIPlan, enumerating
+
+
+def discrete_not_in_guide(problem: Problem, guide_trace: poutine.Trace) -> list[str]:
+    sampled = {n for n, node in guide_trace.nodes.items() if node["type"] == "sample"}
+    return [s.name for s in problem.structure.discrete_latents if s.name not in sampled]
+
+
+class SVIBackend(VariationalBackend):
+    name = "svi"
+    default_guide = None
+
+    def plan(self, problem: Problem, loop: FitOptions, method: dict, guide: Any, guide_name: str,
+             guide_trace: poutine.Trace) -> VIPlan:
+        enumerated = discrete_not_in_guide(problem, guide_trace)
+        nesting = problem.structure.max_plate_nesting
+        common = dict(num_particles=loop.num_particles, vectorize_particles=loop.vectorize_particles,
+                      max_plate_nesting=nesting)
+        if enumerated:
+            elbo = TraceEnum_ELBO(strict_enumeration_warning=False, **common)
+            model = enumerating(problem.model, enumerated)
+        else:
+            elbo = Trace_ELBO(**common)
+            model = problem.model
+        return VIPlan(elbo, model, guide, guide_name, enumerated)
+
+
+SVI = SVIBackend()

@@ -1,0 +1,122 @@
+"""Data in, once: conversion of tensors, arrays, pandas objects and dicts to the model's arguments, and checks.
+
+Continuous data become the torch default dtype, integer data stay ``long`` (the model's prototype run later tells
+which integer arrays feed a continuous likelihood; :func:`ppl_lvm.infer` converts those with a warning). NaN and
+infinite values are refused with their count and first positions. Index and column labels of pandas objects are
+kept for the ArviZ export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import DataError
+
+__all__ = ["BoundData", "bind_data", "to_tensor"]
+
+
+@dataclass
+class BoundData:
+    """The model's arguments after conversion, plus the labels they came with."""
+
+    args: tuple
+    kwargs: dict[str, Any]
+    #: argument name -> {"index": [...], "columns": [...]} for pandas inputs
+    coords: dict[str, dict[str, list]] = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.kwargs.items() if isinstance(v, torch.Tensor)}
+
+
+def _labels(obj: Any) -> dict[str, list]:
+    labels: dict[str, list] = {}
+    index = getattr(obj, "index", None)
+    if index is not None:
+        labels["index"] = [str(i) for i in index]
+    columns = getattr(obj, "columns", None)
+    if columns is not None:
+        labels["columns"] = [str(c) for c in columns]
+    return labels
+
+
+def to_tensor(value: Any, name: str) -> torch.Tensor:
+    """Convert one data value; refuse what cannot be a numeric tensor."""
+    if isinstance(value, torch.Tensor):
+        tensor = value
+    else:
+        if hasattr(value, "to_numpy"):  # pandas Series / DataFrame
+            value = value.to_numpy()
+        try:
+            array = np.asarray(value)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not array-like"
+            raise DataError(f"data '{name}' cannot be converted to an array: {exc}") from exc
+        if array.dtype == object or array.dtype.kind in "USMmV":
+            raise DataError(
+                f"data '{name}' has non-numeric dtype {array.dtype}; select numeric columns or encode "
+                "categories as integers"
+            )
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.dtype == torch.bool:
+        tensor = tensor.to(torch.long)
+    if tensor.is_floating_point():
+        tensor = tensor.to(torch.get_default_dtype())
+        bad = ~torch.isfinite(tensor)
+        if bool(bad.any()):
+            n_nan = int(torch.isnan(tensor).sum())
+            n_inf = int(bad.sum()) - n_nan
+            positions = [tuple(int(i) for i in p) for p in bad.nonzero()[:5]]
+            shown = ", ".join(str(list(p)) for p in positions)
+            raise DataError(
+                f"data '{name}' contains {n_nan} NaN and {n_inf} infinite value(s) (first at {shown}); "
+                "drop or impute those entries before fitting"
+            )
+    elif tensor.is_complex():
+        raise DataError(f"data '{name}' is complex; ppl_lvm fits real-valued data")
+    else:
+        tensor = tensor.to(torch.long)
+    return tensor
+
+
+def _convert(value: Any, name: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)) or hasattr(value, "to_numpy"):
+        return to_tensor(value, name)
+    return value  # anything else (a module, a callable) is passed through untouched
+
+
+def bind_data(model: Any, data: Any) -> BoundData:
+    """Map ``data`` onto the model's arguments.
+
+    A dict binds by argument name; a tuple binds positionally; anything else binds to the first argument.
+    """
+    names = list(model.signature.parameters)
+    if data is None:
+        return BoundData((), {})
+    if isinstance(data, dict):
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise DataError(
+                f"data has key(s) {unknown} that are not arguments of {model.__name__}(); "
+                f"its arguments are {names}"
+            )
+        items = dict(data)
+    elif isinstance(data, tuple):
+        if len(data) > len(names):
+            raise DataError(f"{model.__name__}() takes {len(names)} arguments, data has {len(data)}")
+        items = dict(zip(names, data, strict=False))
+    else:
+        if not names:
+            raise DataError(f"{model.__name__}() takes no arguments, so it cannot be given data")
+        items = {names[0]: data}
+    kwargs: dict[str, Any] = {}
+    coords: dict[str, dict[str, list]] = {}
+    for key, value in items.items():
+        if hasattr(value, "to_numpy"):
+            coords[key] = _labels(value)
+        kwargs[key] = _convert(value, key)
+    return BoundData((), kwargs, coords)

@@ -1,0 +1,522 @@
+"""Exact EM for hidden Markov models: forward-backward, Viterbi, M-steps, loop.
+
+Data layout follows hmmlearn: all sequences concatenated along the first axis
+plus ``lengths``.  Internally sequences are padded to a (B, T, K) batch; padded
+steps get log-emission 0, so they multiply the forward messages by a
+row-stochastic matrix and leave every likelihood unchanged.
+
+Forward-backward is computed in log space by a two-level ("chunked") scan: the
+time axis is cut into chunks of length ``C ~ sqrt(T)``; products of the
+per-step transfer matrices inside every chunk are formed for all chunks at
+once (C sequential steps), then messages are passed between chunk boundaries
+(T / C sequential steps) and finally expanded to every time step in one
+batched operation.  That turns T ~ 1000 tiny sequential torch ops into ~2
+sqrt(T) larger ones, which is what makes a pure-torch implementation
+competitive with hmmlearn's C loop.  A plain time loop is kept for state
+spaces too large for the (B, T, K, K) transfer tensors.
+
+Parameter dict: ``"startprob"`` (K,) is the distribution of the *first hidden
+state* (hmmlearn's ``startprob_``), ``"transmat"`` (K, K) with rows summing to
+1, plus the emission family's entries.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._mixture import EMDegeneracyWarning, EmissionFamily
+
+__all__ = [
+    "HMMEStep",
+    "HMMFitResult",
+    "fit_hmm",
+    "forward_backward",
+    "hmm_e_step",
+    "hmm_log_likelihood",
+    "hmm_n_parameters",
+    "transitions_m_step",
+    "viterbi",
+]
+
+Params = dict[str, torch.Tensor]
+
+# Chunked scan memory cap for its (B, T, K, K) tensors (a few are alive at once).
+_MAX_CHUNK_BYTES = 256 * 2**20
+
+
+# --------------------------------------------------------------------------- layout
+
+
+class _Layout:
+    """Index maps between the concatenated (N, K) layout and the padded batch."""
+
+    def __init__(self, lengths: Sequence[int], n_total: int, chunk: int | None = None) -> None:
+        lengths_t = torch.as_tensor(list(lengths), dtype=torch.long)
+        if lengths_t.ndim != 1 or lengths_t.numel() == 0:
+            raise ValueError("lengths must be a non-empty 1-D sequence of ints")
+        if bool((lengths_t <= 0).any()):
+            raise ValueError("every sequence must have length >= 1")
+        if int(lengths_t.sum()) != n_total:
+            raise ValueError(f"sum(lengths)={int(lengths_t.sum())} != number of rows {n_total}")
+        self.lengths = lengths_t
+        self.n_seq = lengths_t.numel()
+        t_max = int(lengths_t.max())
+        if chunk is None:
+            chunk = max(1, int(math.ceil(math.sqrt(t_max))))
+        self.chunk = chunk
+        self.n_chunks = -(-t_max // chunk)
+        self.t_pad = self.n_chunks * chunk
+        starts = torch.cumsum(lengths_t, 0) - lengths_t
+        seq_id = torch.repeat_interleave(torch.arange(self.n_seq), lengths_t)
+        time = torch.arange(n_total) - starts[seq_id]
+        # Flat position in the padded (B * T_pad) layout of every observation.
+        self.pad_index = seq_id * self.t_pad + time
+        # Transitions t -> t+1 that lie inside a sequence, in (B * (T_pad-1)) layout.
+        inner = time < (lengths_t[seq_id] - 1)
+        self.trans_index = (seq_id * (self.t_pad - 1) + time)[inner]
+        self.first_index = starts
+        self.last_pad = torch.arange(self.n_seq) * self.t_pad + lengths_t - 1
+
+    def pad(self, values: torch.Tensor) -> torch.Tensor:
+        """(N, K) -> (B, T_pad, K), zeros in the padding."""
+        k = values.shape[1]
+        out = values.new_zeros((self.n_seq * self.t_pad, k))
+        out.index_copy_(0, self.pad_index, values)
+        return out.view(self.n_seq, self.t_pad, k)
+
+    def unpad(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, T_pad, K) -> (N, K)."""
+        return values.reshape(-1, values.shape[-1]).index_select(0, self.pad_index)
+
+
+def _layout(n_total: int, lengths: Sequence[int] | None, chunk: int | None = None) -> _Layout:
+    return _Layout([n_total] if lengths is None else lengths, n_total, chunk)
+
+
+# --------------------------------------------------------------------------- log-space helpers
+
+
+def _log_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``log(exp(a) @ exp(b))`` over the last two axes, exact (no underflow)."""
+    return torch.logsumexp(a.unsqueeze(-1) + b.unsqueeze(-3), dim=-2)
+
+
+def _log_vecmat(v: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``log(exp(v) @ exp(m))`` for a batch of row vectors."""
+    return torch.logsumexp(v.unsqueeze(-1) + m, dim=-2)
+
+
+def _log_matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``log(exp(m) @ exp(v))`` for a batch of column vectors."""
+    return torch.logsumexp(m + v.unsqueeze(-2), dim=-1)
+
+
+def _safe_log(p: torch.Tensor) -> torch.Tensor:
+    # log(0) = -inf is intended (structural zeros in startprob / transmat).
+    return torch.log(p)
+
+
+# --------------------------------------------------------------------------- forward-backward
+
+
+def _forward_backward_loop(
+    log_start: torch.Tensor, log_trans: torch.Tensor, emis: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference log-space forward-backward, one time step at a time.
+
+    Parameters
+    ----------
+    emis : (B, T, K) padded log emissions.
+
+    Returns
+    -------
+    alpha, beta : (B, T, K)
+    """
+    b, t_len, k = emis.shape
+    alpha = torch.empty_like(emis)
+    beta = torch.empty_like(emis)
+    alpha[:, 0] = log_start + emis[:, 0]
+    for t in range(1, t_len):
+        alpha[:, t] = _log_vecmat(alpha[:, t - 1], log_trans) + emis[:, t]
+    beta[:, -1] = 0.0
+    for t in range(t_len - 2, -1, -1):
+        beta[:, t] = _log_matvec(log_trans, emis[:, t + 1] + beta[:, t + 1])
+    return alpha, beta
+
+
+def _forward_backward_chunked(
+    log_start: torch.Tensor, log_trans: torch.Tensor, emis: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-level scan version of :func:`_forward_backward_loop` (same output)."""
+    b, t_pad, k = emis.shape
+    n_chunks = t_pad // chunk
+    # Transfer matrices M_t[i, j] = log A_ij + log p(x_t | j); M_0 has every row
+    # equal to log pi + log p(x_0 | .), so a uniform "state before t=0" works.
+    trans = log_trans + emis.unsqueeze(2)  # (B, T, K, K)
+    trans[:, 0] = (log_start + emis[:, 0]).unsqueeze(1)
+    trans = trans.view(b, n_chunks, chunk, k, k)
+
+    # Within-chunk prefix products Q_s = M_0 ... M_s (all chunks at once).
+    prefix = torch.empty_like(trans)
+    prefix[:, :, 0] = trans[:, :, 0]
+    for s in range(1, chunk):
+        prefix[:, :, s] = _log_matmul(prefix[:, :, s - 1], trans[:, :, s])
+    full = prefix[:, :, -1]  # (B, nC, K, K) product over each whole chunk
+
+    # Forward messages entering each chunk.
+    enter = emis.new_empty((b, n_chunks, k))
+    enter[:, 0] = -math.log(k)
+    for c in range(1, n_chunks):
+        enter[:, c] = _log_vecmat(enter[:, c - 1], full[:, c - 1])
+    alpha = torch.logsumexp(enter.unsqueeze(2).unsqueeze(-1) + prefix, dim=-2)
+
+    # Within-chunk suffix products S_s = M_{s+1} ... M_{C-1} (S_{C-1} = I).
+    beta = torch.empty_like(alpha)
+    leave = emis.new_empty((b, n_chunks, k))
+    leave[:, -1] = 0.0
+    for c in range(n_chunks - 1, 0, -1):
+        leave[:, c - 1] = _log_matvec(full[:, c], leave[:, c])
+    beta[:, :, -1] = leave
+    if chunk > 1:
+        suffix = torch.empty_like(trans[:, :, 1:])  # index s for s = 0..C-2
+        suffix[:, :, -1] = trans[:, :, -1]
+        for s in range(chunk - 3, -1, -1):
+            suffix[:, :, s] = _log_matmul(trans[:, :, s + 1], suffix[:, :, s + 1])
+        beta[:, :, :-1] = torch.logsumexp(suffix + leave.unsqueeze(2).unsqueeze(3), dim=-1)
+    return alpha.view(b, t_pad, k), beta.view(b, t_pad, k)
+
+
+def forward_backward(
+    log_startprob: torch.Tensor,
+    log_transmat: torch.Tensor,
+    log_emission_padded: torch.Tensor,
+    *,
+    method: str = "auto",
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-space forward and backward messages for a padded batch.
+
+    Parameters
+    ----------
+    log_startprob : (K,)
+    log_transmat : (K, K)
+    log_emission_padded : (B, T, K)
+        Padding must be 0 (log 1) after each sequence's end.
+    method : {"auto", "chunked", "loop"}
+    chunk : int, optional
+        Chunk length for the chunked scan (default ``ceil(sqrt(T))``);
+        ``T`` must be a multiple of it.
+
+    Returns
+    -------
+    log_alpha, log_beta : (B, T, K)
+        ``log p(x_0..x_t, z_t)`` and ``log p(x_{t+1}.. | z_t)``.
+    """
+    b, t_len, k = log_emission_padded.shape
+    if method == "auto":
+        nbytes = 4 * b * t_len * k * k * log_emission_padded.element_size()
+        method = "chunked" if nbytes <= _MAX_CHUNK_BYTES and t_len > 1 else "loop"
+    if method == "loop":
+        return _forward_backward_loop(log_startprob, log_transmat, log_emission_padded)
+    if chunk is None:
+        chunk = max(1, int(math.ceil(math.sqrt(t_len))))
+    if t_len % chunk:
+        extra = chunk - t_len % chunk
+        padded = torch.nn.functional.pad(log_emission_padded, (0, 0, 0, extra))
+        alpha, beta = _forward_backward_chunked(log_startprob, log_transmat, padded, chunk)
+        return alpha[:, :t_len], beta[:, :t_len]
+    return _forward_backward_chunked(log_startprob, log_transmat, log_emission_padded, chunk)
+
+
+@dataclass
+class HMMEStep:
+    """Sufficient statistics of one E-step.
+
+    Attributes
+    ----------
+    log_likelihood : (B,) exact log p(sequence) per sequence
+    gamma : (N, K) state posteriors, concatenated layout
+    xi_sum : (K, K) expected transition counts summed over sequences and time
+    start_sum : (K,) posteriors of the first state summed over sequences
+    """
+
+    log_likelihood: torch.Tensor
+    gamma: torch.Tensor
+    xi_sum: torch.Tensor
+    start_sum: torch.Tensor
+
+
+def hmm_e_step(
+    log_emission: torch.Tensor,
+    lengths: Sequence[int] | None,
+    startprob: torch.Tensor,
+    transmat: torch.Tensor,
+    *,
+    method: str = "auto",
+    layout: _Layout | None = None,
+) -> HMMEStep:
+    """Forward-backward over several sequences.
+
+    Parameters
+    ----------
+    log_emission : torch.Tensor, shape (N, K)
+        ``log p(x_t | z_t = k)`` for all sequences concatenated.
+    lengths : sequence of int, optional
+        Sequence lengths (hmmlearn convention); ``None`` = one sequence.
+    startprob : (K,) first-state distribution; transmat : (K, K).
+    method : {"auto", "chunked", "loop"}
+
+    Returns
+    -------
+    HMMEStep
+    """
+    if layout is None:
+        layout = _layout(log_emission.shape[0], lengths)
+    dtype = log_emission.dtype
+    log_start = _safe_log(startprob.to(dtype))
+    log_trans = _safe_log(transmat.to(dtype))
+    emis = layout.pad(log_emission)
+    alpha, beta = forward_backward(
+        log_start, log_trans, emis, method=method, chunk=layout.chunk
+    )
+    b, t_pad, k = emis.shape
+    # Padding multiplies by stochastic matrices, so the last padded step holds
+    # the full likelihood; read it at each sequence's true end anyway to avoid
+    # accumulating rounding through the padding.
+    last_alpha = alpha.reshape(-1, k).index_select(0, layout.last_pad)
+    log_lik = torch.logsumexp(last_alpha, dim=-1)
+
+    log_gamma = layout.unpad(alpha + beta)
+    # Normalise per frame (as hmmlearn does) rather than subtracting log_lik:
+    # identical in exact arithmetic, more robust in floating point.
+    log_gamma -= torch.logsumexp(log_gamma, dim=-1, keepdim=True)
+    gamma = log_gamma.exp_()
+
+    if t_pad > 1 and layout.trans_index.numel():
+        seq_ll = log_lik.repeat_interleave(t_pad - 1)
+        a_prev = alpha[:, :-1].reshape(-1, k).index_select(0, layout.trans_index)
+        eb_next = (emis[:, 1:] + beta[:, 1:]).reshape(-1, k).index_select(0, layout.trans_index)
+        ll_t = seq_ll.index_select(0, layout.trans_index)
+        log_xi = (a_prev - ll_t.unsqueeze(1)).unsqueeze(2) + log_trans + eb_next.unsqueeze(1)
+        xi_sum = log_xi.exp_().sum(0)
+    else:
+        xi_sum = emis.new_zeros((k, k))
+    start_sum = gamma.index_select(0, layout.first_index).sum(0)
+    return HMMEStep(log_lik, gamma, xi_sum, start_sum)
+
+
+def hmm_log_likelihood(
+    log_emission: torch.Tensor,
+    lengths: Sequence[int] | None,
+    startprob: torch.Tensor,
+    transmat: torch.Tensor,
+) -> torch.Tensor:
+    """Exact log-likelihood per sequence, shape (B,) (forward pass only)."""
+    layout = _layout(log_emission.shape[0], lengths)
+    emis = layout.pad(log_emission)
+    alpha, _ = forward_backward(
+        _safe_log(startprob.to(emis.dtype)),
+        _safe_log(transmat.to(emis.dtype)),
+        emis,
+        chunk=layout.chunk,
+    )
+    last = alpha.reshape(-1, emis.shape[-1]).index_select(0, layout.last_pad)
+    return torch.logsumexp(last, dim=-1)
+
+
+# --------------------------------------------------------------------------- Viterbi
+
+
+def viterbi(
+    log_emission: torch.Tensor,
+    lengths: Sequence[int] | None,
+    startprob: torch.Tensor,
+    transmat: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Most probable state path (max-product), ties broken as hmmlearn.
+
+    hmmlearn's traceback takes, at each step, the *first* state maximising
+    ``lattice[t, i] + log A[i, z_{t+1}]``; ``torch.argmax`` also returns the
+    first maximiser, and the lattice is built with the same arithmetic, so the
+    paths coincide.
+
+    Returns
+    -------
+    log_prob : (B,) log-probability of the best path of each sequence
+    states : (N,) int64, concatenated layout
+    """
+    layout = _layout(log_emission.shape[0], lengths, chunk=1)
+    dtype = log_emission.dtype
+    log_start = _safe_log(startprob.to(dtype))
+    log_trans = _safe_log(transmat.to(dtype))
+    emis = layout.pad(log_emission)
+    b, t_pad, k = emis.shape
+    lattice = torch.empty_like(emis)
+    lattice[:, 0] = log_start + emis[:, 0]
+    for t in range(1, t_pad):
+        lattice[:, t] = (lattice[:, t - 1].unsqueeze(2) + log_trans).amax(dim=1) + emis[:, t]
+    last = lattice.reshape(-1, k).index_select(0, layout.last_pad)
+    log_prob, current = last.max(dim=1)
+    current = last.argmax(dim=1)
+    path = torch.empty((b, t_pad), dtype=torch.long)
+    end = layout.lengths - 1
+    path[torch.arange(b), end] = current
+    trans_t = log_trans.T.contiguous()  # row j = log A[:, j]
+    for t in range(t_pad - 2, -1, -1):
+        cand = (lattice[:, t] + trans_t.index_select(0, current)).argmax(dim=1)
+        current = torch.where(t < end, cand, current)
+        path[:, t] = current
+    states = path.reshape(-1).index_select(0, layout.pad_index)
+    return log_prob, states
+
+
+# --------------------------------------------------------------------------- M-step
+
+
+def transitions_m_step(
+    start_sum: torch.Tensor,
+    xi_sum: torch.Tensor,
+    previous: Params | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form start-probability and transition-matrix updates.
+
+    Rows of ``xi_sum`` with no expected transitions keep their previous values
+    (hmmlearn would leave a zero row) and raise :class:`EMDegeneracyWarning`.
+
+    Returns
+    -------
+    startprob : (K,), transmat : (K, K)
+    """
+    startprob = start_sum / start_sum.sum()
+    row = xi_sum.sum(1, keepdim=True)
+    empty = (row <= 0).squeeze(1)
+    transmat = xi_sum / torch.where(row > 0, row, torch.ones_like(row))
+    if bool(empty.any()):
+        k = xi_sum.shape[0]
+        prev = None if previous is None else previous.get("transmat")
+        transmat = transmat.clone()
+        fallback = (
+            prev.to(transmat.dtype)
+            if prev is not None
+            else torch.full((k, k), 1.0 / k, dtype=transmat.dtype)
+        )
+        transmat[empty] = fallback[empty]
+        # A sequence set made only of length-1 sequences has no transitions at
+        # all: that is expected, not degenerate.
+        if bool((row > 0).any()):
+            warnings.warn(
+                f"{int(empty.sum())} states have no expected outgoing transitions; "
+                "keeping their previous transition rows",
+                EMDegeneracyWarning,
+                stacklevel=2,
+            )
+    return startprob, transmat
+
+
+def hmm_n_parameters(family: EmissionFamily, params: Params) -> int:
+    """Free parameters: emissions + (K - 1) start + K (K - 1) transitions (hmmlearn)."""
+    k = int(params["transmat"].shape[0])
+    return int(family.n_parameters(params)) + (k - 1) + k * (k - 1)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+@dataclass
+class HMMFitResult:
+    """Outcome of :func:`fit_hmm`.
+
+    Attributes
+    ----------
+    params : dict of torch.Tensor
+        Final parameters (after the last M-step).
+    history : list of float
+        Total log-likelihood (summed over sequences) of each iteration's
+        E-step, i.e. hmmlearn's ``monitor_.history``.
+    converged : bool
+    n_iter : int
+    """
+
+    params: Params
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+
+
+def fit_hmm(
+    X: Any,
+    lengths: Sequence[int] | None,
+    family: EmissionFamily,
+    init_params: Params,
+    max_iter: int = 100,
+    tol: float = 1e-2,
+    reg: float | None = None,
+    *,
+    cache: dict | None = None,
+    method: str = "auto",
+    callback: Any = None,
+) -> HMMFitResult:
+    """Fit an HMM by exact EM (Baum-Welch).
+
+    Parameters
+    ----------
+    X : array-like
+        All sequences concatenated, in the family's data format.
+    lengths : sequence of int, optional
+        Sequence lengths; ``None`` = a single sequence.
+    family : EmissionFamily
+    init_params : dict
+        ``"startprob"`` (K,), ``"transmat"`` (K, K) and the family's parameters.
+    max_iter : int, default 100
+    tol : float, default 1e-2
+        hmmlearn's criterion: stop when the total log-likelihood improves by
+        less than ``tol`` (signed, so a decrease also stops).
+    reg : float, optional
+        Family regularisation (default ``family.default_reg``).  Use 0 with
+        hmmlearn's ``covars_prior=0`` for identical numbers.
+    method : {"auto", "chunked", "loop"}
+        Forward-backward implementation.
+    callback : callable, optional
+        ``callback(n_iter, log_likelihood, params)``; returning True stops.
+
+    Returns
+    -------
+    HMMFitResult
+    """
+    if reg is None:
+        reg = family.default_reg
+    if cache is None:
+        cache = family.precompute(X)
+    params = family.complete_params(dict(init_params))
+    dtype = next(v.dtype for v in params.values() if v.is_floating_point())
+    params["startprob"] = torch.as_tensor(params["startprob"], dtype=dtype)
+    params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
+    n_total = int(cache["n"])
+    layout = _layout(n_total, lengths)
+    result = HMMFitResult(params=params)
+    for n_iter in range(1, max_iter + 1):
+        log_em = family.log_prob(X, params, cache=cache)
+        stats = hmm_e_step(
+            log_em, None, params["startprob"], params["transmat"], method=method, layout=layout
+        )
+        total = float(stats.log_likelihood.sum())
+        new = family.m_step(X, stats.gamma, params, reg, cache=cache)
+        new["startprob"], new["transmat"] = transitions_m_step(
+            stats.start_sum, stats.xi_sum, params
+        )
+        params = new
+        result.history.append(total)
+        result.n_iter = n_iter
+        if callback is not None and callback(n_iter, total, params):
+            break
+        if len(result.history) >= 2 and result.history[-1] - result.history[-2] < tol:
+            result.converged = True
+            break
+    result.params = params
+    return result

@@ -1,0 +1,302 @@
+"""The one optimisation loop behind every gradient-based backend.
+
+It owns what every fit needs and no backend should write again: seeding, the optimiser, minibatches with correct
+likelihood scaling, a KL weight schedule, a smoothed loss with patience (early stop), the progress bar, callbacks,
+NaN detection that keeps the best parameters, and Ctrl-C that returns what was reached.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.optim
+import pyro.poutine as poutine
+import torch
+
+from .errors import ConvergenceWarning, FitError, PplLvmWarning
+from .runtime import FitContext, fit_scope
+
+__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS"]
+
+OPTIMIZERS = {
+    "adam": pyro.optim.Adam,
+    "clippedadam": pyro.optim.ClippedAdam,
+    "adamw": pyro.optim.AdamW,
+    "sgd": pyro.optim.SGD,
+    "rmsprop": pyro.optim.RMSprop,
+    "adagrad": pyro.optim.Adagrad,
+}
+
+
+@dataclass
+class FitOptions:
+    """Options of the optimisation loop (shared by ``svi``, ``meanfield``, ``iwae`` and ``renyi``).
+
+    Parameters
+    ----------
+    steps : int
+        Maximum number of optimisation steps.
+    lr : float
+        Learning rate of the optimiser.
+    optimizer : str
+        One of ``adam`` (default), ``clippedadam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad``.
+    optim_args : dict
+        Further keyword arguments of the optimiser (e.g. ``{"betas": (0.9, 0.99)}``).
+    clip_norm : float, optional
+        Clip each parameter's gradient norm to this value.
+    num_particles : int
+        Monte Carlo particles per step (for ``iwae``/``renyi`` the number of importance samples K).
+    vectorize_particles : bool
+        Draw the particles in one vectorised pass.
+    batch_size : int, optional
+        Minibatch size over the data plate; the likelihood is scaled by N / batch_size.
+    tol, patience : float, int
+        Early stop when the smoothed loss has not improved by ``tol`` (relative) for ``patience`` steps.
+        ``patience=None`` runs every step and only reports whether the criterion held.
+    smoothing : int
+        Window (in steps) of the exponential moving average of the loss.
+    beta : float or callable
+        Weight of the KL term on continuous latents: a constant (beta-VAE) or ``beta(step) -> float``
+        (warm-up, e.g. :func:`ppl_lvm.linear_warmup`).
+    callbacks : sequence of callables
+        ``callback(state)`` after each step; return ``True`` to stop.
+    progress : bool, optional
+        Show a progress bar; default: only when stderr is a terminal.
+    device : str or torch.device, optional
+        Device for the data and the tensors the model creates.
+    seed : int
+        Seed of Pyro's, torch's and numpy's generators and of the minibatch order.
+    """
+
+    steps: int = 1000
+    lr: float = 0.01
+    optimizer: str = "adam"
+    optim_args: dict = field(default_factory=dict)
+    clip_norm: float | None = None
+    num_particles: int = 1
+    vectorize_particles: bool = True
+    batch_size: int | None = None
+    tol: float = 1e-4
+    patience: int | None = None
+    smoothing: int = 50
+    beta: float | Callable[[int], float] = 1.0
+    callbacks: Sequence[Callable] = ()
+    progress: bool | None = None
+    device: str | torch.device | None = None
+    seed: int = 0
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def validate(self) -> None:
+        def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
+            if value is None and allow_none:
+                return
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+        positive_int("steps", self.steps)
+        positive_int("num_particles", self.num_particles)
+        positive_int("smoothing", self.smoothing)
+        positive_int("batch_size", self.batch_size, allow_none=True)
+        positive_int("patience", self.patience, allow_none=True)
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not isinstance(self.tol, (int, float)) or self.tol < 0:
+            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        if self.clip_norm is not None and (not isinstance(self.clip_norm, (int, float)) or self.clip_norm <= 0):
+            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm!r}")
+        if self.optimizer.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
+        if not callable(self.beta) and (not isinstance(self.beta, (int, float)) or self.beta < 0):
+            raise ValueError(f"beta must be a number >= 0 or a function of the step, got {self.beta!r}")
+        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        for cb in self.callbacks:
+            if not callable(cb):
+                raise ValueError(f"callbacks must be callables, got {cb!r}")
+
+
+@dataclass
+class FitState:
+    """What a callback sees after each step."""
+
+    step: int
+    loss: float
+    smoothed_loss: float
+    best_loss: float
+    beta: float
+
+
+def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[[int], float]:
+    """A KL-weight schedule rising linearly from ``start`` to ``end`` over ``steps`` steps, then constant."""
+    if steps < 1:
+        raise ValueError(f"warm-up steps must be >= 1, got {steps}")
+
+    def schedule(step: int) -> float:
+        return start + (end - start) * min(1.0, step / steps)
+
+    return schedule
+
+
+@dataclass
+class Minibatch:
+    """How one step slices the data: the data plate, its full size, and which arguments are sliced."""
+
+    plate: str
+    size: int
+    batch_size: int
+    arguments: list[str]
+    #: "plate": Pyro scales sites in the subsampled plate; "loss": loss and gradients are scaled (IWAE)
+    scaling: str = "plate"
+
+
+def _snapshot(store: Any) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in store._params.items()}
+
+
+def run_loop(
+    *,
+    loss_and_grads: Callable[..., float],
+    model: Callable,
+    guide: Callable,
+    kwargs: dict[str, Any],
+    options: FitOptions,
+    minibatch: Minibatch | None,
+    method: str,
+) -> dict[str, Any]:
+    """Optimise ``loss_and_grads(model, guide, **kwargs)`` and return the history.
+
+    Must run inside the fit's parameter-store scope. Returns a dict with ``losses``, ``steps``, ``converged``,
+    ``interrupted`` and ``best_state``.
+    """
+    store = pyro.get_param_store()
+    optim_cls = OPTIMIZERS[options.optimizer.lower()]
+    optim_args = {"lr": options.lr, **options.optim_args}
+    if options.clip_norm is not None and options.optimizer.lower() != "clippedadam":
+        optim = optim_cls(optim_args, clip_args={"clip_norm": options.clip_norm})
+    else:
+        if options.clip_norm is not None:
+            optim_args["clip_norm"] = options.clip_norm
+        optim = optim_cls(optim_args)
+
+    generator = torch.Generator().manual_seed(int(options.seed))
+    order: torch.Tensor | None = None
+    cursor = 0
+    ctx = FitContext()
+    progress = options.progress if options.progress is not None else sys.stderr.isatty()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=options.steps, desc=method, leave=True, dynamic_ncols=True)
+
+    losses: list[float] = []
+    alpha = 2.0 / (options.smoothing + 1.0)
+    smoothed = math.nan
+    best = math.inf
+    best_state = _snapshot(store)
+    best_step = 0
+    stall = 0
+    converged = False
+    interrupted = False
+    patience = options.patience or max(50, options.steps // 10)
+    postfix_every = max(1, options.steps // 100)
+    step = 0
+    try:
+        with fit_scope(ctx):
+            for step in range(1, options.steps + 1):
+                step_kwargs = kwargs
+                loss_scale = 1.0
+                if minibatch is not None:
+                    if order is None or cursor + minibatch.batch_size > minibatch.size:
+                        order = torch.randperm(minibatch.size, generator=generator)
+                        cursor = 0
+                    idx = order[cursor : cursor + minibatch.batch_size]
+                    cursor += minibatch.batch_size
+                    step_kwargs = dict(kwargs)
+                    for name in minibatch.arguments:
+                        step_kwargs[name] = kwargs[name].index_select(0, idx.to(kwargs[name].device))
+                    if minibatch.scaling == "plate":
+                        ctx.subsample = {minibatch.plate: (minibatch.size, idx)}
+                    else:
+                        loss_scale = minibatch.size / minibatch.batch_size
+                ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
+
+                with poutine.trace(param_only=True) as param_capture:
+                    loss = loss_and_grads(model, guide, **step_kwargs)
+                params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+                loss = float(loss) * loss_scale
+                if not math.isfinite(loss):
+                    for p in params:
+                        p.grad = None
+                    store._params.update(best_state)
+                    raise FitError(
+                        f"the loss became {loss} at step {step} of {method}. The parameters of step {best_step} "
+                        f"(smoothed loss {best:.6g}) are kept in the exception's .result and in the parameter "
+                        f"store. Try a smaller lr (now {options.lr}), clip_norm=10, standardising the data, or "
+                        "tighter constraints/priors on the parameters that ran off.",
+                        step=step,
+                    )
+                if loss_scale != 1.0:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.mul_(loss_scale)
+                optim(params)
+                pyro.infer.util.zero_grads(params)
+
+                losses.append(loss)
+                smoothed = loss if step == 1 else (1 - alpha) * smoothed + alpha * loss
+                improved = not math.isfinite(best) or smoothed < best - options.tol * abs(best)
+                if improved:
+                    stall = 0
+                else:
+                    stall += 1
+                if smoothed < best:
+                    best = smoothed
+                    best_step = step
+                    best_state = _snapshot(store)
+                if bar is not None:
+                    bar.update(1)
+                    if step % postfix_every == 0:
+                        bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
+                state = FitState(step, loss, smoothed, best, ctx.beta)
+                stop = any(bool(cb(state)) for cb in options.callbacks)
+                if stall >= patience:
+                    converged = True
+                    if options.patience is not None:
+                        break
+                if stop:
+                    break
+    except KeyboardInterrupt:
+        interrupted = True
+        warnings.warn(
+            f"{method} interrupted at step {step}; the result holds the parameters reached so far.",
+            PplLvmWarning,
+            stacklevel=3,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    if not converged and not interrupted and options.patience is not None:
+        warnings.warn(
+            f"{method} stopped after {options.steps} steps before the smoothed loss settled (relative change "
+            f"< {options.tol} for {options.patience} steps); increase steps or lr, or relax tol.",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    return {
+        "losses": np.asarray(losses, dtype=float),
+        "steps": len(losses),
+        "converged": converged,
+        "interrupted": interrupted,
+        "best_state": best_state,
+    }

@@ -1,0 +1,180 @@
+"""Saving and loading results without executing code.
+
+A result file is a ``torch.save`` archive holding only tensors, numbers, strings, lists and dicts, read back with
+``torch.load(weights_only=True)``: a file crafted to run code on unpickling is refused. Constraints are stored by
+name (with their arguments) and rebuilt from a fixed table.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from typing import Any
+
+import numpy as np
+import torch
+from pyro.distributions import constraints
+
+from .data import BoundData
+from .errors import PplLvmError
+
+__all__ = ["save_result", "load", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+
+_SIMPLE = {
+    "real": constraints.real,
+    "positive": constraints.positive,
+    "nonnegative": constraints.nonnegative,
+    "simplex": constraints.simplex,
+    "unit_interval": constraints.unit_interval,
+    "lower_cholesky": constraints.lower_cholesky,
+    "corr_cholesky": constraints.corr_cholesky,
+    "positive_definite": constraints.positive_definite,
+    "real_vector": constraints.real_vector,
+    "ordered_vector": constraints.ordered_vector,
+    "softplus_positive": constraints.softplus_positive,
+    "softplus_lower_cholesky": constraints.softplus_lower_cholesky,
+    "boolean": constraints.boolean,
+}
+
+
+def _encode_constraint(c: Any) -> dict:
+    for key, value in _SIMPLE.items():
+        if c is value:
+            return {"kind": key}
+    if isinstance(c, constraints.independent):
+        return {"kind": "independent", "base": _encode_constraint(c.base_constraint),
+                "event_dim": c.reinterpreted_batch_ndims}
+    if isinstance(c, constraints.interval):
+        return {"kind": "interval", "low": float(c.lower_bound), "high": float(c.upper_bound)}
+    if isinstance(c, constraints.greater_than):
+        return {"kind": "greater_than", "low": float(c.lower_bound)}
+    if isinstance(c, constraints.less_than):
+        return {"kind": "less_than", "high": float(c.upper_bound)}
+    raise PplLvmError(f"cannot save a parameter with constraint {c!r}")
+
+
+def _decode_constraint(d: dict) -> Any:
+    kind = d["kind"]
+    if kind in _SIMPLE:
+        return _SIMPLE[kind]
+    if kind == "independent":
+        return constraints.independent(_decode_constraint(d["base"]), int(d["event_dim"]))
+    if kind == "interval":
+        return constraints.interval(d["low"], d["high"])
+    if kind == "greater_than":
+        return constraints.greater_than(d["low"])
+    if kind == "less_than":
+        return constraints.less_than(d["high"])
+    raise PplLvmError(f"unknown constraint kind {kind!r} in result file")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    return repr(value)
+
+
+def save_result(result: Any, path: str) -> None:
+    state = result.param_state
+    data_tensors = {k: v.detach().cpu() for k, v in result.data.kwargs.items() if isinstance(v, torch.Tensor)}
+    data_other = {k: v for k, v in result.data.kwargs.items()
+                  if not isinstance(v, torch.Tensor) and isinstance(v, (int, float, str, bool, type(None)))}
+    meta = {
+        "format": FORMAT_VERSION,
+        "method": result.method,
+        "converged": result.converged,
+        "steps": result.steps,
+        "seed": result.seed,
+        "guide_name": result.guide_name,
+        "enumerated": list(result.enumerated),
+        "interrupted": result.interrupted,
+        "options": _jsonable(result.options),
+        "model": getattr(result.model, "__name__", None),
+        "constraints": {k: _encode_constraint(c) for k, c in state["constraints"].items()},
+        "data_other": data_other,
+        "coords": result.data.coords,
+        "extra": _jsonable(getattr(result, "extra", {}) or {}),
+    }
+    payload = {
+        "meta": json.dumps(meta),
+        "params": {k: v.detach().cpu().clone() for k, v in state["params"].items()},
+        "losses": torch.as_tensor(np.asarray(result.losses, dtype=np.float64)),
+        "data": data_tensors,
+    }
+    torch.save(payload, path)
+
+
+def load(path: str, model: Any = None, guide: Any = None):
+    """Load a result written by :meth:`Result.save`.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    model : Model, optional
+        The model the result was fitted with; needed for posterior queries and further fitting.
+    guide : callable, optional
+        The user guide, when the fit used one (built-in guides are rebuilt by name).
+
+    Raises
+    ------
+    PplLvmError
+        If the file is not a ppl_lvm result, or holds anything but plain data (it is never unpickled as code).
+    """
+    from .guides import GUIDES, build_guide
+    from .model import check_model
+    from .result import Result
+
+    try:
+        payload = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        raise PplLvmError(
+            f"{path} holds objects other than plain data and was refused without running them ({exc})"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
+        raise PplLvmError(f"{path} is not a readable ppl_lvm result: {exc}") from exc
+    if not isinstance(payload, dict) or "meta" not in payload:
+        raise PplLvmError(f"{path} is not a ppl_lvm result file")
+    meta = json.loads(payload["meta"])
+    state = {
+        "params": dict(payload["params"]),
+        "constraints": {k: _decode_constraint(v) for k, v in meta["constraints"].items()},
+    }
+    kwargs = dict(payload["data"]) | meta.get("data_other", {})
+    data = BoundData((), kwargs, meta.get("coords", {}))
+    structure = None
+    guide_obj = guide
+    if model is not None:
+        model = check_model(model)
+        structure = model.inspect(**kwargs)
+        if guide_obj is None:
+            spec = meta["guide_name"] if meta["guide_name"] in GUIDES else None
+            with torch.no_grad():
+                guide_obj, _ = build_guide(spec, model, structure)
+    result = Result(
+        method=meta["method"],
+        params={},
+        losses=payload["losses"].numpy(),
+        converged=meta["converged"],
+        steps=meta["steps"],
+        seed=meta["seed"],
+        guide_name=meta["guide_name"],
+        model=model,
+        guide=guide_obj,
+        data=data,
+        structure=structure,
+        param_state=state,
+        options=meta["options"],
+        enumerated=meta["enumerated"],
+        interrupted=meta["interrupted"],
+    )
+    result.params = result._constrained_params()
+    return result

@@ -1,0 +1,217 @@
+"""The result of a fit: a value holding parameters, history and the means to query the fitted posterior."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, infer_discrete
+
+from .data import BoundData
+from .model import Model, ModelStructure
+from .runtime import run_scope
+
+__all__ = ["Result"]
+
+
+@dataclass
+class Result:
+    """What :func:`ppl_lvm.infer` returns.
+
+    Attributes
+    ----------
+    method : str
+        The inference method.
+    params : dict of str -> Tensor
+        Every learned parameter by name, constrained (model parameters and the guide's variational parameters).
+    losses : ndarray
+        The loss (negative ELBO or bound) at every step.
+    converged : bool
+        Whether the smoothed loss settled (see :class:`ppl_lvm.fit.FitOptions`).
+    steps : int
+        Steps taken.
+    seed : int
+        The seed the fit used.
+    guide_name : str
+        Which guide was used.
+    enumerated : list of str
+        Discrete latent sites summed out exactly by enumeration.
+    """
+
+    method: str
+    params: dict[str, torch.Tensor]
+    losses: np.ndarray
+    converged: bool
+    steps: int
+    seed: int
+    guide_name: str
+    model: Model | None
+    guide: Any
+    data: BoundData
+    structure: ModelStructure | None
+    param_state: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    enumerated: list[str] = field(default_factory=list)
+    interrupted: bool = False
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_fit(cls, problem, method_name, plan, loop, method_options, state, history) -> Result:
+        options = {k: v for k, v in vars(loop).items() if k not in ("callbacks",) and not callable(v)}
+        options.update(method_options)
+        result = cls(
+            method=method_name,
+            params={},
+            losses=np.asarray(history["losses"], dtype=float),
+            converged=bool(history["converged"]),
+            steps=int(history["steps"]),
+            seed=int(loop.seed),
+            guide_name=plan.guide_name,
+            model=problem.model,
+            guide=plan.guide,
+            data=problem.data,
+            structure=problem.structure,
+            param_state=state,
+            options=options,
+            enumerated=list(plan.enumerated),
+            interrupted=bool(history["interrupted"]),
+        )
+        result.params = result._constrained_params()
+        return result
+
+    @contextmanager
+    def activated(self) -> Iterator[None]:
+        """Make this result's parameters the live Pyro parameter store (restored on exit)."""
+        with pyro.get_param_store().scope(self.param_state):
+            yield
+
+    def _constrained_params(self) -> dict[str, torch.Tensor]:
+        with self.activated():
+            store = pyro.get_param_store()
+            return {name: store[name].detach().clone() for name in list(store.keys())}
+
+    # ------------------------------------------------------------------ summaries
+    @property
+    def elbo(self) -> float:
+        """The final smoothed bound (negative loss), averaged over the last 10% of steps."""
+        if len(self.losses) == 0:
+            return math.nan
+        tail = self.losses[-max(1, len(self.losses) // 10):]
+        return -float(np.mean(tail))
+
+    def __repr__(self) -> str:
+        names = ", ".join(list(self.params)[:6]) + (", ..." if len(self.params) > 6 else "")
+        return (
+            f"Result(method={self.method!r}, guide={self.guide_name!r}, steps={self.steps}, "
+            f"converged={self.converged}, elbo={self.elbo:.6g}, params=[{names}])"
+        )
+
+    # ------------------------------------------------------------------ posterior queries
+    def _require_model(self) -> Model:
+        if self.model is None:
+            raise RuntimeError("this result was loaded without its model; pass model= to lvm.load(...)")
+        return self.model
+
+    def _enumerating_model(self) -> Any:
+        from .backends.base import enumerating
+
+        model = self._require_model()
+        return enumerating(model, self.enumerated) if self.enumerated else model
+
+    def _draw(self, num_samples: int, seed: int | None, predictive: bool) -> dict[str, torch.Tensor]:
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        model = self._require_model()
+        structure = self.structure
+        nesting = structure.max_plate_nesting
+        kwargs = self.data.kwargs
+        pyro.set_rng_seed(self.seed if seed is None else seed)
+        with self.activated(), torch.no_grad(), run_scope(self.guide):
+            with pyro.plate("_num_samples", num_samples, dim=-(nesting + 1)):
+                guide_trace = poutine.trace(self.guide).get_trace(**kwargs)
+                fn = poutine.replay(self._enumerating_model(), trace=guide_trace)
+                if self.enumerated:
+                    fn = infer_discrete(fn, first_available_dim=-(nesting + 2), temperature=1)
+                if predictive:
+                    fn = poutine.uncondition(fn)
+                model_trace = poutine.trace(fn).get_trace(**kwargs)
+        wanted = {s.name for s in structure.latent_sites}
+        if predictive:
+            wanted |= {s.name for s in structure.observed_sites}
+        draws = {}
+        for name in structure.sites:
+            if name in wanted and name in model_trace.nodes:
+                value = model_trace.nodes[name]["value"]
+                draws[name] = value.reshape((num_samples,) + structure.sites[name].shape)
+        return draws
+
+    def sample_posterior(self, num_samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Draws of every latent site from the fitted posterior approximation, shape ``(num_samples, *site)``.
+
+        Continuous latents come from the guide; discrete latents that were enumerated are drawn from their exact
+        conditional posterior given those draws.
+        """
+        return self._draw(num_samples, seed, predictive=False)
+
+    def posterior_predictive(self, num_samples: int = 100, seed: int | None = None) -> dict[str, torch.Tensor]:
+        """Replicated data: every latent from the posterior, every observed site re-drawn from the model."""
+        return self._draw(num_samples, seed, predictive=True)
+
+    def _bound(self, elbo: Any, seed: int | None) -> float:
+        model = self._enumerating_model()
+        pyro.set_rng_seed(self.seed if seed is None else seed)
+        with self.activated(), torch.no_grad():
+            return -float(elbo.loss(model, self.guide, **self.data.kwargs))
+
+    def elbo_estimate(self, num_particles: int = 100, seed: int | None = None) -> float:
+        """A Monte Carlo estimate of the ELBO at the fitted parameters (discrete latents enumerated exactly)."""
+        nesting = self.structure.max_plate_nesting
+        cls = TraceEnum_ELBO if self.enumerated else Trace_ELBO
+        elbo = cls(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+        return self._bound(elbo, seed)
+
+    def log_evidence(self, num_particles: int = 1000, seed: int | None = None) -> float:
+        """An estimate of log p(x): the importance-weighted bound IWAE_K with ``K = num_particles``.
+
+        Exact (no sampling) when every latent is discrete and enumerated. With continuous latents it is the IWAE
+        bound with the guide as proposal: below log p(x), tighter as K grows, summed over data points when every
+        latent is local.
+        """
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
+        nesting = self.structure.max_plate_nesting
+        if not self.structure.continuous_latents:
+            return self._bound(TraceEnum_ELBO(max_plate_nesting=nesting), seed)
+        if self.enumerated:
+            raise ValueError(
+                "log_evidence with both enumerated discrete and continuous latents is not available; "
+                "use elbo_estimate() for a lower bound"
+            )
+        elbo = RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+        return self._bound(elbo, seed)
+
+    # ------------------------------------------------------------------ persistence and refits
+    def save(self, path: str) -> None:
+        """Write the result to ``path`` (tensors and JSON metadata; loads without unpickling code)."""
+        from .io import save_result
+
+        save_result(self, path)
+
+    def fit_more(self, **options: Any) -> Result:
+        """Continue fitting from these parameters with the same model, data, method and guide."""
+        from .api import infer
+
+        merged = {k: v for k, v in self.options.items() if k not in ("device",)}
+        merged.update(options)
+        from .guides import GUIDES
+
+        guide = self.guide_name if self.guide_name in GUIDES else self.guide
+        return infer(self._require_model(), dict(self.data.kwargs), method=self.method, guide=guide, init=self,
+                     **merged)

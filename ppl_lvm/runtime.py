@@ -1,0 +1,84 @@
+"""Run-time state shared by the primitives: the current model run and the current fit.
+
+A *run* is one call of a compiled model or guide: it records the sites it created (to refuse duplicate names and
+to map a site back to its source line). A *fit* is set by the fit loop around many runs: the minibatch subsample of
+the data plate and the KL weight. Both live in thread-local stacks so nested and concurrent fits do not mix.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import SourceLocation
+
+
+@dataclass
+class SiteRecord:
+    name: str
+    kind: str  # "latent", "observed", "param", "plate", "module", "deterministic"
+    location: SourceLocation
+    argument: str | None = None  # model argument that supplied the observed value
+
+
+@dataclass
+class Run:
+    owner: Any
+    sites: dict[str, SiteRecord] = field(default_factory=dict)
+    markov_indices: list[int] = field(default_factory=list)
+    #: the prototype run of :meth:`Model.inspect` checks observed shapes strictly
+    preflight: bool = False
+
+
+@dataclass
+class FitContext:
+    #: plate name -> (full size, subsample indices) for minibatch fits
+    subsample: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
+    #: the KL weight on continuous latent sites (beta-VAE, warm-up); 1.0 means untouched
+    beta: float = 1.0
+
+
+_local = threading.local()
+
+
+def _stack(attr: str) -> list:
+    stack = getattr(_local, attr, None)
+    if stack is None:
+        stack = []
+        setattr(_local, attr, stack)
+    return stack
+
+
+def current_run() -> Run | None:
+    stack = _stack("runs")
+    return stack[-1] if stack else None
+
+
+def current_fit() -> FitContext | None:
+    stack = _stack("fits")
+    return stack[-1] if stack else None
+
+
+@contextmanager
+def run_scope(owner: Any, preflight: bool = False):
+    stack = _stack("runs")
+    run = Run(owner, preflight=preflight)
+    stack.append(run)
+    try:
+        yield run
+    finally:
+        stack.pop()
+
+
+@contextmanager
+def fit_scope(ctx: FitContext):
+    stack = _stack("fits")
+    stack.append(ctx)
+    try:
+        yield ctx
+    finally:
+        stack.pop()
