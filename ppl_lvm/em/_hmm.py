@@ -68,7 +68,8 @@ class _Layout:
         self.n_seq = lengths_t.numel()
         t_max = int(lengths_t.max())
         if chunk is None:
-            chunk = max(1, int(math.ceil(math.sqrt(t_max))))
+            # ~3C + 2T/C sequential steps in the scaled scan: minimised at sqrt(2T/3).
+            chunk = max(1, int(math.ceil(math.sqrt(2 * t_max / 3))))
         self.chunk = chunk
         self.n_chunks = -(-t_max // chunk)
         self.t_pad = self.n_chunks * chunk
@@ -192,6 +193,127 @@ def _forward_backward_chunked(
     return alpha.view(b, t_pad, k), beta.view(b, t_pad, k)
 
 
+def _scaled_ok(transmat: torch.Tensor, emis: torch.Tensor) -> bool:
+    """Whether the probability-space (scaled) recursion is safe.
+
+    Scaled messages drop contributions smaller than ~1e-308 of the current
+    mass.  That is harmless when every transition has non-negligible
+    probability (the dropped mass is always dominated by mass flowing in
+    through transitions) and no emission underflows outright; otherwise use
+    exact log space.
+    """
+    if not bool((transmat >= 1e-100).all()):
+        return False
+    spread = emis.amax(-1) - emis.amin(-1)
+    return bool((spread <= 700.0).all())
+
+
+@dataclass
+class _Scaled:
+    """Scaled forward-backward output (probability space).
+
+    ``alpha_hat`` rows sum to 1 and ``log alpha = log(alpha_hat) + log_norm``;
+    ``beta_hat`` rows sum to 1 up to an unstored per-step factor, which
+    cancels in the posteriors.  ``emis_prob`` is ``exp(emis - max_k emis)``.
+    """
+
+    alpha_hat: torch.Tensor
+    log_norm: torch.Tensor
+    beta_hat: torch.Tensor
+    emis_prob: torch.Tensor
+
+
+def _forward_backward_scaled(
+    startprob: torch.Tensor, transmat: torch.Tensor, emis: torch.Tensor, chunk: int
+) -> _Scaled:
+    """Chunked scaled forward-backward in probability space.
+
+    Four short sequential loops instead of one over T: (1) the transfer
+    product of every chunk, all chunks at once -- right-multiplying by the
+    shared A is one GEMM per step; (2) messages between chunk boundaries
+    (log space, exact); (3)/(5) the ordinary scaled recursion inside every
+    chunk, all chunks at once, started from the boundary messages; (4) the
+    backward boundary pass reusing the products of (1).
+    """
+    b, t_pad, k = emis.shape
+    n_chunks = t_pad // chunk
+    emis_max = emis.amax(-1)
+    prob = torch.exp(emis - emis_max.unsqueeze(-1)).view(b, n_chunks, chunk, k)
+    emis_max = emis_max.view(b, n_chunks, chunk)
+    chunk_offset = emis_max.sum(-1)  # (B, nC)
+    first = startprob * prob[:, 0, 0]  # (B, K): pi * p(x_0 | .)
+
+    # (1) transfer product of each chunk, rows normalised to max 1.
+    prod = transmat * prob[:, :, 0].unsqueeze(2)  # (B, nC, K, K)
+    prod[:, 0] = first.unsqueeze(1)
+    row = prod.amax(-1, keepdim=True)
+    prod.div_(row)
+    row_log = row.log_().squeeze(-1)  # (B, nC, K)
+    for s in range(1, chunk):
+        prod = (prod.view(-1, k) @ transmat).view(b, n_chunks, k, k)
+        prod.mul_(prob[:, :, s].unsqueeze(2))
+        row = prod.amax(-1, keepdim=True)
+        prod.div_(row)
+        row_log += row.log_().squeeze(-1)
+    row_log += chunk_offset.unsqueeze(-1)
+
+    # (2) forward boundary messages (log alpha just before each chunk).
+    enter = emis.new_empty((b, n_chunks, k))
+    enter[:, 0] = -math.log(k)
+    for c in range(1, n_chunks):
+        w = enter[:, c - 1] + row_log[:, c - 1]
+        w_max = w.amax(-1, keepdim=True)
+        v = torch.bmm(torch.exp(w - w_max).unsqueeze(1), prod[:, c - 1]).squeeze(1)
+        enter[:, c] = v.log_() + w_max
+
+    # (3) scaled forward inside every chunk.
+    e_max = enter.amax(-1, keepdim=True)
+    x = torch.exp(enter - e_max)
+    x_sum = x.sum(-1, keepdim=True)
+    x.div_(x_sum)
+    start_log = (e_max + x_sum.log()).squeeze(-1)  # (B, nC)
+    alpha_hat = emis.new_empty((b, n_chunks, chunk, k))
+    step_log = emis.new_empty((b, n_chunks, chunk))
+    for s in range(chunk):
+        y = (x.view(-1, k) @ transmat).view(b, n_chunks, k)
+        if s == 0:
+            y[:, 0] = startprob  # the dummy state before t = 0 leads to pi
+        y.mul_(prob[:, :, s])
+        total = y.sum(-1, keepdim=True)
+        y.div_(total)
+        step_log[:, :, s] = total.squeeze(-1)
+        alpha_hat[:, :, s] = y
+        x = y
+    step_log.log_().add_(emis_max)
+    log_norm = torch.cumsum(step_log, dim=-1).add_(start_log.unsqueeze(-1))
+
+    # (4) backward boundary messages (log beta at each chunk's last step).
+    leave = emis.new_empty((b, n_chunks, k))
+    leave[:, -1] = 0.0
+    for c in range(n_chunks - 1, 0, -1):
+        l_max = leave[:, c].amax(-1, keepdim=True)
+        v = torch.bmm(prod[:, c], torch.exp(leave[:, c] - l_max).unsqueeze(-1)).squeeze(-1)
+        leave[:, c - 1] = v.log_() + row_log[:, c] + l_max
+
+    # (5) scaled backward inside every chunk.
+    beta_hat = emis.new_empty((b, n_chunks, chunk, k))
+    x = torch.exp(leave - leave.amax(-1, keepdim=True))
+    x.div_(x.sum(-1, keepdim=True))
+    beta_hat[:, :, -1] = x
+    trans_t = transmat.T
+    for s in range(chunk - 2, -1, -1):
+        y = ((x * prob[:, :, s + 1]).view(-1, k) @ trans_t).view(b, n_chunks, k)
+        y.div_(y.sum(-1, keepdim=True))
+        beta_hat[:, :, s] = y
+        x = y
+    return _Scaled(
+        alpha_hat.view(b, t_pad, k),
+        log_norm.view(b, t_pad),
+        beta_hat.view(b, t_pad, k),
+        prob.view(b, t_pad, k),
+    )
+
+
 def forward_backward(
     log_startprob: torch.Tensor,
     log_transmat: torch.Tensor,
@@ -279,16 +401,25 @@ def hmm_e_step(
     if layout is None:
         layout = _layout(log_emission.shape[0], lengths)
     dtype = log_emission.dtype
-    log_start = _safe_log(startprob.to(dtype))
-    log_trans = _safe_log(transmat.to(dtype))
+    startprob = startprob.to(dtype)
+    transmat = transmat.to(dtype)
     emis = layout.pad(log_emission)
-    alpha, beta = forward_backward(
-        log_start, log_trans, emis, method=method, chunk=layout.chunk
-    )
     b, t_pad, k = emis.shape
-    # Padding multiplies by stochastic matrices, so the last padded step holds
-    # the full likelihood; read it at each sequence's true end anyway to avoid
-    # accumulating rounding through the padding.
+    if method == "auto":
+        method = "scaled" if _scaled_ok(transmat, emis) else "log"
+    if method == "scaled":
+        stats = _e_step_scaled(startprob, transmat, emis, layout)
+        if stats is not None:
+            return stats
+        method = "log"  # underflow detected: redo exactly in log space
+    log_start = _safe_log(startprob)
+    log_trans = _safe_log(transmat)
+    alpha, beta = forward_backward(
+        log_start, log_trans, emis, method="chunked" if method == "log" else method,
+        chunk=layout.chunk,
+    )
+    # Read the likelihood at each sequence's true end (padding would only add
+    # rounding).
     last_alpha = alpha.reshape(-1, k).index_select(0, layout.last_pad)
     log_lik = torch.logsumexp(last_alpha, dim=-1)
 
@@ -307,6 +438,48 @@ def hmm_e_step(
         xi_sum = log_xi.exp_().sum(0)
     else:
         xi_sum = emis.new_zeros((k, k))
+    start_sum = gamma.index_select(0, layout.first_index).sum(0)
+    return HMMEStep(log_lik, gamma, xi_sum, start_sum)
+
+
+def _e_step_scaled(
+    startprob: torch.Tensor, transmat: torch.Tensor, emis: torch.Tensor, layout: _Layout
+) -> HMMEStep | None:
+    """E-step statistics from the scaled recursion; None if anything underflowed."""
+    b, t_pad, k = emis.shape
+    chunk = layout.chunk
+    if t_pad % chunk:
+        emis = torch.nn.functional.pad(emis, (0, 0, 0, chunk - t_pad % chunk))
+    sc = _forward_backward_scaled(startprob, transmat, emis, chunk)
+    t_all = emis.shape[1]
+    log_lik = sc.log_norm.reshape(-1).index_select(
+        0, torch.arange(b) * t_all + layout.lengths - 1
+    )
+    flat_index = (layout.pad_index // t_pad) * t_all + layout.pad_index % t_pad
+    alpha_hat = sc.alpha_hat.reshape(-1, k)
+    beta_hat = sc.beta_hat.reshape(-1, k)
+    gamma = alpha_hat.index_select(0, flat_index) * beta_hat.index_select(0, flat_index)
+    norm = gamma.sum(-1, keepdim=True)
+    gamma.div_(norm)
+    # xi_t(i, j) = alpha_hat_{t-1}(i) A_ij p_t(j) beta_hat_t(j) / z_t, each
+    # xi_t summing to 1, so the sum over t is one (K, n) @ (n, K) GEMM.
+    rows = layout.trans_index  # position t-1 in (B, T_pad - 1) layout
+    seq = rows // (t_pad - 1) if t_pad > 1 else rows
+    prev_pos = seq * t_all + rows % max(t_pad - 1, 1)
+    if rows.numel():
+        u = alpha_hat.index_select(0, prev_pos)
+        v = beta_hat.index_select(0, prev_pos + 1) * sc.emis_prob.reshape(-1, k).index_select(
+            0, prev_pos + 1
+        )
+        z = ((u @ transmat) * v).sum(-1, keepdim=True)
+        v.div_(z)
+        xi_sum = transmat * (u.T @ v)
+        bad_z = not bool(torch.isfinite(z).all() and (z > 0).all())
+    else:
+        xi_sum = emis.new_zeros((k, k))
+        bad_z = False
+    if bad_z or not bool(torch.isfinite(log_lik).all() and (norm > 0).all()):
+        return None
     start_sum = gamma.index_select(0, layout.first_index).sum(0)
     return HMMEStep(log_lik, gamma, xi_sum, start_sum)
 
@@ -494,7 +667,10 @@ def fit_hmm(
     if cache is None:
         cache = family.precompute(X)
     params = family.complete_params(dict(init_params))
-    dtype = next(v.dtype for v in params.values() if v.is_floating_point())
+    dtype = next(
+        (v.dtype for v in params.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
+        torch.float64,
+    )
     params["startprob"] = torch.as_tensor(params["startprob"], dtype=dtype)
     params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
     n_total = int(cache["n"])
