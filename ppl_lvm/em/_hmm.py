@@ -514,10 +514,11 @@ def viterbi(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Most probable state path (max-product), ties broken as hmmlearn.
 
-    hmmlearn's traceback takes, at each step, the *first* state maximising
-    ``lattice[t, i] + log A[i, z_{t+1}]``; ``torch.argmax`` also returns the
-    first maximiser, and the lattice is built with the same arithmetic, so the
-    paths coincide.
+    hmmlearn (``_hmmc.viterbi``) picks the *first* maximiser for the final
+    state (``std::max_element``) but, in the traceback, compares
+    ``(value, index)`` pairs, so ties there go to the *last* maximiser of
+    ``lattice[t, i] + log A[i, z_{t+1}]``.  The same rules and the same
+    arithmetic are used here, so the paths coincide.
 
     Returns
     -------
@@ -535,14 +536,17 @@ def viterbi(
     for t in range(1, t_pad):
         lattice[:, t] = (lattice[:, t - 1].unsqueeze(2) + log_trans).amax(dim=1) + emis[:, t]
     last = lattice.reshape(-1, k).index_select(0, layout.last_pad)
-    log_prob, current = last.max(dim=1)
     current = last.argmax(dim=1)
+    log_prob = last.gather(1, current.unsqueeze(1)).squeeze(1)
     path = torch.empty((b, t_pad), dtype=torch.long)
     end = layout.lengths - 1
     path[torch.arange(b), end] = current
-    trans_t = log_trans.T.contiguous()  # row j = log A[:, j]
+    # Flipped state order so argmax (first maximiser) returns the last one.
+    lattice_rev = lattice.flip(-1)
+    trans_rev = log_trans.T.flip(-1).contiguous()  # row j = log A[::-1, j]
     for t in range(t_pad - 2, -1, -1):
-        cand = (lattice[:, t] + trans_t.index_select(0, current)).argmax(dim=1)
+        scores = lattice_rev[:, t] + trans_rev.index_select(0, current)
+        cand = (k - 1) - scores.argmax(dim=1)
         current = torch.where(t < end, cand, current)
         path[:, t] = current
     states = path.reshape(-1).index_select(0, layout.pad_index)
