@@ -63,10 +63,10 @@ def _as_float(X: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.as_tensor(X, dtype=dtype)
 
 
-def _float_dtype(X: Any) -> torch.dtype:
-    if isinstance(X, torch.Tensor) and X.dtype in (torch.float32, torch.float64):
-        return X.dtype
-    return torch.float64
+def _check_dtype(dtype: torch.dtype) -> torch.dtype:
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError("dtype must be torch.float32 or torch.float64")
+    return dtype
 
 
 def _empty_components(resp_sum: torch.Tensor, n_samples: int) -> torch.Tensor:
@@ -98,6 +98,8 @@ class Gaussian:
     Parameters
     ----------
     covariance_type : {"full", "diag", "spherical", "tied"}
+    dtype : torch.dtype, default float64
+        Data and parameters are converted to it.
     strategy : {"auto", "moments", "direct"}
         How log-densities and M-step statistics are computed.
         ``"moments"`` precomputes the design matrix ``[q(x), x, 1]`` of centred
@@ -119,13 +121,16 @@ class Gaussian:
 
     default_reg = 1e-6
 
-    def __init__(self, covariance_type: str = "full", strategy: str = "auto") -> None:
+    def __init__(
+        self, covariance_type: str = "full", strategy: str = "auto", dtype: torch.dtype = torch.float64
+    ) -> None:
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}")
         if strategy not in ("auto", "moments", "direct"):
             raise ValueError("strategy must be 'auto', 'moments' or 'direct'")
         self.covariance_type = covariance_type
         self.strategy = strategy
+        self.dtype = _check_dtype(dtype)
 
     def __repr__(self) -> str:
         return f"Gaussian(covariance_type={self.covariance_type!r})"
@@ -146,7 +151,7 @@ class Gaussian:
         Centring on the data mean makes the expanded-square formulation
         accurate for data far from the origin.
         """
-        X = _as_float(X, _float_dtype(X))
+        X = _as_float(X, self.dtype)
         if X.ndim != 2:
             raise ValueError(f"Gaussian emissions need 2-D data (N, D), got shape {tuple(X.shape)}")
         n, d = X.shape
@@ -189,8 +194,8 @@ class Gaussian:
         ``precisions_init``) or ``"precisions_cholesky"``.
         """
         out = dict(params)
-        means = _as_float(out["means"], dtype or _float_dtype(out["means"]))
-        dtype = means.dtype
+        dtype = dtype or self.dtype
+        means = _as_float(out["means"], dtype)
         out["means"] = means
         for key in ("weights", "covariances", "precisions", "precisions_cholesky"):
             if key in out and out[key] is not None:
@@ -577,11 +582,14 @@ class Bernoulli:
 
     default_reg = 1e-10
 
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        self.dtype = _check_dtype(dtype)
+
     def __repr__(self) -> str:
         return "Bernoulli()"
 
     def precompute(self, X: Any) -> dict[str, Any]:
-        X = _as_float(X, _float_dtype(X))
+        X = _as_float(X, self.dtype)
         if X.ndim != 2:
             raise ValueError(f"Bernoulli emissions need 2-D data (N, D), got {tuple(X.shape)}")
         if bool(((X != 0) & (X != 1)).any()):
@@ -590,7 +598,7 @@ class Bernoulli:
 
     def complete_params(self, params: Params, dtype: torch.dtype | None = None) -> Params:
         out = dict(params)
-        out["probs"] = _as_float(out["probs"], dtype or _float_dtype(out["probs"]))
+        out["probs"] = _as_float(out["probs"], dtype or self.dtype)
         if "weights" in out:
             out["weights"] = _as_float(out["weights"], out["probs"].dtype)
         return out
@@ -625,7 +633,9 @@ class Bernoulli:
             _warn(f"{int(empty.sum())} components received no responsibility; keeping previous")
             prev = None if params is None else params.get("probs")
             probs = _keep_previous(probs, prev, data.mean(0), empty)
-        return {"probs": probs.clamp(reg, 1.0 - reg)}
+        # In float32 1 - 1e-10 rounds to 1: never clamp closer than eps.
+        eps = max(reg, float(torch.finfo(probs.dtype).eps))
+        return {"probs": probs.clamp(eps, 1.0 - eps)}
 
     def sample(
         self, params: Params, component_indices: torch.Tensor, generator: torch.Generator | None = None
@@ -644,8 +654,9 @@ class Categorical:
 
     default_reg = 1e-10
 
-    def __init__(self, n_categories: int | None = None) -> None:
+    def __init__(self, n_categories: int | None = None, dtype: torch.dtype = torch.float64) -> None:
         self.n_categories = n_categories
+        self.dtype = _check_dtype(dtype)
 
     def __repr__(self) -> str:
         return f"Categorical(n_categories={self.n_categories})"
@@ -669,7 +680,7 @@ class Categorical:
 
     def complete_params(self, params: Params, dtype: torch.dtype | None = None) -> Params:
         out = dict(params)
-        out["probs"] = _as_float(out["probs"], dtype or _float_dtype(out["probs"]))
+        out["probs"] = _as_float(out["probs"], dtype or self.dtype)
         if "weights" in out:
             out["weights"] = _as_float(out["weights"], out["probs"].dtype)
         return out
@@ -701,7 +712,7 @@ class Categorical:
             n_cat = params["probs"].shape[1]
         else:
             n_cat = int(x.max()) + 1
-        dtype = resp.dtype if resp.is_floating_point() else torch.float64
+        dtype = self.dtype
         counts = torch.zeros((n_cat, k), dtype=dtype).index_add_(0, x, resp.to(dtype)).T
         resp_sum = counts.sum(1)
         empty = _empty_components(resp_sum, cache["n"])
@@ -734,11 +745,14 @@ class Poisson:
 
     default_reg = 1e-10
 
+    def __init__(self, dtype: torch.dtype = torch.float64) -> None:
+        self.dtype = _check_dtype(dtype)
+
     def __repr__(self) -> str:
         return "Poisson()"
 
     def precompute(self, X: Any) -> dict[str, Any]:
-        X = _as_float(X, _float_dtype(X))
+        X = _as_float(X, self.dtype)
         if X.ndim == 1:
             X = X.unsqueeze(1)
         if bool((X < 0).any()) or bool((X != X.round()).any()):
@@ -747,7 +761,7 @@ class Poisson:
 
     def complete_params(self, params: Params, dtype: torch.dtype | None = None) -> Params:
         out = dict(params)
-        out["rates"] = _as_float(out["rates"], dtype or _float_dtype(out["rates"]))
+        out["rates"] = _as_float(out["rates"], dtype or self.dtype)
         if "weights" in out:
             out["weights"] = _as_float(out["weights"], out["rates"].dtype)
         return out

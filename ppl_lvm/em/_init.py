@@ -61,7 +61,7 @@ def _features(X: Any, family: Any, cache: dict | None) -> torch.Tensor:
     data = cache["X"]
     if isinstance(family, Categorical):
         n_cat = family.n_categories or int(data.max()) + 1
-        return torch.nn.functional.one_hot(data, n_cat).to(torch.float64)
+        return torch.nn.functional.one_hot(data, n_cat).to(family.dtype)
     return data
 
 

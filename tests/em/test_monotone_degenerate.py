@@ -1,0 +1,202 @@
+"""EM never decreases the log-likelihood; degenerate inputs never give NaN."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_gmm_data
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ppl_lvm.em._families import Bernoulli, Categorical, Gaussian, Poisson
+from ppl_lvm.em._hmm import fit_hmm
+from ppl_lvm.em._init import initialize_hmm, initialize_mixture
+from ppl_lvm.em._mixture import EMDegeneracyWarning, fit_mixture
+
+
+def _assert_monotone(history, rel=1e-9):
+    h = np.asarray(history)
+    assert np.all(np.isfinite(h))
+    drops = h[:-1] - h[1:]
+    assert np.all(drops <= rel * np.abs(h[:-1])), (drops.max(), h)
+
+
+def _data(kind: str, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    n = 400
+    if kind in ("full", "diag"):
+        return torch.as_tensor(make_gmm_data(n, 3, 4, seed)), Gaussian(kind)
+    if kind == "bernoulli":
+        p = torch.rand(3, 8, generator=g)
+        z = torch.randint(3, (n,), generator=g)
+        return torch.bernoulli(p[z], generator=g), Bernoulli()
+    if kind == "poisson":
+        rates = torch.rand(3, 4, generator=g, dtype=torch.float64) * 10
+        z = torch.randint(3, (n,), generator=g)
+        return torch.poisson(rates[z], generator=g), Poisson()
+    probs = torch.rand(3, 6, generator=g, dtype=torch.float64)
+    z = torch.randint(3, (n,), generator=g)
+    return torch.multinomial(probs[z], 1, generator=g)[:, 0], Categorical(6)
+
+
+KINDS = ["full", "diag", "bernoulli", "poisson", "categorical"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("init", ["kmeans", "random"])
+def test_mixture_monotone(kind, init):
+    X, fam = _data(kind, 0)
+    params = initialize_mixture(X, fam, 4, init if kind != "categorical" else "random", seed=1)
+    res = fit_mixture(X, fam, params, max_iter=60, tol=0.0)
+    _assert_monotone(res.history)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hmm_monotone(kind):
+    X, fam = _data(kind, 1)
+    params = initialize_hmm(X, fam, 3, "random", seed=2)
+    res = fit_hmm(X, [150, 50, 200], fam, params, max_iter=40, tol=-np.inf)
+    _assert_monotone(res.history)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    n=st.integers(5, 120),
+    d=st.integers(1, 4),
+    k=st.integers(1, 5),
+    kind=st.sampled_from(["full", "diag", "spherical", "tied", "bernoulli", "poisson",
+                          "categorical", "hmm"]),
+)
+def test_monotone_property(seed, n, d, k, kind):
+    """Random data, sizes and seeds: EM is monotone and NaN-free."""
+    rng = np.random.default_rng(seed)
+    if kind in ("full", "diag", "spherical", "tied", "hmm"):
+        X = torch.as_tensor(rng.normal(size=(n, d)) * rng.uniform(0.1, 10))
+        fam = Gaussian("diag" if kind == "hmm" else kind)
+    elif kind == "bernoulli":
+        X = torch.as_tensor((rng.random((n, d)) < 0.4).astype(float))
+        fam = Bernoulli()
+    elif kind == "poisson":
+        X = torch.as_tensor(rng.poisson(3.0, size=(n, d)).astype(float))
+        fam = Poisson()
+    else:
+        X = torch.as_tensor(rng.integers(0, d + 1, size=n))
+        fam = Categorical(d + 1)
+    with warnings.catch_warnings():
+        # Tiny random data legitimately empties components; that is reported
+        # with EMDegeneracyWarning, which is not what this test is about.
+        warnings.simplefilter("ignore", EMDegeneracyWarning)
+        if kind == "hmm":
+            params = initialize_hmm(X, fam, k, "random", seed=seed)
+            cut = max(1, n // 3)
+            res = fit_hmm(X, [cut, n - cut] if n - cut > 0 else [n], fam, params,
+                          max_iter=15, tol=-np.inf)
+        else:
+            init = "random" if kind == "categorical" else "k-means++"
+            params = initialize_mixture(X, fam, k, init, seed=seed)
+            res = fit_mixture(X, fam, params, max_iter=15, tol=0.0)
+    _assert_monotone(res.history, rel=1e-9)
+    for value in res.params.values():
+        assert not torch.isnan(value).any()
+
+
+# ----------------------------------------------------------------- degenerate cases
+
+
+def _no_nan(params):
+    for key, value in params.items():
+        assert not torch.isnan(value).any(), key
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "spherical", "tied"])
+def test_duplicate_points(ct):
+    X = torch.as_tensor(np.repeat([[0.0, 1.0], [3.0, -1.0]], 50, axis=0))
+    params = initialize_mixture(X, Gaussian(ct), 2, "k-means++", seed=0)
+    res = fit_mixture(X, Gaussian(ct), params, max_iter=20)
+    _no_nan(res.params)
+    assert np.all(np.isfinite(res.history))
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "spherical", "tied"])
+def test_more_components_than_distinct_points(ct):
+    X = torch.as_tensor(np.repeat([[0.0, 1.0], [3.0, -1.0], [1.0, 1.0]], 20, axis=0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        params = initialize_mixture(X, Gaussian(ct), 6, "random", seed=0)
+        res = fit_mixture(X, Gaussian(ct), params, max_iter=100)
+    assert all(issubclass(w.category, EMDegeneracyWarning) for w in caught)
+    _no_nan(res.params)
+    assert np.all(np.isfinite(res.history))
+    _assert_monotone(res.history, rel=1e-6)
+
+
+@pytest.mark.parametrize("ct", ["full", "diag", "spherical", "tied"])
+def test_component_with_no_data(ct):
+    X = torch.as_tensor(make_gmm_data(300, 2, 2, seed=3))
+    params = initialize_mixture(X, Gaussian(ct), 3, "kmeans", seed=0)
+    params["means"] = params["means"].clone()
+    params["means"][2] = torch.tensor([1e4, 1e4], dtype=torch.float64)
+    with pytest.warns(EMDegeneracyWarning, match="no responsibility"):
+        res = fit_mixture(X, Gaussian(ct), params, max_iter=10)
+    _no_nan(res.params)
+    # The empty component keeps its previous mean.
+    assert torch.allclose(res.params["means"][2], torch.tensor([1e4, 1e4], dtype=torch.float64))
+    assert np.all(np.isfinite(res.history))
+
+
+@pytest.mark.parametrize("fam", [Bernoulli(), Poisson(), Categorical(3)])
+def test_discrete_component_with_no_data(fam):
+    if isinstance(fam, Categorical):
+        X = torch.tensor([0, 1, 2, 1, 0, 2] * 10)
+        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+                  "probs": torch.full((3, 3), 1 / 3, dtype=torch.float64)}
+    elif isinstance(fam, Bernoulli):
+        X = torch.tensor([[0.0, 1.0], [1.0, 1.0]] * 10)
+        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+                  "probs": torch.full((3, 2), 0.5, dtype=torch.float64)}
+    else:
+        X = torch.tensor([[0.0, 3.0], [1.0, 7.0]] * 10)
+        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+                  "rates": torch.full((3, 2), 2.0, dtype=torch.float64)}
+    with pytest.warns(EMDegeneracyWarning):
+        res = fit_mixture(X, fam, params, max_iter=5)
+    _no_nan(res.params)
+    assert np.all(np.isfinite(res.history))
+
+
+def test_singular_covariance_without_reg_is_repaired():
+    X = torch.as_tensor(np.repeat([[0.0, 1.0], [3.0, -1.0]], 10, axis=0))
+    params = initialize_mixture(X, Gaussian("full"), 2, "k-means++", seed=0, reg=1e-6)
+    with pytest.warns(EMDegeneracyWarning, match="singular covariance"):
+        res = fit_mixture(X, Gaussian("full"), params, max_iter=3, reg=0.0)
+    _no_nan(res.params)
+
+
+def test_unseen_category_gives_finite_responsibilities():
+    fam = Categorical(3)
+    params = {"weights": torch.tensor([0.5, 0.5], dtype=torch.float64),
+              "probs": torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64)}
+    from ppl_lvm.em._mixture import mixture_log_likelihood
+
+    ll, resp = mixture_log_likelihood(torch.tensor([0, 2, 1]), fam, params)
+    assert not torch.isnan(resp).any()
+    assert ll[1] == -float("inf") and torch.isfinite(ll[[0, 2]]).all()
+
+
+def test_hmm_state_never_visited():
+    X = torch.as_tensor(make_gmm_data(200, 1, 2, seed=4))
+    params = initialize_hmm(X, Gaussian("diag"), 3, "kmeans", seed=0)
+    params["means"] = params["means"].clone()
+    params["means"][2] = 1e4
+    with pytest.warns(EMDegeneracyWarning):
+        res = fit_hmm(X, [100, 100], Gaussian("diag"), params, max_iter=5, tol=-np.inf)
+    _no_nan(res.params)
+    assert torch.allclose(res.params["transmat"].sum(1), torch.ones(3, dtype=torch.float64))
