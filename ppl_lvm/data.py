@@ -59,7 +59,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
                 f"data '{name}' has non-numeric dtype {array.dtype}; select numeric columns or encode "
                 "categories as integers"
             )
-        tensor = torch.from_numpy(np.ascontiguousarray(array))
+        # a copy: pandas hands out read-only views, and the data must not alias the caller's array
+        tensor = torch.from_numpy(np.array(array, copy=True, order="C"))
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.long)
     if tensor.is_floating_point():

@@ -19,6 +19,8 @@ import pyro
 import pyro.optim
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.messenger import Messenger
+from pyro.poutine.util import site_is_subsample
 
 from .errors import ConvergenceWarning, FitError, PplLvmWarning
 from .runtime import FitContext, fit_scope
@@ -159,6 +161,30 @@ class Minibatch:
     scaling: str = "plate"
 
 
+class KLWeight(Messenger):
+    """Weight the log-densities of continuous latent sites (in model and guide alike) by the fit's beta.
+
+    Scaling log p(z) and log q(z) by the same beta scales the KL term of the ELBO (beta-VAE, warm-up);
+    beta = 0 masks them out. Observed and discrete sites are untouched.
+    """
+
+    def __init__(self, ctx: FitContext):
+        super().__init__()
+        self.ctx = ctx
+
+    def _process_message(self, msg: dict) -> None:
+        beta = self.ctx.beta
+        if beta == 1.0 or msg["type"] != "sample" or msg["is_observed"] or site_is_subsample(msg):
+            return
+        support = getattr(msg["fn"], "support", None)
+        if support is not None and support.is_discrete:
+            return
+        if beta == 0.0:
+            msg["mask"] = False
+        else:
+            msg["scale"] = msg["scale"] * beta
+
+
 def _snapshot(store: Any) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in store._params.items()}
 
@@ -210,6 +236,9 @@ def run_loop(
     interrupted = False
     patience = options.patience or max(50, options.steps // 10)
     postfix_every = max(1, options.steps // 100)
+    if callable(options.beta) or options.beta != 1.0:
+        weight = KLWeight(ctx)
+        model, guide = weight(model), weight(guide)
     step = 0
     try:
         with fit_scope(ctx):

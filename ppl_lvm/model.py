@@ -20,6 +20,7 @@ from pyro.poutine.util import site_is_subsample
 
 from .errors import SourceLocation
 from .naming import source_index
+from .primitives import distribution_name
 from .runtime import SiteRecord, run_scope
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
@@ -266,7 +267,7 @@ def structure_from_trace(trace: poutine.Trace, records: dict[str, SiteRecord]) -
         sites[name] = SiteInfo(
             name=name,
             kind=kind,
-            distribution=_dist_name(fn),
+            distribution=distribution_name(fn),
             discrete=discrete,
             enumerable=bool(getattr(fn, "has_enumerate_support", False)),
             reparameterized=bool(getattr(fn, "has_rsample", False)),
@@ -284,18 +285,6 @@ def structure_from_trace(trace: poutine.Trace, records: dict[str, SiteRecord]) -
 def _support_name_param(node: dict) -> str:
     constraint = pyro.get_param_store()._constraints.get(node["name"])
     return type(constraint).__name__.lstrip("_").lower() if constraint is not None else "real"
-
-
-def _dist_name(fn: Any) -> str:
-    names = []
-    while True:
-        cls = type(fn).__name__
-        if cls in ("Independent", "MaskedDistribution", "ExpandedDistribution"):
-            fn = fn.base_dist
-            continue
-        names.append(cls)
-        break
-    return names[0]
 
 
 def check_model(obj: Any, what: str = "model") -> Model:

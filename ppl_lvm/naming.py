@@ -102,6 +102,10 @@ class _Scanner(ast.NodeVisitor):
         if position is not None and len(node.args) > position:
             if isinstance(node.args[position], ast.Name):
                 value_name = node.args[position].id
+        first = node.args[0] if node.args else None
+        if kind == "plate" and first is not None and not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
+            # an unnamed plate is named by its size expression: `with lvm.plate(len(x)):` is "len(x)"
+            value_name = ast.unparse(node.args[0])
         for kw in node.keywords:
             if kw.arg in ("obs", "value") and isinstance(kw.value, ast.Name):
                 value_name = kw.value.id

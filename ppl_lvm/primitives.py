@@ -70,7 +70,7 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
     if support is not None and not value.is_floating_point() and not support.is_discrete:
         warnings.warn(
             f"site '{name}' ({resolved.location}): integer data given to the continuous distribution "
-            f"{type(fn).__name__}; converted to {torch.get_default_dtype()}.",
+            f"{distribution_name(fn)}; converted to {torch.get_default_dtype()}.",
             DataWarning,
             stacklevel=3,
         )
@@ -90,9 +90,11 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
             else:
                 # broadcasting that grows both sides (e.g. (N, 1) against (N,)) is almost always a bug
                 problem = joint != value_batch and joint != batch
+        if not problem:
+            _check_plates(name, value, len(event), resolved)
         if problem:
             raise ModelCheckError(
-                f"observed value has shape {_shape(value.shape)}, but {type(fn).__name__} has batch_shape "
+                f"observed value has shape {_shape(value.shape)}, but {distribution_name(fn)} has batch_shape "
                 f"{_shape(batch)} and event_shape {_shape(event)}: expected a value of shape "
                 f"{_shape(expected)}. Fix: check the data's shape for this site, or make the distribution's "
                 "shape match it (index or reshape its parameters, .to_event(n) for vector-valued data, "
@@ -101,6 +103,29 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
                 location=resolved.location,
             )
     return value
+
+
+def _check_plates(name: str, value: torch.Tensor, event_dim: int, resolved: ResolvedName) -> None:
+    batch = value.shape[: value.dim() - event_dim]
+    for frame in pyro.poutine.runtime._PYRO_STACK:
+        if not isinstance(frame, pyro.poutine.plate_messenger.PlateMessenger) or frame.dim is None:
+            continue
+        size = frame.subsample_size
+        if len(batch) >= -frame.dim and batch[frame.dim] not in (1, size):
+            raise ModelCheckError(
+                f"observed value has shape {_shape(value.shape)}: size {batch[frame.dim]} at dim {frame.dim}, but "
+                f"that dim belongs to plate '{frame.name}' of size {size}. Fix: check the data's length, or the "
+                "size given to the plate.",
+                site=name,
+                location=resolved.location,
+            )
+
+
+def distribution_name(fn: Any) -> str:
+    """The name of a distribution under its wrappers: ``Normal`` for ``Normal(...).to_event(1)``."""
+    while type(fn).__name__ in ("Independent", "MaskedDistribution", "ExpandedDistribution"):
+        fn = fn.base_dist
+    return type(fn).__name__
 
 
 def _explain(exc: Exception) -> str:
@@ -117,28 +142,12 @@ def _explain(exc: Exception) -> str:
 
 
 def _sample(name: str, fn: Any, obs: Any, resolved: ResolvedName, infer: dict | None, kind: str):
-    if kind == "latent":
-        fit = current_fit()
-        if fit is not None and fit.beta != 1.0 and not _is_discrete(fn):
-            with pyro.poutine.scale(scale=fit.beta):
-                return _sample_raw(name, fn, obs, resolved, infer)
-    return _sample_raw(name, fn, obs, resolved, infer)
-
-
-def _sample_raw(name, fn, obs, resolved, infer):
     try:
         return pyro.sample(name, fn, obs=obs, infer=infer)
     except (ValueError, RuntimeError, IndexError) as exc:
         if isinstance(exc, PplLvmError):
             raise
         raise ModelCheckError(_explain(exc), site=name, location=resolved.location) from exc
-
-
-def _is_discrete(fn: Any) -> bool:
-    support = getattr(fn, "support", None)
-    return bool(getattr(fn, "has_enumerate_support", False)) or bool(
-        support is not None and support.is_discrete
-    )
 
 
 def latent(

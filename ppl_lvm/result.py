@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, infer_discrete
 
 from .data import BoundData
+from .errors import PplLvmError
 from .model import Model, ModelStructure
 from .runtime import run_scope
 
@@ -125,31 +127,45 @@ class Result:
         model = self._require_model()
         return enumerating(model, self.enumerated) if self.enumerated else model
 
+    def _trace_draws(self, num_samples: int | None, predictive: bool) -> poutine.Trace:
+        """One trace of guide + model; vectorised over a sample plate when ``num_samples`` is given."""
+        nesting = self.structure.max_plate_nesting
+        kwargs = self.data.kwargs
+        with contextlib.ExitStack() as stack:
+            first_dim = -(nesting + 1)
+            if num_samples is not None:
+                stack.enter_context(pyro.plate("_num_samples", num_samples, dim=-(nesting + 1)))
+                first_dim -= 1
+            guide_trace = poutine.trace(self.guide).get_trace(**kwargs)
+            fn = poutine.replay(self._enumerating_model(), trace=guide_trace)
+            if self.enumerated:
+                fn = infer_discrete(fn, first_available_dim=first_dim, temperature=1)
+            if predictive:
+                fn = poutine.uncondition(fn)
+            return poutine.trace(fn).get_trace(**kwargs)
+
     def _draw(self, num_samples: int, seed: int | None, predictive: bool) -> dict[str, torch.Tensor]:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-        model = self._require_model()
+        self._require_model()
         structure = self.structure
-        nesting = structure.max_plate_nesting
-        kwargs = self.data.kwargs
+        wanted = [s.name for s in structure.latent_sites]
+        if predictive:
+            wanted += [s.name for s in structure.observed_sites]
         pyro.set_rng_seed(self.seed if seed is None else seed)
         with self.activated(), torch.no_grad(), run_scope(self.guide):
-            with pyro.plate("_num_samples", num_samples, dim=-(nesting + 1)):
-                guide_trace = poutine.trace(self.guide).get_trace(**kwargs)
-                fn = poutine.replay(self._enumerating_model(), trace=guide_trace)
-                if self.enumerated:
-                    fn = infer_discrete(fn, first_available_dim=-(nesting + 2), temperature=1)
-                if predictive:
-                    fn = poutine.uncondition(fn)
-                model_trace = poutine.trace(fn).get_trace(**kwargs)
-        wanted = {s.name for s in structure.latent_sites}
-        if predictive:
-            wanted |= {s.name for s in structure.observed_sites}
-        draws = {}
-        for name in structure.sites:
-            if name in wanted and name in model_trace.nodes:
-                value = model_trace.nodes[name]["value"]
-                draws[name] = value.reshape((num_samples,) + structure.sites[name].shape)
+            try:
+                trace = self._trace_draws(num_samples, predictive)
+                values = {n: trace.nodes[n]["value"] for n in wanted if n in trace.nodes}
+                draws = {n: v.reshape((num_samples,) + structure.sites[n].shape) for n, v in values.items()}
+            except (IndexError, RuntimeError, ValueError, PplLvmError):
+                # models that index with plain tensors (locs[z]) are not vectorisable: draw one at a time
+                traces = [self._trace_draws(None, predictive) for _ in range(num_samples)]
+                draws = {
+                    n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])
+                    for n in wanted
+                    if n in traces[0].nodes
+                }
         return draws
 
     def sample_posterior(self, num_samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:

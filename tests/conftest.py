@@ -1,0 +1,21 @@
+import pyro
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _clean_state():
+    """Every test starts with an empty parameter store, a fixed seed and float32 defaults."""
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    dtype = torch.get_default_dtype()
+    yield
+    torch.set_default_dtype(dtype)
+    pyro.clear_param_store()
+
+
+@pytest.fixture
+def float64():
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(torch.float32)

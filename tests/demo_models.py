@@ -1,0 +1,57 @@
+"""Models with known answers, shared by the tests."""
+
+import math
+
+import torch
+
+import ppl_lvm as lvm
+from ppl_lvm import constraints, dist
+
+PRIOR_SD = 2.0
+NOISE_SD = 1.0
+
+
+@lvm.model
+def normal_normal(x):
+    """mu ~ N(0, PRIOR_SD^2); x_i ~ N(mu, NOISE_SD^2): the posterior of mu is normal in closed form."""
+    mu = lvm.latent(dist.Normal(0.0, PRIOR_SD))
+    with lvm.plate(len(x)):
+        lvm.observe(dist.Normal(mu, NOISE_SD), x)
+
+
+def normal_normal_posterior(x):
+    precision = 1 / PRIOR_SD**2 + len(x) / NOISE_SD**2
+    mean = float(x.sum()) / NOISE_SD**2 / precision
+    return mean, math.sqrt(1 / precision)
+
+
+@lvm.model
+def ppca(x, q=2):
+    """Probabilistic PCA with a local latent per row; W, mu, sigma are parameters (maximum likelihood)."""
+    n, d = x.shape
+    W = lvm.param(lambda: 0.5 * torch.randn(d, q))
+    mu = lvm.param(lambda: torch.zeros(d))
+    sigma = lvm.param(lambda: torch.ones(()), constraint=constraints.positive)
+    with lvm.plate(n):
+        z = lvm.latent(dist.Normal(torch.zeros(q), 1.0).to_event(1))
+        lvm.observe(dist.Normal(z @ W.T + mu, sigma).to_event(1), x)
+
+
+def ppca_log_marginal(x, W, mu, sigma):
+    """Exact log p(x) of PPCA: x_i ~ N(mu, W W^T + sigma^2 I)."""
+    d = x.shape[1]
+    cov = W @ W.T + sigma**2 * torch.eye(d, dtype=x.dtype)
+    return float(dist.MultivariateNormal(mu, covariance_matrix=cov).log_prob(x).sum())
+
+
+@lvm.model
+def gmm_map(x, K=3):
+    """A Gaussian mixture with priors on its globals (for MAP) and an enumerated assignment per row."""
+    d = x.shape[1]
+    weights = lvm.latent(dist.Dirichlet(torch.ones(K)))
+    with lvm.plate(K, name="components"):
+        locs = lvm.latent(dist.Normal(torch.zeros(d), 10.0).to_event(1))
+        scales = lvm.latent(dist.LogNormal(torch.zeros(d), 2.0).to_event(1))
+    with lvm.plate(len(x)):
+        z = lvm.latent(dist.Categorical(weights))
+        lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)

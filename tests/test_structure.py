@@ -1,0 +1,59 @@
+import pytest
+import torch
+
+import ppl_lvm as lvm
+from ppl_lvm import dist
+
+from demo_models import gmm_map, ppca
+
+
+def test_inspect_records_every_site():
+    x = torch.randn(20, 2)
+    s = gmm_map.inspect(x)
+    assert s.max_plate_nesting == 1
+    z = s.sites["z"]
+    assert (z.kind, z.discrete, z.enumerable, z.plates, z.batch_shape) == ("latent", True, True, ("len(x)",), (20,))
+    assert s.sites["x"].kind == "observed" and s.sites["x"].event_shape == (2,)
+    assert s.sites["locs"].plates == ("components",) and s.sites["locs"].event_shape == (2,)
+    assert s.sites["weights"].support == "simplex"
+    assert s.sites["z"].location.filename.endswith("demo_models.py")
+    assert [p.name for p in s.plates.values()] == ["components", "len(x)"]
+    assert {v.name for v in s.discrete_latents} == {"z"}
+
+
+def test_describe_prints_a_table_with_source_lines(capsys):
+    table = ppca.describe(torch.randn(5, 3))
+    out = capsys.readouterr().out
+    assert table in out
+    assert "W" in table and "param" in table and "demo_models.py:" in table
+    assert "max_plate_nesting = 1" in table
+
+
+def test_wrong_shape_names_site_line_and_shapes():
+    @lvm.model
+    def m(x):
+        mu = lvm.param(torch.zeros(3))
+        lvm.observe(dist.Normal(mu, 1.0).to_event(1), x)
+
+    with pytest.raises(lvm.ModelCheckError, match=r"site 'x' \(.*test_structure\.py:\d+ in m\(\)\): observed value has shape \(4,\), but Normal has batch_shape \(\) and event_shape \(3,\): expected a value of shape \(3,\)"):
+        m.inspect(torch.zeros(4))
+
+
+def test_broadcast_that_grows_both_sides_is_refused():
+    @lvm.model
+    def m(x):
+        mu = lvm.param(torch.zeros(len(x), 1))
+        lvm.observe(dist.Normal(mu, 1.0), x)
+
+    with pytest.raises(lvm.ModelCheckError, match=r"expected a value of shape \(5, 1\)"):
+        m.inspect(torch.zeros(5))
+
+
+def test_plate_size_mismatch_names_site_and_line():
+    @lvm.model
+    def m(x):
+        with lvm.plate(10):
+            lvm.observe(dist.Normal(0.0, 1.0), x)
+
+    with pytest.raises(lvm.ModelCheckError, match=r"site .x. \(.*test_structure\.py:\d+.*size 7 at dim -1, but that dim belongs to plate .10. of size 10"):
+        m.inspect(torch.zeros(7))

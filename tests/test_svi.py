@@ -1,0 +1,153 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
+from scipy.special import logsumexp
+from scipy.stats import norm
+
+import ppl_lvm as lvm
+from ppl_lvm import constraints, dist
+
+from demo_models import gmm_map, normal_normal, normal_normal_posterior
+
+
+@pytest.fixture
+def normal_data():
+    return 3.0 + torch.randn(50, generator=torch.Generator().manual_seed(1))
+
+
+def _posterior_of(fit):
+    draws = fit.sample_posterior(20000, seed=1)["mu"]
+    return float(draws.mean()), float(draws.std())
+
+
+@lvm.guide
+def normal_guide(x):
+    loc = lvm.param(torch.tensor(0.0))
+    scale = lvm.param(torch.tensor(1.0), constraint=constraints.positive)
+    mu = lvm.latent(dist.Normal(loc, scale))
+    return mu
+
+
+@pytest.mark.parametrize("guide", [normal_guide, "normal"])
+def test_svi_recovers_the_conjugate_posterior_within_3_percent(normal_data, guide, float64):
+    x = normal_data.double()
+    fit = lvm.infer(normal_normal, x, method="svi", guide=guide, steps=3000, num_particles=8,
+                    optimizer="clippedadam", lr=0.05, optim_args={"lrd": 0.999}, seed=0)
+    exact_mean, exact_sd = normal_normal_posterior(x)
+    mean, sd = _posterior_of(fit)
+    assert mean == pytest.approx(exact_mean, rel=0.03)
+    assert sd == pytest.approx(exact_sd, rel=0.03)
+    assert fit.method == "svi" and fit.steps == 3000 and np.all(np.isfinite(fit.losses))
+
+
+def test_meanfield_uses_the_analytic_kl():
+    @lvm.model
+    def only_kl():
+        z = lvm.latent(dist.Normal(torch.zeros(3), 1.0).to_event(1))
+        return z
+
+    fit = lvm.infer(only_kl, None, method="meanfield", steps=5, lr=0.1)
+    with fit.activated():
+        analytic = [TraceMeanField_ELBO().loss(only_kl, fit.guide) for _ in range(5)]
+        sampled = [Trace_ELBO().loss(only_kl, fit.guide) for _ in range(5)]
+    assert np.var(analytic) == 0.0
+    assert np.var(sampled) > 0.0
+    assert np.var(fit.losses[-3:] - fit.losses[-4:-1]) >= 0.0  # the history is finite
+    assert analytic[0] > 0.0  # a KL after five steps from a unit scale is still positive
+
+
+def test_meanfield_says_which_site_has_no_analytic_kl():
+    @lvm.model
+    def gamma_prior(x):
+        rate = lvm.latent(dist.Gamma(2.0, 2.0))
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Exponential(rate), x)
+
+    x = torch.rand(20) + 0.1
+    with pytest.warns(lvm.InferenceWarning, match=r"site 'rate' \(.*test_svi\.py:\d+.*\): no KL\(TransformedDistribution \|\| Gamma\)"):
+        lvm.infer(gamma_prior, x, method="meanfield", steps=3)
+    with pytest.raises(lvm.UnsupportedModelError, match="site 'rate'"):
+        lvm.infer(gamma_prior, x, method="meanfield", steps=3, on_missing_kl="error")
+
+
+def test_meanfield_refuses_discrete_latents():
+    with pytest.raises(lvm.UnsupportedModelError, match=r"cannot sum out the discrete latent 'z' \(.*demo_models\.py:\d+"):
+        lvm.infer(gmm_map, torch.randn(30, 2), method="meanfield", steps=1)
+
+
+def _three_clusters(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = np.array([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
+    labels = rng.integers(0, 3, size=n)
+    return centres[labels] + rng.normal(scale=[0.8, 0.5], size=(n, 2))
+
+
+def _mixture_loglik(x, weights, locs, scales):
+    comp = np.log(weights)[None, :] + norm.logpdf(x[:, None, :], locs[None], scales[None]).sum(-1)
+    return float(logsumexp(comp, axis=1).sum())
+
+
+def test_svi_with_map_guide_enumerates_and_matches_sklearn(float64):
+    from sklearn.mixture import GaussianMixture
+
+    x = _three_clusters()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # in particular no "Found vars in model but not guide"
+        fit = lvm.infer(gmm_map, x, method="svi", guide="delta", steps=1500, lr=0.05, seed=3)
+    assert fit.enumerated == ["z"]
+    point = fit.sample_posterior(1)
+    ours = _mixture_loglik(x, point["weights"][0].numpy(), point["locs"][0].numpy(), point["scales"][0].numpy())
+    sk = GaussianMixture(3, covariance_type="diag", n_init=5, random_state=0).fit(x)
+    reference = sk.score(x) * len(x)
+    assert ours == pytest.approx(reference, rel=0.005)
+    # the discrete latent is drawn from its exact conditional posterior given the globals
+    z = fit.sample_posterior(20, seed=0)["z"]
+    assert z.shape == (20, len(x)) and z.dtype == torch.long
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_best_params(normal_data):
+    calls = {"n": 0}
+
+    @lvm.model
+    def fragile(x):
+        mu = lvm.param(torch.tensor(0.0))
+        calls["n"] += 1
+        # from the seventh call on the scale overflows to inf, so the log-likelihood is -inf
+        scale = torch.exp(torch.tensor(1000.0 if calls["n"] > 7 else 0.0))
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Normal(mu, scale), x)
+
+    with pytest.raises(lvm.FitError, match=r"the loss became inf at step \d+ of svi\. The parameters of step \d+") as info:
+        lvm.infer(fragile, normal_data, steps=50, lr=0.1)
+    err = info.value
+    assert err.step is not None and err.step > 1
+    assert torch.isfinite(err.result.params["mu"])
+    assert float(err.result.params["mu"]) > 0.0  # moved towards the data mean of about 3
+
+
+def test_minibatches_scale_the_likelihood(normal_data, float64):
+    x = normal_data.double()
+    full = lvm.infer(normal_normal, x, steps=2000, lr=0.05, num_particles=4, seed=0)
+    mini = lvm.infer(normal_normal, x, steps=2000, lr=0.05, num_particles=4, batch_size=10, seed=0)
+    exact_mean, exact_sd = normal_normal_posterior(x)
+    mean, sd = _posterior_of(mini)
+    # with N/B scaling the minibatch posterior has the full-data width (unscaled it would be sqrt(5) wider)
+    assert sd == pytest.approx(exact_sd, rel=0.25)
+    assert mean == pytest.approx(exact_mean, rel=0.05)
+    assert full.elbo == pytest.approx(mini.elbo, rel=0.1)
+
+
+def test_kl_weight_schedule_and_callbacks_and_early_stop(normal_data):
+    seen = []
+    fit = lvm.infer(normal_normal, normal_data, steps=5000, lr=0.05, beta=lvm.linear_warmup(100),
+                    patience=100, tol=1e-3, callbacks=[lambda s: seen.append(s.beta)])
+    assert seen[0] == 0.0 and seen[50] == pytest.approx(0.5) and seen[-1] == 1.0
+    assert fit.converged and fit.steps < 5000
+
+
+def test_stop_from_a_callback(normal_data):
+    fit = lvm.infer(normal_normal, normal_data, steps=100, callbacks=[lambda s: s.step >= 7])
+    assert fit.steps == 7
