@@ -170,12 +170,17 @@ def params_from_responsibilities(
     *,
     cache: dict | None = None,
 ) -> Params:
-    """One M-step from initial responsibilities, weights included (as sklearn)."""
+    """One M-step from initial responsibilities, weights included (as sklearn).
+
+    Weights are ``nk / sum(nk)``; sklearn divides by ``n_samples`` instead,
+    which is the same for row-normalised responsibilities but leaves
+    unnormalised weights after ``random_from_data`` (one point per component).
+    """
     if cache is None:
         cache = family.precompute(X)
     params = family.m_step(X, resp, None, reg, cache=cache)
     nk = resp.sum(0) + 10 * torch.finfo(resp.dtype).eps
-    params["weights"] = nk / resp.shape[0]
+    params["weights"] = nk / nk.sum()
     return params
 
 
