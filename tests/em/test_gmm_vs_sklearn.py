@@ -58,7 +58,7 @@ def _compare(X, k, ct, strategy, max_iter, seed=0):
 @pytest.mark.parametrize("dataset,k", [("iris", 3), ("wine", 3)])
 def test_matches_sklearn_small(dataset, k, ct, strategy, request):
     X = request.getfixturevalue(dataset)
-    _compare(X, k, ct, strategy, max_iter=25)
+    _compare(X, k, ct, strategy, max_iter=15)
 
 
 @pytest.mark.parametrize("ct", COV_TYPES)
