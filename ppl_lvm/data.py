@@ -46,7 +46,7 @@ def _labels(obj: Any) -> dict[str, list]:
 def to_tensor(value: Any, name: str) -> torch.Tensor:
     """Convert one data value; refuse what cannot be a numeric tensor."""
     if isinstance(value, torch.Tensor):
-        tensor = value
+        tensor = value.detach()  # data simulated from a model may still carry its autograd graph
     else:
         if hasattr(value, "to_numpy"):  # pandas Series / DataFrame
             value = value.to_numpy()

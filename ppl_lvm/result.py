@@ -14,6 +14,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, infer_discrete
+from pyro.infer.autoguide import AutoGuide
 
 from .data import BoundData
 from .errors import PplLvmError
@@ -152,8 +153,9 @@ class Result:
         wanted = [s.name for s in structure.latent_sites]
         if predictive:
             wanted += [s.name for s in structure.observed_sites]
-        pyro.set_rng_seed(self.seed if seed is None else seed)
         with self.activated(), torch.no_grad(), run_scope(self.guide):
+            self._prepare_guide()
+            pyro.set_rng_seed(self.seed if seed is None else seed)
             try:
                 trace = self._trace_draws(num_samples, predictive)
                 values = {n: trace.nodes[n]["value"] for n in wanted if n in trace.nodes}
@@ -180,10 +182,17 @@ class Result:
         """Replicated data: every latent from the posterior, every observed site re-drawn from the model."""
         return self._draw(num_samples, seed, predictive=True)
 
+    def _prepare_guide(self) -> None:
+        """Set up an autoguide's prototype before seeding, so a fresh and a loaded result draw alike."""
+        if isinstance(self.guide, AutoGuide) and self.guide.prototype_trace is None:
+            with torch.random.fork_rng(devices=[]):
+                self.guide._setup_prototype(**self.data.kwargs)
+
     def _bound(self, elbo: Any, seed: int | None) -> float:
         model = self._enumerating_model()
-        pyro.set_rng_seed(self.seed if seed is None else seed)
         with self.activated(), torch.no_grad():
+            self._prepare_guide()
+            pyro.set_rng_seed(self.seed if seed is None else seed)
             return -float(elbo.loss(model, self.guide, **self.data.kwargs))
 
     def elbo_estimate(self, num_particles: int = 100, seed: int | None = None) -> float:

@@ -13,6 +13,7 @@ from typing import Any
 import pyro
 import pyro.poutine as poutine
 import torch
+from pyro.poutine.util import site_is_subsample
 
 from ..data import BoundData
 from ..errors import FitError, UnsupportedModelError
@@ -180,6 +181,7 @@ def local_and_global(structure: ModelStructure, gtrace: poutine.Trace) -> tuple[
         name
         for name, node in gtrace.nodes.items()
         if node["type"] == "sample"
+        and not site_is_subsample(node)
         and data_plate not in [f.name for f in node["cond_indep_stack"]]
     ]
     if data_plate is None:

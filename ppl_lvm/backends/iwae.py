@@ -14,6 +14,7 @@ from typing import Any
 
 import pyro.poutine as poutine
 from pyro.infer import RenyiELBO
+from pyro.poutine.util import site_is_subsample
 
 from ..errors import UnsupportedModelError
 from ..fit import FitOptions
@@ -45,7 +46,7 @@ class IWAEBackend(VariationalBackend):
                 "enumeration) or method='em'."
             )
         for name, node in guide_trace.nodes.items():
-            if node["type"] == "sample" and not node["fn"].has_rsample:
+            if node["type"] == "sample" and not site_is_subsample(node) and not node["fn"].has_rsample:
                 raise UnsupportedModelError(
                     f"method {self.name!r} needs reparameterised guide sites, but the guide samples '{name}' from "
                     f"{type(node['fn']).__name__}, which has no rsample. Use a reparameterisable family (Normal, "
@@ -72,11 +73,15 @@ class RenyiBackend(IWAEBackend):
     name = "renyi"
     method_options = ("alpha",)
 
-    def alpha(self, method: dict) -> float:
+    def parse_options(self, options: dict[str, Any]):
+        loop, method = super().parse_options(options)
         alpha = method.get("alpha", 0.5)
-        if not isinstance(alpha, (int, float)) or alpha == 1:
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha == 1:
             raise ValueError(f"alpha must be a number other than 1 (alpha=1 is the ELBO: use method='svi'), got {alpha!r}")
-        return float(alpha)
+        return loop, method
+
+    def alpha(self, method: dict) -> float:
+        return float(method.get("alpha", 0.5))
 
 
 IWAE = IWAEBackend()

@@ -1,0 +1,62 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+import ppl_lvm as lvm
+
+from demo_models import normal_normal
+
+
+@pytest.fixture
+def fitted():
+    x = 1.0 + torch.randn(30, generator=torch.Generator().manual_seed(0))
+    return lvm.infer(normal_normal, x, steps=200, lr=0.05, seed=4)
+
+
+def test_save_load_round_trip_is_bit_exact(fitted, tmp_path):
+    path = tmp_path / "fit.lvm"
+    fitted.save(path)
+    loaded = lvm.load(path, model=normal_normal)
+    assert loaded.params.keys() == fitted.params.keys()
+    for name, value in fitted.params.items():
+        assert torch.equal(loaded.params[name], value)
+    assert (loaded.losses == fitted.losses).all()
+    assert (loaded.method, loaded.steps, loaded.seed, loaded.guide_name) == ("svi", 200, 4, "normal")
+    a = fitted.sample_posterior(100, seed=9)["mu"]
+    b = loaded.sample_posterior(100, seed=9)["mu"]
+    assert torch.equal(a, b)
+
+
+def test_loaded_result_fits_further(fitted, tmp_path):
+    path = tmp_path / "fit.lvm"
+    fitted.save(path)
+    more = lvm.load(path, model=normal_normal).fit_more(steps=50)
+    assert more.steps == 50
+    # it starts where the saved fit stopped, not from scratch
+    assert more.losses[0] < fitted.losses[0]
+
+
+def test_a_file_crafted_to_run_code_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "evil.lvm"
+    with open(path, "wb") as f:
+        pickle.dump({"meta": "{}", "params": Exploit()}, f)
+    with pytest.raises(lvm.PplLvmError, match="refused without running them|not a readable ppl_lvm result"):
+        lvm.load(path)
+    assert not marker.exists()
+
+
+def test_loading_without_model_keeps_params_but_refuses_queries(fitted, tmp_path):
+    path = tmp_path / "fit.lvm"
+    fitted.save(path)
+    loaded = lvm.load(path)
+    assert torch.equal(loaded.params["MeanFieldNormal.locs.mu"], fitted.params["MeanFieldNormal.locs.mu"])
+    with pytest.raises(RuntimeError, match="loaded without its model"):
+        loaded.sample_posterior(3)
