@@ -66,8 +66,12 @@ def run_gmm(X: np.ndarray, k: int, ct: str, iters: int, repeats: int) -> dict:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             return GaussianMixture(
-                k, covariance_type=ct, max_iter=iters, tol=0.0,
-                weights_init=init["weights"], means_init=init["means"],
+                k,
+                covariance_type=ct,
+                max_iter=iters,
+                tol=0.0,
+                weights_init=init["weights"],
+                means_init=init["means"],
                 precisions_init=init["precisions"],
             ).fit(X)
 
@@ -79,7 +83,9 @@ def run_gmm(X: np.ndarray, k: int, ct: str, iters: int, repeats: int) -> dict:
 
     t_sk, ref = best_time(sk, repeats)
     t_us, res = best_time(ours, repeats)
-    rel = float(np.max(np.abs(np.array(res.history) - ref.lower_bounds_) / np.abs(ref.lower_bounds_)))
+    rel = float(
+        np.max(np.abs(np.array(res.history) - ref.lower_bounds_) / np.abs(ref.lower_bounds_))
+    )
     return {"sklearn_s": t_sk, "ours_s": t_us, "ratio": t_us / t_sk, "max_rel_ll": rel}
 
 
@@ -101,13 +107,21 @@ def run_hmm(
     if ct == "spherical" and covars.ndim == 2:
         covars = covars[:, 0]
     init = {
-        "startprob": h0.startprob_.copy(), "transmat": h0.transmat_.copy(),
-        "means": h0.means_.copy(), "covariances": covars,
+        "startprob": h0.startprob_.copy(),
+        "transmat": h0.transmat_.copy(),
+        "means": h0.means_.copy(),
+        "covariances": covars,
     }
 
     def ref_fit():
-        h = GaussianHMM(n_states, covariance_type=ct, n_iter=iters, tol=-np.inf,
-                        init_params="", covars_prior=0.0)
+        h = GaussianHMM(
+            n_states,
+            covariance_type=ct,
+            n_iter=iters,
+            tol=-np.inf,
+            init_params="",
+            covars_prior=0.0,
+        )
         h.startprob_, h.transmat_, h.means_ = init["startprob"], init["transmat"], init["means"]
         h.covars_ = covars
         return h.fit(X, lengths)
@@ -137,7 +151,10 @@ def run_scaling(ns: list[int], d: int, k: int, iters: int, repeats: int) -> list
         init = gmm_init(X, k, "diag")
         Xt = torch.as_tensor(X)
         fam = Gaussian("diag")
-        t, _ = best_time(lambda: fit_mixture(Xt, fam, init, max_iter=iters, tol=0.0), repeats)
+        t, _ = best_time(
+            lambda Xt=Xt, fam=fam, init=init: fit_mixture(Xt, fam, init, max_iter=iters, tol=0.0),
+            repeats,
+        )
         rows.append({"n": n, "s_per_iter": t / iters, "ns_per_point_iter": 1e9 * t / iters / n})
     return rows
 
@@ -164,27 +181,46 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, float64")
         if args.only in ("all", "gmm"):
             X = make_gmm_data(args.n, args.d, args.k)
-            print(f"\nGMM N={args.n} D={args.d} K={args.k}, {args.iters} iterations "
-                  f"(best of {args.repeats})")
+            print(
+                f"\nGMM N={args.n} D={args.d} K={args.k}, {args.iters} iterations "
+                f"(best of {args.repeats})"
+            )
             print(f"{'cov':<10}{'sklearn s':>11}{'ours s':>9}{'ratio':>8}{'max rel LL diff':>18}")
             for ct in ("full", "diag", "tied", "spherical"):
                 r = run_gmm(X, args.k, ct, args.iters, args.repeats)
-                print(f"{ct:<10}{r['sklearn_s']:>11.3f}{r['ours_s']:>9.3f}{r['ratio']:>8.3f}"
-                      f"{r['max_rel_ll']:>18.2e}")
+                print(
+                    f"{ct:<10}{r['sklearn_s']:>11.3f}{r['ours_s']:>9.3f}{r['ratio']:>8.3f}"
+                    f"{r['max_rel_ll']:>18.2e}"
+                )
         if args.only in ("all", "hmm"):
-            print(f"\nHMM {args.hmm_states} states, {args.hmm_seqs} x {args.hmm_len}, "
-                  f"D={args.hmm_dim}, {args.hmm_iters} iterations (best of {args.repeats})")
-            print(f"{'cov':<10}{'hmmlearn ms/it':>15}{'ours ms/it':>12}{'ratio':>8}"
-                  f"{'max rel LL diff':>18}")
+            print(
+                f"\nHMM {args.hmm_states} states, {args.hmm_seqs} x {args.hmm_len}, "
+                f"D={args.hmm_dim}, {args.hmm_iters} iterations (best of {args.repeats})"
+            )
+            print(
+                f"{'cov':<10}{'hmmlearn ms/it':>15}{'ours ms/it':>12}{'ratio':>8}"
+                f"{'max rel LL diff':>18}"
+            )
             for ct in ("diag", "full"):
-                r = run_hmm(args.hmm_states, args.hmm_seqs, args.hmm_len, args.hmm_dim, ct,
-                            args.hmm_iters, args.repeats)
-                print(f"{ct:<10}{r['hmmlearn_ms_per_iter']:>15.2f}{r['ours_ms_per_iter']:>12.2f}"
-                      f"{r['ratio']:>8.3f}{r['max_rel_ll']:>18.2e}")
+                r = run_hmm(
+                    args.hmm_states,
+                    args.hmm_seqs,
+                    args.hmm_len,
+                    args.hmm_dim,
+                    ct,
+                    args.hmm_iters,
+                    args.repeats,
+                )
+                print(
+                    f"{ct:<10}{r['hmmlearn_ms_per_iter']:>15.2f}{r['ours_ms_per_iter']:>12.2f}"
+                    f"{r['ratio']:>8.3f}{r['max_rel_ll']:>18.2e}"
+                )
         if args.only in ("all", "scaling"):
             ns = [int(v) for v in args.scaling_ns.split(",")]
-            print(f"\nGMM diag scaling in N (D={args.d}, K={args.k}, {args.scaling_iters} "
-                  f"iterations, best of {args.repeats})")
+            print(
+                f"\nGMM diag scaling in N (D={args.d}, K={args.k}, {args.scaling_iters} "
+                f"iterations, best of {args.repeats})"
+            )
             print(f"{'N':>10}{'s/iter':>10}{'ns/(point*iter)':>17}")
             for r in run_scaling(ns, args.d, args.k, args.scaling_iters, args.repeats):
                 print(f"{r['n']:>10}{r['s_per_iter']:>10.4f}{r['ns_per_point_iter']:>17.1f}")

@@ -122,7 +122,10 @@ class Gaussian:
     default_reg = 1e-6
 
     def __init__(
-        self, covariance_type: str = "full", strategy: str = "auto", dtype: torch.dtype = torch.float64
+        self,
+        covariance_type: str = "full",
+        strategy: str = "auto",
+        dtype: torch.dtype = torch.float64,
     ) -> None:
         if covariance_type not in COVARIANCE_TYPES:
             raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}")
@@ -377,7 +380,7 @@ class Gaussian:
             )
             prev_means = None if params is None else params.get("means")
             prev_cov = None if params is None else params.get("covariances")
-            means = _keep_previous(means, prev_means, X_mean(cache), empty)
+            means = _keep_previous(means, prev_means, shift, empty)
             if ct != "tied":
                 fallback = _global_covariance(xc, ct, reg)
                 cov = _keep_previous(cov, prev_cov, fallback, empty)
@@ -448,9 +451,7 @@ class Gaussian:
         means = params["means"]
         cov = params["covariances"]
         z = torch.as_tensor(component_indices, dtype=torch.long)
-        eps = torch.randn(
-            (z.shape[0], means.shape[1]), generator=generator, dtype=means.dtype
-        )
+        eps = torch.randn((z.shape[0], means.shape[1]), generator=generator, dtype=means.dtype)
         ct = self.covariance_type
         if ct == "full":
             chol = torch.linalg.cholesky(cov)
@@ -460,10 +461,6 @@ class Gaussian:
         if ct == "diag":
             return means[z] + eps * cov[z].sqrt()
         return means[z] + eps * cov[z].sqrt().unsqueeze(1)
-
-
-def X_mean(cache: dict) -> torch.Tensor:  # noqa: N802 - mirrors the math symbol
-    return cache["shift"]
 
 
 def _cancels(raw: torch.Tensor, centred: torch.Tensor) -> torch.Tensor:
@@ -522,9 +519,7 @@ def _precision_cholesky(
         chol, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
             if not repair:
-                raise ValueError(
-                    "Covariance matrix is not positive definite; increase reg_covar"
-                )
+                raise ValueError("Covariance matrix is not positive definite; increase reg_covar")
             cov = cov.clone()
             bad = (info != 0) if cov.ndim == 3 else None
             scale = torch.diagonal(cov, dim1=-2, dim2=-1).abs().mean().clamp_min(1.0)
@@ -638,7 +633,10 @@ class Bernoulli:
         return {"probs": probs.clamp(eps, 1.0 - eps)}
 
     def sample(
-        self, params: Params, component_indices: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        params: Params,
+        component_indices: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         z = torch.as_tensor(component_indices, dtype=torch.long)
         return torch.bernoulli(params["probs"][z], generator=generator)
@@ -728,7 +726,10 @@ class Categorical:
         return {"probs": probs}
 
     def sample(
-        self, params: Params, component_indices: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        params: Params,
+        component_indices: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         z = torch.as_tensor(component_indices, dtype=torch.long)
         if z.numel() == 0:
@@ -801,14 +802,17 @@ class Poisson:
         return {"rates": rates.clamp_min(reg)}
 
     def sample(
-        self, params: Params, component_indices: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        params: Params,
+        component_indices: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         z = torch.as_tensor(component_indices, dtype=torch.long)
         return torch.poisson(params["rates"][z], generator=generator)
 
 
 def get_family(name: str, **kwargs: Any) -> Any:
-    """Family instance by name: ``"gaussian"``, ``"bernoulli"``, ``"categorical"``, ``"poisson"``."""
+    """Family instance by name: gaussian, bernoulli, categorical or poisson."""
     families = {
         "gaussian": Gaussian,
         "bernoulli": Bernoulli,

@@ -414,8 +414,13 @@ def hmm_e_step(
         method = "log"  # underflow detected: redo exactly in log space
     log_start = _safe_log(startprob)
     log_trans = _safe_log(transmat)
+    # "log" lets forward_backward pick the chunked scan or, when its (B, T, K, K)
+    # tensors would be too large, the plain time loop.
     alpha, beta = forward_backward(
-        log_start, log_trans, emis, method="chunked" if method == "log" else method,
+        log_start,
+        log_trans,
+        emis,
+        method="auto" if method == "log" else method,
         chunk=layout.chunk,
     )
     # Read the likelihood at each sequence's true end (padding would only add
@@ -429,15 +434,18 @@ def hmm_e_step(
     log_gamma -= torch.logsumexp(log_gamma, dim=-1, keepdim=True)
     gamma = log_gamma.exp_()
 
+    xi_sum = emis.new_zeros((k, k))
     if t_pad > 1 and layout.trans_index.numel():
         seq_ll = log_lik.repeat_interleave(t_pad - 1)
-        a_prev = alpha[:, :-1].reshape(-1, k).index_select(0, layout.trans_index)
-        eb_next = (emis[:, 1:] + beta[:, 1:]).reshape(-1, k).index_select(0, layout.trans_index)
-        ll_t = seq_ll.index_select(0, layout.trans_index)
-        log_xi = (a_prev - ll_t.unsqueeze(1)).unsqueeze(2) + log_trans + eb_next.unsqueeze(1)
-        xi_sum = log_xi.exp_().sum(0)
-    else:
-        xi_sum = emis.new_zeros((k, k))
+        a_all = alpha[:, :-1].reshape(-1, k)
+        eb_all = (emis[:, 1:] + beta[:, 1:]).reshape(-1, k)
+        # Exact log-space xi, in blocks so the (rows, K, K) temporary stays small.
+        block = max(1, 2**22 // (k * k))
+        for start in range(0, layout.trans_index.numel(), block):
+            idx = layout.trans_index[start : start + block]
+            a_prev = a_all.index_select(0, idx) - seq_ll.index_select(0, idx).unsqueeze(1)
+            log_xi = a_prev.unsqueeze(2) + log_trans + eb_all.index_select(0, idx).unsqueeze(1)
+            xi_sum += log_xi.exp_().sum(0)
     start_sum = gamma.index_select(0, layout.first_index).sum(0)
     return HMMEStep(log_lik, gamma, xi_sum, start_sum)
 
@@ -452,9 +460,7 @@ def _e_step_scaled(
         emis = torch.nn.functional.pad(emis, (0, 0, 0, chunk - t_pad % chunk))
     sc = _forward_backward_scaled(startprob, transmat, emis, chunk)
     t_all = emis.shape[1]
-    log_lik = sc.log_norm.reshape(-1).index_select(
-        0, torch.arange(b) * t_all + layout.lengths - 1
-    )
+    log_lik = sc.log_norm.reshape(-1).index_select(0, torch.arange(b) * t_all + layout.lengths - 1)
     flat_index = (layout.pad_index // t_pad) * t_all + layout.pad_index % t_pad
     alpha_hat = sc.alpha_hat.reshape(-1, k)
     beta_hat = sc.beta_hat.reshape(-1, k)

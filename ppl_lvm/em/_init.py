@@ -289,10 +289,9 @@ def initialize_hmm(
     if "startprob" not in out:
         out["startprob"] = torch.full((k,), 1.0 / k, dtype=dtype)
     if "transmat" not in out:
-        out["transmat"] = (
-            self_transition * torch.eye(k, dtype=dtype)
-            + (1.0 - self_transition) / k * torch.ones((k, k), dtype=dtype)
-        )
+        out["transmat"] = self_transition * torch.eye(k, dtype=dtype) + (
+            1.0 - self_transition
+        ) / k * torch.ones((k, k), dtype=dtype)
     out["startprob"] = torch.as_tensor(out["startprob"], dtype=dtype)
     out["transmat"] = torch.as_tensor(out["transmat"], dtype=dtype)
     return out

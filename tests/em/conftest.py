@@ -55,9 +55,7 @@ def big_gmm_data() -> np.ndarray:
 def make_gmm_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(k, d)) * 3
-    parts = [
-        rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c for c in centers
-    ]
+    parts = [rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c for c in centers]
     return np.concatenate(parts)
 
 

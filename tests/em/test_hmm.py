@@ -13,8 +13,8 @@ from hmmlearn.hmm import CategoricalHMM, GaussianHMM
 
 from ppl_lvm.em._families import Categorical, Gaussian
 from ppl_lvm.em._hmm import (
-    forward_backward,
     fit_hmm,
+    forward_backward,
     hmm_e_step,
     hmm_log_likelihood,
     hmm_n_parameters,
@@ -35,7 +35,7 @@ def _gaussian_sequences(seed=1, d=2):
     return rng.normal(size=(n, d)) + 2.5 * states[:, None]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hmmlearn_pair_cached(ct, n_iter):
     return _hmmlearn_pair(_gaussian_sequences(), ct, n_iter)
 
@@ -70,7 +70,13 @@ def test_gaussian_hmm_matches_hmmlearn(ct, method):
     X = _gaussian_sequences()
     init, ref = _hmmlearn_pair_cached(ct, 12)
     res = fit_hmm(
-        torch.as_tensor(X), LENGTHS, Gaussian(ct), init, max_iter=12, tol=-np.inf, reg=0.0,
+        torch.as_tensor(X),
+        LENGTHS,
+        Gaussian(ct),
+        init,
+        max_iter=12,
+        tol=-np.inf,
+        reg=0.0,
         method=method,
     )
     assert len(res.history) == len(ref.monitor_.history) == 12
@@ -148,7 +154,7 @@ def _brute_force(log_start, log_trans, log_em):
     w = np.exp(logs - ll)
     gamma = np.zeros((t_len, k))
     xi = np.zeros((k, k))
-    for weight, path in zip(w, paths):
+    for weight, path in zip(w, paths, strict=True):
         for t in range(t_len):
             gamma[t, path[t]] += weight
         for t in range(1, t_len):
@@ -165,7 +171,10 @@ def test_brute_force_three_state_chain(method):
     log_em = rng.normal(size=(t_len, k)) * 3
     ll, gamma, xi = _brute_force(np.log(start), np.log(trans), log_em)
     stats = hmm_e_step(
-        torch.as_tensor(log_em), None, torch.as_tensor(start), torch.as_tensor(trans),
+        torch.as_tensor(log_em),
+        None,
+        torch.as_tensor(start),
+        torch.as_tensor(trans),
         method=method,
     )
     assert abs(float(stats.log_likelihood[0]) - ll) <= 1e-10 * abs(ll)
@@ -200,16 +209,22 @@ def test_left_right_hmm_with_structural_zeros():
     X = _gaussian_sequences(seed=4, d=1)
     trans = np.array([[0.9, 0.1, 0.0], [0.0, 0.9, 0.1], [0.0, 0.0, 1.0]])
     start = np.array([1.0, 0.0, 0.0])
-    ref = GaussianHMM(3, covariance_type="diag", n_iter=8, tol=-np.inf, init_params="",
-                      covars_prior=0.0)
+    ref = GaussianHMM(
+        3, covariance_type="diag", n_iter=8, tol=-np.inf, init_params="", covars_prior=0.0
+    )
     ref.startprob_, ref.transmat_ = start, trans
     ref.means_ = np.array([[0.0], [2.5], [5.0]])
     ref.covars_ = np.ones((3, 1))
     ref.fit(X, LENGTHS)
-    init = {"startprob": start, "transmat": trans, "means": np.array([[0.0], [2.5], [5.0]]),
-            "covariances": np.ones((3, 1))}
-    res = fit_hmm(torch.as_tensor(X), LENGTHS, Gaussian("diag"), init, max_iter=8,
-                  tol=-np.inf, reg=0.0)
+    init = {
+        "startprob": start,
+        "transmat": trans,
+        "means": np.array([[0.0], [2.5], [5.0]]),
+        "covariances": np.ones((3, 1)),
+    }
+    res = fit_hmm(
+        torch.as_tensor(X), LENGTHS, Gaussian("diag"), init, max_iter=8, tol=-np.inf, reg=0.0
+    )
     assert rel_err(res.history, ref.monitor_.history) < 1e-6
     assert float(res.params["transmat"][1, 0]) == 0.0
 
@@ -245,8 +260,12 @@ def test_n_parameters_matches_hmmlearn(ct):
     X = _gaussian_sequences()
     h = GaussianHMM(3, covariance_type=ct, n_iter=1, random_state=0).fit(X, LENGTHS)
     covars = h._covars_ if ct != "spherical" else np.asarray(h._covars_).reshape(3, -1)[:, 0]
-    params = {"means": h.means_, "covariances": covars, "startprob": h.startprob_,
-              "transmat": torch.as_tensor(h.transmat_)}
+    params = {
+        "means": h.means_,
+        "covariances": covars,
+        "startprob": h.startprob_,
+        "transmat": torch.as_tensor(h.transmat_),
+    }
     fam = Gaussian(ct)
     expected = sum(h._get_n_fit_scalars_per_param().values())
     assert hmm_n_parameters(fam, fam.complete_params(params)) == expected

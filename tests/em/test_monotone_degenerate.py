@@ -73,8 +73,9 @@ def test_hmm_monotone(kind):
     n=st.integers(5, 120),
     d=st.integers(1, 4),
     k=st.integers(1, 5),
-    kind=st.sampled_from(["full", "diag", "spherical", "tied", "bernoulli", "poisson",
-                          "categorical", "hmm"]),
+    kind=st.sampled_from(
+        ["full", "diag", "spherical", "tied", "bernoulli", "poisson", "categorical", "hmm"]
+    ),
 )
 def test_monotone_property(seed, n, d, k, kind):
     """Random data, sizes and seeds: EM is monotone and NaN-free."""
@@ -116,8 +117,15 @@ def test_monotone_property(seed, n, d, k, kind):
         if kind == "hmm":
             params = initialize_hmm(X, fam, k, "random", seed=seed)
             cut = max(1, n // 3)
-            res = fit_hmm(X, [cut, n - cut] if n - cut > 0 else [n], fam, params,
-                          max_iter=15, tol=-np.inf, callback=record)
+            res = fit_hmm(
+                X,
+                [cut, n - cut] if n - cut > 0 else [n],
+                fam,
+                params,
+                max_iter=15,
+                tol=-np.inf,
+                callback=record,
+            )
         else:
             init = "random" if kind == "categorical" else "k-means++"
             params = initialize_mixture(X, fam, k, init, seed=seed)
@@ -179,16 +187,22 @@ def test_component_with_no_data(ct):
 def test_discrete_component_with_no_data(fam):
     if isinstance(fam, Categorical):
         X = torch.tensor([0, 1, 2, 1, 0, 2] * 10)
-        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
-                  "probs": torch.full((3, 3), 1 / 3, dtype=torch.float64)}
+        params = {
+            "weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+            "probs": torch.full((3, 3), 1 / 3, dtype=torch.float64),
+        }
     elif isinstance(fam, Bernoulli):
         X = torch.tensor([[0.0, 1.0], [1.0, 1.0]] * 10)
-        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
-                  "probs": torch.full((3, 2), 0.5, dtype=torch.float64)}
+        params = {
+            "weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+            "probs": torch.full((3, 2), 0.5, dtype=torch.float64),
+        }
     else:
         X = torch.tensor([[0.0, 3.0], [1.0, 7.0]] * 10)
-        params = {"weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
-                  "rates": torch.full((3, 2), 2.0, dtype=torch.float64)}
+        params = {
+            "weights": torch.tensor([0.5, 0.5, 0.0], dtype=torch.float64),
+            "rates": torch.full((3, 2), 2.0, dtype=torch.float64),
+        }
     with pytest.warns(EMDegeneracyWarning):
         res = fit_mixture(X, fam, params, max_iter=5)
     _no_nan(res.params)
@@ -205,8 +219,10 @@ def test_singular_covariance_without_reg_is_repaired():
 
 def test_unseen_category_gives_finite_responsibilities():
     fam = Categorical(3)
-    params = {"weights": torch.tensor([0.5, 0.5], dtype=torch.float64),
-              "probs": torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64)}
+    params = {
+        "weights": torch.tensor([0.5, 0.5], dtype=torch.float64),
+        "probs": torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64),
+    }
     from ppl_lvm.em._mixture import mixture_log_likelihood
 
     ll, resp = mixture_log_likelihood(torch.tensor([0, 2, 1]), fam, params)
