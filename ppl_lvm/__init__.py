@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
@@ -31,6 +33,14 @@ from .primitives import deterministic, latent, markov, module, observe, param, p
 from .result import Result
 
 __version__ = "0.1.0"
+
+# In a source checkout the ready-made models sit in the top-level models/ folder; a wheel installs them as
+# ppl_lvm/models (pyproject's package-dir). Make `ppl_lvm.models` resolve in the checkout too.
+_checkout_models = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+if os.path.isfile(os.path.join(_checkout_models, "__init__.py")) and not os.path.isdir(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
+):
+    __path__.append(os.path.dirname(_checkout_models))  # noqa: F821 - the package's own __path__
 
 __all__ = [
     "AmortizedNormal",

@@ -2,6 +2,9 @@ import pyro
 import pytest
 import torch
 
+# One thread: on a 2-core machine small tensor ops under a second busy thread run several times slower.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _clean_state():

@@ -2,11 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from demo_models import normal_normal
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
-
-from demo_models import normal_normal
 
 
 def test_nan_and_inf_are_refused_with_count_and_positions():

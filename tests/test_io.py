@@ -3,10 +3,9 @@ import pickle
 
 import pytest
 import torch
+from demo_models import normal_normal
 
 import ppl_lvm as lvm
-
-from demo_models import normal_normal
 
 
 @pytest.fixture

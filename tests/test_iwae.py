@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from demo_models import gmm_map, normal_normal, ppca, ppca_log_marginal
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
-
-from demo_models import gmm_map, normal_normal, ppca, ppca_log_marginal
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ def test_site_names_equal_assigned_names():
     def m(x):
         loc = lvm.param(torch.zeros(2))
         scale = lvm.latent(dist.LogNormal(0.0, 1.0))
-        with lvm.plate(len(x)) as data:
+        with lvm.plate(len(x)) as data:  # noqa: F841 - names the plate
             z = lvm.latent(dist.Bernoulli(0.5))
             y = lvm.observe(dist.Normal(loc[z.long()], scale), x)
         return y
@@ -98,7 +98,7 @@ def test_markov_appends_the_step_to_automatic_names():
     def chain(T=4):
         probs = torch.tensor([[0.9, 0.1], [0.2, 0.8]])
         s = torch.tensor(0)
-        for t in lvm.markov(range(T)):
+        for t in lvm.markov(range(T)):  # noqa: B007
             s = lvm.latent(dist.Categorical(probs[s]))
         return s
 

@@ -1,10 +1,9 @@
 import pytest
 import torch
+from demo_models import gmm_map, ppca
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
-
-from demo_models import gmm_map, ppca
 
 
 def test_inspect_records_every_site():

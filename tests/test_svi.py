@@ -3,14 +3,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from demo_models import gmm_map, normal_normal, normal_normal_posterior
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from scipy.special import logsumexp
 from scipy.stats import norm
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
-
-from demo_models import gmm_map, normal_normal, normal_normal_posterior
 
 
 @pytest.fixture
