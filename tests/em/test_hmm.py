@@ -269,3 +269,26 @@ def test_n_parameters_matches_hmmlearn(ct):
     fam = Gaussian(ct)
     expected = sum(h._get_n_fit_scalars_per_param().values())
     assert hmm_n_parameters(fam, fam.complete_params(params)) == expected
+
+
+def test_poisson_hmm_matches_hmmlearn():
+    from hmmlearn.hmm import PoissonHMM
+
+    from ppl_lvm.em._families import Poisson
+
+    rng = np.random.default_rng(9)
+    lengths = [60, 25, 90]
+    rates = np.array([[1.0, 6.0], [4.0, 2.0], [9.0, 9.0]])
+    z = rng.integers(0, 3, size=sum(lengths))
+    X = rng.poisson(rates[z])
+    init = {
+        "startprob": np.array([0.5, 0.3, 0.2]),
+        "transmat": rng.dirichlet(np.ones(3) * 3, size=3),
+        "rates": np.array([[2.0, 3.0], [3.0, 3.5], [6.0, 5.0]]),
+    }
+    ref = PoissonHMM(3, n_iter=10, tol=-np.inf, init_params="")
+    ref.startprob_, ref.transmat_, ref.lambdas_ = init["startprob"], init["transmat"], init["rates"]
+    ref.fit(X, lengths)
+    res = fit_hmm(X, lengths, Poisson(), init, max_iter=10, tol=-np.inf, reg=0.0)
+    assert rel_err(res.history, ref.monitor_.history) < 1e-6
+    np.testing.assert_allclose(as_np(res.params["rates"]), ref.lambdas_, rtol=1e-8)
