@@ -50,9 +50,9 @@ def gmm_init(X: np.ndarray, k: int, ct: str) -> dict:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        g0 = GaussianMixture(
-            k, covariance_type=ct, max_iter=1, random_state=0, init_params="random_from_data"
-        ).fit(X[:: max(1, len(X) // 2000)])
+        g0 = GaussianMixture(k, covariance_type=ct, max_iter=1, random_state=0, init_params="random_from_data").fit(
+            X[:: max(1, len(X) // 2000)]
+        )
     return {"weights": g0.weights_, "means": g0.means_, "precisions": g0.precisions_}
 
 
@@ -83,15 +83,11 @@ def run_gmm(X: np.ndarray, k: int, ct: str, iters: int, repeats: int) -> dict:
 
     t_sk, ref = best_time(sk, repeats)
     t_us, res = best_time(ours, repeats)
-    rel = float(
-        np.max(np.abs(np.array(res.history) - ref.lower_bounds_) / np.abs(ref.lower_bounds_))
-    )
+    rel = float(np.max(np.abs(np.array(res.history) - ref.lower_bounds_) / np.abs(ref.lower_bounds_)))
     return {"sklearn_s": t_sk, "ours_s": t_us, "ratio": t_us / t_sk, "max_rel_ll": rel}
 
 
-def run_hmm(
-    n_states: int, n_seq: int, length: int, d: int, ct: str, iters: int, repeats: int
-) -> dict:
+def run_hmm(n_states: int, n_seq: int, length: int, d: int, ct: str, iters: int, repeats: int) -> dict:
     from hmmlearn.hmm import GaussianHMM
 
     logging.getLogger("hmmlearn").setLevel(logging.ERROR)
@@ -181,26 +177,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"torch {torch.__version__}, threads={torch.get_num_threads()}, float64")
         if args.only in ("all", "gmm"):
             X = make_gmm_data(args.n, args.d, args.k)
-            print(
-                f"\nGMM N={args.n} D={args.d} K={args.k}, {args.iters} iterations "
-                f"(best of {args.repeats})"
-            )
+            print(f"\nGMM N={args.n} D={args.d} K={args.k}, {args.iters} iterations (best of {args.repeats})")
             print(f"{'cov':<10}{'sklearn s':>11}{'ours s':>9}{'ratio':>8}{'max rel LL diff':>18}")
             for ct in ("full", "diag", "tied", "spherical"):
                 r = run_gmm(X, args.k, ct, args.iters, args.repeats)
-                print(
-                    f"{ct:<10}{r['sklearn_s']:>11.3f}{r['ours_s']:>9.3f}{r['ratio']:>8.3f}"
-                    f"{r['max_rel_ll']:>18.2e}"
-                )
+                print(f"{ct:<10}{r['sklearn_s']:>11.3f}{r['ours_s']:>9.3f}{r['ratio']:>8.3f}{r['max_rel_ll']:>18.2e}")
         if args.only in ("all", "hmm"):
             print(
                 f"\nHMM {args.hmm_states} states, {args.hmm_seqs} x {args.hmm_len}, "
                 f"D={args.hmm_dim}, {args.hmm_iters} iterations (best of {args.repeats})"
             )
-            print(
-                f"{'cov':<10}{'hmmlearn ms/it':>15}{'ours ms/it':>12}{'ratio':>8}"
-                f"{'max rel LL diff':>18}"
-            )
+            print(f"{'cov':<10}{'hmmlearn ms/it':>15}{'ours ms/it':>12}{'ratio':>8}{'max rel LL diff':>18}")
             for ct in ("diag", "full"):
                 r = run_hmm(
                     args.hmm_states,

@@ -206,19 +206,13 @@ class Gaussian:
         ct = self.covariance_type
         if "precisions_cholesky" not in out:
             if "precisions" in out:
-                out["precisions_cholesky"] = _precision_cholesky_from_precisions(
-                    out["precisions"], ct
-                )
+                out["precisions_cholesky"] = _precision_cholesky_from_precisions(out["precisions"], ct)
             elif "covariances" in out:
                 out["precisions_cholesky"] = _precision_cholesky(out["covariances"], ct)[0]
             else:
-                raise ValueError(
-                    "Gaussian params need 'covariances', 'precisions' or 'precisions_cholesky'"
-                )
+                raise ValueError("Gaussian params need 'covariances', 'precisions' or 'precisions_cholesky'")
         if "covariances" not in out:
-            out["covariances"] = _covariances_from_precision_cholesky(
-                out["precisions_cholesky"], ct
-            )
+            out["covariances"] = _covariances_from_precision_cholesky(out["precisions_cholesky"], ct)
         out.pop("precisions", None)
         return out
 
@@ -248,9 +242,7 @@ class Gaussian:
                 return cache["design"] @ coef
         return self._log_prob_direct(cache["xc"], means - cache["shift"], prec_chol)
 
-    def _log_prob_coefficients(
-        self, mu: torch.Tensor, prec_chol: torch.Tensor, cache: dict
-    ) -> torch.Tensor | None:
+    def _log_prob_coefficients(self, mu: torch.Tensor, prec_chol: torch.Tensor, cache: dict) -> torch.Tensor | None:
         """(F, K) matrix with ``design @ coef == log_prob`` for centred means ``mu``.
 
         Returns None when ``mu' P mu`` is so large that expanding the square
@@ -289,9 +281,7 @@ class Gaussian:
         bias = const + log_det - 0.5 * mpm
         return torch.cat([quad, lin, bias.unsqueeze(1)], dim=1).T.contiguous()
 
-    def _log_prob_direct(
-        self, xc: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor
-    ) -> torch.Tensor:
+    def _log_prob_direct(self, xc: torch.Tensor, mu: torch.Tensor, prec_chol: torch.Tensor) -> torch.Tensor:
         """sklearn's formulation, all components in one matmul."""
         ct = self.covariance_type
         n, d = xc.shape
@@ -376,10 +366,7 @@ class Gaussian:
 
         means = mu + shift
         if bool(empty.any()):
-            _warn(
-                f"{int(empty.sum())} of {k} components received no responsibility; "
-                "keeping their previous parameters"
-            )
+            _warn(f"{int(empty.sum())} of {k} components received no responsibility; keeping their previous parameters")
             prev_means = None if params is None else params.get("means")
             prev_cov = None if params is None else params.get("covariances")
             means = _keep_previous(means, prev_means, shift, empty)
@@ -417,14 +404,12 @@ class Gaussian:
             else:
                 raw = second / nk[:, None, None]
                 cov = raw - mu.unsqueeze(2) * mu.unsqueeze(1)
-                bad = _cancels(
-                    torch.diagonal(raw, dim1=-2, dim2=-1), torch.diagonal(cov, dim1=-2, dim2=-1), reg
-                ).any(-1)
+                bad = _cancels(torch.diagonal(raw, dim1=-2, dim2=-1), torch.diagonal(cov, dim1=-2, dim2=-1), reg).any(
+                    -1
+                )
                 if bool(bad.any()):
                     idx = torch.nonzero(bad).flatten()
-                    cov[idx] = _two_pass_covariances(
-                        xc, resp[:, idx], nk[idx], mu[idx], "full", 0.0
-                    )
+                    cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], "full", 0.0)
             cov.diagonal(dim1=-2, dim2=-1).add_(reg)
             return cov
         if ct == "diag":

@@ -474,9 +474,7 @@ def _e_step_scaled(
     prev_pos = seq * t_all + rows % max(t_pad - 1, 1)
     if rows.numel():
         u = alpha_hat.index_select(0, prev_pos)
-        v = beta_hat.index_select(0, prev_pos + 1) * sc.emis_prob.reshape(-1, k).index_select(
-            0, prev_pos + 1
-        )
+        v = beta_hat.index_select(0, prev_pos + 1) * sc.emis_prob.reshape(-1, k).index_select(0, prev_pos + 1)
         z = ((u @ transmat) * v).sum(-1, keepdim=True)
         v.div_(z)
         xi_sum = transmat * (u.T @ v)
@@ -584,11 +582,7 @@ def transitions_m_step(
         k = xi_sum.shape[0]
         prev = None if previous is None else previous.get("transmat")
         transmat = transmat.clone()
-        fallback = (
-            prev.to(transmat.dtype)
-            if prev is not None
-            else torch.full((k, k), 1.0 / k, dtype=transmat.dtype)
-        )
+        fallback = prev.to(transmat.dtype) if prev is not None else torch.full((k, k), 1.0 / k, dtype=transmat.dtype)
         transmat[empty] = fallback[empty]
         # A sequence set made only of length-1 sequences has no transitions at
         # all: that is expected, not degenerate.
@@ -688,14 +682,10 @@ def fit_hmm(
     result = HMMFitResult(params=params)
     for n_iter in range(1, max_iter + 1):
         log_em = family.log_prob(X, params, cache=cache)
-        stats = hmm_e_step(
-            log_em, None, params["startprob"], params["transmat"], method=method, layout=layout
-        )
+        stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, layout=layout)
         total = float(stats.log_likelihood.sum())
         new = family.m_step(X, stats.gamma, params, reg, cache=cache)
-        new["startprob"], new["transmat"] = transitions_m_step(
-            stats.start_sum, stats.xi_sum, params
-        )
+        new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)
         params = new
         result.history.append(total)
         result.n_iter = n_iter

@@ -141,9 +141,7 @@ def kmeans(
         counts = onehot.sum(0)
         sums = onehot.T @ X
         # An emptied cluster keeps its centre rather than dividing by zero.
-        centers = torch.where(
-            counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centers
-        )
+        centers = torch.where(counts.unsqueeze(1) > 0, sums / counts.clamp_min(1).unsqueeze(1), centers)
         new_labels = torch.argmin(_sq_dist(centers, X), dim=0)
         if bool((new_labels == labels).all()):
             break
@@ -289,9 +287,9 @@ def initialize_hmm(
     if "startprob" not in out:
         out["startprob"] = torch.full((k,), 1.0 / k, dtype=dtype)
     if "transmat" not in out:
-        out["transmat"] = self_transition * torch.eye(k, dtype=dtype) + (
-            1.0 - self_transition
-        ) / k * torch.ones((k, k), dtype=dtype)
+        out["transmat"] = self_transition * torch.eye(k, dtype=dtype) + (1.0 - self_transition) / k * torch.ones(
+            (k, k), dtype=dtype
+        )
     out["startprob"] = torch.as_tensor(out["startprob"], dtype=dtype)
     out["transmat"] = torch.as_tensor(out["transmat"], dtype=dtype)
     return out

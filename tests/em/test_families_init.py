@@ -35,9 +35,7 @@ def test_gaussian_log_prob_full_matches_torch(strategy):
     X = torch.randn(200, 4, generator=torch.Generator().manual_seed(1), dtype=F64) * 2
     fam = Gaussian("full", strategy=strategy)
     lp = fam.log_prob(X, fam.complete_params(p))
-    ref = D.MultivariateNormal(p["means"], covariance_matrix=p["covariances"]).log_prob(
-        X.unsqueeze(1)
-    )
+    ref = D.MultivariateNormal(p["means"], covariance_matrix=p["covariances"]).log_prob(X.unsqueeze(1))
     torch.testing.assert_close(lp, ref, rtol=1e-12, atol=1e-10)
 
 

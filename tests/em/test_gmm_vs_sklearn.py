@@ -44,12 +44,8 @@ def _compare(X, k, ct, strategy, max_iter, seed=0):
     np.testing.assert_allclose(as_np(ll), ref.score_samples(X), rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(as_np(res.params["weights"]), ref.weights_, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(as_np(res.params["means"]), ref.means_, rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(
-        as_np(res.params["covariances"]), ref.covariances_, rtol=1e-6, atol=1e-8
-    )
-    np.testing.assert_allclose(
-        as_np(res.params["precisions_cholesky"]), ref.precisions_cholesky_, rtol=1e-6, atol=1e-8
-    )
+    np.testing.assert_allclose(as_np(res.params["covariances"]), ref.covariances_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(as_np(res.params["precisions_cholesky"]), ref.precisions_cholesky_, rtol=1e-6, atol=1e-8)
     return res, ref
 
 

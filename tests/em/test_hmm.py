@@ -53,9 +53,7 @@ def _hmmlearn_pair(X, ct, n_iter):
         "means": h0.means_.copy(),
         "covariances": covars,
     }
-    ref = GaussianHMM(
-        3, covariance_type=ct, n_iter=n_iter, tol=-np.inf, init_params="", covars_prior=0.0
-    )
+    ref = GaussianHMM(3, covariance_type=ct, n_iter=n_iter, tol=-np.inf, init_params="", covars_prior=0.0)
     ref.startprob_ = init["startprob"]
     ref.transmat_ = init["transmat"]
     ref.means_ = init["means"]
@@ -190,9 +188,7 @@ def test_brute_force_several_sequences():
     trans = rng.dirichlet(np.ones(k), size=k)
     lengths = [6, 1, 4]
     log_em = rng.normal(size=(sum(lengths), k)) * 2
-    stats = hmm_e_step(
-        torch.as_tensor(log_em), lengths, torch.as_tensor(start), torch.as_tensor(trans)
-    )
+    stats = hmm_e_step(torch.as_tensor(log_em), lengths, torch.as_tensor(start), torch.as_tensor(trans))
     offset = 0
     xi_total = np.zeros((k, k))
     for b, n in enumerate(lengths):
@@ -209,9 +205,7 @@ def test_left_right_hmm_with_structural_zeros():
     X = _gaussian_sequences(seed=4, d=1)
     trans = np.array([[0.9, 0.1, 0.0], [0.0, 0.9, 0.1], [0.0, 0.0, 1.0]])
     start = np.array([1.0, 0.0, 0.0])
-    ref = GaussianHMM(
-        3, covariance_type="diag", n_iter=8, tol=-np.inf, init_params="", covars_prior=0.0
-    )
+    ref = GaussianHMM(3, covariance_type="diag", n_iter=8, tol=-np.inf, init_params="", covars_prior=0.0)
     ref.startprob_, ref.transmat_ = start, trans
     ref.means_ = np.array([[0.0], [2.5], [5.0]])
     ref.covars_ = np.ones((3, 1))
@@ -222,9 +216,7 @@ def test_left_right_hmm_with_structural_zeros():
         "means": np.array([[0.0], [2.5], [5.0]]),
         "covariances": np.ones((3, 1)),
     }
-    res = fit_hmm(
-        torch.as_tensor(X), LENGTHS, Gaussian("diag"), init, max_iter=8, tol=-np.inf, reg=0.0
-    )
+    res = fit_hmm(torch.as_tensor(X), LENGTHS, Gaussian("diag"), init, max_iter=8, tol=-np.inf, reg=0.0)
     assert rel_err(res.history, ref.monitor_.history) < 1e-6
     assert float(res.params["transmat"][1, 0]) == 0.0
 

@@ -73,9 +73,7 @@ def test_hmm_monotone(kind):
     n=st.integers(5, 120),
     d=st.integers(1, 4),
     k=st.integers(1, 5),
-    kind=st.sampled_from(
-        ["full", "diag", "spherical", "tied", "bernoulli", "poisson", "categorical", "hmm"]
-    ),
+    kind=st.sampled_from(["full", "diag", "spherical", "tied", "bernoulli", "poisson", "categorical", "hmm"]),
 )
 def test_monotone_property(seed, n, d, k, kind):
     """Random data, sizes and seeds: EM is monotone and NaN-free."""
