@@ -5,15 +5,23 @@ plus ``lengths``.  Internally sequences are padded to a (B, T, K) batch; padded
 steps get log-emission 0, so they multiply the forward messages by a
 row-stochastic matrix and leave every likelihood unchanged.
 
-Forward-backward is computed in log space by a two-level ("chunked") scan: the
-time axis is cut into chunks of length ``C ~ sqrt(T)``; products of the
-per-step transfer matrices inside every chunk are formed for all chunks at
-once (C sequential steps), then messages are passed between chunk boundaries
-(T / C sequential steps) and finally expanded to every time step in one
-batched operation.  That turns T ~ 1000 tiny sequential torch ops into ~2
-sqrt(T) larger ones, which is what makes a pure-torch implementation
-competitive with hmmlearn's C loop.  A plain time loop is kept for state
-spaces too large for the (B, T, K, K) transfer tensors.
+Forward-backward avoids a Python loop over T (each tiny torch op costs
+microseconds, so T ~ 1000 sequential steps would dominate).  The time axis is
+cut into chunks of length ``C ~ sqrt(2T/3)`` and, for all chunks at once,
+
+1. the transfer-matrix product of every chunk is formed (C steps; right
+   multiplication by the shared transition matrix is one GEMM per step),
+2. messages are passed between chunk boundaries (T / C steps, log space),
+3. the ordinary scaled forward / backward recursions run inside every chunk
+   from those boundary messages (C steps each).
+
+The default ("scaled") variant works in probability space with per-step
+normalisation, like hmmlearn's ``implementation="scaling"``, and gets the
+expected transition counts from one (K, n) @ (n, K) GEMM.  It is used when every
+transition probability is >= 1e-100 and no emission log-ratio exceeds 700 nats
+(where scaled messages cannot lose relevant mass); otherwise, or if an
+underflow is detected, an exact log-space version of the chunked scan (or, for
+very large state spaces, a plain log-space time loop) is used.
 
 Parameter dict: ``"startprob"`` (K,) is the distribution of the *first hidden
 state* (hmmlearn's ``startprob_``), ``"transmat"`` (K, K) with rows summing to
@@ -392,7 +400,11 @@ def hmm_e_step(
     lengths : sequence of int, optional
         Sequence lengths (hmmlearn convention); ``None`` = one sequence.
     startprob : (K,) first-state distribution; transmat : (K, K).
-    method : {"auto", "chunked", "loop"}
+    method : {"auto", "scaled", "log", "loop"}
+        "scaled": chunked probability-space scan (fast; falls back to "log"
+        if it detects underflow); "log": exact log-space chunked scan (or the
+        loop for very large K); "loop": log-space time loop (reference).
+        "auto" = "scaled" when safe (see module docstring), else "log".
 
     Returns
     -------
@@ -657,8 +669,8 @@ def fit_hmm(
     reg : float, optional
         Family regularisation (default ``family.default_reg``).  Use 0 with
         hmmlearn's ``covars_prior=0`` for identical numbers.
-    method : {"auto", "chunked", "loop"}
-        Forward-backward implementation.
+    method : {"auto", "scaled", "log", "loop"}
+        Forward-backward implementation (see :func:`hmm_e_step`).
     callback : callable, optional
         ``callback(n_iter, log_likelihood, params)``; returning True stops.
 
