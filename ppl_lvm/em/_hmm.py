@@ -104,8 +104,42 @@ class _Layout:
         return values.reshape(-1, values.shape[-1]).index_select(0, self.pad_index)
 
 
-def _layout(n_total: int, lengths: Sequence[int] | None, chunk: int | None = None) -> _Layout:
-    return _Layout([n_total] if lengths is None else lengths, n_total, chunk)
+class _Buckets:
+    """Sequences grouped by length so that padding wastes at most 2x.
+
+    Within a group the longest sequence is at most twice the shortest; each
+    group is processed as one padded batch.  Equal lengths give one group that
+    covers the rows in order, so the common case costs no extra copies.
+    """
+
+    def __init__(self, lengths: Sequence[int] | None, n_total: int, chunk: int | None = None) -> None:
+        lengths_t = torch.as_tensor([n_total] if lengths is None else list(lengths), dtype=torch.long)
+        if lengths_t.ndim != 1 or lengths_t.numel() == 0:
+            raise ValueError("lengths must be a non-empty 1-D sequence of ints")
+        if bool((lengths_t <= 0).any()):
+            raise ValueError("every sequence must have length >= 1")
+        if int(lengths_t.sum()) != n_total:
+            raise ValueError(f"sum(lengths)={int(lengths_t.sum())} != number of rows {n_total}")
+        self.n_seq = lengths_t.numel()
+        self.n_total = n_total
+        starts = torch.cumsum(lengths_t, 0) - lengths_t
+        order = torch.argsort(lengths_t, stable=True).tolist()
+        groups: list[list[int]] = []
+        for seq in order:
+            if groups and int(lengths_t[seq]) <= 2 * int(lengths_t[groups[-1][0]]):
+                groups[-1].append(seq)
+            else:
+                groups.append([seq])
+        self.groups: list[tuple[torch.Tensor | None, _Layout, torch.Tensor]] = []
+        for members in groups:
+            seq_ids = torch.as_tensor(sorted(members), dtype=torch.long)
+            sub_len = lengths_t[seq_ids]
+            if len(groups) == 1:
+                rows = None  # identity: all rows, in order
+            else:
+                offsets = torch.repeat_interleave(starts[seq_ids] - (torch.cumsum(sub_len, 0) - sub_len), sub_len)
+                rows = torch.arange(int(sub_len.sum())) + offsets
+            self.groups.append((rows, _Layout(sub_len.tolist(), int(sub_len.sum()), chunk), seq_ids))
 
 
 # --------------------------------------------------------------------------- log-space helpers
@@ -389,7 +423,7 @@ def hmm_e_step(
     transmat: torch.Tensor,
     *,
     method: str = "auto",
-    layout: _Layout | None = None,
+    buckets: _Buckets | None = None,
 ) -> HMMEStep:
     """Forward-backward over several sequences.
 
@@ -410,11 +444,31 @@ def hmm_e_step(
     -------
     HMMEStep
     """
-    if layout is None:
-        layout = _layout(log_emission.shape[0], lengths)
+    if buckets is None:
+        buckets = _Buckets(lengths, log_emission.shape[0])
     dtype = log_emission.dtype
     startprob = startprob.to(dtype)
     transmat = transmat.to(dtype)
+    if len(buckets.groups) == 1:
+        return _e_step_group(log_emission, startprob, transmat, method, buckets.groups[0][1])
+    k = log_emission.shape[1]
+    log_lik = log_emission.new_empty(buckets.n_seq)
+    gamma = log_emission.new_empty(log_emission.shape)
+    xi_sum = log_emission.new_zeros((k, k))
+    start_sum = log_emission.new_zeros(k)
+    for rows, layout, seq_ids in buckets.groups:
+        part = _e_step_group(log_emission.index_select(0, rows), startprob, transmat, method, layout)
+        log_lik[seq_ids] = part.log_likelihood
+        gamma[rows] = part.gamma
+        xi_sum += part.xi_sum
+        start_sum += part.start_sum
+    return HMMEStep(log_lik, gamma, xi_sum, start_sum)
+
+
+def _e_step_group(
+    log_emission: torch.Tensor, startprob: torch.Tensor, transmat: torch.Tensor, method: str, layout: _Layout
+) -> HMMEStep:
+    """:func:`hmm_e_step` for one padded batch of similar-length sequences."""
     emis = layout.pad(log_emission)
     b, t_pad, k = emis.shape
     if method == "auto":
@@ -506,17 +560,8 @@ def hmm_log_likelihood(
     startprob: torch.Tensor,
     transmat: torch.Tensor,
 ) -> torch.Tensor:
-    """Exact log-likelihood per sequence, shape (B,) (forward pass only)."""
-    layout = _layout(log_emission.shape[0], lengths)
-    emis = layout.pad(log_emission)
-    alpha, _ = forward_backward(
-        _safe_log(startprob.to(emis.dtype)),
-        _safe_log(transmat.to(emis.dtype)),
-        emis,
-        chunk=layout.chunk,
-    )
-    last = alpha.reshape(-1, emis.shape[-1]).index_select(0, layout.last_pad)
-    return torch.logsumexp(last, dim=-1)
+    """Exact log-likelihood per sequence, shape (B,)."""
+    return hmm_e_step(log_emission, lengths, startprob, transmat).log_likelihood
 
 
 # --------------------------------------------------------------------------- Viterbi
@@ -541,10 +586,25 @@ def viterbi(
     log_prob : (B,) log-probability of the best path of each sequence
     states : (N,) int64, concatenated layout
     """
-    layout = _layout(log_emission.shape[0], lengths, chunk=1)
+    buckets = _Buckets(lengths, log_emission.shape[0], chunk=1)
     dtype = log_emission.dtype
     log_start = _safe_log(startprob.to(dtype))
     log_trans = _safe_log(transmat.to(dtype))
+    if len(buckets.groups) == 1:
+        return _viterbi_group(log_emission, log_start, log_trans, buckets.groups[0][1])
+    log_prob = log_emission.new_empty(buckets.n_seq)
+    states = torch.empty(log_emission.shape[0], dtype=torch.long)
+    for rows, layout, seq_ids in buckets.groups:
+        lp, st = _viterbi_group(log_emission.index_select(0, rows), log_start, log_trans, layout)
+        log_prob[seq_ids] = lp
+        states[rows] = st
+    return log_prob, states
+
+
+def _viterbi_group(
+    log_emission: torch.Tensor, log_start: torch.Tensor, log_trans: torch.Tensor, layout: _Layout
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`viterbi` for one padded batch of similar-length sequences."""
     emis = layout.pad(log_emission)
     b, t_pad, k = emis.shape
     lattice = torch.empty_like(emis)
@@ -690,11 +750,11 @@ def fit_hmm(
     params["startprob"] = torch.as_tensor(params["startprob"], dtype=dtype)
     params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
     n_total = int(cache["n"])
-    layout = _layout(n_total, lengths)
+    buckets = _Buckets(lengths, n_total)
     result = HMMFitResult(params=params)
     for n_iter in range(1, max_iter + 1):
         log_em = family.log_prob(X, params, cache=cache)
-        stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, layout=layout)
+        stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
         total = float(stats.log_likelihood.sum())
         new = family.m_step(X, stats.gamma, params, reg, cache=cache)
         new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)

@@ -284,3 +284,27 @@ def test_poisson_hmm_matches_hmmlearn():
     res = fit_hmm(X, lengths, Poisson(), init, max_iter=10, tol=-np.inf, reg=0.0)
     assert rel_err(res.history, ref.monitor_.history) < 1e-6
     np.testing.assert_allclose(as_np(res.params["rates"]), ref.lambdas_, rtol=1e-8)
+
+
+def test_length_buckets_equal_separate_calls():
+    """Very uneven lengths are bucketed; results equal one call per sequence."""
+    rng = np.random.default_rng(10)
+    lengths = [1, 3, 700, 7, 2000, 40, 41]
+    k = 4
+    log_em = torch.as_tensor(rng.normal(size=(sum(lengths), k)) * 2)
+    start = torch.as_tensor(rng.dirichlet(np.ones(k)))
+    trans = torch.as_tensor(rng.dirichlet(np.ones(k), size=k))
+    together = hmm_e_step(log_em, lengths, start, trans)
+    lp_all, path_all = viterbi(log_em, lengths, start, trans)
+    offset = 0
+    xi = torch.zeros(k, k, dtype=torch.float64)
+    for b, n in enumerate(lengths):
+        part = hmm_e_step(log_em[offset : offset + n], None, start, trans, method="loop")
+        torch.testing.assert_close(together.log_likelihood[b], part.log_likelihood[0], rtol=1e-12, atol=0)
+        torch.testing.assert_close(together.gamma[offset : offset + n], part.gamma, rtol=0, atol=1e-12)
+        lp, path = viterbi(log_em[offset : offset + n], None, start, trans)
+        assert torch.equal(path_all[offset : offset + n], path)
+        torch.testing.assert_close(lp_all[b], lp[0])
+        xi += part.xi_sum
+        offset += n
+    torch.testing.assert_close(together.xi_sum, xi, rtol=1e-10, atol=1e-10)
