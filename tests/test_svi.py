@@ -150,3 +150,23 @@ def test_kl_weight_schedule_and_callbacks_and_early_stop(normal_data):
 def test_stop_from_a_callback(normal_data):
     fit = lvm.infer(normal_normal, normal_data, steps=100, callbacks=[lambda s: s.step >= 7])
     assert fit.steps == 7
+
+
+def test_log_evidence_is_exact_when_every_latent_is_enumerated(float64):
+    from ppl_lvm import constraints
+
+    @lvm.model
+    def mixture(x, K=2):
+        weights = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+        locs = lvm.param(torch.tensor([[-1.0, 0.0], [1.0, 0.5]]))
+        scales = lvm.param(torch.ones(K, 2), constraint=constraints.positive)
+        with lvm.plate(len(x)):
+            z = lvm.latent(dist.Categorical(weights))
+            lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)
+
+    x = _three_clusters(100)
+    fit = lvm.infer(mixture, x, steps=30, lr=0.05)
+    p = {k: v.numpy() for k, v in fit.params.items()}
+    exact = _mixture_loglik(x, p["weights"], p["locs"], p["scales"])
+    assert fit.log_evidence() == pytest.approx(exact, rel=1e-10)
+    assert fit.log_evidence(seed=3) == fit.log_evidence(seed=4)  # no sampling involved
