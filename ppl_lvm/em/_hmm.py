@@ -604,28 +604,51 @@ def viterbi(
 def _viterbi_group(
     log_emission: torch.Tensor, log_start: torch.Tensor, log_trans: torch.Tensor, layout: _Layout
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`viterbi` for one padded batch of similar-length sequences."""
-    emis = layout.pad(log_emission)
-    b, t_pad, k = emis.shape
+    """:func:`viterbi` for one padded batch of similar-length sequences.
+
+    The lattice recursion stays sequential (its rounding must match hmmlearn's
+    for ties to resolve identically), but with preallocated time-major
+    buffers.  Backpointers are then computed for all steps at once and the
+    traceback is done by pointer jumping (log2 T gathers) instead of T steps.
+    """
+    emis = layout.pad(log_emission).transpose(0, 1).contiguous()  # (T, B, K)
+    t_pad, b, k = emis.shape
     lattice = torch.empty_like(emis)
-    lattice[:, 0] = log_start + emis[:, 0]
+    torch.add(log_start, emis[0], out=lattice[0])
+    buf = emis.new_empty((b, k, k))
     for t in range(1, t_pad):
-        lattice[:, t] = (lattice[:, t - 1].unsqueeze(2) + log_trans).amax(dim=1) + emis[:, t]
-    last = lattice.reshape(-1, k).index_select(0, layout.last_pad)
-    current = last.argmax(dim=1)
-    log_prob = last.gather(1, current.unsqueeze(1)).squeeze(1)
-    path = torch.empty((b, t_pad), dtype=torch.long)
-    end = layout.lengths - 1
-    path[torch.arange(b), end] = current
-    # Flipped state order so argmax (first maximiser) returns the last one.
-    lattice_rev = lattice.flip(-1)
-    trans_rev = log_trans.T.flip(-1).contiguous()  # row j = log A[::-1, j]
-    for t in range(t_pad - 2, -1, -1):
-        scores = lattice_rev[:, t] + trans_rev.index_select(0, current)
-        cand = (k - 1) - scores.argmax(dim=1)
-        current = torch.where(t < end, cand, current)
-        path[:, t] = current
-    states = path.reshape(-1).index_select(0, layout.pad_index)
+        torch.add(lattice[t - 1].unsqueeze(2), log_trans, out=buf)
+        torch.amax(buf, dim=1, out=lattice[t])
+        lattice[t].add_(emis[t])
+
+    end = layout.lengths - 1  # (B,)
+    seq = torch.arange(b)
+    last = lattice[end, seq]  # (B, K)
+    final = last.argmax(dim=1)  # first maximiser, as std::max_element
+    log_prob = last.gather(1, final.unsqueeze(1)).squeeze(1)
+
+    # back[t, b, j] = state at t given state j at t + 1: the *last* maximiser of
+    # lattice[t, i] + log A[i, j] (hmmlearn's (value, index) pair comparison).
+    back = torch.empty((t_pad, b, k), dtype=torch.long)
+    back[-1] = torch.arange(k)
+    trans_rev = log_trans.flip(0)  # rows i reversed
+    block = max(1, 2**22 // (b * k * k))
+    for t0 in range(0, t_pad - 1, block):
+        t1 = min(t0 + block, t_pad - 1)
+        scores = lattice[t0:t1].flip(-1).unsqueeze(-1) + trans_rev  # (t, B, K_i reversed, K_j)
+        back[t0:t1] = (k - 1) - scores.argmax(dim=2)
+    # Steps at or after a sequence's end map every state to itself, so the
+    # composed map from T_pad - 1 down to the end is the identity.
+    times = torch.arange(t_pad).unsqueeze(1)
+    back = torch.where((times >= end).unsqueeze(-1), torch.arange(k), back)
+    # Pointer jumping: maps[t] sends the state at target[t] to the state at t.
+    target = torch.clamp(torch.arange(t_pad) + 1, max=t_pad - 1)
+    maps = back
+    while bool((target < t_pad - 1).any()):
+        maps = torch.gather(maps, 2, maps[target])
+        target = target[target]
+    path = maps.gather(2, final.view(1, b, 1).expand(t_pad, b, 1)).squeeze(-1)  # (T, B)
+    states = path.T.reshape(-1).index_select(0, layout.pad_index)
     return log_prob, states
 
 
