@@ -21,6 +21,8 @@ import torch
 
 __all__ = [
     "EMDegeneracyWarning",
+    "aic",
+    "bic",
     "EmissionFamily",
     "MixtureFitResult",
     "fit_mixture",
@@ -144,6 +146,21 @@ def mixture_n_parameters(family: EmissionFamily, params: Params) -> int:
     """
     n_components = int(params["weights"].shape[0])
     return int(family.n_parameters(params)) + n_components - 1
+
+
+def bic(total_log_likelihood: float, n_parameters: int, n_samples: int) -> float:
+    """Bayesian information criterion ``-2 log L + p log n`` (sklearn's ``bic``).
+
+    ``total_log_likelihood`` is summed over data points (or sequences, for an
+    HMM); ``n_samples`` is the number of observations (hmmlearn uses the
+    number of rows of the concatenated data).
+    """
+    return -2.0 * float(total_log_likelihood) + n_parameters * math.log(n_samples)
+
+
+def aic(total_log_likelihood: float, n_parameters: int) -> float:
+    """Akaike information criterion ``-2 log L + 2 p`` (sklearn's ``aic``)."""
+    return -2.0 * float(total_log_likelihood) + 2.0 * n_parameters
 
 
 def mixture_log_likelihood(

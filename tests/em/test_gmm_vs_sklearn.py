@@ -122,3 +122,24 @@ def test_tolerance_convention(iris):
     res = fit_mixture(torch.as_tensor(iris), Gaussian("full"), init, max_iter=500, tol=1e-4)
     assert res.converged and ref.converged_
     assert res.n_iter == ref.n_iter_
+
+
+@pytest.mark.parametrize("ct", COV_TYPES)
+def test_bic_aic_match_sklearn(iris, ct):
+    from ppl_lvm.em._mixture import aic, bic
+
+    init = sklearn_init(iris, 3, ct)
+    ref = _sklearn_fit(iris, 3, ct, init, max_iter=5)
+    res = fit_mixture(torch.as_tensor(iris), Gaussian(ct), init, max_iter=5, tol=0.0)
+    ll, _ = mixture_log_likelihood(torch.as_tensor(iris), Gaussian(ct), res.params)
+    p = mixture_n_parameters(Gaussian(ct), res.params)
+    assert bic(float(ll.sum()), p, len(iris)) == pytest.approx(ref.bic(iris), rel=1e-9)
+    assert aic(float(ll.sum()), p) == pytest.approx(ref.aic(iris), rel=1e-9)
+
+
+def test_float32_family(iris):
+    init = sklearn_init(iris, 3, "full")
+    r64 = fit_mixture(torch.as_tensor(iris), Gaussian("full"), init, max_iter=10, tol=0.0)
+    r32 = fit_mixture(torch.as_tensor(iris), Gaussian("full", dtype=torch.float32), init, max_iter=10, tol=0.0)
+    assert r32.params["means"].dtype == torch.float32
+    assert rel_err(r32.history, r64.history) < 1e-4
