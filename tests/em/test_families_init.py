@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import as_np, make_gmm_data
+from em_helpers import as_np, make_gmm_data
 from torch import distributions as D
 
 from ppl_lvm.em._families import Bernoulli, Categorical, Gaussian, Poisson, get_family

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import as_np, rel_err, sklearn_init
+from em_helpers import as_np, rel_err, sklearn_init
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 

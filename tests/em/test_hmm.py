@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from conftest import as_np, rel_err
+from em_helpers import as_np, rel_err
 from hmmlearn.hmm import CategoricalHMM, GaussianHMM
 
 from ppl_lvm.em._families import Categorical, Gaussian

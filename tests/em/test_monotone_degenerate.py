@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from conftest import make_gmm_data
+from em_helpers import make_gmm_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
