@@ -6,11 +6,12 @@ Adding a method means adding a module here and one line to :data:`BACKENDS`.
 from __future__ import annotations
 
 from .base import Backend, Problem
+from .em import EM
 from .iwae import IWAE, RENYI
 from .meanfield import MEANFIELD
 from .svi import SVI
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI, EM)}
 
 
 def register(backend: Backend) -> None:

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import torch
 
+from ..errors import PplLvmWarning
+
 __all__ = [
     "EMDegeneracyWarning",
     "aic",
@@ -33,7 +35,7 @@ __all__ = [
 ]
 
 
-class EMDegeneracyWarning(UserWarning):
+class EMDegeneracyWarning(PplLvmWarning):
     """A component or state became degenerate during EM.
 
     Raised (as a warning) when a component receives no responsibility, when a
