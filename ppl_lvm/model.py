@@ -197,7 +197,7 @@ class ModelStructure:
                     s.kind + (" (discrete)" if s.discrete and s.kind == "latent" else ""),
                     s.distribution,
                     s.support,
-                    str(tuple(s.batch_shape)),
+                    str(tuple(s.shape if s.kind == "param" else s.batch_shape)),
                     str(tuple(s.event_shape)),
                     ",".join(s.plates) or "-",
                     f"{s.location.filename.rsplit('/', 1)[-1]}:{s.location.lineno}" if s.location else "-",

@@ -84,6 +84,13 @@ class SourceIndex:
         return site
 
 
+def _base_name(node: ast.AST) -> str | None:
+    """``x`` for ``x``, ``x[t]``, ``x[:, t]`` (an observation indexed out of a data argument)."""
+    while isinstance(node, ast.Subscript):
+        node = node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
 class _Scanner(ast.NodeVisitor):
     def __init__(self, index: SourceIndex, line_offset: int, col_offset: int):
         self.index = index
@@ -100,15 +107,14 @@ class _Scanner(ast.NodeVisitor):
         # observe(d, x) and module(net) take their name from a plain-name argument when unassigned
         position = {"observe": 1, "module": 0}.get(kind)
         if position is not None and len(node.args) > position:
-            if isinstance(node.args[position], ast.Name):
-                value_name = node.args[position].id
+            value_name = _base_name(node.args[position])
         first = node.args[0] if node.args else None
         if kind == "plate" and first is not None and not (isinstance(first, ast.Constant) and isinstance(first.value, str)):
             # an unnamed plate is named by its size expression: `with lvm.plate(len(x)):` is "len(x)"
             value_name = ast.unparse(node.args[0])
         for kw in node.keywords:
-            if kw.arg in ("obs", "value") and isinstance(kw.value, ast.Name):
-                value_name = kw.value.id
+            if kw.arg in ("obs", "value") and _base_name(kw.value) is not None:
+                value_name = _base_name(kw.value)
         lineno = node.lineno + self.line_offset
         end_line = node.end_lineno + self.line_offset
         # dedent shifts every column; undo it (the first line of a method is indented too)

@@ -130,6 +130,53 @@ def _unwrap(fn: Any) -> Any:
     return fn
 
 
+def _emission(x_fn: Any, x_value: torch.Tensor, other: dict, constraint_of: dict, k_dim: int, k: int):
+    """``(family, emission map, univariate)`` when ``x_fn``'s arguments are params indexed by the state."""
+    univariate = x_value.dim() == 1
+
+    def role(arg: torch.Tensor | None, constraint: Any = None, dim: int = k_dim) -> tuple[str, str] | None:
+        hit = _find(arg, other, dim, k)
+        if hit is None or (constraint is not None and constraint_of.get(hit[0]) is not constraint):
+            return None
+        return hit
+
+    if isinstance(x_fn, dist.Normal):
+        loc, scale = role(x_fn.loc), role(x_fn.scale, constraints.positive)
+        if loc is None or scale is None or loc[1] != "indexed" or scale[1] != "indexed":
+            return None
+        shape = other[scale[0]].shape
+        if univariate or shape == (k, x_value.shape[-1]):
+            family = Gaussian("diag")
+        elif shape == (k,):
+            family = Gaussian("spherical")
+        else:
+            return None
+        return family, {"means": (loc[0], "identity"), "covariances": (scale[0], "square")}, univariate
+    if isinstance(x_fn, dist.MultivariateNormal) and not univariate:
+        loc, tril = role(x_fn.loc), role(x_fn.scale_tril, constraints.lower_cholesky, k_dim - 1)
+        if loc is None or tril is None or loc[1] != "indexed":
+            return None
+        family = Gaussian("full" if tril[1] == "indexed" else "tied")
+        return family, {"means": (loc[0], "identity"), "covariances": (tril[0], "cholesky")}, univariate
+    if isinstance(x_fn, dist.Bernoulli):
+        probs = role(x_fn.probs, constraints.unit_interval)
+        if probs is None or probs[1] != "indexed":
+            return None
+        return Bernoulli(), {"probs": (probs[0], "identity")}, univariate
+    if isinstance(x_fn, dist.Poisson):
+        rate = role(x_fn.rate, constraints.positive)
+        if rate is None or rate[1] != "indexed":
+            return None
+        return Poisson(), {"rates": (rate[0], "identity")}, univariate
+    if isinstance(x_fn, dist.Categorical) and univariate:
+        probs = role(x_fn.probs, constraints.simplex, k_dim - 1)
+        if probs is None or probs[1] != "indexed":
+            return None
+        # the categorical kernel takes (N,) integer symbols as they are
+        return Categorical(n_categories=other[probs[0]].shape[-1]), {"probs": (probs[0], "identity")}, False
+    return None
+
+
 def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> MixturePattern | None:
     """The closed-form pattern of ``model``, or ``None`` when it is not a recognised finite mixture.
 
@@ -160,69 +207,13 @@ def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> 
     weights = next((n for n, v in values.items() if v.shape == (k,) and _matches(z_fn.probs, v, -1, k)), None)
     if weights is None or constraint_of.get(weights) is not constraints.simplex:
         return None
-    x_fn = _unwrap(x_site["fn"])
-    # the enumerated dim of z inside x's batch shape
-    enum_dim = -z_site["value"].dim()
     x_value = x_site["value"]
-    univariate = x_value.dim() == 1
-    event = 0 if univariate else 1
-    k_dim = enum_dim - event  # position of K counted from the right of the distribution argument
+    k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
     other = {n: v for n, v in values.items() if n != weights}
-
-    def role(arg: torch.Tensor | None, want: str, constraint: Any = None) -> str | None:
-        hit = _find(arg, other, k_dim, k)
-        if hit is None or hit[1] != want:
-            return None
-        if constraint is not None and constraint_of.get(hit[0]) is not constraint:
-            return None
-        return hit[0]
-
-    family = None
-    emission: dict[str, tuple[str, str]] = {}
-    if isinstance(x_fn, dist.Normal):
-        loc = role(x_fn.loc, "indexed")
-        if loc is None:
-            return None
-        scale_hit = _find(x_fn.scale, other, k_dim, k)
-        if scale_hit is None or constraint_of.get(scale_hit[0]) is not constraints.positive:
-            return None
-        scale_name, how = scale_hit
-        scale_value = values[scale_name]
-        if how == "indexed" and (univariate or scale_value.shape == (k, x_value.shape[-1])):
-            family = Gaussian("diag")
-        elif how == "indexed" and scale_value.shape == (k,):
-            family = Gaussian("spherical")
-        else:
-            return None
-        emission = {"means": (loc, "identity"), "covariances": (scale_name, "square")}
-    elif isinstance(x_fn, dist.MultivariateNormal) and not univariate:
-        loc = role(x_fn.loc, "indexed")
-        tril_hit = _find(x_fn.scale_tril, other, k_dim - 1, k)
-        if loc is None or tril_hit is None or constraint_of.get(tril_hit[0]) is not constraints.lower_cholesky:
-            return None
-        family = Gaussian("full" if tril_hit[1] == "indexed" else "tied")
-        emission = {"means": (loc, "identity"), "covariances": (tril_hit[0], "cholesky")}
-    elif isinstance(x_fn, dist.Bernoulli):
-        probs = role(x_fn.probs, "indexed", constraints.unit_interval)
-        if probs is None:
-            return None
-        family = Bernoulli()
-        emission = {"probs": (probs, "identity")}
-    elif isinstance(x_fn, dist.Poisson):
-        rate = role(x_fn.rate, "indexed", constraints.positive)
-        if rate is None:
-            return None
-        family = Poisson()
-        emission = {"rates": (rate, "identity")}
-    elif isinstance(x_fn, dist.Categorical) and univariate:
-        probs = _find(x_fn.probs, other, k_dim - 1, k)
-        if probs is None or probs[1] != "indexed" or constraint_of.get(probs[0]) is not constraints.simplex:
-            return None
-        family = Categorical(n_categories=values[probs[0]].shape[-1])
-        emission = {"probs": (probs[0], "identity")}
-        univariate = False  # the categorical kernel takes (N,) integer symbols as they are
-    if family is None:
+    found = _emission(_unwrap(x_site["fn"]), x_value, other, constraint_of, k_dim, k)
+    if found is None:
         return None
+    family, emission, univariate = found
     return MixturePattern(
         latent=z_info.name,
         observed=x_info.name,
