@@ -56,6 +56,7 @@ __all__ = [
     "generic_m_step",
     "marginal_log_likelihood",
     "site_marginal",
+    "site_marginals",
 ]
 
 #: Default memory budget of one E-step (2 GiB).
@@ -140,9 +141,7 @@ class _Factors:
 
 
 def _ordinal(trace: poutine.Trace, node: dict) -> frozenset:
-    return frozenset(
-        trace.plate_to_symbol[f.name] for f in node["cond_indep_stack"] if f.vectorized and f.size > 1
-    )
+    return frozenset(trace.plate_to_symbol[f.name] for f in node["cond_indep_stack"] if f.vectorized and f.size > 1)
 
 
 def _collect_factors(model: Any, trace: poutine.Trace) -> _Factors:
@@ -176,7 +175,7 @@ def _collect_factors(model: Any, trace: poutine.Trace) -> _Factors:
         factors[name] = log_prob
         ordinals[name] = _ordinal(trace, node)
         sum_dims |= dims & enum_symbols
-        dim_to_size.update(zip(log_prob._pyro_dims, log_prob.shape))
+        dim_to_size.update(zip(log_prob._pyro_dims, log_prob.shape, strict=True))
     return _Factors(trace, factors, ordinals, sum_dims, dim_to_size, enum_symbol)
 
 
@@ -220,9 +219,7 @@ def _find_data_plate(fs: _Factors, data_plate: str | None) -> tuple[str | None, 
         if not candidates:
             return None, None
         # outermost: the plate present in the most factors, ties broken by nesting order (outer first)
-        data_plate = max(
-            candidates, key=lambda p: sum(trace.plate_to_symbol[p] in o for o in fs.ordinals.values())
-        )
+        data_plate = max(candidates, key=lambda p: sum(trace.plate_to_symbol[p] in o for o in fs.ordinals.values()))
     if data_plate not in trace.plate_to_symbol:
         raise ValueError(f"no vectorised plate named {data_plate!r} in the model")
     symbol = trace.plate_to_symbol[data_plate]
@@ -274,7 +271,7 @@ def _format_bytes(n: float) -> str:
         if n < 1024 or unit == "EiB":
             break
         n /= 1024
-    return f"{n:.3g} {unit}" if n < 1e6 else f"{n:.3g} {unit}"
+    return f"{n:.3g} {unit}"
 
 
 @dataclass
@@ -484,14 +481,10 @@ def e_step(
     plate, n_data = _find_data_plate(fs, data_plate)
     if data_plate is not None and plate is not None:
         symbol = trace.plate_to_symbol[plate]
-        bad = [
-            n for n, t in fs.factors.items() if symbol not in fs.ordinals[n] and set(t._pyro_dims) & fs.sum_dims
-        ]
+        bad = [n for n, t in fs.factors.items() if symbol not in fs.ordinals[n] and set(t._pyro_dims) & fs.sum_dims]
         if bad:
             raise ValueError(f"log Z does not factorise over plate {data_plate!r}: site(s) {bad} couple its points")
-    leaves = {
-        n: _named(t.detach().clone().requires_grad_(True), t._pyro_dims) for n, t in fs.factors.items()
-    }
+    leaves = {n: _named(t.detach().clone().requires_grad_(True), t._pyro_dims) for n, t in fs.factors.items()}
     with torch.enable_grad():
         log_z, per_point = _log_z(fs, leaves, plate)
         names = list(leaves)
@@ -542,6 +535,15 @@ def site_marginal(estep: EStep, name: str) -> torch.Tensor:
         return marg.unsqueeze(-1)
     order = [i for i, d in enumerate(dims) if d != own] + [dims.index(own)]
     return marg.permute(order)
+
+
+def site_marginals(estep: EStep, structure: Any = None) -> dict[str, torch.Tensor]:
+    """:func:`site_marginal` of every enumerated site (or of ``structure.discrete_latents`` when given)."""
+    if structure is not None:
+        names = [s.name for s in structure.discrete_latents if s.name in estep.enum_symbol]
+    else:
+        names = list(estep.enum_symbol)
+    return {name: site_marginal(estep, name) for name in names}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -655,8 +657,13 @@ def generic_m_step(
         return {"accepted": False, "q_before": q_before, "q_after": q_before, "steps": 0, "nan": True}
     scale = max(1.0, abs(q_before))
     optimizer = torch.optim.LBFGS(
-        tensors, lr=lr, max_iter=max_steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9,
-        tolerance_change=1e-12, history_size=20,
+        tensors,
+        lr=lr,
+        max_iter=max_steps,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        history_size=20,
     )
 
     def closure() -> torch.Tensor:
@@ -706,7 +713,7 @@ def fit_generic_em(
     max_plate_nesting: int,
     max_iter: int = 100,
     tol: float = 1e-3,
-    callback: Callable[[int, EStep, dict], Any] | None = None,
+    callback: Callable[[int, float], Any] | None = None,
     *,
     params: list[str] | None = None,
     max_steps: int = 50,
@@ -723,7 +730,9 @@ def fit_generic_em(
     tol : float
         Convergence when the mean log-likelihood changes by less than ``tol`` (scikit-learn's convention).
     callback : callable, optional
-        ``callback(iteration, estep, m_step_info)`` after each iteration.
+        ``callback(iteration, mean_log_likelihood)`` after each accepted iteration (the value just appended
+        to ``history``); a truthy return value stops the fit (``converged`` is then True only if the
+        tolerance was also met).
     params : list of str, optional
         Parameters to optimise (default all of the store).
     max_steps : int
@@ -766,8 +775,6 @@ def fit_generic_em(
                 )
             else:
                 converged = True
-            if callback is not None:
-                callback(iteration, estep, info)
             break
         new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
         new_ll = float(new.log_likelihood)
@@ -784,9 +791,10 @@ def fit_generic_em(
             break
         estep, ll = new, new_ll
         history.append(ll / n)
-        if callback is not None:
-            callback(iteration, estep, info)
+        stop = callback is not None and bool(callback(iteration, history[-1]))
         if abs(history[-1] - history[-2]) < tol:
             converged = True
+            break
+        if stop:
             break
     return {"history": history, "converged": converged, "n_iter": n_iter, "e_step": estep}

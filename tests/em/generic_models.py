@@ -11,10 +11,12 @@ from pyro.ops.indexing import Vindex
 
 def coupled(x: torch.Tensor, K1: int = 2, K2: int = 2) -> None:
     """Two coupled discrete latents per point: z1 ~ Cat(pi), z2 | z1 ~ Cat(A[z1]), x ~ N(mu[z1, z2], 1)."""
-    pi = pyro.param("pi", lambda: torch.tensor([0.6, 0.4][:K1]) if K1 == 2 else torch.ones(K1) / K1,
-                    constraint=constraints.simplex)
-    A = pyro.param("A", lambda: torch.full((K1, K2), 1.0 / K2) + 0.1 * torch.arange(K2) / K2,
-                   constraint=constraints.simplex)
+    pi = pyro.param(
+        "pi", lambda: torch.tensor([0.6, 0.4][:K1]) if K1 == 2 else torch.ones(K1) / K1, constraint=constraints.simplex
+    )
+    A = pyro.param(
+        "A", lambda: torch.full((K1, K2), 1.0 / K2) + 0.1 * torch.arange(K2) / K2, constraint=constraints.simplex
+    )
     mu = pyro.param("mu", lambda: torch.arange(K1 * K2, dtype=torch.get_default_dtype()).reshape(K1, K2) - 1.5)
     with pyro.plate("data", len(x)):
         z1 = pyro.sample("z1", dist.Categorical(pi))

@@ -10,10 +10,10 @@ import pyro
 import pyro.poutine as poutine
 import pytest
 import torch
-from pyro.poutine.util import site_is_subsample
 from generic_models import coupled, gmm, hmm, laplace_mixture, many_coupled, student_mixture
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pyro.poutine.util import site_is_subsample
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -25,6 +25,7 @@ from ppl_lvm.em._generic import (
     generic_m_step,
     marginal_log_likelihood,
     site_marginal,
+    site_marginals,
 )
 from ppl_lvm.errors import UnsupportedModelError
 
@@ -99,6 +100,7 @@ def test_coupled_latents_match_brute_force():
     assert torch.allclose(_arrange(es, "z1", a + b), pair.sum(-1), rtol=0, atol=1e-10)
     assert torch.allclose(site_marginal(es, "z2"), pair.sum(1), rtol=0, atol=1e-10)
     assert site_marginal(es, "z1").shape == (n, K1)
+    assert {k: v.shape for k, v in site_marginals(es).items()} == {"z1": (n, K1), "z2": (n, K2)}
     # per point: log p(x_i) by hand
     pi, A, mu = (pyro.param(k).detach() for k in ("pi", "A", "mu"))
     by_hand = torch.logsumexp(
@@ -217,8 +219,14 @@ def _direct_optimum(model, kwargs, P):
     """Maximise the exact marginal log-likelihood with L-BFGS from the current parameters."""
     leaves = list(pyro.get_param_store()._params.values())
     n = len(next(iter(kwargs.values())))
-    opt = torch.optim.LBFGS(leaves, max_iter=500, line_search_fn="strong_wolfe", tolerance_grad=1e-12,
-                            tolerance_change=1e-14, history_size=50)
+    opt = torch.optim.LBFGS(
+        leaves,
+        max_iter=500,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-12,
+        tolerance_change=1e-14,
+        history_size=50,
+    )
 
     def closure():
         opt.zero_grad()
@@ -250,8 +258,12 @@ def test_em_is_monotone_and_reaches_the_direct_optimum(model, K, df):
     e_step(model, kwargs, 1)  # creates the parameters at their initial values
     init = {k: v.detach().clone() for k, v in store._params.items()}
 
-    fit = fit_generic_em(model, kwargs, 1, max_iter=300, tol=1e-10, max_steps=30)
+    seen = []
+    fit = fit_generic_em(
+        model, kwargs, 1, max_iter=300, tol=1e-10, max_steps=30, callback=lambda i, ll: seen.append((i, ll))
+    )
     _monotone(fit["history"])
+    assert seen == list(enumerate(fit["history"][1:], start=1))
     assert fit["converged"]
     em_ll = fit["history"][-1]
     assert _rel(torch.tensor(em_ll), fit["e_step"].log_likelihood / 300) < 1e-12
@@ -270,7 +282,7 @@ def test_m_step_rejects_a_worse_q_and_restores_exactly():
     es = e_step(coupled, kwargs, 1)
     store = pyro.get_param_store()
     before = {k: v.detach().clone() for k, v in store._params.items()}
-    # marginals that put weight on impossible values make every move worse: force rejection via a NaN Q
+    # NaN marginals make Q NaN: the step must be refused and the parameters left bit for bit as they were
     bad = {k: v * float("nan") for k, v in es.marginals.items()}
     info = generic_m_step(coupled, kwargs, 1, bad)
     assert not info["accepted"]
@@ -287,6 +299,8 @@ def test_property_monotone(seed, n):
     x = torch.randn(n, generator=gen) * 3
     with pyro.get_param_store().scope():
         pyro.param("mu", torch.randn(2, 2, generator=gen) * 2)
-        fit = fit_generic_em(coupled, {"x": x}, 1, max_iter=8, tol=0.0, max_steps=10)
+        fit = fit_generic_em(coupled, {"x": x}, 1, max_iter=8, tol=0.0, max_steps=10, callback=lambda i, ll: i == 3)
     _monotone(fit["history"])
-    assert len(fit["history"]) >= 2
+    assert 2 <= len(fit["history"]) <= 4
+    if fit["n_iter"] == 3:  # stopped by the callback
+        assert not fit["converged"]
