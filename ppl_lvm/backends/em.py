@@ -122,7 +122,7 @@ class EMBackend(Backend):
     options_class = EMOptions
 
     def fit(self, problem: Problem):
-        from ..em._recognize import recognise_mixture
+        from ..em._recognize import recognise_hmm, recognise_mixture
         from ..em.result import EMResult
 
         opts, _ = self.parse_options(problem.options)
@@ -154,7 +154,11 @@ class EMBackend(Backend):
                     store[name] = torch.as_tensor(value, dtype=store[name].dtype)
             initial = _copy_state(store)
             pattern = recognise_mixture(problem.model, kwargs, structure)
-            if pattern is not None:
+            if pattern is None:
+                pattern = recognise_hmm(problem.model, kwargs, structure)
+            if pattern is not None and hasattr(pattern, "trans"):
+                best = self._fit_hmm(pattern, opts, initial)
+            elif pattern is not None:
                 best = self._fit_mixture(pattern, kwargs, opts, initial)
             else:
                 best = self._fit_generic(problem, kwargs, opts, initial)
@@ -209,6 +213,54 @@ class EMBackend(Backend):
                     pattern.to_model(fit.params, store)
                     best = _Run(fit.history, fit.converged, fit.n_iter, _copy_state(store), total,
                                 per_point.clone(), {pattern.latent: resp.clone()})
+        finally:
+            if bar is not None:
+                bar.close()
+        return best
+
+    # ------------------------------------------------------------------ closed-form chains (Baum-Welch)
+    def _fit_hmm(self, pattern: Any, opts: EMOptions, initial: dict) -> _Run:
+        from ..em._hmm import fit_hmm, hmm_e_step
+        from ..em._init import initialize_hmm
+
+        family = pattern.family
+        x = pattern.data
+        n, k = x.shape[0], pattern.n_components
+        if n < k:
+            raise DataError(f"{n} observations are fewer than the {k} hidden states; reduce K or add data")
+        lengths = [int(v) for v in pattern.lengths]
+        reg = family.default_reg if opts.reg_covar is None else float(opts.reg_covar)
+        cache = family.precompute(x)
+        store = pyro.get_param_store()
+        best: _Run | None = None
+        bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em (hmm)")
+        try:
+            for restart in range(opts.n_init):
+                if opts.init_params == "params" or isinstance(opts.init_params, dict):
+                    store.set_state(_copy_state_from(initial))
+                    init_params = family.complete_params(pattern.to_kernel(store))
+                else:
+                    init_params = initialize_hmm(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
+                                                 reg=reg, cache=cache)
+
+                def callback(i: int, ll: float, params: Any) -> bool:
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loglik=f"{ll / n:.6g}", refresh=False)
+                    return any(bool(cb(i, ll / n)) for cb in opts.callbacks)
+
+                # the kernels' tol is on the total log-likelihood (hmmlearn's); ours is per observation
+                fit = fit_hmm(x, lengths, family, init_params, max_iter=opts.max_iter, tol=opts.tol * n, reg=reg,
+                              cache=cache, callback=callback)
+                log_emission = family.log_prob(x, fit.params, cache=cache)
+                e = hmm_e_step(log_emission, lengths, fit.params["startprob"], fit.params["transmat"])
+                total = float(e.log_likelihood.sum())
+                if best is None or total > best.log_likelihood:
+                    store.set_state(_copy_state_from(initial))
+                    pattern.to_model(fit.params, store)
+                    history = [h / n for h in fit.history]
+                    best = _Run(history, fit.converged, fit.n_iter, _copy_state(store), total,
+                                e.log_likelihood.clone(), {pattern.latent: pattern.pad(e.gamma)})
         finally:
             if bar is not None:
                 bar.close()

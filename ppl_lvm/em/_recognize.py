@@ -32,7 +32,7 @@ from ..model import Model, ModelStructure
 from ..runtime import run_scope
 from ._families import Bernoulli, Categorical, Gaussian, Poisson
 
-__all__ = ["MixturePattern", "recognise_mixture"]
+__all__ = ["HMMPattern", "MixturePattern", "recognise_hmm", "recognise_mixture"]
 
 
 @dataclass
@@ -91,6 +91,12 @@ def _perturbed_state(store: Any, generator: torch.Generator) -> dict:
     return {"params": params, "constraints": dict(state["constraints"])}
 
 
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    # distributions renormalise probabilities, so equality holds up to rounding, not bit for bit
+    rtol = 1e-10 if a.dtype == torch.float64 else 1e-5
+    return a.dtype == b.dtype and torch.allclose(a, b, rtol=rtol, atol=0.0)
+
+
 def _matches(arg: torch.Tensor, value: torch.Tensor, k_dim: int, k: int) -> str | None:
     """Is ``arg`` equal to ``value`` indexed by z (laid along ``k_dim``), or to ``value`` broadcast?"""
     if arg.shape[k_dim] == k and value.dim() >= 1 and value.shape[0] == k:
@@ -103,12 +109,12 @@ def _matches(arg: torch.Tensor, value: torch.Tensor, k_dim: int, k: int) -> str 
             # the param's own dims are right-aligned (event dims); plate dims in between are singletons
             shape = [1] * k_pos + [k] + [1] * gap + rest
             try:
-                if torch.equal(torch.broadcast_to(value.reshape(shape), arg.shape), arg):
+                if _same(torch.broadcast_to(value.reshape(shape), arg.shape), arg):
                     return "indexed"
             except RuntimeError:
                 pass
     try:
-        if torch.equal(torch.broadcast_to(value, arg.shape), arg):
+        if _same(torch.broadcast_to(value, arg.shape), arg):
             return "shared"
     except RuntimeError:
         pass
@@ -224,3 +230,125 @@ def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> 
         emission=emission,
         univariate=univariate,
     )
+
+
+@dataclass
+class HMMPattern:
+    """A hidden Markov chain with a closed-form M-step, read from a model written with ``lvm.markov``."""
+
+    latents: list[str]  # z_0 .. z_{T-1}
+    observed: list[str]  # x_0 .. x_{T-1}
+    n_components: int
+    family: Any
+    start: str
+    trans: str
+    emission: dict[str, tuple[str, str]]
+    univariate: bool
+    lengths: torch.Tensor  # (B,)
+    data: torch.Tensor  # all sequences concatenated, hmmlearn's layout
+    n_steps: int
+
+    @property
+    def latent(self) -> str:
+        return self.latents[0].rsplit("_", 1)[0]
+
+    def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
+        mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
+                                 self.univariate)
+        out = mixture.to_kernel(store)
+        out["startprob"] = out.pop("weights")
+        out["transmat"] = store[self.trans].detach().to(torch.float64)
+        return out
+
+    def to_model(self, params: dict[str, torch.Tensor], store: Any) -> None:
+        mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
+                                 self.univariate)
+        mixture.to_model({**params, "weights": params["startprob"]}, store)
+        store[self.trans] = params["transmat"].to(store[self.trans].dtype)
+
+    def pad(self, concatenated: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(sum of lengths, ...) -> (B, T, ...) padded with ``fill`` past each sequence's length."""
+        b = len(self.lengths)
+        out = torch.full((b, self.n_steps) + tuple(concatenated.shape[1:]), fill, dtype=concatenated.dtype)
+        mask = torch.arange(self.n_steps)[None, :] < self.lengths[:, None]
+        out[mask] = concatenated
+        return out
+
+
+def _chain_sites(names: list[str]) -> tuple[str, list[str]] | None:
+    """``("z", ["z_0", ..., "z_{T-1}"])`` when the names are one markov-suffixed family."""
+    bases = {n.rsplit("_", 1)[0] for n in names}
+    if len(bases) != 1 or not all(n.rsplit("_", 1)[-1].isdigit() for n in names):
+        return None
+    base = bases.pop()
+    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
+    if [int(n.rsplit("_", 1)[1]) for n in ordered] != list(range(len(ordered))):
+        return None
+    return base, ordered
+
+
+def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
+    """The closed-form pattern of a hidden Markov model written with ``lvm.markov``, else ``None``.
+
+    Recognised: ``z_0 ~ Categorical(start)``, ``z_t ~ Categorical(trans[z_{t-1}])``, one observation per step
+    whose distribution's arguments are params indexed by ``z_t`` (the emission families of mixtures), all inside
+    one plate over sequences, with steps past a sequence's length masked out (``poutine.mask(t < lengths)``).
+    """
+    if structure.continuous_latents or len(structure.discrete_latents) < 2:
+        return None
+    latents = _chain_sites([s.name for s in structure.discrete_latents])
+    observed = _chain_sites([s.name for s in structure.observed_sites])
+    if latents is None or observed is None or len(latents[1]) != len(observed[1]):
+        return None
+    z_names, x_names = latents[1], observed[1]
+    plates = {structure.sites[n].plates for n in z_names + x_names}
+    if len(plates) != 1 or len(next(iter(plates))) != 1:
+        return None
+    nesting = structure.max_plate_nesting
+    store = pyro.get_param_store()
+    probe = _perturbed_state(store, torch.Generator().manual_seed(0))
+    wanted = frozenset(z_names)
+    enum_model = poutine.infer_config(model, lambda msg: {"enumerate": "parallel"} if msg["name"] in wanted else {})
+    with store.scope(probe), torch.random.fork_rng(devices=[]), torch.no_grad(), run_scope(model):
+        trace = poutine.trace(poutine.enum(enum_model, first_available_dim=-1 - nesting)).get_trace(**kwargs)
+        values = {name: store[name].detach() for name in store.keys()}
+        constraint_of = dict(store._constraints)
+    first = _unwrap(trace.nodes[z_names[0]]["fn"])
+    if not isinstance(first, dist.Categorical) or isinstance(first, dist.OneHotCategorical):
+        return None
+    k = first.probs.shape[-1]
+    start = next((n for n, v in values.items() if v.shape == (k,) and _matches(first.probs, v, -1, k)), None)
+    if start is None or constraint_of.get(start) is not constraints.simplex:
+        return None
+    trans = None
+    emission = family = univariate = None
+    masks = []
+    for t, (z_name, x_name) in enumerate(zip(z_names, x_names, strict=True)):
+        z_site, x_site = trace.nodes[z_name], trace.nodes[x_name]
+        if t > 0:
+            previous = trace.nodes[z_names[t - 1]]["value"]
+            hit = _find(_unwrap(z_site["fn"]).probs, {n: v for n, v in values.items() if n != start},
+                        -previous.dim() - 1, k)
+            if hit is None or hit[1] != "indexed" or (trans is not None and hit[0] != trans):
+                return None
+            trans = hit[0]
+        x_value = x_site["value"]
+        k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
+        found = _emission(_unwrap(x_site["fn"]), x_value, {n: v for n, v in values.items() if n not in (start, trans)},
+                          constraint_of, k_dim, k)
+        if found is None or (emission is not None and found[1] != emission):
+            return None
+        family, emission, univariate = found
+        mask = z_site["mask"]
+        masks.append(torch.ones(x_value.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1).bool())
+    if trans is None or constraint_of.get(trans) is not constraints.simplex:
+        return None
+    mask = torch.stack(masks, dim=1)  # (B, T)
+    lengths = mask.sum(1)
+    if not torch.equal(mask, torch.arange(mask.shape[1])[None, :] < lengths[:, None]) or bool((lengths == 0).any()):
+        return None  # only prefix masks (padded sequences) are sequences of different lengths
+    steps = torch.stack([trace.nodes[n]["value"] for n in x_names], dim=1)  # (B, T, ...)
+    data = steps[mask]
+    if univariate:
+        data = data.reshape(-1, 1)
+    return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names))

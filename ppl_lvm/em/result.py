@@ -65,7 +65,9 @@ class EMResult(Result):
 
     @classmethod
     def from_em(cls, problem: Any, opts: Any, state: dict, run: Any, pattern: Any) -> EMResult:
-        if run.per_point is not None:
+        if pattern is not None and hasattr(pattern, "trans"):
+            n = int(pattern.lengths.sum())
+        elif run.per_point is not None:
             n = int(run.per_point.numel())
         else:  # the size of the data plate around the observations
             observed = problem.structure.observed_sites
@@ -96,7 +98,11 @@ class EMResult(Result):
             pattern=pattern,
         )
         result.params = result._constrained_params()
-        if pattern is not None:
+        if pattern is not None and hasattr(pattern, "trans"):
+            from ._hmm import hmm_n_parameters
+
+            result.n_parameters = int(hmm_n_parameters(pattern.family, pattern.to_kernel(result.params)))
+        elif pattern is not None:
             from ._mixture import mixture_n_parameters
 
             result.n_parameters = int(mixture_n_parameters(pattern.family, pattern.to_kernel(result.params)))
@@ -174,7 +180,20 @@ class EMResult(Result):
         return x, components
 
     def map_assignments(self) -> dict[str, torch.Tensor]:
-        """The most probable value of every discrete latent site (argmax of its responsibilities)."""
+        """The most probable value of every discrete latent site.
+
+        For a hidden Markov chain this is the Viterbi path, shape ``(B, T)`` (``-1`` past each sequence's end);
+        otherwise the argmax of each site's responsibilities.
+        """
+        pattern = self.pattern
+        if pattern is not None and hasattr(pattern, "trans"):
+            from ._hmm import viterbi
+
+            params = pattern.family.complete_params(pattern.to_kernel(self.params))
+            log_emission = pattern.family.log_prob(pattern.data, params)
+            _, states = viterbi(log_emission, [int(v) for v in pattern.lengths], params["startprob"],
+                                params["transmat"])
+            return {pattern.latent: pattern.pad(states, fill=-1)}
         return {name: r.argmax(-1) for name, r in self.responsibilities.items()}
 
     def log_evidence(self, num_particles: int = 1, seed: int | None = None) -> float:
