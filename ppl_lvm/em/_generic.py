@@ -186,10 +186,20 @@ def _tree(terms: dict, ordinals: dict, names: list[str] | None = None) -> Ordere
     return tree
 
 
-def _find_data_plate(fs: _Factors, data_plate: str | None) -> tuple[str | None, int | None]:
-    """The data plate: common to every observed site (pyro.factor sites excepted), over which log Z factorises.
+def _factorises(fs: _Factors, plate: str) -> bool:
+    """log Z factorises over ``plate`` iff no enumerated dim is shared with a term outside it."""
+    symbol = fs.trace.plate_to_symbol[plate]
+    return all(
+        symbol in fs.ordinals[name] or not (set(term._pyro_dims) & fs.sum_dims) for name, term in fs.factors.items()
+    )
 
-    Returns its name and symbol's size, or ``(None, None)`` when there is none.
+
+def _find_data_plate(fs: _Factors, data_plate: str | None) -> tuple[str | None, int | None, bool]:
+    """The data plate: a plate around every observed site (``pyro.factor`` sites excepted).
+
+    Among several, plates over which log Z factorises come first, then the outermost (present in most
+    factors).  Returns its name, its size and whether log Z factorises over it; ``(None, None, False)`` when
+    there is none.
     """
     trace = fs.trace
     if data_plate is None:
@@ -201,29 +211,20 @@ def _find_data_plate(fs: _Factors, data_plate: str | None) -> tuple[str | None, 
             and not node["infer"].get("_deterministic")
             and type(node["fn"]).__name__ != "Unit"
         ]
-        if not observed:
-            return None, None
-        common: list[str] | None = None
-        for node in observed:
+        common: list[str] = []
+        for i, node in enumerate(observed):
             names = [f.name for f in node["cond_indep_stack"] if f.vectorized and f.size > 1]
-            common = names if common is None else [n for n in common if n in names]
-        candidates = []
-        for plate in common or []:
-            symbol = trace.plate_to_symbol[plate]
-            # log Z factorises over the plate iff no enumerated dim is shared with a term outside it
-            if all(
-                symbol in fs.ordinals[name] or not (set(term._pyro_dims) & fs.sum_dims)
-                for name, term in fs.factors.items()
-            ):
-                candidates.append(plate)
-        if not candidates:
-            return None, None
-        # outermost: the plate present in the most factors, ties broken by nesting order (outer first)
-        data_plate = max(candidates, key=lambda p: sum(trace.plate_to_symbol[p] in o for o in fs.ordinals.values()))
+            common = names if i == 0 else [n for n in common if n in names]
+        if not common:
+            return None, None, False
+        data_plate = max(
+            common,
+            key=lambda p: (_factorises(fs, p), sum(trace.plate_to_symbol[p] in o for o in fs.ordinals.values())),
+        )
     if data_plate not in trace.plate_to_symbol:
         raise ValueError(f"no vectorised plate named {data_plate!r} in the model")
     symbol = trace.plate_to_symbol[data_plate]
-    return data_plate, fs.dim_to_size.get(symbol, 1)
+    return data_plate, fs.dim_to_size.get(symbol, 1), _factorises(fs, data_plate)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -392,8 +393,9 @@ class EStep:
         Site name -> posterior marginal of the factor's enumerated variables, same shape and dims as the
         factor (``d log Z / d factor``).  A factor with no enumerated dims gets ones.
     log_likelihood_per_point : torch.Tensor or None
-        ``log p(x_i)`` for each index of the data plate, when there is a data plate over which ``log Z``
-        factorises; terms outside the data plate (priors, global constants) are not included, so
+        ``log p(x_i)`` for each index of the data plate, when ``log Z`` factorises over it (None when, e.g., a
+        global discrete latent couples the points); terms outside the data plate (priors, global constants)
+        are not included, so
         ``log_likelihood_per_point.sum() + (their sum) == log_likelihood``.
     dims : dict of str to str
         Site name -> packed dim symbols of its factor / marginal.
@@ -402,7 +404,7 @@ class EStep:
     plate_to_symbol : dict of str to str
         Plate name -> symbol.
     data_plate : str or None
-        Name of the data plate of ``log_likelihood_per_point``.
+        Name of the data plate (a plate around every observed site), if any.
     n_data : int or None
         Size of the data plate.
     """
@@ -467,8 +469,8 @@ def e_step(
         Refuse (``UnsupportedModelError``) before allocating when :func:`estimate_enumeration_bytes` is larger;
         ``None`` skips the check (and its extra prototype run).
     data_plate : str, optional
-        The plate of ``log_likelihood_per_point``; by default the plate common to every observed site over
-        which ``log Z`` factorises (the outermost when several qualify), if any.
+        The data plate (of ``log_likelihood_per_point`` and ``n_data``); by default the plate around every
+        observed site, preferring one over which ``log Z`` factorises, then the outermost.
 
     Returns
     -------
@@ -478,15 +480,10 @@ def e_step(
     with torch.no_grad():
         trace = _enum_trace(model, kwargs, max_plate_nesting)
     fs = _collect_factors(model, trace)
-    plate, n_data = _find_data_plate(fs, data_plate)
-    if data_plate is not None and plate is not None:
-        symbol = trace.plate_to_symbol[plate]
-        bad = [n for n, t in fs.factors.items() if symbol not in fs.ordinals[n] and set(t._pyro_dims) & fs.sum_dims]
-        if bad:
-            raise ValueError(f"log Z does not factorise over plate {data_plate!r}: site(s) {bad} couple its points")
+    plate, n_data, factorises = _find_data_plate(fs, data_plate)
     leaves = {n: _named(t.detach().clone().requires_grad_(True), t._pyro_dims) for n, t in fs.factors.items()}
     with torch.enable_grad():
-        log_z, per_point = _log_z(fs, leaves, plate)
+        log_z, per_point = _log_z(fs, leaves, plate if factorises else None)
         names = list(leaves)
         if log_z.requires_grad:
             grads = torch.autograd.grad(log_z, [leaves[n] for n in names], allow_unused=True)

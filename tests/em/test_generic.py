@@ -45,10 +45,10 @@ def _float64():
 
 
 def _latent_layout(model, kwargs):
-    """[(site, shape, K)] of the unobserved sites of one prior run."""
+    """[(site, shape, support)] of the unobserved sites of one prior run."""
     trace = poutine.trace(model).get_trace(**kwargs)
     return [
-        (name, tuple(node["value"].shape), int(node["fn"].enumerate_support(expand=False).shape[0]))
+        (name, tuple(node["value"].shape), node["fn"].enumerate_support(expand=False).reshape(-1))
         for name, node in trace.nodes.items()
         if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)
     ]
@@ -57,10 +57,10 @@ def _latent_layout(model, kwargs):
 def _brute_force(model, kwargs):
     """All joint assignments: (list of {site: value}, tensor of log joints)."""
     layout = _latent_layout(model, kwargs)
-    scalars = [(name, idx, K) for name, shape, K in layout for idx in itertools.product(*map(range, shape))]
+    scalars = [(name, idx, sup) for name, shape, sup in layout for idx in itertools.product(*map(range, shape))]
     assignments, log_joint = [], []
-    for values in itertools.product(*(range(K) for _, _, K in scalars)):
-        data = {name: torch.zeros(shape, dtype=torch.long) for name, shape, _ in layout}
+    for values in itertools.product(*(sup for _, _, sup in scalars)):
+        data = {name: torch.zeros(shape, dtype=sup.dtype) for name, shape, sup in layout}
         for (name, idx, _), v in zip(scalars, values, strict=True):
             data[name][idx] = v
         tr = poutine.trace(poutine.condition(model, data=data)).get_trace(**kwargs)
@@ -304,3 +304,30 @@ def test_property_monotone(seed, n):
     assert 2 <= len(fit["history"]) <= 4
     if fit["n_iter"] == 3:  # stopped by the callback
         assert not fit["converged"]
+
+
+def test_global_latent_couples_points_and_factor_sites_count():
+    def switch(x):
+        p = pyro.param("p", torch.tensor(0.3), constraint=constraints.unit_interval)
+        mu = pyro.param("mu", torch.tensor([-1.0, 1.0]))
+        c = pyro.sample("c", dist.Bernoulli(p)).long()
+        pyro.factor("prior", -0.5 * (mu**2).sum())  # a log-prior on the parameters: part of log Z and of Q
+        with pyro.plate("data", len(x)):
+            pyro.sample("x", dist.Normal(mu[c], 1.0), obs=x)
+
+    x = torch.tensor([0.8, 1.4, 0.3, 2.0])
+    kwargs = {"x": x}
+    es = e_step(switch, kwargs, 1)
+    assert es.data_plate == "data" and es.n_data == 4
+    assert es.log_likelihood_per_point is None  # c couples the points
+    _, log_joint = _brute_force(switch, kwargs)
+    assert _rel(es.log_likelihood, torch.logsumexp(log_joint, 0)) < 1e-12
+    post = (log_joint - torch.logsumexp(log_joint, 0)).exp()
+    assert torch.allclose(site_marginal(es, "c"), post, rtol=0, atol=1e-12)
+    fit = fit_generic_em(switch, kwargs, 1, max_iter=50, tol=1e-9)
+    _monotone(fit["history"])
+    assert fit["history"][0] == pytest.approx(float(es.log_likelihood) / 4, rel=1e-12)
+    # the prior pulls mu towards 0: at the MAP the gradient of log Z (prior included) vanishes
+    leaves = [pyro.get_param_store()._params[k] for k in ("p", "mu")]
+    grads = torch.autograd.grad(marginal_log_likelihood(switch, kwargs, 1), leaves)
+    assert all(float(g.abs().max()) < 1e-3 for g in grads)
