@@ -327,15 +327,19 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
         z_site, x_site = trace.nodes[z_name], trace.nodes[x_name]
         if t > 0:
             previous = trace.nodes[z_names[t - 1]]["value"]
-            hit = _find(_unwrap(z_site["fn"]).probs, {n: v for n, v in values.items() if n != start},
-                        -previous.dim() - 1, k)
-            if hit is None or hit[1] != "indexed" or (trans is not None and hit[0] != trans):
+            # after the first step only the parameter already found is a candidate (checks stay O(T))
+            candidates = {trans: values[trans]} if trans is not None else {n: v for n, v in values.items() if n != start}
+            hit = _find(_unwrap(z_site["fn"]).probs, candidates, -previous.dim() - 1, k)
+            if hit is None or hit[1] != "indexed":
                 return None
             trans = hit[0]
         x_value = x_site["value"]
         k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
-        found = _emission(_unwrap(x_site["fn"]), x_value, {n: v for n, v in values.items() if n not in (start, trans)},
-                          constraint_of, k_dim, k)
+        if emission is None:
+            candidates = {n: v for n, v in values.items() if n not in (start, trans)}
+        else:
+            candidates = {name: values[name] for name, _ in emission.values()}
+        found = _emission(_unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
         if found is None or (emission is not None and found[1] != emission):
             return None
         family, emission, univariate = found

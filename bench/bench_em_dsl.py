@@ -1,0 +1,111 @@
+"""End-to-end EM through the DSL: ``lvm.infer(model, data, method="em")`` against scikit-learn and hmmlearn.
+
+Unlike ``bench_em.py`` (the kernels alone) this times what a user runs: data conversion, the model's prototype
+run, recognition of the closed-form structure, the fit and the result. One thread, identical initial
+parameters, fixed iterations (tol disabled), best of ``--repeats``.
+
+Usage::
+
+    PYTHONPATH=. python bench/bench_em_dsl.py [--repeats 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import numpy as np
+import torch
+from threadpoolctl import threadpool_limits
+
+import ppl_lvm as lvm
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
+
+
+def best_time(fn, repeats: int):
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def gmm(n: int, ct: str, iters: int, repeats: int) -> tuple[float, float, float]:
+    from sklearn.mixture import GaussianMixture
+
+    rng = np.random.default_rng(0)
+    k, d = 5, 5
+    x = np.concatenate([rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c
+                        for c in rng.normal(size=(k, d)) * 3])
+    means = x[rng.choice(len(x), k, replace=False)]
+    precisions = {"full": np.stack([np.eye(d)] * k), "diag": np.ones((k, d))}[ct]
+
+    def sk():
+        return GaussianMixture(k, covariance_type=ct, max_iter=iters, tol=0.0, weights_init=np.ones(k) / k,
+                               means_init=means, precisions_init=precisions).fit(x)
+
+    def ours():
+        return lvm.infer(gaussian_mixture, {"x": x, "K": k, "covariance_type": ct}, method="em",
+                         init_params={"locs": means}, max_iter=iters, tol=0.0)
+
+    t_sk, ref = best_time(sk, repeats)
+    t_ours, fit = best_time(ours, repeats)
+    rel = abs(fit.log_likelihood - ref.score(x) * len(x)) / abs(fit.log_likelihood)
+    return t_sk, t_ours, rel
+
+
+def hmm(iters: int, repeats: int) -> tuple[float, float, float]:
+    from hmmlearn.hmm import GaussianHMM
+
+    rng = np.random.default_rng(1)
+    k, d, lengths = 5, 3, [1000] * 10
+    seqs = [rng.normal(size=(n, d)) + np.repeat(rng.normal(scale=3, size=(n // 20 + 1, d)), 20, 0)[:n] for n in lengths]
+    x = np.concatenate(seqs)
+    means = x[rng.choice(len(x), k, replace=False)]
+
+    def ref():
+        h = GaussianHMM(k, covariance_type="diag", n_iter=iters, tol=-np.inf, init_params="", params="stmc",
+                        covars_prior=0, min_covar=0)
+        h.startprob_, h.transmat_, h.means_, h.covars_ = np.ones(k) / k, np.ones((k, k)) / k, means, np.ones((k, d))
+        return h.fit(x, lengths)
+
+    padded, lens = pad_sequences([torch.tensor(s) for s in seqs])
+
+    def ours():
+        return lvm.infer(gaussian_hmm, {"x": padded, "lengths": lens, "K": k}, method="em",
+                         init_params={"locs": means, "scales": np.ones((k, d))}, max_iter=iters, tol=0.0,
+                         reg_covar=0.0)
+
+    t_ref, h = best_time(ref, repeats)
+    t_ours, fit = best_time(ours, repeats)
+    rel = abs(fit.log_likelihood - h.score(x, lengths)) / abs(fit.log_likelihood)
+    return t_ref, t_ours, rel
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="N=10k and fewer iterations")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    warnings.simplefilter("ignore")
+    n, iters = (10_000, 10) if args.quick else (100_000, 50)
+    with threadpool_limits(1):
+        print(f"| case | peer s | lvm.infer s | ratio | rel. diff of log-likelihood |")
+        print("|---|---|---|---|---|")
+        for ct in ("full", "diag"):
+            t_sk, t_ours, rel = gmm(n, ct, iters, args.repeats)
+            print(f"| GMM {ct}, N={n:,}, D=5, K=5, {iters} it. vs sklearn | {t_sk:.3f} | {t_ours:.3f} | "
+                  f"{t_ours / t_sk:.2f} | {rel:.1e} |")
+        hmm_iters = 5 if args.quick else 20
+        t_ref, t_ours, rel = hmm(hmm_iters, args.repeats)
+        print(f"| Gaussian HMM diag, 5 states, 10 x 1000, {hmm_iters} it. vs hmmlearn | {t_ref:.3f} | {t_ours:.3f} | "
+              f"{t_ours / t_ref:.2f} | {rel:.1e} |")
+
+
+if __name__ == "__main__":
+    main()
