@@ -11,6 +11,7 @@ from .backends import BACKENDS, Problem, get_backend
 from .data import bind_data
 from .errors import DataError, DataWarning
 from .model import Model, check_model
+from .runtime import clone_param_state
 
 __all__ = ["infer"]
 
@@ -112,10 +113,7 @@ def infer(
         state = getattr(init, "param_state", None)
         if state is None:
             raise TypeError(f"init must be a Result, got {type(init).__name__}")
-        init_state = {
-            "params": {k: v.detach().clone() for k, v in state["params"].items()},
-            "constraints": dict(state["constraints"]),
-        }
+        init_state = clone_param_state(state)
     problem = Problem(
         model=model,
         data=bound,

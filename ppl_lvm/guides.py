@@ -119,7 +119,7 @@ class AmortizedNormal:
             raise RuntimeError("AmortizedNormal must be bound to a model; pass it to lvm.infer(guide=...)")
         bound = dict(zip(self._arg_names, args, strict=False)) | kwargs
         x = bound[self.data]
-        pyro.module("encoder", self.encoder)
+        pyro.module("encoder", self.encoder, update_module_params=True)
         loc, scale = self.encoder(x)
         fit = current_fit()
         with ExitStack() as stack:

@@ -288,8 +288,12 @@ def markov(iterable: Iterable[int], history: int = 1, keep: bool = False) -> Ite
                 run.markov_indices.pop()
 
 
-def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module_params: bool = False):
-    """Register a torch module's parameters (an encoder, a decoder) with Pyro: ``lvm.module(encoder)``."""
+def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module_params: bool = True):
+    """Register a torch module's parameters (an encoder, a decoder) with Pyro: ``lvm.module(encoder)``.
+
+    The module's weights are taken from the parameter store on every call (``update_module_params=True``), so a
+    result queried after another fit of the same module still uses its own weights.
+    """
     resolved = resolve("module", name)
     run = current_run()
     if run is not None and resolved.name not in run.sites:

@@ -82,3 +82,17 @@ def fit_scope(ctx: FitContext):
         yield ctx
     finally:
         stack.pop()
+
+
+def clone_param_state(state: dict) -> dict:
+    """A deep copy of a Pyro parameter-store state whose tensors are fresh leaves that require grad.
+
+    ``ParamStoreDict.set_state`` installs tensors as they are, so a detached copy would silently stop training.
+    """
+    params = {}
+    for name, value in state["params"].items():
+        copy = value.detach().clone()
+        if copy.is_floating_point():
+            copy.requires_grad_(True)
+        params[name] = copy
+    return {"params": params, "constraints": dict(state["constraints"])}

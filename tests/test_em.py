@@ -144,3 +144,24 @@ def test_em_errors_name_the_problem(float64):
         lvm.infer(gaussian_mixture, {"x": torch.randn(20, 2)}, method="em", init_params="best")
     with pytest.raises(ValueError, match="max_iter must be a positive integer"):
         lvm.infer(gaussian_mixture, {"x": torch.randn(20, 2)}, method="em", max_iter=0)
+
+
+def test_a_model_without_closed_form_runs_generalised_em(float64):
+    @lvm.model
+    def t_mixture(x, K=2):
+        w = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+        loc = lvm.param(torch.tensor([-1.0, 1.0]))
+        scale = lvm.param(torch.ones(K), constraint=constraints.positive)
+        with lvm.plate(len(x)):
+            z = lvm.latent(dist.Categorical(w))
+            lvm.observe(dist.StudentT(4.0, loc[z], scale[z]), x)
+
+    torch.manual_seed(0)
+    x = torch.cat([dist.StudentT(4.0, -3.0, 1.0).sample((200,)), dist.StudentT(4.0, 3.0, 0.5).sample((100,))])
+    fit = lvm.infer(t_mixture, x, method="em", init_params="params", max_iter=200, tol=1e-8)
+    assert not fit.closed_form and fit.converged and _is_monotone(fit.history)
+    assert fit.responsibilities["z"].shape == (300, 2)
+    assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-10)
+    order = torch.argsort(fit.params["loc"])
+    assert torch.allclose(fit.params["loc"][order], torch.tensor([-3.0, 3.0]), atol=0.3)
+    assert fit.n_parameters == 1 + 2 + 2

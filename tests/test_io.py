@@ -33,8 +33,10 @@ def test_loaded_result_fits_further(fitted, tmp_path):
     fitted.save(path)
     more = lvm.load(path, model=normal_normal).fit_more(steps=50)
     assert more.steps == 50
-    # it starts where the saved fit stopped, not from scratch
+    # it starts where the saved fit stopped, not from scratch, and it keeps learning
     assert more.losses[0] < fitted.losses[0]
+    name = "MeanFieldNormal.locs.mu"
+    assert not torch.equal(more.params[name], fitted.params[name])
 
 
 def test_a_file_crafted_to_run_code_is_refused(tmp_path):

@@ -20,7 +20,7 @@ from ..errors import FitError, UnsupportedModelError
 from ..fit import FitOptions, Minibatch, run_loop
 from ..guides import build_guide, empty_guide
 from ..model import Model, ModelStructure
-from ..runtime import run_scope
+from ..runtime import clone_param_state, run_scope
 
 __all__ = ["Backend", "Problem", "VIPlan", "VariationalBackend", "guide_sites"]
 
@@ -134,11 +134,7 @@ class VariationalBackend(Backend):
                     {"losses": [], "steps": err.step or 0, "converged": False, "interrupted": True},
                 )
                 raise
-            final_state = pyro.get_param_store().get_state()
-            final_state = {
-                "params": {k: v.detach().clone() for k, v in final_state["params"].items()},
-                "constraints": dict(final_state["constraints"]),
-            }
+            final_state = clone_param_state(pyro.get_param_store().get_state())
         return Result.from_fit(problem, self.name, plan, loop, method, final_state, history)
 
     def _minibatch(self, problem: Problem, loop: FitOptions, plan: VIPlan, gtrace: poutine.Trace):

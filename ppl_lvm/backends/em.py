@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..errors import ConvergenceWarning, DataError, UnsupportedModelError
-from ..runtime import run_scope
+from ..runtime import clone_param_state, run_scope
 from .base import Backend, Problem
 
 __all__ = ["EM", "EMOptions"]
@@ -110,11 +110,7 @@ def _progress_bar(enabled: bool | None, total: int, desc: str):
 
 
 def _copy_state(store: Any) -> dict:
-    state = store.get_state()
-    return {
-        "params": {k: v.detach().clone() for k, v in state["params"].items()},
-        "constraints": dict(state["constraints"]),
-    }
+    return clone_param_state(store.get_state())
 
 
 class EMBackend(Backend):
@@ -192,7 +188,7 @@ class EMBackend(Backend):
         try:
             for restart in range(opts.n_init):
                 if opts.init_params in ("params",) or isinstance(opts.init_params, dict):
-                    store.set_state(_copy_state_from(initial))
+                    store.set_state(clone_param_state(initial))
                     init_params = family.complete_params(pattern.to_kernel(store))
                 else:
                     init_params = initialize_mixture(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
@@ -209,7 +205,7 @@ class EMBackend(Backend):
                 per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
                 total = float(per_point.sum())
                 if best is None or total > best.log_likelihood:
-                    store.set_state(_copy_state_from(initial))
+                    store.set_state(clone_param_state(initial))
                     pattern.to_model(fit.params, store)
                     best = _Run(fit.history, fit.converged, fit.n_iter, _copy_state(store), total,
                                 per_point.clone(), {pattern.latent: resp.clone()})
@@ -237,7 +233,7 @@ class EMBackend(Backend):
         try:
             for restart in range(opts.n_init):
                 if opts.init_params == "params" or isinstance(opts.init_params, dict):
-                    store.set_state(_copy_state_from(initial))
+                    store.set_state(clone_param_state(initial))
                     init_params = family.complete_params(pattern.to_kernel(store))
                 else:
                     init_params = initialize_hmm(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
@@ -256,7 +252,7 @@ class EMBackend(Backend):
                 e = hmm_e_step(log_emission, lengths, fit.params["startprob"], fit.params["transmat"])
                 total = float(e.log_likelihood.sum())
                 if best is None or total > best.log_likelihood:
-                    store.set_state(_copy_state_from(initial))
+                    store.set_state(clone_param_state(initial))
                     pattern.to_model(fit.params, store)
                     history = [h / n for h in fit.history]
                     best = _Run(history, fit.converged, fit.n_iter, _copy_state(store), total,
@@ -291,25 +287,17 @@ class EMBackend(Backend):
             return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
         try:
-            store.set_state(_copy_state_from(initial))
-            with run_scope(problem.model):
-                out = _generic.fit_generic_em(model, kwargs, nesting, max_iter=opts.max_iter, tol=opts.tol,
-                                              callback=callback)
+            store.set_state(clone_param_state(initial))
+            out = _generic.fit_generic_em(model, kwargs, nesting, max_iter=opts.max_iter, tol=opts.tol,
+                                          callback=callback)
         finally:
             if bar is not None:
                 bar.close()
         e_step = out["e_step"]
         per_point = getattr(e_step, "log_likelihood_per_point", None)
-        responsibilities = _generic.site_marginals(e_step, structure) if hasattr(_generic, "site_marginals") else {}
+        responsibilities = _generic.site_marginals(e_step, structure)
         return _Run(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), _copy_state(store),
                     float(e_step.log_likelihood), per_point, responsibilities)
-
-
-def _copy_state_from(state: dict) -> dict:
-    return {
-        "params": {k: v.detach().clone() for k, v in state["params"].items()},
-        "constraints": dict(state["constraints"]),
-    }
 
 
 EM = EMBackend()

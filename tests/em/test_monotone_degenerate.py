@@ -94,7 +94,7 @@ def test_monotone_property(seed, n, d, k, kind):
     collapsed: list[bool] = []
 
     def record(n_iter, ll, params):
-        # A component collapsed onto a point has variance ~ reg_covar; there
+        # A component (nearly) collapsed onto a point has variance ~ reg_covar; there
         # the sklearn-style M-step (covariance + reg_covar) is not the exact
         # maximiser and EM may lose O(reg_covar).  Flag those steps.
         if gaussian:
@@ -103,7 +103,7 @@ def test_monotone_property(seed, n, d, k, kind):
                 var = torch.diagonal(var, dim1=-2, dim2=-1)
             elif var.ndim == 2 and fam.covariance_type == "tied":
                 var = torch.diagonal(var)
-            collapsed.append(bool((var < 100 * fam.default_reg).any()))
+            collapsed.append(bool((var < 1e4 * fam.default_reg).any()))
         else:
             collapsed.append(False)
         return False
