@@ -165,3 +165,19 @@ def test_a_model_without_closed_form_runs_generalised_em(float64):
     order = torch.argsort(fit.params["loc"])
     assert torch.allclose(fit.params["loc"][order], torch.tensor([-3.0, 3.0]), atol=0.3)
     assert fit.n_parameters == 1 + 2 + 2
+
+
+def test_an_enumeration_too_large_for_memory_is_refused_before_allocating(float64):
+    @lvm.model
+    def coupled(x):
+        trans = lvm.param(torch.full((30, 30), 1 / 30), constraint=constraints.simplex)
+        with lvm.plate(len(x)):
+            z = lvm.latent(dist.Categorical(torch.ones(30) / 30), name="z0")
+            total = z
+            for i in range(1, 12):  # each latent depends on all earlier ones through the sum: no factorisation
+                z = lvm.latent(dist.Categorical(trans[total % 30]), name=f"z{i}")
+                total = total + z
+            lvm.observe(dist.Normal(total.double(), 1.0), x)
+
+    with pytest.raises(lvm.UnsupportedModelError, match=r"jointly needs ~[\d.]+ [KMGTPE]iB .*the limit is 2 GiB"):
+        lvm.infer(coupled, torch.randn(5), method="em")
