@@ -152,10 +152,8 @@ class EMBackend(Backend):
             pattern = recognise_mixture(problem.model, kwargs, structure)
             if pattern is None:
                 pattern = recognise_hmm(problem.model, kwargs, structure)
-            if pattern is not None and hasattr(pattern, "trans"):
-                best = self._fit_hmm(pattern, opts, initial)
-            elif pattern is not None:
-                best = self._fit_mixture(pattern, kwargs, opts, initial)
+            if pattern is not None:
+                best = self._fit_closed_form(pattern, kwargs, opts, initial)
             else:
                 best = self._fit_generic(problem, kwargs, opts, initial)
             store.set_state(best.state)
@@ -170,93 +168,60 @@ class EMBackend(Backend):
             )
         return EMResult.from_em(problem, opts, final_state, best, pattern)
 
-    # ------------------------------------------------------------------ closed-form mixtures
-    def _fit_mixture(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
-        from ..em._init import initialize_mixture
+    # ------------------------------------------------------------------ closed-form mixtures and chains
+    def _fit_closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
+        """Restarts of the closed-form kernels: ``fit_mixture`` for mixtures, Baum-Welch for chains."""
+        from ..em._hmm import fit_hmm, hmm_e_step
+        from ..em._init import initialize_hmm, initialize_mixture
         from ..em._mixture import fit_mixture, mixture_log_likelihood
 
+        chain = hasattr(pattern, "trans")
         family = pattern.family
-        x = pattern.data_matrix(kwargs[pattern.data_argument])
+        x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         n, k = x.shape[0], pattern.n_components
         if n < k:
-            raise DataError(f"{n} data points are fewer than the {k} mixture components; reduce K or add data")
+            what = ("observations", "hidden states") if chain else ("data points", "mixture components")
+            raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
+        lengths = [int(v) for v in pattern.lengths] if chain else None
         reg = family.default_reg if opts.reg_covar is None else float(opts.reg_covar)
         cache = family.precompute(x)
+        # the chain kernel reports total log-likelihoods (hmmlearn's convention); ours are per observation
+        per = float(n) if chain else 1.0
+        initialize = initialize_hmm if chain else initialize_mixture
         store = pyro.get_param_store()
         best: _Run | None = None
         bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em")
-        try:
-            for restart in range(opts.n_init):
-                if opts.init_params in ("params",) or isinstance(opts.init_params, dict):
-                    store.set_state(clone_param_state(initial))
-                    init_params = family.complete_params(pattern.to_kernel(store))
-                else:
-                    init_params = initialize_mixture(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
-                                                     reg=reg, cache=cache)
 
-                def callback(i: int, ll: float, params: Any) -> bool:
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-                    return any(bool(cb(i, ll)) for cb in opts.callbacks)
-
-                fit = fit_mixture(x, family, init_params, max_iter=opts.max_iter, tol=opts.tol, reg=reg,
-                                  cache=cache, callback=callback)
-                per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
-                total = float(per_point.sum())
-                if best is None or total > best.log_likelihood:
-                    store.set_state(clone_param_state(initial))
-                    pattern.to_model(fit.params, store)
-                    best = _Run(fit.history, fit.converged, fit.n_iter, _copy_state(store), total,
-                                per_point.clone(), {pattern.latent: resp.clone()})
-        finally:
+        def callback(i: int, ll: float, params: Any) -> bool:
             if bar is not None:
-                bar.close()
-        return best
+                bar.update(1)
+                bar.set_postfix(loglik=f"{ll / per:.6g}", refresh=False)
+            return any(bool(cb(i, ll / per)) for cb in opts.callbacks)
 
-    # ------------------------------------------------------------------ closed-form chains (Baum-Welch)
-    def _fit_hmm(self, pattern: Any, opts: EMOptions, initial: dict) -> _Run:
-        from ..em._hmm import fit_hmm, hmm_e_step
-        from ..em._init import initialize_hmm
-
-        family = pattern.family
-        x = pattern.data
-        n, k = x.shape[0], pattern.n_components
-        if n < k:
-            raise DataError(f"{n} observations are fewer than the {k} hidden states; reduce K or add data")
-        lengths = [int(v) for v in pattern.lengths]
-        reg = family.default_reg if opts.reg_covar is None else float(opts.reg_covar)
-        cache = family.precompute(x)
-        store = pyro.get_param_store()
-        best: _Run | None = None
-        bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em (hmm)")
         try:
             for restart in range(opts.n_init):
                 if opts.init_params == "params" or isinstance(opts.init_params, dict):
                     store.set_state(clone_param_state(initial))
                     init_params = family.complete_params(pattern.to_kernel(store))
                 else:
-                    init_params = initialize_hmm(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
-                                                 reg=reg, cache=cache)
-
-                def callback(i: int, ll: float, params: Any) -> bool:
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loglik=f"{ll / n:.6g}", refresh=False)
-                    return any(bool(cb(i, ll / n)) for cb in opts.callbacks)
-
-                # the kernels' tol is on the total log-likelihood (hmmlearn's); ours is per observation
-                fit = fit_hmm(x, lengths, family, init_params, max_iter=opts.max_iter, tol=opts.tol * n, reg=reg,
-                              cache=cache, callback=callback)
-                log_emission = family.log_prob(x, fit.params, cache=cache)
-                e = hmm_e_step(log_emission, lengths, fit.params["startprob"], fit.params["transmat"])
-                total = float(e.log_likelihood.sum())
+                    init_params = initialize(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
+                                             reg=reg, cache=cache)
+                if chain:
+                    fit = fit_hmm(x, lengths, family, init_params, max_iter=opts.max_iter, tol=opts.tol * per,
+                                  reg=reg, cache=cache, callback=callback)
+                    e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
+                                   fit.params["transmat"])
+                    per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
+                else:
+                    fit = fit_mixture(x, family, init_params, max_iter=opts.max_iter, tol=opts.tol, reg=reg,
+                                      cache=cache, callback=callback)
+                    per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
+                total = float(per_point.sum())
                 if best is None or total > best.log_likelihood:
                     store.set_state(clone_param_state(initial))
                     pattern.to_model(fit.params, store)
-                    history = [h / n for h in fit.history]
-                    best = _Run(history, fit.converged, fit.n_iter, _copy_state(store), total,
-                                e.log_likelihood.clone(), {pattern.latent: pattern.pad(e.gamma)})
+                    best = _Run([h / per for h in fit.history], fit.converged, fit.n_iter, _copy_state(store),
+                                total, per_point.clone(), {pattern.latent: resp.clone()})
         finally:
             if bar is not None:
                 bar.close()

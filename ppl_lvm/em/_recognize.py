@@ -97,6 +97,23 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and torch.allclose(a, b, rtol=rtol, atol=0.0)
 
 
+def _probe(model: Model, kwargs: dict, structure: ModelStructure, enumerated: list[str]):
+    """Run ``model`` once with ``enumerated`` summed out and every parameter at a distinct random value.
+
+    Returns the trace, the parameter values used and the parameters' constraints.
+    """
+    store = pyro.get_param_store()
+    probe = _perturbed_state(store, torch.Generator().manual_seed(0))
+    wanted = frozenset(enumerated)
+    enum_model = poutine.infer_config(model, lambda msg: {"enumerate": "parallel"} if msg["name"] in wanted else {})
+    first_dim = -1 - structure.max_plate_nesting
+    with store.scope(probe), torch.random.fork_rng(devices=[]), torch.no_grad(), run_scope(model):
+        trace = poutine.trace(poutine.enum(enum_model, first_available_dim=first_dim)).get_trace(**kwargs)
+        values = {name: store[name].detach() for name in store.keys()}
+        constraint_of = dict(store._constraints)
+    return trace, values, constraint_of
+
+
 def _matches(arg: torch.Tensor, value: torch.Tensor, k_dim: int, k: int) -> str | None:
     """Is ``arg`` equal to ``value`` indexed by z (laid along ``k_dim``), or to ``value`` broadcast?"""
     if arg.shape[k_dim] == k and value.dim() >= 1 and value.shape[0] == k:
@@ -195,16 +212,7 @@ def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> 
     z_info, x_info = latents[0], observed[0]
     if len(z_info.plates) != 1 or x_info.plates != z_info.plates or x_info.argument not in kwargs:
         return None
-    nesting = structure.max_plate_nesting
-    store = pyro.get_param_store()
-    probe = _perturbed_state(store, torch.Generator().manual_seed(0))
-    enum_model = poutine.infer_config(
-        model, lambda msg: {"enumerate": "parallel"} if msg["name"] == z_info.name else {}
-    )
-    with store.scope(probe), torch.random.fork_rng(devices=[]), torch.no_grad(), run_scope(model):
-        trace = poutine.trace(poutine.enum(enum_model, first_available_dim=-1 - nesting)).get_trace(**kwargs)
-        values = {name: store[name].detach() for name in store.keys()}
-        constraint_of = dict(store._constraints)
+    trace, values, constraint_of = _probe(model, kwargs, structure, [z_info.name])
     z_site, x_site = trace.nodes[z_info.name], trace.nodes[x_info.name]
     z_fn = _unwrap(z_site["fn"])
     if not isinstance(z_fn, dist.Categorical) or isinstance(z_fn, dist.OneHotCategorical):
@@ -304,15 +312,7 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     plates = {structure.sites[n].plates for n in z_names + x_names}
     if len(plates) != 1 or len(next(iter(plates))) != 1:
         return None
-    nesting = structure.max_plate_nesting
-    store = pyro.get_param_store()
-    probe = _perturbed_state(store, torch.Generator().manual_seed(0))
-    wanted = frozenset(z_names)
-    enum_model = poutine.infer_config(model, lambda msg: {"enumerate": "parallel"} if msg["name"] in wanted else {})
-    with store.scope(probe), torch.random.fork_rng(devices=[]), torch.no_grad(), run_scope(model):
-        trace = poutine.trace(poutine.enum(enum_model, first_available_dim=-1 - nesting)).get_trace(**kwargs)
-        values = {name: store[name].detach() for name in store.keys()}
-        constraint_of = dict(store._constraints)
+    trace, values, constraint_of = _probe(model, kwargs, structure, z_names)
     first = _unwrap(trace.nodes[z_names[0]]["fn"])
     if not isinstance(first, dist.Categorical) or isinstance(first, dist.OneHotCategorical):
         return None
