@@ -155,11 +155,29 @@ def load(path: str, model: Any = None, guide: Any = None):
     if model is not None:
         model = check_model(model)
         structure = model.inspect(**kwargs)
-        if guide_obj is None:
+        if guide_obj is None and meta["method"] == "em":
+            from .guides import empty_guide
+
+            guide_obj = empty_guide
+        elif guide_obj is None:
             spec = meta["guide_name"] if meta["guide_name"] in GUIDES else None
             with torch.no_grad():
                 guide_obj, _ = build_guide(spec, model, structure)
-    result = Result(
+    cls, fields = Result, {}
+    extra = meta.get("extra") or {}
+    if meta["method"] == "em":
+        from .em.result import EMResult
+
+        cls = EMResult
+        fields = {
+            "log_likelihood": float(extra.get("log_likelihood", float("nan"))),
+            "history": np.asarray(extra.get("history", []), dtype=float),
+            "n_iter": int(extra.get("n_iter", meta["steps"])),
+            "n_parameters": int(extra.get("n_parameters", 0)),
+            "n_samples": int(extra.get("n_samples", 0)),
+            "closed_form": bool(extra.get("closed_form", False)),
+        }
+    result = cls(
         method=meta["method"],
         params={},
         losses=payload["losses"].numpy(),
@@ -175,6 +193,7 @@ def load(path: str, model: Any = None, guide: Any = None):
         options=meta["options"],
         enumerated=meta["enumerated"],
         interrupted=meta["interrupted"],
+        **fields,
     )
     result.params = result._constrained_params()
     return result

@@ -61,3 +61,20 @@ def test_loading_without_model_keeps_params_but_refuses_queries(fitted, tmp_path
     assert torch.equal(loaded.params["MeanFieldNormal.locs.mu"], fitted.params["MeanFieldNormal.locs.mu"])
     with pytest.raises(RuntimeError, match="loaded without its model"):
         loaded.sample_posterior(3)
+
+
+def test_an_em_result_round_trips_with_its_log_likelihood_and_bic(tmp_path):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = torch.cat([torch.randn(60, 2) - 3, torch.randn(60, 2) + 3])
+    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2, "covariance_type": "diag"}, method="em")
+    path = tmp_path / "em.lvm"
+    fit.save(path)
+    loaded = lvm.load(path, model=gaussian_mixture)
+    assert isinstance(loaded, type(fit))
+    assert loaded.log_likelihood == fit.log_likelihood and loaded.bic() == fit.bic()
+    assert (loaded.history == fit.history).all()
+    for name, value in fit.params.items():
+        assert torch.equal(loaded.params[name], value)
+    # the exact log-likelihood recomputed from the loaded parameters by enumeration
+    assert lvm.Result.log_evidence(loaded) == pytest.approx(fit.log_likelihood, rel=1e-5)
