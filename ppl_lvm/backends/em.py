@@ -23,7 +23,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..errors import ConvergenceWarning, DataError, UnsupportedModelError
-from ..runtime import clone_param_state, run_scope
+from ..runtime import clone_param_state
 from .base import Backend, Problem
 
 __all__ = ["EM", "EMOptions"]
@@ -137,10 +137,9 @@ class EMBackend(Backend):
                 )
         kwargs = dict(problem.data.kwargs)
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
-        with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start) as state:
+        with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
             pyro.set_rng_seed(int(opts.seed))
-            with run_scope(problem.model):
-                poutine.trace(problem.model).get_trace(**kwargs)  # creates every lvm.param
+            poutine.trace(problem.model).get_trace(**kwargs)  # creates every lvm.param
             store = pyro.get_param_store()
             if isinstance(opts.init_params, dict):
                 unknown = sorted(set(opts.init_params) - set(store.keys()))
@@ -158,7 +157,6 @@ class EMBackend(Backend):
                 best = self._fit_generic(problem, kwargs, opts, initial)
             store.set_state(best.state)
             final_state = _copy_state(store)
-        del state
         if not best.converged:
             warnings.warn(
                 f"EM did not converge in {opts.max_iter} iterations (best of {opts.n_init} restart(s)); the last "
@@ -241,7 +239,6 @@ class EMBackend(Backend):
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
         nesting = structure.max_plate_nesting
-        _generic.check_enumeration_size(model, kwargs, nesting, max_bytes=opts.max_bytes)
         store = pyro.get_param_store()
         bar = _progress_bar(opts.progress, opts.max_iter, "em (generic)")
 
@@ -254,7 +251,7 @@ class EMBackend(Backend):
         try:
             store.set_state(clone_param_state(initial))
             out = _generic.fit_generic_em(model, kwargs, nesting, max_iter=opts.max_iter, tol=opts.tol,
-                                          callback=callback)
+                                          callback=callback, max_bytes=opts.max_bytes)
         finally:
             if bar is not None:
                 bar.close()
