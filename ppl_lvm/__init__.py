@@ -25,6 +25,7 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
+from .em import EMDegeneracyWarning, EMResult
 from .fit import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .io import load
@@ -47,6 +48,8 @@ __all__ = [
     "ConvergenceWarning",
     "DataError",
     "DataWarning",
+    "EMDegeneracyWarning",
+    "EMResult",
     "FitError",
     "FitOptions",
     "Guide",
