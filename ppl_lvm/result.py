@@ -222,6 +222,12 @@ class Result:
         elbo = RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
         return self._bound(elbo, seed)
 
+    def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
+        """The fit as ArviZ groups (``az.InferenceData``); see :mod:`ppl_lvm.arviz_export`."""
+        from .arviz_export import to_inference_data
+
+        return to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
+
     # ------------------------------------------------------------------ persistence and refits
     def save(self, path: str) -> None:
         """Write the result to ``path`` (tensors and JSON metadata; loads without unpickling code)."""

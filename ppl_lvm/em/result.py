@@ -127,6 +127,12 @@ class EMResult(Result):
             f"closed_form={self.closed_form}, params=[{', '.join(self.params)}])"
         )
 
+    def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
+        """Point estimates, responsibilities and history as ArviZ groups; see :mod:`ppl_lvm.arviz_export`."""
+        from ..arviz_export import to_inference_data
+
+        return to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
+
     # ------------------------------------------------------------------ model selection
     def bic(self) -> float:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""

@@ -1,0 +1,400 @@
+"""Export of fit results to ArviZ: the one module of ppl_lvm that calls ArviZ or xarray.
+
+``to_inference_data(result)`` turns a variational fit (svi / meanfield / iwae / renyi) into groups
+
+=====================  ==========================================================================================
+``posterior``          draws of every latent site from the fitted guide, dims ``(chain, draw, *site dims)``;
+                       discrete enumerated latents are drawn from their exact conditional given the draw
+``log_likelihood``     per observed site, log p(x_i | theta_s) with every discrete latent summed out exactly,
+                       dims ``(chain, draw, *batch dims of the site)``
+``posterior_predictive``  replicated observations
+``observed_data``      the data, with pandas index / column labels as coordinates
+``sample_stats``       ``lp`` = log p(x, theta_s) (discrete latents summed out), ``log_q`` = log q(theta_s) and
+                       ``log_weight = lp - log_q`` when the guide's density at a draw is available
+=====================  ==========================================================================================
+
+and an EM fit into ``point_estimate`` (the fitted parameters; no fake one-draw posterior), ``responsibilities``
+(p(z | x) per discrete site), ``map_assignments``, ``em_history`` (mean log-likelihood per iteration),
+``pointwise_log_likelihood`` (log p(x_i) when available) and ``observed_data``; the log-likelihood, BIC, AIC,
+convergence and iteration count are attributes of ``point_estimate``.
+
+Dimension names: a site's batch dimensions are named after its plates (``len(x)`` becomes ``x_index``, other plate
+names are sanitised), remaining dimensions ``<site>_dim_<i>``.
+
+Written for ArviZ 0.23 (``az.InferenceData``); with ArviZ 1.x the same groups become an ``xarray.DataTree``.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer.mcmc.util import TraceEinsumEvaluator
+from pyro.poutine.util import site_is_subsample
+
+__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "arviz_major_version"]
+
+_ARVIZ_REFACTOR_NOTICE = r"(?s).*ArviZ is undergoing a major refactor"
+
+
+def _az() -> Any:
+    """Import ArviZ, silencing exactly its import-time refactor notice (a FutureWarning in 0.2x)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_ARVIZ_REFACTOR_NOTICE, category=FutureWarning)
+        import arviz
+
+    return arviz
+
+
+def arviz_major_version() -> int:
+    return int(_az().__version__.split(".")[0])
+
+
+def _xr() -> Any:
+    import xarray
+
+    return xarray
+
+
+# ---------------------------------------------------------------------------------------------------- naming
+def _plate_dim_name(plate: str) -> str:
+    match = re.fullmatch(r"len\((\w+)\)", plate.replace(" ", ""))
+    if match:
+        return f"{match.group(1)}_index"
+    name = re.sub(r"\W+", "_", plate).strip("_")
+    return name or "plate"
+
+
+def _site_dims(structure: Any, name: str, shape: tuple[int, ...], batch_shape: tuple[int, ...] | None = None
+               ) -> list[str]:
+    """Dimension names of one site's value (without chain/draw): plates for batch dims, ``<site>_dim_i`` else."""
+    info = structure.sites.get(name)
+    if batch_shape is None:
+        batch_shape = tuple(info.batch_shape) if info is not None else ()
+    n_batch = len(batch_shape) if tuple(shape[: len(batch_shape)]) == tuple(batch_shape) else 0
+    dims: list[str] = []
+    by_dim = {}
+    if info is not None:
+        for plate in info.plates:
+            p = structure.plates.get(plate)
+            if p is not None and p.dim is not None:
+                by_dim[p.dim] = p
+    generic = 0
+    for j in range(len(shape)):
+        plate = by_dim.get(j - n_batch) if j < n_batch else None
+        if plate is not None and plate.size == shape[j]:
+            dims.append(_plate_dim_name(plate.name))
+        else:
+            dims.append(f"{name}_dim_{generic}")
+            generic += 1
+    return dims
+
+
+def _label_coords(result: Any, dims_of: dict[str, list[str]], shapes: dict[str, tuple[int, ...]]) -> dict:
+    """Coordinates from pandas labels: the data plate gets the index, an observed site's first event dim the columns."""
+    coords: dict[str, list] = {}
+    labels = getattr(result.data, "coords", {}) or {}
+    structure = result.structure
+    for site in structure.observed_sites:
+        lab = labels.get(site.argument or site.name)
+        if not lab or site.name not in dims_of:
+            continue
+        dims, shape = dims_of[site.name], shapes[site.name]
+        nb = len(site.batch_shape)
+        if "index" in lab and nb >= 1 and shape[0] == len(lab["index"]):
+            coords.setdefault(dims[0], list(lab["index"]))
+        if "columns" in lab and len(shape) > nb and shape[nb] == len(lab["columns"]):
+            coords.setdefault(dims[nb], list(lab["columns"]))
+    return coords
+
+
+def _numpy(value: torch.Tensor) -> np.ndarray:
+    array = value.detach().cpu().numpy()
+    return array.astype(np.int64) if array.dtype.kind in "iub" else array.astype(np.float64)
+
+
+def _dataset(variables: dict[str, tuple[list[str], np.ndarray]], coords: dict, attrs: dict | None = None) -> Any:
+    xr = _xr()
+    used = {d for dims, _ in variables.values() for d in dims}
+    return xr.Dataset(
+        dict(variables.items()),
+        coords={k: v for k, v in coords.items() if k in used},
+        attrs=dict(attrs or {}),
+    )
+
+
+def _attrs(result: Any) -> dict:
+    import ppl_lvm
+
+    attrs = {
+        "inference_library": "pyro",
+        "inference_library_version": pyro.__version__,
+        "creation_library": "ppl_lvm",
+        "creation_library_version": getattr(ppl_lvm, "__version__", "0"),
+        "method": str(result.method),
+        "guide": str(result.guide_name),
+        "steps": int(result.steps),
+        "converged": int(bool(result.converged)),
+        "seed": int(result.seed),
+    }
+    return attrs
+
+
+def _make(groups: dict[str, Any]) -> Any:
+    """Assemble the groups: ``az.InferenceData`` on ArviZ 0.x, an ``xarray.DataTree`` on ArviZ 1.x."""
+    az = _az()
+    if arviz_major_version() < 1:
+        return az.InferenceData(**groups)
+    xr = _xr()  # pragma: no cover - ArviZ 1.x
+    return xr.DataTree.from_dict({f"/{k}": v for k, v in groups.items()})  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------------- SVI / IWAE
+def _replay_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
+    trace = poutine.Trace()
+    for name, value in values.items():
+        trace.add_node(name, type="sample", name=name, value=value, is_observed=False, infer={})
+    return trace
+
+
+def _enum_dims(tensor: torch.Tensor, nesting: int) -> set[int]:
+    """Negative positions left of the plate dims where ``tensor`` has size > 1 (enumeration dims)."""
+    return {d for d in range(-tensor.dim(), -nesting) if tensor.shape[d] > 1}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _pointwise(trace: poutine.Trace, obs: str, enumerated: list[str], structure: Any) -> torch.Tensor:
+    """log p(x_i | draw) of one observed site, the discrete latents it depends on summed out exactly."""
+    nesting = structure.max_plate_nesting
+    node = trace.nodes[obs]
+    terms = [node["log_prob"]]
+    dims = _enum_dims(node["log_prob"], nesting)
+    enum_nodes = {n: trace.nodes[n] for n in enumerated if n in trace.nodes}
+    site_dim: dict[str, set[int]] = {n: _enum_dims(nd["value"], nesting) for n, nd in enum_nodes.items()}
+    seen: dict[int, str] = {}
+    for name, ds in site_dim.items():
+        for d in ds:
+            if d in seen:  # an enumeration dim reused (a Markov chain): not a plain sum
+                raise _Unsupported(f"discrete sites '{seen[d]}' and '{name}' share an enumeration dim")
+            seen[d] = name
+    included: set[str] = set()
+    changed = True
+    while changed:  # the discrete sites the observation depends on, directly or through other discrete sites
+        changed = False
+        for name, nd in enum_nodes.items():
+            if name not in included and site_dim[name] & dims:
+                included.add(name)
+                terms.append(nd["log_prob"])
+                dims |= _enum_dims(nd["log_prob"], nesting)
+                changed = True
+    obs_plates = set(structure.sites[obs].plates) if obs in structure.sites else set()
+    for name in included:
+        info = structure.sites.get(name)
+        if info is not None and not set(info.plates) <= obs_plates:
+            raise _Unsupported(f"discrete site '{name}' lies in a plate the observation '{obs}' is not in")
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
+    if total.dim() > nesting:
+        total = torch.logsumexp(total, dim=tuple(range(total.dim() - nesting))) if dims else total.reshape(
+            total.shape[total.dim() - nesting:]
+        )
+    batch = tuple(structure.sites[obs].batch_shape) if obs in structure.sites else tuple(node["fn"].batch_shape)
+    while total.dim() > len(batch) and total.shape[0] == 1:
+        total = total[0]
+    return torch.broadcast_to(total, batch)
+
+
+def _log_q(result: Any, values: dict[str, torch.Tensor]) -> float | None:
+    """log q(theta) of the guide at a draw, when the guide samples exactly the replayed sites (no helper sites)."""
+    if "delta" in str(result.guide_name).lower() or "map" in str(result.guide_name).lower():
+        return None
+    trace = poutine.trace(poutine.replay(result.guide, trace=_replay_trace(values))).get_trace(**result.data.kwargs)
+    sites = [n for n, nd in trace.nodes.items()
+             if nd["type"] == "sample" and not nd["is_observed"] and not site_is_subsample(nd)]
+    if set(sites) != set(values):
+        return None
+    return float(trace.log_prob_sum())
+
+
+def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = None) -> Any:
+    """ArviZ groups of a fit: :func:`_variational` for svi/meanfield/iwae/renyi, :func:`_em` for EM results."""
+    if not isinstance(num_samples, int) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if result.method == "em":
+        return _make(_em_groups(result))
+    return _make(_variational_groups(result, num_samples, seed))
+
+
+def _variational_groups(result: Any, num_samples: int, seed: int | None) -> dict[str, Any]:
+    from .backends.base import enumerating
+    from .runtime import run_scope
+
+    model = result._require_model()
+    structure = result.structure
+    nesting = structure.max_plate_nesting
+    enumerated = list(result.enumerated)
+    kwargs = result.data.kwargs
+    observed = [s.name for s in structure.observed_sites]
+
+    draws = result.sample_posterior(num_samples, seed=seed)
+    replayed = [n for n in draws if n not in enumerated]
+
+    pointwise: dict[str, list[torch.Tensor]] = {o: [] for o in observed}
+    lp: list[float] = []
+    log_q: list[float | None] = []
+    observed_values: dict[str, torch.Tensor] = {}
+    unsupported: str | None = None
+    with result.activated(), torch.no_grad(), run_scope(result.guide):
+        result._prepare_guide()
+        pyro.set_rng_seed(result.seed if seed is None else seed)
+        for s in range(num_samples):
+            values = {n: draws[n][s] for n in replayed}
+            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=_replay_trace(values))
+            if enumerated:
+                fn = poutine.enum(fn, first_available_dim=-1 - nesting)
+            trace = poutine.trace(fn).get_trace(**kwargs)
+            trace.compute_log_prob()
+            if s == 0:
+                observed_values = {o: trace.nodes[o]["value"] for o in observed}
+            if unsupported is None:
+                try:
+                    for o in observed:
+                        pointwise[o].append(_pointwise(trace, o, enumerated, structure))
+                except _Unsupported as exc:
+                    unsupported = str(exc)
+            if enumerated:  # log p(x, theta) with the enumerated sites contracted exactly (also Markov chains)
+                lp.append(float(TraceEinsumEvaluator(trace, True, nesting).log_prob(trace)))
+            else:
+                lp.append(float(trace.log_prob_sum()))
+            log_q.append(_log_q(result, values))
+    if unsupported is not None:
+        warnings.warn(f"to_arviz: no log_likelihood group ({unsupported})", UserWarning, stacklevel=3)
+
+    dims_of: dict[str, list[str]] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, value in list(draws.items()) + list(observed_values.items()):
+        shapes[name] = tuple(value.shape[1:]) if name in draws else tuple(value.shape)
+        dims_of[name] = _site_dims(structure, name, shapes[name])
+    coords = _label_coords(result, dims_of, shapes)
+    attrs = _attrs(result)
+    chain = ["chain", "draw"]
+
+    groups: dict[str, Any] = {}
+    groups["posterior"] = _dataset(
+        {n: (chain + dims_of[n], _numpy(v)[None]) for n, v in draws.items()}, coords, attrs)
+    if unsupported is None and observed:
+        ll = {}
+        for o in observed:
+            values = torch.stack(pointwise[o])
+            ll[o] = (chain + _site_dims(structure, o, tuple(values.shape[1:])), _numpy(values)[None])
+        groups["log_likelihood"] = _dataset(ll, coords, attrs)
+    predictive = result.posterior_predictive(num_samples, seed=seed)
+    groups["posterior_predictive"] = _dataset(
+        {o: (chain + dims_of[o], _numpy(predictive[o])[None]) for o in observed if o in predictive}, coords, attrs)
+    groups["observed_data"] = _dataset(
+        {o: (dims_of[o], _numpy(v)) for o, v in observed_values.items()}, coords, attrs)
+    stats = {"lp": (chain, np.asarray(lp, dtype=np.float64)[None])}
+    if all(q is not None for q in log_q):
+        q = np.asarray(log_q, dtype=np.float64)[None]
+        stats["log_q"] = (chain, q)
+        stats["log_weight"] = (chain, stats["lp"][1] - q)
+    groups["sample_stats"] = _dataset(stats, coords, attrs)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------- EM
+def _generic(name: str, array: np.ndarray) -> list[str]:
+    return [f"{name}_dim_{i}" for i in range(array.ndim)]
+
+
+def _em_groups(result: Any) -> dict[str, Any]:
+    structure = result.structure
+    attrs = _attrs(result)
+    bic, aic = result.bic(), result.aic()
+    attrs.update({
+        "log_likelihood": float(result.log_likelihood),
+        "bic": float(bic),
+        "aic": float(aic),
+        "n_iter": int(result.n_iter),
+        "n_parameters": int(result.n_parameters),
+        "n_samples": int(result.n_samples),
+        "closed_form": int(bool(result.closed_form)),
+    })
+    observed = {}
+    for site in structure.observed_sites:
+        value = result.data.kwargs.get(site.argument or site.name)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(site.shape):
+            observed[site.name] = value
+    dims_of = {n: _site_dims(structure, n, tuple(v.shape)) for n, v in observed.items()}
+    shapes = {n: tuple(v.shape) for n, v in observed.items()}
+
+    groups: dict[str, Any] = {}
+    point = {n: (_generic(n, _numpy(v)), _numpy(v)) for n, v in result.params.items()}
+    groups["point_estimate"] = _dataset(point, {}, attrs)
+
+    resp = {}
+    for name, r in result.responsibilities.items():
+        array = _numpy(r)
+        site = structure.sites.get(name)
+        batch = tuple(site.batch_shape) if site is not None else ()
+        if batch and tuple(array.shape[:-1]) == batch:
+            dims = _site_dims(structure, name, batch) + [f"{name}_state"]
+        else:
+            dims = _generic(name, array)
+        resp[name] = (dims, array)
+        dims_of.setdefault(name, dims[:-1])
+        shapes.setdefault(name, tuple(array.shape[:-1]))
+    coords = _label_coords(result, dims_of, shapes)
+    groups["responsibilities"] = _dataset(resp, coords, attrs)
+
+    assignments = {}
+    for name, a in result.map_assignments().items():
+        array = _numpy(a)
+        dims = dims_of.get(name) if tuple(array.shape) == shapes.get(name) else None
+        assignments[name] = (dims or _generic(name, array), array)
+    groups["map_assignments"] = _dataset(assignments, coords, attrs)
+
+    history = np.asarray(result.history, dtype=np.float64)
+    groups["em_history"] = _dataset({"mean_log_likelihood": (["iteration"], history)},
+                                    {"iteration": np.arange(len(history))}, attrs)
+    per_point = result.log_likelihood_per_point
+    if per_point is not None and observed:
+        first = next(iter(observed))
+        array = _numpy(per_point)
+        dims = dims_of[first][: array.ndim] if tuple(array.shape) == shapes[first][: array.ndim] else None
+        groups["pointwise_log_likelihood"] = _dataset(
+            {first: (dims or _generic(first, array), array)}, coords, attrs)
+    if observed:
+        groups["observed_data"] = _dataset(
+            {n: (dims_of[n], _numpy(v)) for n, v in observed.items()}, coords, attrs)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------- netCDF
+def save_netcdf(idata: Any, path: str) -> str:
+    """Write every group to one netCDF file (engine h5netcdf)."""
+    if arviz_major_version() < 1:
+        return idata.to_netcdf(str(path), engine="h5netcdf")
+    idata.to_netcdf(str(path), engine="h5netcdf")  # pragma: no cover - ArviZ 1.x (DataTree)
+    return str(path)  # pragma: no cover
+
+
+def load_netcdf(path: str) -> Any:
+    """Read a file written by :func:`save_netcdf` fully into memory (the file is closed afterwards)."""
+    az = _az()
+    if arviz_major_version() < 1:
+        with az.rc_context({"data.load": "eager"}):
+            return az.from_netcdf(str(path), engine="h5netcdf")
+    xr = _xr()  # pragma: no cover - ArviZ 1.x (DataTree)
+    with xr.open_datatree(str(path), engine="h5netcdf") as tree:  # pragma: no cover
+        return tree.load()  # pragma: no cover
+
