@@ -1,0 +1,156 @@
+"""ArviZ export: every number in the groups checked against an independent computation (scipy / scikit-learn)."""
+
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from demo_models import gmm_map, ppca
+from scipy.special import logsumexp
+from scipy.stats import norm
+from sklearn.mixture import GaussianMixture
+from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
+
+import ppl_lvm as lvm
+from ppl_lvm.arviz_export import _az, load_netcdf, save_netcdf
+from ppl_lvm.models.mixtures import gaussian_mixture
+
+az = _az()
+KHAT_WARNING = r"Estimated shape parameter of Pareto distribution is greater than"
+
+
+def _two_clusters(n=12, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.cat([torch.randn(n, 2, generator=g) - 3.0, torch.randn(n, 2, generator=g) + 3.0])
+    return x.to(torch.get_default_dtype())
+
+
+def _gmm_loglik_scipy(x, weights, locs, scales):
+    """log sum_k w_k prod_d N(x_id | loc_kd, scale_kd), per draw and point: (S, N)."""
+    # (S, 1, K) + sum_d (S, N, K, D)
+    comp = norm.logpdf(x[None, :, None, :], locs[:, None, :, :], scales[:, None, :, :]).sum(-1)
+    return logsumexp(np.log(weights)[:, None, :] + comp, axis=-1)
+
+
+@pytest.fixture(scope="module")
+def svi_idata():
+    """An SVI fit (mean-field normal guide, z enumerated) of a small mixture, exported with pandas labels."""
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = _two_clusters()
+        frame = pd.DataFrame(x.numpy(), columns=["a", "b"], index=[f"row{i}" for i in range(len(x))])
+        fit = lvm.infer(gmm_map, {"x": frame, "K": 2}, method="svi", guide="normal", steps=30, lr=0.05, seed=0)
+        return x.numpy(), fit, fit.to_arviz(num_samples=60, seed=3)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+@pytest.mark.parametrize("guide", ["normal", "delta"])
+def test_svi_log_likelihood_equals_scipy_mixture_density_at_each_draw(guide, float64, svi_idata):
+    if guide == "normal":
+        x, _, idata = svi_idata
+    else:
+        x = _two_clusters().numpy()
+        fit = lvm.infer(gmm_map, {"x": torch.from_numpy(x), "K": 2}, method="svi", guide=guide, steps=30, lr=0.05,
+                        seed=0)
+        idata = fit.to_arviz(num_samples=20, seed=1)
+    post = idata.posterior
+    expected = _gmm_loglik_scipy(x, post["weights"].values[0], post["locs"].values[0], post["scales"].values[0])
+    got = idata.log_likelihood["x"]
+    assert got.dims == ("chain", "draw", "x_index")
+    np.testing.assert_allclose(got.values[0], expected, rtol=0, atol=1e-8)
+    # lp is the log joint with z summed out: log priors + sum_i log p(x_i | theta)
+    w, locs, scales = (post[v].values[0] for v in ("weights", "locs", "scales"))
+    from scipy.stats import dirichlet, lognorm
+    log_prior = (np.array([dirichlet.logpdf(wi, np.ones(2)) for wi in w])
+                 + norm.logpdf(locs, 0, 10).sum((1, 2)) + lognorm.logpdf(scales, 2.0).sum((1, 2)))
+    np.testing.assert_allclose(idata.sample_stats["lp"].values[0], log_prior + expected.sum(-1), rtol=1e-10)
+
+
+def test_svi_groups_layout_keep_pandas_labels(svi_idata):
+    x, fit, idata = svi_idata
+    assert set(idata.groups()) >= {"posterior", "log_likelihood", "posterior_predictive", "observed_data",
+                                   "sample_stats"}
+    post = idata.posterior
+    assert post["weights"].dims == ("chain", "draw", "weights_dim_0")
+    assert post["locs"].dims == ("chain", "draw", "components", "locs_dim_0")
+    assert post["z"].dims == ("chain", "draw", "x_index") and post.sizes["draw"] == 60
+    assert list(idata.observed_data["x"].dims) == ["x_index", "x_dim_0"]
+    assert list(idata.observed_data["x_index"].values) == [f"row{i}" for i in range(len(x))]
+    assert list(idata.observed_data["x_dim_0"].values) == ["a", "b"]
+    np.testing.assert_array_equal(idata.observed_data["x"].values, x)
+    assert idata.posterior_predictive["x"].shape == (1, 60, len(x), 2)
+    assert list(idata.log_likelihood["x_index"].values) == [f"row{i}" for i in range(len(x))]
+    # the mean-field guide samples the sites themselves: log q is its density, log_weight = lp - log q
+    stats = idata.sample_stats
+    np.testing.assert_allclose(stats["log_weight"], stats["lp"] - stats["log_q"])
+    assert np.all(np.isfinite(stats["log_q"]))
+
+
+def test_summary_and_loo_run_on_the_export(svi_idata):
+    _, _, idata = svi_idata
+    summary = az.summary(idata, var_names=["weights", "locs", "scales"])
+    assert len(summary) == 2 + 4 + 4
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=KHAT_WARNING, category=UserWarning)
+        loo = az.loo(idata, pointwise=True)
+    assert loo["loo_i"].shape == (24,) and loo["pareto_k"].shape == (24,)
+    assert np.isfinite(loo["elpd_loo"])
+
+
+def test_netcdf_round_trip_keeps_every_group(svi_idata, tmp_path):
+    _, _, idata = svi_idata
+    path = tmp_path / "fit.nc"
+    save_netcdf(idata, path)
+    loaded = load_netcdf(path)
+    assert set(loaded.groups()) == set(idata.groups())
+    for group in idata.groups():
+        assert loaded[group].identical(idata[group]), group
+
+
+def test_iwae_ppca_log_likelihood_is_the_conditional_density_at_each_drawn_z(float64):
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(15, 3, generator=g) @ torch.randn(3, 3, generator=g)
+    fit = lvm.infer(ppca, x, method="iwae", steps=25, lr=0.05, seed=0)
+    idata = fit.to_arviz(num_samples=40, seed=2)
+    z = idata.posterior["z"].values[0]  # (S, N, q)
+    assert idata.posterior["z"].dims == ("chain", "draw", "n", "z_dim_0")
+    W, mu, sigma = (fit.params[k].numpy() for k in ("W", "mu", "sigma"))
+    mean = z @ W.T + mu  # (S, N, D)
+    expected = norm.logpdf(x.numpy()[None], mean, sigma).sum(-1)
+    np.testing.assert_allclose(idata.log_likelihood["x"].values[0], expected, rtol=0, atol=1e-8)
+    prior = norm.logpdf(z).sum((1, 2))
+    np.testing.assert_allclose(idata.sample_stats["lp"].values[0], prior + expected.sum(-1), rtol=1e-10)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=KHAT_WARNING, category=UserWarning)
+        loo = az.loo(idata)
+    assert np.isfinite(loo["elpd_loo"])
+
+
+def test_em_export_matches_scikit_learn(float64, tmp_path):
+    g = torch.Generator().manual_seed(5)
+    x = torch.cat([torch.randn(40, 2, generator=g) - 2.0, 0.5 * torch.randn(30, 2, generator=g) + 2.0])
+    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em", seed=0)
+    idata = fit.to_arviz()
+    assert "posterior" not in idata.groups() and "log_likelihood" not in idata.groups()
+    point = idata.point_estimate
+    weights, means, trils = point["weights"].values, point["locs"].values, point["scale_trils"].values
+    covariances = trils @ np.swapaxes(trils, -1, -2)
+    sk = GaussianMixture(n_components=2, covariance_type="full")
+    sk.weights_, sk.means_, sk.covariances_ = weights, means, covariances
+    sk.precisions_cholesky_ = _compute_precision_cholesky(covariances, "full")
+    resp = idata.responsibilities["z"]
+    assert resp.dims == ("x_index", "z_state")
+    np.testing.assert_allclose(resp.values, sk.predict_proba(x.numpy()), rtol=0, atol=1e-8)
+    assert point.attrs["bic"] == pytest.approx(sk.bic(x.numpy()), rel=1e-9)
+    assert point.attrs["aic"] == pytest.approx(sk.aic(x.numpy()), rel=1e-9)
+    assert point.attrs["log_likelihood"] == pytest.approx(fit.log_likelihood)
+    assert point.attrs["n_iter"] == fit.n_iter and point.attrs["converged"] == int(fit.converged)
+    np.testing.assert_array_equal(idata.em_history["mean_log_likelihood"].values, fit.history)
+    np.testing.assert_array_equal(idata.map_assignments["z"].values, resp.values.argmax(-1))
+    path = tmp_path / "em.nc"
+    save_netcdf(idata, path)
+    loaded = load_netcdf(path)
+    for group in idata.groups():
+        assert loaded[group].identical(idata[group]), group
