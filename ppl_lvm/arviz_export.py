@@ -118,6 +118,11 @@ def _numpy(value: torch.Tensor) -> np.ndarray:
     return array.astype(np.int64) if array.dtype.kind in "iub" else array.astype(np.float64)
 
 
+def _split(array: np.ndarray, chains: int) -> np.ndarray:
+    """Independent draws (S, ...) as (chains, S // chains, ...)."""
+    return array.reshape((chains, array.shape[0] // chains) + array.shape[1:])
+
+
 def _dataset(variables: dict[str, tuple[list[str], np.ndarray]], coords: dict, attrs: dict | None = None) -> Any:
     xr = _xr()
     used = {d for dims, _ in variables.values() for d in dims}
@@ -225,16 +230,32 @@ def _log_q(result: Any, values: dict[str, torch.Tensor]) -> float | None:
     return float(trace.log_prob_sum())
 
 
-def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = None) -> Any:
-    """ArviZ groups of a fit: :func:`_variational` for svi/meanfield/iwae/renyi, :func:`_em` for EM results."""
+def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = None, chains: int = 1) -> Any:
+    """The fit as ArviZ groups (``az.InferenceData`` on ArviZ 0.x, ``xarray.DataTree`` on 1.x).
+
+    Parameters
+    ----------
+    result : Result or EMResult
+        A variational fit (svi, meanfield, iwae, renyi) or an EM fit (``num_samples``, ``seed``, ``chains`` unused).
+    num_samples : int
+        Draws from the fitted guide.
+    seed : int, optional
+        Seed of the draws (default: the fit's seed).
+    chains : int
+        The draws from q are independent; ``chains > 1`` splits them into that many equal chains (``num_samples``
+        must be a multiple) so that ``az.summary``'s R-hat, which needs two chains, is computed; with one chain
+        ArviZ reports R-hat as NaN and logs a shape-validation message.
+    """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if not isinstance(chains, int) or chains < 1 or num_samples % chains:
+        raise ValueError(f"chains must be a positive integer dividing num_samples={num_samples}, got {chains!r}")
     if result.method == "em":
         return _make(_em_groups(result))
-    return _make(_variational_groups(result, num_samples, seed))
+    return _make(_variational_groups(result, num_samples, seed, chains))
 
 
-def _variational_groups(result: Any, num_samples: int, seed: int | None) -> dict[str, Any]:
+def _variational_groups(result: Any, num_samples: int, seed: int | None, chains: int = 1) -> dict[str, Any]:
     from .backends.base import enumerating
     from .runtime import run_scope
 
@@ -290,21 +311,21 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None) -> dict
 
     groups: dict[str, Any] = {}
     groups["posterior"] = _dataset(
-        {n: (chain + dims_of[n], _numpy(v)[None]) for n, v in draws.items()}, coords, attrs)
+        {n: (chain + dims_of[n], _split(_numpy(v), chains)) for n, v in draws.items()}, coords, attrs)
     if unsupported is None and observed:
         ll = {}
         for o in observed:
             values = torch.stack(pointwise[o])
-            ll[o] = (chain + _site_dims(structure, o, tuple(values.shape[1:])), _numpy(values)[None])
+            ll[o] = (chain + _site_dims(structure, o, tuple(values.shape[1:])), _split(_numpy(values), chains))
         groups["log_likelihood"] = _dataset(ll, coords, attrs)
     predictive = result.posterior_predictive(num_samples, seed=seed)
     groups["posterior_predictive"] = _dataset(
-        {o: (chain + dims_of[o], _numpy(predictive[o])[None]) for o in observed if o in predictive}, coords, attrs)
+        {o: (chain + dims_of[o], _split(_numpy(predictive[o]), chains)) for o in observed if o in predictive}, coords, attrs)
     groups["observed_data"] = _dataset(
         {o: (dims_of[o], _numpy(v)) for o, v in observed_values.items()}, coords, attrs)
-    stats = {"lp": (chain, np.asarray(lp, dtype=np.float64)[None])}
+    stats = {"lp": (chain, _split(np.asarray(lp, dtype=np.float64), chains))}
     if all(q is not None for q in log_q):
-        q = np.asarray(log_q, dtype=np.float64)[None]
+        q = _split(np.asarray(log_q, dtype=np.float64), chains)
         stats["log_q"] = (chain, q)
         stats["log_weight"] = (chain, stats["lp"][1] - q)
     groups["sample_stats"] = _dataset(stats, coords, attrs)
