@@ -48,7 +48,7 @@ torch.set_default_dtype(torch.float64)
 FAST = os.environ.get("PPL_LVM_FAST", "0") not in ("", "0")
 # figures: tutorials/figures in full mode; in fast mode only if PPL_LVM_FIGURES names a directory
 FIGURES = Path(__file__).resolve().parent / "figures" if not FAST else os.environ.get("PPL_LVM_FIGURES")
-STEPS = 150 if FAST else 600  # gradient-ascent iterations
+STEPS = 300 if FAST else 600  # gradient-ascent iterations
 t_start = time.perf_counter()
 
 

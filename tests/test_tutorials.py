@@ -1,0 +1,63 @@
+"""Every tutorial runs end to end in fast mode (PPL_LVM_FAST=1), in a subprocess, in under 60 s.
+
+Each test checks the exit code and that the key numbers the tutorial's text talks about are printed.
+Warnings are errors, as in the rest of the suite. Figures go to a temporary directory (PPL_LVM_FIGURES), never into the repository.
+"""
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = ROOT / "tutorials"
+TIME_LIMIT = 60.0
+
+# tutorial file -> regular expressions that must all appear in its output
+EXPECTED = {
+    "01_maximum_likelihood.py": [
+        r"float64 product of 1000 densities  = 0\.0\n",
+        r"sum of the 1000 log-densities      = -1818\.7496",
+        r"the running product first becomes 0\.0 after 410 points",
+        r"closed form: mu_hat = 2\.008098, sigma_hat = 1\.491473, log-likelihood = -1818\.7026",
+        r"lvm\.infer: mu = 2\.0\d+, sigma = 1\.49\d+",
+    ],
+    "02_gaussian_mixtures_and_em.py": [
+        r"every step increased the log-likelihood: True",
+        r"largest difference to the hand-written history over 138 iterations: \d\.\d+e-1[3-6]",
+        r"history is monotone: True",
+        r"scikit-learn from the same start: 138 iterations, log-likelihood -1255\.3405",
+        r"EM from k-means\+\+: 18 iterations .* log-likelihood -1255\.3405",
+        r"random_from_data with n_init=10: -180\.1855",
+        r"BIC picks K = 2 \(scikit-learn: 2\)",
+    ],
+    "03_the_elbo.py": [
+        r"exact posterior .*KL = 0\.0+\b",
+        r"ELBO \+ KL - log p\(x\): largest \|difference\| = \d\.\d+e-1[0-6]",
+        r"EM as coordinate ascent: ELBO never decreased: True",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in TUTORIALS.glob("[0-9][0-9]_*.py")))
+def test_tutorial_runs_in_fast_mode(name, tmp_path):
+    env = dict(os.environ, PPL_LVM_FAST="1", PYTHONPATH=str(ROOT), MPLBACKEND="Agg",
+               PPL_LVM_FIGURES=str(tmp_path / "figures"))
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-W", "error", str(TUTORIALS / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=3 * TIME_LIMIT)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert elapsed < TIME_LIMIT, f"{name} took {elapsed:.1f} s in fast mode (limit {TIME_LIMIT:.0f} s)"
+    for pattern in EXPECTED.get(name, []):
+        assert re.search(pattern, proc.stdout), f"{name}: no match for {pattern!r} in\n{proc.stdout}"
+    assert list((tmp_path / "figures").glob("*.png")), f"{name} saved no figure to PPL_LVM_FIGURES"
+
+
+def test_every_tutorial_has_expected_numbers():
+    names = {p.name for p in TUTORIALS.glob("[0-9][0-9]_*.py")}
+    assert names <= set(EXPECTED), f"tutorials without checked numbers: {sorted(names - set(EXPECTED))}"
