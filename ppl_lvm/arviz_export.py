@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -172,6 +173,25 @@ def _enum_dims(tensor: torch.Tensor, nesting: int) -> set[int]:
     return {d for d in range(-tensor.dim(), -nesting) if tensor.shape[d] > 1}
 
 
+class _LogJoint(TraceEinsumEvaluator):
+    """log p(x, theta) with the enumerated sites contracted exactly (Markov chains included).
+
+    As ``TraceEnum_ELBO``: an enumerated site enters with its unmasked log-probability (a masked, padded step of a
+    chain still sums to one over its states), everything else with the masked one.
+    """
+
+    def _get_log_factors(self, model_trace: poutine.Trace) -> OrderedDict:
+        model_trace.compute_log_prob()
+        model_trace.pack_tensors()
+        log_probs: OrderedDict = OrderedDict()
+        for name, site in model_trace.nodes.items():
+            if site["type"] == "sample" and not site_is_subsample(site):
+                enumerated = site["infer"].get("_enumerate_dim") is not None
+                term = site["packed"]["unscaled_log_prob" if enumerated else "log_prob"]
+                log_probs.setdefault(self.ordering[name], []).append(term)
+        return log_probs
+
+
 class _Unsupported(Exception):
     pass
 
@@ -197,8 +217,8 @@ def _pointwise(trace: poutine.Trace, obs: str, enumerated: list[str], structure:
         for name, nd in enum_nodes.items():
             if name not in included and site_dim[name] & dims:
                 included.add(name)
-                terms.append(nd["log_prob"])
-                dims |= _enum_dims(nd["log_prob"], nesting)
+                terms.append(nd["unscaled_log_prob"])  # unmasked, as TraceEnum_ELBO: states sum to one
+                dims |= _enum_dims(nd["unscaled_log_prob"], nesting)
                 changed = True
     obs_plates = set(structure.sites[obs].plates) if obs in structure.sites else set()
     for name in included:
@@ -293,12 +313,15 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
                 except _Unsupported as exc:
                     unsupported = str(exc)
             if enumerated:  # log p(x, theta) with the enumerated sites contracted exactly (also Markov chains)
-                lp.append(float(TraceEinsumEvaluator(trace, True, nesting).log_prob(trace)))
+                lp.append(float(_LogJoint(trace, True, nesting).log_prob(trace)))
             else:
                 lp.append(float(trace.log_prob_sum()))
             log_q.append(_log_q(result, values))
     if unsupported is not None:
-        warnings.warn(f"to_arviz: no log_likelihood group ({unsupported})", UserWarning, stacklevel=3)
+        from .errors import InferenceWarning
+
+        warnings.warn(f"to_arviz: no log_likelihood group; pointwise log-likelihoods need each observation's "
+                      f"discrete latents summed out independently ({unsupported})", InferenceWarning, stacklevel=3)
 
     dims_of: dict[str, list[str]] = {}
     shapes: dict[str, tuple[int, ...]] = {}
@@ -337,6 +360,16 @@ def _generic(name: str, array: np.ndarray) -> list[str]:
     return [f"{name}_dim_{i}" for i in range(array.ndim)]
 
 
+def _chain_dims(structure: Any, name: str, shape: tuple[int, ...]) -> list[str]:
+    """Dims of a padded batch of sequences: (plate of that size, ``time``, ``<name>_dim_i``...)."""
+    dims = [f"{name}_dim_{i}" for i in range(len(shape))]
+    if len(shape) >= 2:
+        plate = next((p for p in structure.plates.values() if p.size == shape[0]), None)
+        dims[0] = _plate_dim_name(plate.name) if plate is not None else dims[0]
+        dims[1] = "time"
+    return dims
+
+
 def _em_groups(result: Any) -> dict[str, Any]:
     structure = result.structure
     attrs = _attrs(result)
@@ -350,12 +383,19 @@ def _em_groups(result: Any) -> dict[str, Any]:
         "n_samples": int(result.n_samples),
         "closed_form": int(bool(result.closed_form)),
     })
-    observed = {}
+    observed: dict[str, torch.Tensor] = {}
+    dims_of: dict[str, list[str]] = {}
     for site in structure.observed_sites:
-        value = result.data.kwargs.get(site.argument or site.name)
-        if isinstance(value, torch.Tensor) and tuple(value.shape) == tuple(site.shape):
+        argument = site.argument or site.name
+        value = result.data.kwargs.get(argument)
+        if not isinstance(value, torch.Tensor):
+            continue
+        if tuple(value.shape) == tuple(site.shape):
             observed[site.name] = value
-    dims_of = {n: _site_dims(structure, n, tuple(v.shape)) for n, v in observed.items()}
+            dims_of[site.name] = _site_dims(structure, site.name, tuple(value.shape))
+        elif argument not in observed:  # one argument feeding many sites (a chain x[:, t]): keep it whole
+            observed[argument] = value
+            dims_of[argument] = _chain_dims(structure, argument, tuple(value.shape))
     shapes = {n: tuple(v.shape) for n, v in observed.items()}
 
     groups: dict[str, Any] = {}
@@ -369,6 +409,8 @@ def _em_groups(result: Any) -> dict[str, Any]:
         batch = tuple(site.batch_shape) if site is not None else ()
         if batch and tuple(array.shape[:-1]) == batch:
             dims = _site_dims(structure, name, batch) + [f"{name}_state"]
+        elif site is None and array.ndim == 3:  # a hidden Markov chain: (sequence, time, state)
+            dims = _chain_dims(structure, name, array.shape[:-1]) + [f"{name}_state"]
         else:
             dims = _generic(name, array)
         resp[name] = (dims, array)

@@ -7,6 +7,8 @@ import pandas as pd
 import pytest
 import torch
 from demo_models import gmm_map, ppca
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
 from scipy.special import logsumexp
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
@@ -14,7 +16,6 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 import ppl_lvm as lvm
 from ppl_lvm.arviz_export import _az, load_netcdf, save_netcdf
-from ppl_lvm.models.mixtures import gaussian_mixture
 
 az = _az()
 KHAT_WARNING = r"Estimated shape parameter of Pareto distribution is greater than"
@@ -161,3 +162,27 @@ def test_em_export_matches_scikit_learn(float64, tmp_path):
     loaded = load_netcdf(path)
     for group in idata.groups():
         assert loaded[group].identical(idata[group]), group
+
+
+def test_em_hmm_export_names_sequence_time_and_state(float64):
+    g = torch.Generator().manual_seed(0)
+    padded, lengths = pad_sequences([torch.randn(n, 2, generator=g) for n in (8, 6, 7)])
+    fit = lvm.infer(gaussian_hmm, {"x": padded, "lengths": lengths, "K": 2}, method="em", max_iter=20)
+    idata = fit.to_arviz()
+    resp = idata.responsibilities["z"]
+    assert resp.dims == ("sequences", "time", "z_state")
+    np.testing.assert_array_equal(resp.values, fit.responsibilities["z"].numpy())
+    np.testing.assert_array_equal(idata.map_assignments["z"].values, fit.map_assignments()["z"].numpy())
+    assert idata.observed_data["x"].dims == ("sequences", "time", "x_dim_2")
+    assert idata.point_estimate.attrs["bic"] == pytest.approx(fit.bic())
+
+
+def test_svi_on_a_markov_chain_omits_the_pointwise_group_and_lp_is_the_exact_evidence(float64):
+    g = torch.Generator().manual_seed(0)
+    padded, lengths = pad_sequences([torch.randn(n, 2, generator=g) for n in (5, 4)])
+    fit = lvm.infer(gaussian_hmm, {"x": padded, "lengths": lengths, "K": 2}, method="svi", steps=3, seed=0)
+    with pytest.warns(lvm.InferenceWarning, match="no log_likelihood group"):
+        idata = fit.to_arviz(num_samples=4, seed=0)
+    assert "log_likelihood" not in idata.groups()
+    # every latent is discrete and enumerated: the contracted log joint is log p(x), as TraceEnum_ELBO computes it
+    np.testing.assert_allclose(idata.sample_stats["lp"].values, fit.log_evidence(), rtol=1e-10)
