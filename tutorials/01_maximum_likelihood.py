@@ -74,7 +74,8 @@ print(f"N = {N}, sample mean = {x.mean():.4f}, sample sd = {x.std():.4f}")
 # %% [markdown]
 # ## Why the log: the product of 1000 densities is exactly zero
 #
-# Each density value $p(x_i \mid \theta)$ here is around 0.1 to 0.27. A product of a thousand numbers of that size is
+# Each density value $p(x_i \mid \theta)$ here is at most 0.27 (the peak of this Normal) and 0.16 on geometric
+# average. A product of a thousand such numbers is
 # about $10^{-790}$, far below the smallest positive float64 ($\approx 4.9 \times 10^{-324}$, and $2.2 \times
 # 10^{-308}$ for full precision). The computer rounds it to `0.0`, and then *every* $\theta$ has likelihood zero: the
 # likelihood can no longer tell a good parameter from a bad one.

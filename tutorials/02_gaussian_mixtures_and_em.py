@@ -43,12 +43,12 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import constraints, dist  # noqa: E402
-from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
@@ -162,7 +162,7 @@ print(f"every step increased the log-likelihood: {bool(np.all(np.diff(by_hand) >
 grid = torch.linspace(float(x.min()) - 1, float(x.max()) + 1, 400)
 shown = [0, 20, 60, max(snapshots)]
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.4), sharey=True)
-for ax, it in zip(axes, shown):
+for ax, it in zip(axes, shown, strict=True):
     w_, mu_, sd_ = snapshots[it]
     comps = w_ * torch.distributions.Normal(mu_, sd_).log_prob(grid[:, None]).exp()
     ax.hist(x.numpy(), bins=50, density=True, color="0.8", label="data")
@@ -288,7 +288,7 @@ for init in ["k-means++", "random_from_data", "random"]:
         iters.append(f.n_iter)
     finals[init] = np.array(lls)
     values, counts = np.unique(np.round(lls, 2), return_counts=True)
-    print(f"{init:17s}: final log-likelihoods {dict(zip(values[::-1].tolist(), counts[::-1].tolist()))}, "
+    print(f"{init:17s}: final log-likelihoods {dict(zip(values[::-1].tolist(), counts[::-1].tolist(), strict=True))}, "
           f"mean iterations {np.mean(iters):.1f}")
 best_single = max(v.max() for v in finals.values())
 fit_restarts = lvm.infer(gaussian_mixture, {"x": x_iris, "K": 3}, method="em", init_params="random_from_data",

@@ -261,7 +261,7 @@ def e_step(theta):
 
 th = {"weights": torch.ones(K) / K, "locs": torch.tensor([-0.5, 0.0, 0.5]), "scales": torch.full((K,), 3.0)}
 trace = []  # per iteration: log p(x|theta_t), ELBO(q_t, theta_t), ELBO(q_t, theta_{t+1}), log p(x|theta_{t+1})
-for t in range(N_EM):
+for _ in range(N_EM):
     q = e_step(th)
     before = (log_evidence(th), elbo(q, th))
     th_new = m_step(q)
