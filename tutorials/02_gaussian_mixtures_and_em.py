@@ -111,7 +111,8 @@ print(f"N = {N}; log-likelihood at the true parameters = {true_ll:.4f}")
 # **M-step.** With $N_k = \sum_i r_{ik}$ (the soft count of component $k$): $\pi_k = N_k / N$,
 # $\mu_k = \frac1{N_k}\sum_i r_{ik} x_i$, $\sigma_k^2 = \frac1{N_k}\sum_i r_{ik}(x_i - \mu_k)^2$. These are the
 # Normal ML formulas of tutorial 1 with each point counted $r_{ik}$ times. We add $10^{-6}$ to the variances, as
-# scikit-learn and ppl_lvm do (`reg_covar`), so a component can never collapse onto a single point.
+# scikit-learn and ppl_lvm do (`reg_covar`). If a component shrinks onto a single point, its variance then stays
+# positive and the likelihood finite, instead of going to zero and infinity.
 
 # %%
 INIT = {"weights": torch.ones(K) / K, "locs": torch.tensor([-0.5, 0.0, 0.5]), "scales": torch.full((K,), 3.0)}
