@@ -139,8 +139,11 @@ def test_iwae_ppca_log_likelihood_is_the_conditional_density_at_each_drawn_z(flo
 def test_em_export_matches_scikit_learn(float64, tmp_path):
     g = torch.Generator().manual_seed(5)
     x = torch.cat([torch.randn(40, 2, generator=g) - 2.0, 0.5 * torch.randn(30, 2, generator=g) + 2.0])
-    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em", seed=0)
+    frame = pd.DataFrame(x.numpy(), columns=["u", "v"], index=[f"p{i}" for i in range(len(x))])
+    fit = lvm.infer(gaussian_mixture, {"x": frame, "K": 2}, method="em", seed=0)
     idata = fit.to_arviz()
+    assert list(idata.responsibilities["x_index"].values) == list(frame.index)
+    assert list(idata.observed_data["x_dim_0"].values) == ["u", "v"]
     assert "posterior" not in idata.groups() and "log_likelihood" not in idata.groups()
     point = idata.point_estimate
     weights, means, trils = point["weights"].values, point["locs"].values, point["scale_trils"].values
