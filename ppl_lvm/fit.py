@@ -185,8 +185,17 @@ class KLWeight(Messenger):
             msg["scale"] = msg["scale"] * beta
 
 
-def _snapshot(store: Any) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in store._params.items()}
+def _snapshot(store: Any, buffer: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Copy the unconstrained parameters into ``buffer`` (reused across steps: no allocation per step)."""
+    buffer = {} if buffer is None else buffer
+    with torch.no_grad():
+        for name, value in store._params.items():
+            kept = buffer.get(name)
+            if kept is None or kept.shape != value.shape:
+                buffer[name] = value.detach().clone()
+            else:
+                kept.copy_(value)
+    return buffer
 
 
 def run_loop(
@@ -267,7 +276,7 @@ def run_loop(
                 if not math.isfinite(loss):
                     for p in params:
                         p.grad = None
-                    store._params.update(best_state)
+                    store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
                     raise FitError(
                         f"the loss became {loss} at step {step} of {method}. The parameters of step {best_step} "
                         f"(smoothed loss {best:.6g}) are kept in the exception's .result and in the parameter "
@@ -292,7 +301,7 @@ def run_loop(
                 if smoothed < best:
                     best = smoothed
                     best_step = step
-                    best_state = _snapshot(store)
+                    best_state = _snapshot(store, best_state)
                 if bar is not None:
                     bar.update(1)
                     if step % postfix_every == 0:

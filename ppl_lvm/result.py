@@ -198,8 +198,11 @@ class Result:
     def elbo_estimate(self, num_particles: int = 100, seed: int | None = None) -> float:
         """A Monte Carlo estimate of the ELBO at the fitted parameters (discrete latents enumerated exactly)."""
         nesting = self.structure.max_plate_nesting
-        cls = TraceEnum_ELBO if self.enumerated else Trace_ELBO
-        elbo = cls(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
+        if self.enumerated:
+            elbo = TraceEnum_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting,
+                                  strict_enumeration_warning=False)
+        else:
+            elbo = Trace_ELBO(num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
         return self._bound(elbo, seed)
 
     def log_evidence(self, num_particles: int = 1000, seed: int | None = None) -> float:
@@ -213,7 +216,8 @@ class Result:
             raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}")
         nesting = self.structure.max_plate_nesting
         if not self.structure.continuous_latents:
-            return self._bound(TraceEnum_ELBO(max_plate_nesting=nesting), seed)
+            # exact: nothing is sampled (a model without any latent has nothing to enumerate either)
+            return self._bound(TraceEnum_ELBO(max_plate_nesting=nesting, strict_enumeration_warning=False), seed)
         if self.enumerated:
             raise ValueError(
                 "log_evidence with both enumerated discrete and continuous latents is not available; "

@@ -181,3 +181,10 @@ def test_an_enumeration_too_large_for_memory_is_refused_before_allocating(float6
 
     with pytest.raises(lvm.UnsupportedModelError, match=r"jointly needs ~[\d.]+ [KMGTPE]iB .*the limit is 2 GiB"):
         lvm.infer(coupled, torch.randn(5), method="em")
+
+
+def test_init_params_leave_the_callers_tensors_untouched(float64):
+    means = torch.tensor([[-3.0, 0.0], [3.0, 0.0]])
+    x = torch.cat([torch.randn(40, 2) - 3, torch.randn(40, 2) + 3])
+    lvm.infer(gaussian_mixture, {"x": x, "K": 2, "covariance_type": "diag"}, method="em", init_params={"locs": means})
+    assert not means.requires_grad and torch.equal(means, torch.tensor([[-3.0, 0.0], [3.0, 0.0]]))

@@ -170,3 +170,16 @@ def test_log_evidence_is_exact_when_every_latent_is_enumerated(float64):
     exact = _mixture_loglik(x, p["weights"], p["locs"], p["scales"])
     assert fit.log_evidence() == pytest.approx(exact, rel=1e-10)
     assert fit.log_evidence(seed=3) == fit.log_evidence(seed=4)  # no sampling involved
+
+
+def test_a_model_without_latents_fits_and_scores_without_warnings():
+    @lvm.model
+    def normal(x):
+        loc = lvm.param(torch.tensor(0.0))
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Normal(loc, 1.0), x)
+
+    x = torch.randn(50) + 2
+    fit = lvm.infer(normal, x, steps=300, lr=0.05)
+    assert float(fit.params["loc"]) == pytest.approx(float(x.mean()), abs=0.05)
+    assert fit.log_evidence() == pytest.approx(float(dist.Normal(fit.params["loc"], 1.0).log_prob(x).sum()), rel=1e-6)

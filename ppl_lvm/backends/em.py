@@ -146,7 +146,8 @@ class EMBackend(Backend):
                 if unknown:
                     raise ValueError(f"init_params has unknown parameter(s) {unknown}; the model's are {sorted(store.keys())}")
                 for name, value in opts.init_params.items():
-                    store[name] = torch.as_tensor(value, dtype=store[name].dtype)
+                    # a copy: the store makes its tensors trainable leaves, the caller's must stay untouched
+                    store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
             initial = _copy_state(store)
             pattern = recognise_mixture(problem.model, kwargs, structure)
             if pattern is None:
