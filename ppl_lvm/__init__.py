@@ -13,6 +13,7 @@ from pyro.distributions import constraints
 
 from . import backends
 from .api import infer, methods
+from .em import EMDegeneracyWarning, EMResult
 from .errors import (
     ConvergenceWarning,
     DataError,
@@ -25,7 +26,6 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
-from .em import EMDegeneracyWarning, EMResult
 from .fit import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .io import load
