@@ -183,3 +183,13 @@ def test_a_model_without_latents_fits_and_scores_without_warnings():
     fit = lvm.infer(normal, x, steps=300, lr=0.05)
     assert float(fit.params["loc"]) == pytest.approx(float(x.mean()), abs=0.05)
     assert fit.log_evidence() == pytest.approx(float(dist.Normal(fit.params["loc"], 1.0).log_prob(x).sum()), rel=1e-6)
+
+
+def test_meanfield_on_local_latents_in_a_plate_uses_analytic_kls(float64):
+    from demo_models import ppca
+
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plate's own subsample site is no latent: no KL warning for it
+        fit = lvm.infer(ppca, x, method="meanfield", steps=20, lr=0.05)
+    assert fit.method == "meanfield" and np.isfinite(fit.losses).all()

@@ -13,6 +13,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import TraceMeanField_ELBO
+from pyro.poutine.util import site_is_subsample
 
 from ..errors import InferenceWarning, UnsupportedModelError
 from ..fit import FitOptions
@@ -26,7 +27,7 @@ def _without_kl(problem: Problem, guide_trace: poutine.Trace, kwargs: dict) -> l
         model_trace = poutine.trace(poutine.replay(problem.model, trace=guide_trace)).get_trace(**kwargs)
     missing = []
     for name, q_site in guide_trace.nodes.items():
-        if q_site["type"] != "sample" or name not in model_trace.nodes:
+        if q_site["type"] != "sample" or site_is_subsample(q_site) or name not in model_trace.nodes:
             continue
         p_fn, q_fn = model_trace.nodes[name]["fn"], q_site["fn"]
         try:
