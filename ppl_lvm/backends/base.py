@@ -7,6 +7,7 @@ enumeration of discrete latents the guide does not sample, minibatching and the 
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ class Problem:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-class Backend:
+class Backend(ABC):
     """Base class: ``name``, the option class it accepts, and :meth:`fit`."""
 
     name = ""
@@ -57,8 +58,9 @@ class Backend:
         method = {k: v for k, v in options.items() if k in self.method_options}
         return loop, method
 
-    def fit(self, problem: Problem):  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def fit(self, problem: Problem):
+        """Fit ``problem`` and return a :class:`~ppl_lvm.result.Result`."""
 
 
 @dataclass
@@ -96,9 +98,10 @@ class VariationalBackend(Backend):
 
     default_guide: str | None = None
 
+    @abstractmethod
     def plan(self, problem: Problem, loop: FitOptions, method: dict, guide: Any, guide_name: str,
-             guide_trace: poutine.Trace) -> VIPlan:  # pragma: no cover - interface
-        raise NotImplementedError
+             guide_trace: poutine.Trace) -> VIPlan:
+        """Choose the ELBO (and refuse models the method cannot fit)."""
 
     def fit(self, problem: Problem):
         from ..result import Result

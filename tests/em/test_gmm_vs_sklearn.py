@@ -31,7 +31,7 @@ def _sklearn_fit(X, k, ct, init, max_iter):
         ).fit(X)
 
 
-def _compare(X, k, ct, strategy, max_iter, seed=0):
+def assert_matches_sklearn(X, k, ct, strategy, max_iter, seed=0):
     init = sklearn_init(X, k, ct, seed)
     ref = _sklearn_fit(X, k, ct, init, max_iter)
     family = Gaussian(ct, strategy=strategy)
@@ -54,12 +54,12 @@ def _compare(X, k, ct, strategy, max_iter, seed=0):
 @pytest.mark.parametrize("dataset,k", [("iris", 3), ("wine", 3)])
 def test_matches_sklearn_small(dataset, k, ct, strategy, request):
     X = request.getfixturevalue(dataset)
-    _compare(X, k, ct, strategy, max_iter=15)
+    assert_matches_sklearn(X, k, ct, strategy, max_iter=15)
 
 
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_matches_sklearn_100k(big_gmm_data, ct):
-    _compare(big_gmm_data, 5, ct, "auto", max_iter=3)
+    assert_matches_sklearn(big_gmm_data, 5, ct, "auto", max_iter=3)
 
 
 def test_first_iteration_is_exact_to_1e10(iris):
