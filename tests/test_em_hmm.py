@@ -77,3 +77,27 @@ def test_hmm_log_likelihood_never_decreases(float64):
     assert np.all(h[1:] >= h[:-1] - 1e-9 * np.abs(h[:-1]))
     # the two regimes are found: a strongly persistent transition matrix
     assert float(fit.params["trans"].diagonal().min()) > 0.8
+
+
+def test_a_chain_declared_as_one_discrete_hmm_site_gets_baum_welch(float64):
+    from ppl_lvm.models.hmm import gaussian_hmm_vectorized
+
+    rng = np.random.default_rng(4)
+    lengths = [50, 50, 50]
+    seqs = [rng.normal(size=(n, 2)) + np.repeat(rng.normal(scale=3, size=(n // 5 + 1, 2)), 5, 0)[:n] for n in lengths]
+    x = np.concatenate(seqs)
+    means = x[rng.choice(len(x), K, replace=False)]
+    ref = GaussianHMM(K, covariance_type="diag", n_iter=10, tol=-np.inf, init_params="", params="stmc",
+                      covars_prior=0, min_covar=0, implementation="log")
+    ref.startprob_, ref.transmat_ = np.ones(K) / K, np.ones((K, K)) / K
+    ref.means_, ref.covars_ = means, np.ones((K, 2))
+    _quiet_fit(ref, x, lengths)
+    with pytest.warns(lvm.ConvergenceWarning):
+        fit = lvm.infer(gaussian_hmm_vectorized, {"x": torch.tensor(np.stack(seqs)), "K": K}, method="em",
+                        init_params={"locs": means, "scales": np.ones((K, 2))}, max_iter=10, tol=0.0, reg_covar=0.0)
+    assert fit.closed_form
+    np.testing.assert_allclose(np.asarray(fit.history) * sum(lengths), ref.monitor_.history, rtol=1e-6)
+    path = fit.map_assignments()["states"]
+    assert path.shape == (3, 50) and (path.reshape(-1).numpy() == ref.predict(x, lengths)).all()
+    # Pyro's own forward algorithm on the DiscreteHMM site agrees
+    assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-9)

@@ -118,7 +118,7 @@ class EMBackend(Backend):
     options_class = EMOptions
 
     def fit(self, problem: Problem):
-        from ..em._recognize import recognise_hmm, recognise_mixture
+        from ..em._recognize import recognise_discrete_hmm, recognise_hmm, recognise_mixture
         from ..em.result import EMResult
 
         opts, _ = self.parse_options(problem.options)
@@ -149,9 +149,11 @@ class EMBackend(Backend):
                     # a copy: the store makes its tensors trainable leaves, the caller's must stay untouched
                     store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
             initial = _copy_state(store)
-            pattern = recognise_mixture(problem.model, kwargs, structure)
-            if pattern is None:
-                pattern = recognise_hmm(problem.model, kwargs, structure)
+            pattern = None
+            for recognise in (recognise_mixture, recognise_hmm, recognise_discrete_hmm):
+                pattern = recognise(problem.model, kwargs, structure)
+                if pattern is not None:
+                    break
             if pattern is not None:
                 best = self._fit_closed_form(pattern, kwargs, opts, initial)
             else:

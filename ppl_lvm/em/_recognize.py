@@ -32,7 +32,7 @@ from ..model import Model, ModelStructure
 from ..runtime import run_scope
 from ._families import Bernoulli, Categorical, Gaussian, Poisson
 
-__all__ = ["HMMPattern", "MixturePattern", "recognise_hmm", "recognise_mixture"]
+__all__ = ["HMMPattern", "MixturePattern", "recognise_discrete_hmm", "recognise_hmm", "recognise_mixture"]
 
 
 @dataclass
@@ -258,7 +258,8 @@ class HMMPattern:
 
     @property
     def latent(self) -> str:
-        return self.latents[0].rsplit("_", 1)[0]
+        """The name under which the state posteriors are reported: the chain's site name without its step."""
+        return self.latents[0].rsplit("_", 1)[0] if self.latents else "states"
 
     def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
         mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
@@ -356,3 +357,49 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     if univariate:
         data = data.reshape(-1, 1)
     return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names))
+
+
+def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
+    """The closed-form pattern of a chain declared as one site, ``lvm.observe(dist.DiscreteHMM(...), x)``.
+
+    Recognised: the first step's transition rows all equal a simplex ``start`` parameter (``DiscreteHMM``'s initial
+    state precedes the first emission, so ``z_0 ~ start`` is written as the first transition), the remaining
+    steps' transitions are the log of a simplex ``trans`` parameter, and the observation distribution's arguments
+    are parameters with one row per state (the emission families of mixtures). Sequences share one length.
+    """
+    observed = structure.observed_sites
+    if structure.latent_sites or len(observed) != 1 or observed[0].distribution != "DiscreteHMM":
+        return None
+    if len(observed[0].plates) > 1:
+        return None
+    trace, values, constraint_of = _probe(model, kwargs, structure, [])
+    site = trace.nodes[observed[0].name]
+    fn = _unwrap(site["fn"])
+    if not isinstance(fn, dist.DiscreteHMM):
+        return None
+    x = site["value"]
+    n_steps = x.shape[-1 - len(fn.observation_dist.event_shape)]
+    k = fn.transition_logits.shape[-1]
+    probs = fn.transition_logits.exp()  # DiscreteHMM normalises its logits
+    if probs.dim() < 3 or probs.shape[-3] != n_steps:
+        return None
+    first, rest = probs[..., :1, :, :], probs[..., 1:, :, :]
+    simplex = {n: v for n, v in values.items() if constraint_of.get(n) is constraints.simplex}
+    start = next((n for n, v in simplex.items() if v.shape == (k,) and _same(torch.broadcast_to(v, first.shape).to(first.dtype), first)), None)
+    trans = next((n for n, v in simplex.items() if v.shape == (k, k) and n != start
+                  and (n_steps == 1 or _same(torch.broadcast_to(v, rest.shape).to(rest.dtype), rest))), None)
+    if start is None or trans is None:
+        return None
+    event = fn.observation_dist.event_shape
+    obs_value = torch.zeros((1,) * (2 - len(event)) + tuple(event) if event else (1,))
+    found = _emission(_unwrap(fn.observation_dist), obs_value, {n: v for n, v in values.items() if n not in (start, trans)},
+                      constraint_of, -1 - len(event), k)
+    if found is None:
+        return None
+    family, emission, univariate = found
+    sequences = x.reshape((-1, n_steps) + tuple(event))
+    lengths = torch.full((sequences.shape[0],), n_steps)
+    data = sequences.reshape((-1,) + tuple(event))
+    if univariate:
+        data = data.reshape(-1, 1)
+    return HMMPattern([], [observed[0].name], k, family, start, trans, emission, univariate, lengths, data, n_steps)
