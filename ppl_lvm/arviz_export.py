@@ -43,7 +43,8 @@ import torch
 from pyro.infer.mcmc.util import TraceEinsumEvaluator
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "arviz_major_version"]
+__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "arviz_major_version", "importance_log_weights",
+           "psis_khat"]
 
 _ARVIZ_REFACTOR_NOTICE = r"(?s).*ArviZ is undergoing a major refactor"
 
@@ -466,3 +467,34 @@ def load_netcdf(path: str) -> Any:
     with xr.open_datatree(str(path), engine="h5netcdf") as tree:  # pragma: no cover
         return tree.load()  # pragma: no cover
 
+
+
+# ---------------------------------------------------------------------------------------------------- diagnostics
+def importance_log_weights(result: Any, num_samples: int = 1000, seed: int | None = None) -> np.ndarray | None:
+    """log w_s = log p(x, theta_s) - log q(theta_s) over draws from the guide (discrete locals summed out).
+
+    The ``log_weight`` of :func:`to_inference_data`'s ``sample_stats``; None when the guide has no density for its
+    draws (``delta``, guides with helper sites).
+    """
+    from .errors import InferenceWarning
+
+    with warnings.catch_warnings():  # the log_likelihood group is not needed here
+        warnings.filterwarnings("ignore", message="to_arviz: no log_likelihood group", category=InferenceWarning)
+        stats = _variational_groups(result, num_samples, seed)["sample_stats"]
+    if "log_weight" not in stats:
+        return None
+    return np.asarray(stats["log_weight"].values, dtype=np.float64).reshape(-1)
+
+
+def psis_khat(log_weights: np.ndarray) -> float:
+    """Pareto k-hat of PSIS applied to importance log-ratios ``log_weights`` (one dimension of draws)."""
+    log_weights = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if arviz_major_version() < 1:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto distribution")
+            _, khat = _az().psislw(log_weights)
+        return float(np.asarray(khat))
+    from arviz_stats.base import array_stats  # pragma: no cover - ArviZ 1.x: the sign convention is flipped
+
+    _, khat = array_stats.psislw(-log_weights)  # pragma: no cover
+    return float(np.asarray(khat))  # pragma: no cover

@@ -232,6 +232,12 @@ class Result:
 
         return to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
 
+    def diagnose(self, **kw: Any) -> Any:
+        """VI health in one call: Pareto k-hat, the bound ladder, active units; see :mod:`ppl_lvm.diagnostics`."""
+        from .diagnostics import diagnose
+
+        return diagnose(self, **kw)
+
     # ------------------------------------------------------------------ persistence and refits
     def save(self, path: str) -> None:
         """Write the result to ``path`` (tensors and JSON metadata; loads without unpickling code)."""

@@ -1,0 +1,275 @@
+"""VI health in one call: ``diagnose(result)`` (also ``result.diagnose()``) returns a :class:`Diagnosis` and warns.
+
+Three checks of a variational fit (svi / meanfield / iwae / renyi):
+
+* **Pareto k-hat** (Yao et al. 2018) of the importance ratios log w = log p(x, theta) - log q(theta) over draws
+  from the guide, discrete local latents summed out exactly (the ``log_weight`` of the ArviZ export). Below 0.5
+  the guide is good, 0.5 - 0.7 usable, above 0.7 the ratios have so heavy a tail that importance sampling and the
+  ELBO are unreliable: a :class:`DiagnosticWarning` says what to do.
+* **The bound ladder**: the ELBO, IWAE_K for a few K (``result.log_evidence(K)``), the importance-sampling estimate
+  logsumexp(log w) - log S from the same draws, and the exact log p(x) when known (every latent discrete and
+  enumerated, or passed as ``exact=``). Each rung is a lower bound (or, for IS, a consistent estimate) of log p(x).
+* **Local latents** (one value per data point, as in PPCA or a VAE): KL(q(z_i | x_i) || p(z_i)) per latent
+  dimension averaged over the data, and the active units of Burda et al. 2016 (dimensions whose posterior mean
+  E_q[z_d | x_i] varies across the data with variance > 0.01), with a posterior-collapse warning when none is.
+
+All ArviZ calls stay in :mod:`ppl_lvm.arviz_export`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from .errors import PplLvmWarning
+
+__all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "KHAT_GOOD", "KHAT_BAD", "ACTIVE_UNIT_THRESHOLD"]
+
+KHAT_GOOD = 0.5
+KHAT_BAD = 0.7
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+class DiagnosticWarning(PplLvmWarning):
+    """A health check of a fitted approximation failed (heavy-tailed importance ratios, posterior collapse)."""
+
+
+@dataclass
+class Diagnosis:
+    """The result of :func:`diagnose`.
+
+    Attributes
+    ----------
+    khat : float or None
+        Pareto k-hat of the importance ratios (None when the guide has no density, e.g. ``delta``, or samples
+        nothing because every latent is enumerated).
+    num_samples : int
+        Draws from the guide behind ``khat``, ``elbo`` and ``is_estimate``.
+    elbo : float
+        The ELBO: the mean of log w over those draws (``result.elbo_estimate()`` when log w is unavailable).
+    iwae : dict of int -> float
+        IWAE_K = ``result.log_evidence(K)`` for each K of the ladder (empty when unavailable or exact).
+    is_estimate : float or None
+        The importance-sampling estimate of log p(x): logsumexp(log w) - log S.
+    exact : float or None
+        The exact log p(x), when known; ``exact_source`` says where from (``"enumeration"`` or ``"given"``).
+    kl_per_dim : dict of str -> ndarray
+        Per local latent site, KL(q(z_i | x_i) || p(z_i)) per latent dimension averaged over data points.
+    active_units : dict of str -> int
+        Per local latent site, the number of dimensions with Var_i(E_q[z_id]) > 0.01.
+    mean_variance : dict of str -> ndarray
+        Per local latent site, Var_i(E_q[z_id]) per dimension (the activity behind ``active_units``).
+    messages : list of str
+        The warnings that were emitted.
+    """
+
+    khat: float | None
+    num_samples: int
+    elbo: float
+    iwae: dict[int, float] = field(default_factory=dict)
+    is_estimate: float | None = None
+    exact: float | None = None
+    exact_source: str | None = None
+    kl_per_dim: dict[str, np.ndarray] = field(default_factory=dict)
+    active_units: dict[str, int] = field(default_factory=dict)
+    mean_variance: dict[str, np.ndarray] = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def khat_verdict(self) -> str:
+        if self.khat is None or math.isnan(self.khat):
+            return "n/a"
+        return "good" if self.khat < KHAT_GOOD else ("ok" if self.khat <= KHAT_BAD else "bad")
+
+    @property
+    def ladder(self) -> list[tuple[str, float]]:
+        """The bound ladder as (label, value) rows, loosest first."""
+        rows = [("ELBO", self.elbo)]
+        rows += [(f"IWAE_{k}", v) for k, v in sorted(self.iwae.items())]
+        if self.is_estimate is not None:
+            rows.append((f"IS ({self.num_samples} draws)", self.is_estimate))
+        if self.exact is not None:
+            rows.append((f"exact log p(x) ({self.exact_source})", self.exact))
+        return rows
+
+    def table(self) -> str:
+        lines = ["VI diagnosis"]
+        khat = "n/a" if self.khat is None else f"{self.khat:.3f}"
+        lines.append(f"  Pareto k-hat   {khat:>12}  ({self.khat_verdict}; {self.num_samples} draws; "
+                     f"<{KHAT_GOOD} good, <={KHAT_BAD} ok)")
+        lines.append("  bound ladder (log p(x))")
+        width = max(len(label) for label, _ in self.ladder)
+        for label, value in self.ladder:
+            gap = f"  gap {self.exact - value:.4g}" if self.exact is not None and "exact" not in label else ""
+            lines.append(f"    {label:<{width}}  {value:14.6g}{gap}")
+        for name, kl in self.kl_per_dim.items():
+            lines.append(f"  local latent '{name}': {self.active_units[name]} of {len(kl)} active units")
+            lines.append("    dim   KL(q||p)   Var_i E_q[z_d]")
+            for d, (k, v) in enumerate(zip(kl, self.mean_variance[name], strict=True)):
+                lines.append(f"    {d:>3}  {k:9.4g}  {v:14.4g}")
+        for message in self.messages:
+            lines.append(f"  warning: {message}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+# ---------------------------------------------------------------------------------------------------- pieces
+def _local_sites(structure: Any) -> list[Any]:
+    """Continuous latent sites with one value per data point: inside a plate that also holds an observation."""
+    observed_plates = {p for s in structure.observed_sites for p in s.plates}
+    return [s for s in structure.continuous_latents if s.plates and set(s.plates) <= observed_plates]
+
+
+def _factorised(fn: Any, shape: tuple[int, ...]) -> Any | None:
+    """The elementwise distribution under ``Independent`` wrappers, when it covers the whole site shape."""
+    while isinstance(fn, torch.distributions.Independent):
+        fn = fn.base_dist
+    if not isinstance(fn, torch.distributions.Distribution) or tuple(fn.event_shape) != ():
+        return None
+    try:
+        return fn.expand(torch.Size(shape)) if tuple(fn.batch_shape) != tuple(shape) else fn
+    except (NotImplementedError, RuntimeError, ValueError):
+        return None
+
+
+def _local_latents(result: Any, num_samples: int, seed: int) -> tuple[dict, dict, dict]:
+    """KL per dimension, Var over data of E_q[z_d], and active units, per local latent site."""
+    from .runtime import run_scope
+
+    structure = result.structure
+    sites = _local_sites(structure)
+    if not sites:
+        return {}, {}, {}
+    kwargs = result.data.kwargs
+    with result.activated(), torch.no_grad(), run_scope(result.guide):
+        result._prepare_guide()
+        pyro.set_rng_seed(seed)
+        guide_trace = poutine.trace(result.guide).get_trace(**kwargs)
+        model = result._enumerating_model()
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**kwargs)
+    draws = None
+    kl_per_dim, variance, active = {}, {}, {}
+    for info in sites:
+        name, shape = info.name, tuple(info.shape)
+        nb = len(info.batch_shape)
+        q_node, p_node = guide_trace.nodes.get(name), model_trace.nodes.get(name)
+        if q_node is None or p_node is None or q_node["type"] != "sample":
+            continue
+        q = _factorised(q_node["fn"], shape)
+        p = _factorised(p_node["fn"], shape)
+        mean = None
+        try:
+            m = q_node["fn"].mean
+            if tuple(m.shape) == shape and torch.isfinite(m).all():
+                mean = m
+        except NotImplementedError:
+            pass
+        kl = None
+        if q is not None and p is not None:
+            try:
+                kl = torch.distributions.kl_divergence(q, p)
+            except NotImplementedError:
+                kl = None
+        if kl is None or mean is None:
+            if draws is None:
+                draws = result.sample_posterior(num_samples, seed=seed)
+            z = draws[name].to(torch.get_default_dtype())
+            if mean is None:
+                mean = z.mean(0)
+            if kl is None and q is not None and p is not None:  # Monte Carlo, per element
+                kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
+        rows = int(np.prod(shape[:nb])) if nb else 1
+        mean_rows = mean.detach().reshape(rows, -1).cpu().double().numpy()
+        var = mean_rows.var(axis=0, ddof=1) if rows > 1 else np.zeros(mean_rows.shape[1])
+        variance[name] = var
+        active[name] = int((var > ACTIVE_UNIT_THRESHOLD).sum())
+        if kl is not None:
+            kl_per_dim[name] = kl.detach().reshape(rows, -1).cpu().double().numpy().mean(axis=0)
+        else:
+            kl_per_dim[name] = np.full(mean_rows.shape[1], np.nan)
+    return kl_per_dim, variance, active
+
+
+def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1, 10, 100), seed: int = 0,
+             exact: float | None = None, warn: bool = True) -> Diagnosis:
+    """VI health of a variational fit: Pareto k-hat, the bound ladder and active units / posterior collapse.
+
+    Parameters
+    ----------
+    result : Result
+        A variational fit (svi, meanfield, iwae, renyi).
+    num_samples : int
+        Draws from the guide for k-hat, the ELBO and the importance-sampling estimate.
+    ladder : tuple of int
+        The K of the IWAE_K rungs.
+    seed : int
+        Seed of every draw.
+    exact : float, optional
+        The exact log p(x) at the fitted parameters when known in closed form (e.g. PPCA).
+    warn : bool
+        Emit :class:`DiagnosticWarning` for k-hat > 0.7 and for posterior collapse (the messages are kept in
+        ``Diagnosis.messages`` either way).
+    """
+    from .arviz_export import importance_log_weights, psis_khat
+
+    if getattr(result, "method", None) == "em":
+        raise ValueError("diagnose is for variational fits; an EM fit is exact (see log_likelihood, bic())")
+    if not isinstance(num_samples, int) or num_samples < 2:
+        raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
+    ladder = tuple(ladder)
+    if any(not isinstance(k, int) or k < 1 for k in ladder):
+        raise ValueError(f"ladder must hold positive integers, got {ladder!r}")
+    structure = result.structure
+    all_enumerated = not structure.continuous_latents
+
+    log_w = importance_log_weights(result, num_samples, seed)
+    khat = is_estimate = None
+    if log_w is not None:
+        elbo = float(np.mean(log_w))
+        is_estimate = float(np.logaddexp.reduce(log_w) - math.log(len(log_w)))
+        if not all_enumerated and np.ptp(log_w) > 0:
+            khat = psis_khat(log_w)
+    else:
+        elbo = result.elbo_estimate(num_particles=min(num_samples, 100), seed=seed)
+
+    iwae: dict[int, float] = {}
+    exact_source = "given" if exact is not None else None
+    if all_enumerated:
+        exact, exact_source = result.log_evidence(seed=seed), "enumeration"
+    elif not result.enumerated:
+        iwae = {k: result.log_evidence(num_particles=k, seed=seed) for k in ladder}
+
+    kl, variance, active = _local_latents(result, num_samples, seed)
+    diagnosis = Diagnosis(khat=khat, num_samples=num_samples, elbo=elbo, iwae=iwae, is_estimate=is_estimate,
+                          exact=None if exact is None else float(exact), exact_source=exact_source,
+                          kl_per_dim=kl, active_units=active, mean_variance=variance)
+    if khat is not None and khat > KHAT_BAD:
+        message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD}: the importance ratios p(x, theta) / q(theta) are "
+                   f"heavy-tailed, so the guide misses posterior mass and the ELBO, importance sampling and "
+                   f"posterior summaries from it are unreliable. Fit longer (more steps, then a lower learning "
+                   f"rate, e.g. result.fit_more(steps=..., lr=...)), use a richer guide ('fullrank' or your own), "
+                   f"or fit with method='iwae'.")
+        _record(diagnosis, message, warn)
+    for name, n_active in active.items():
+        if n_active == 0:
+            message = (f"posterior collapse: the local latent '{name}' has 0 active units of "
+                       f"{len(variance[name])} (Var over data of E_q[z_d] <= {ACTIVE_UNIT_THRESHOLD} for every "
+                       f"d): q(z | x) does not depend on x and the model ignores '{name}'. Use a KL warm-up "
+                       f"(beta=lvm.linear_warmup(...)), free bits, or a weaker decoder.")
+            _record(diagnosis, message, warn)
+    return diagnosis
+
+
+def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:
+    diagnosis.messages.append(message)
+    if warn:
+        warnings.warn(message, DiagnosticWarning, stacklevel=3)

@@ -1,0 +1,158 @@
+"""VI health: Pareto k-hat, the bound ladder against PPCA's closed form, active units and posterior collapse."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from demo_models import ppca, ppca_log_marginal
+from scipy.special import logsumexp
+
+import ppl_lvm as lvm
+from ppl_lvm import constraints, dist
+from ppl_lvm.arviz_export import psis_khat
+from ppl_lvm.diagnostics import KHAT_BAD, DiagnosticWarning, diagnose
+
+KHAT_WARNING = r"Pareto k-hat = \d+\.\d+ > 0\.7: .*Fit longer.*richer guide.*method='iwae'"
+
+
+def _ppca_data(n=20):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 2, generator=g)
+    z = torch.randn(n, 2, generator=g)
+    return z @ W.T + 0.5 * torch.randn(n, 5, generator=g)
+
+
+def _exact(fit, x):
+    p = fit.params
+    return ppca_log_marginal(x, p["W"], p["mu"], p["sigma"])
+
+
+@pytest.fixture(scope="module")
+def ppca_fits():
+    """PPCA (20 rows, q=2, mean-field normal guide) stopped after 5 steps, and fitted to convergence.
+
+    The converged fit ends with a lower learning rate: at lr=0.05 alone the per-point guide parameters jitter
+    enough that 1000 steps leave k-hat ~1.1 (measured); 800 steps at 0.05 then 400 at 0.005 bring it to ~0.2.
+    """
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        x = _ppca_data().double()
+        early = lvm.infer(ppca, x, method="svi", steps=5, lr=0.05, seed=0)
+        converged = lvm.infer(ppca, x, method="svi", steps=800, lr=0.05, seed=0).fit_more(steps=400, lr=0.005)
+        return x, early, converged
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def test_khat_above_0_7_with_a_warning_for_a_guide_stopped_after_five_steps(ppca_fits, float64):
+    x, early, _ = ppca_fits
+    with pytest.warns(DiagnosticWarning, match=KHAT_WARNING):
+        d = early.diagnose(num_samples=1000, exact=_exact(early, x))
+    # Measured: k-hat 2.81; ELBO -239.5, IWAE_1 -238.2, IWAE_10 -228.0, IWAE_100 -219.7, IS -227.4, exact -199.6
+    assert d.khat > KHAT_BAD and d.khat_verdict == "bad"
+    assert any("k-hat" in m for m in d.messages)
+    # far from the posterior, every rung is a visibly looser bound than the next
+    assert d.elbo < d.iwae[10] < d.iwae[100] < d.exact
+    assert d.elbo <= d.is_estimate
+
+
+def test_khat_below_0_7_after_convergence_without_warning(ppca_fits, float64):
+    x, _, converged = ppca_fits
+    d = converged.diagnose(num_samples=1000, exact=_exact(converged, x))  # a DiagnosticWarning would fail the test
+    # Measured: k-hat 0.218
+    assert d.khat < KHAT_BAD and d.khat_verdict in ("good", "ok")
+    assert d.messages == []
+
+
+def test_ppca_bound_ladder_elbo_le_iwae_k_le_exact(ppca_fits, float64):
+    x, _, converged = ppca_fits
+    exact = _exact(converged, x)
+    d = diagnose(converged, num_samples=1000, ladder=(1, 10, 100), seed=0, exact=exact)
+    # Measured at seed 0: exact -131.779, ELBO -132.268 (mean log w of 1000 draws), IWAE_1 -132.15, IWAE_10 -131.75,
+    # IWAE_100 -131.74, IS -131.82. Spread of one evaluation over 10 seeds: IWAE_1 sd 0.85, IWAE_10 sd 0.48,
+    # IWAE_100 sd 0.07, ELBO (100 particles) sd 0.08. Tolerances are >= 3 standard deviations.
+    assert d.exact == exact and d.exact_source == "given"
+    assert d.elbo <= d.is_estimate  # Jensen on the same draws: exact, no tolerance
+    assert d.elbo < exact
+    assert d.iwae[1] == pytest.approx(d.elbo, abs=3.0)  # IWAE_1 is the ELBO
+    assert d.elbo <= d.iwae[10] + 1.5
+    assert d.iwae[10] <= d.iwae[100] + 1.5
+    assert d.iwae[100] <= exact + 0.25
+    assert d.is_estimate <= exact + 0.25
+    assert exact - d.iwae[100] < exact - d.elbo  # the bound tightens towards log p(x)
+    table = d.table()
+    for row in ("Pareto k-hat", "ELBO", "IWAE_1 ", "IWAE_10 ", "IWAE_100", "IS (1000 draws)", "exact log p(x) (given)"):
+        assert row in table
+
+
+def test_khat_and_is_estimate_are_those_of_the_exported_log_weights(ppca_fits, float64):
+    _, early, _ = ppca_fits
+    with pytest.warns(DiagnosticWarning, match=KHAT_WARNING):
+        d = diagnose(early, num_samples=200, ladder=(), seed=3)
+    log_w = early.to_arviz(num_samples=200, seed=3).sample_stats["log_weight"].values.ravel()
+    assert d.is_estimate == pytest.approx(logsumexp(log_w) - math.log(200), abs=1e-9)
+    assert d.elbo == pytest.approx(np.mean(log_w), abs=1e-9)
+    assert d.khat == pytest.approx(psis_khat(log_w), abs=1e-12)
+    assert d.iwae == {}
+
+
+def test_ppca_has_q_active_units(ppca_fits, float64):
+    _, _, converged = ppca_fits
+    d = diagnose(converged, num_samples=100, ladder=())
+    # Measured: Var_i E_q[z_d] = 1.10, 1.00; KL per dim 1.75, 1.22 nats
+    assert d.active_units == {"z": 2}
+    assert d.kl_per_dim["z"].shape == (2,) and (d.kl_per_dim["z"] > 0.1).all()
+    assert (d.mean_variance["z"] > 0.5).all()
+    assert "2 of 2 active units" in d.table()
+
+
+@lvm.model
+def ignores_z(x, q=2):
+    """PPCA whose decoder ignores z: the exact posterior of z is its prior."""
+    n, d = x.shape
+    mu = lvm.param(lambda: torch.zeros(d))
+    sigma = lvm.param(lambda: torch.ones(()), constraint=constraints.positive)
+    with lvm.plate(n):
+        lvm.latent(dist.Normal(torch.zeros(q), 1.0).to_event(1), name="z")
+        lvm.observe(dist.Normal(mu, sigma).expand([d]).to_event(1), x)
+
+
+def test_a_decoder_that_ignores_z_has_no_active_units_and_warns_of_collapse(float64):
+    x = _ppca_data().double()
+    fit = lvm.infer(ignores_z, x, method="meanfield", steps=300, lr=0.05, seed=0)
+    with pytest.warns(DiagnosticWarning, match=r"posterior collapse: the local latent 'z' has 0 active units of 2"):
+        d = fit.diagnose(num_samples=100, ladder=(10,))
+    # Measured: Var_i E_q[z_d] = 0 and KL ~ 5e-13 per dimension; q(z | x) = p(z), so log w is constant
+    assert d.active_units == {"z": 0}
+    assert (d.kl_per_dim["z"] < 1e-3).all()
+    assert "0 of 2 active units" in d.table()
+
+
+def test_exact_log_evidence_when_every_latent_is_enumerated():
+    @lvm.model
+    def mixture(x, K=2):
+        weights = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+        locs = lvm.param(torch.tensor([-1.0, 1.0]))
+        with lvm.plate(len(x)):
+            z = lvm.latent(dist.Categorical(weights))
+            lvm.observe(dist.Normal(locs[z], 1.0), x)
+
+    x = torch.cat([torch.randn(15) - 3, torch.randn(15) + 3])
+    fit = lvm.infer(mixture, x, method="svi", steps=20, lr=0.05, seed=0)
+    d = fit.diagnose(num_samples=20)
+    w, locs = fit.params["weights"], fit.params["locs"]
+    by_hand = float(torch.logsumexp(w.log() + dist.Normal(locs, 1.0).log_prob(x[:, None]), -1).sum())
+    assert d.exact_source == "enumeration" and d.exact == pytest.approx(by_hand, abs=1e-4)
+    assert d.khat is None and d.iwae == {}
+    # nothing is sampled: every log weight is log p(x) itself
+    assert d.elbo == pytest.approx(d.exact, abs=1e-4) and d.is_estimate == pytest.approx(d.exact, abs=1e-4)
+
+
+def test_diagnose_refuses_bad_arguments(ppca_fits):
+    _, early, _ = ppca_fits
+    with pytest.raises(ValueError, match="num_samples"):
+        diagnose(early, num_samples=1)
+    with pytest.raises(ValueError, match="ladder"):
+        diagnose(early, ladder=(0,))
