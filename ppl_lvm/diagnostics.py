@@ -19,6 +19,7 @@ All ArviZ calls stay in :mod:`ppl_lvm.arviz_export`.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -272,4 +273,12 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
 def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:
     diagnosis.messages.append(message)
     if warn:
-        warnings.warn(message, DiagnosticWarning, stacklevel=3)
+        warnings.warn(message, DiagnosticWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this module and ``Result.diagnose`` (the user's call)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "ppl_lvm.result"):
+        frame, level = frame.f_back, level + 1
+    return level
