@@ -49,9 +49,10 @@ def ppca_fits():
 def test_khat_above_0_7_with_a_warning_for_a_guide_stopped_after_five_steps(ppca_fits, float64):
     x, early, _ = ppca_fits
     with pytest.warns(DiagnosticWarning, match=KHAT_WARNING) as record:
-        d = early.diagnose(num_samples=1000, exact=_exact(early, x))
+        d = early.diagnose(num_samples=500, exact=_exact(early, x))
     assert record[0].filename == __file__  # attributed to the caller, not to ppl_lvm
-    # Measured: k-hat 2.81; ELBO -239.5, IWAE_1 -238.2, IWAE_10 -228.0, IWAE_100 -219.7, IS -227.4, exact -166.0
+    # Measured (500 draws): k-hat 2.34 (2.81 with 1000); ELBO -239.3, IWAE_1 -238.2, IWAE_10 -228.0, IWAE_100 -219.7,
+    # IS -227.3, exact -166.0
     assert d.khat > KHAT_BAD and d.khat_verdict == "bad"
     assert any("k-hat" in m for m in d.messages)
     # far from the posterior, every rung is a visibly looser bound than the next
