@@ -559,6 +559,23 @@ def _covariances_from_precision_cholesky(prec_chol: torch.Tensor, ct: str) -> to
 # --------------------------------------------------------------------------- discrete
 
 
+def _weighted_means(cache: dict, resp: torch.Tensor, previous: torch.Tensor | None) -> torch.Tensor:
+    """Responsibility-weighted feature means (K, D): the closed-form M-step of Bernoulli and Poisson emissions.
+
+    An empty component keeps its previous parameters (or the data mean), with an :class:`EMDegeneracyWarning`.
+    """
+    data = cache["X"]
+    resp = resp.to(data.dtype)
+    resp_sum = resp.sum(0)
+    nk = resp_sum + 10 * torch.finfo(data.dtype).eps
+    means = (resp.T @ data) / nk.unsqueeze(1)
+    empty = _empty_components(resp_sum, cache["n"])
+    if bool(empty.any()):
+        _warn(f"{int(empty.sum())} components received no responsibility; keeping previous")
+        means = _keep_previous(means, previous, data.mean(0), empty)
+    return means
+
+
 class Bernoulli:
     """Independent Bernoulli features (binary data, shape (N, D)).
 
@@ -610,16 +627,7 @@ class Bernoulli:
     ) -> Params:
         cache = cache if cache is not None else self.precompute(X)
         reg = self.default_reg if reg is None else float(reg)
-        data = cache["X"]
-        resp = resp.to(data.dtype)
-        resp_sum = resp.sum(0)
-        nk = resp_sum + 10 * torch.finfo(data.dtype).eps
-        probs = (resp.T @ data) / nk.unsqueeze(1)
-        empty = _empty_components(resp_sum, cache["n"])
-        if bool(empty.any()):
-            _warn(f"{int(empty.sum())} components received no responsibility; keeping previous")
-            prev = None if params is None else params.get("probs")
-            probs = _keep_previous(probs, prev, data.mean(0), empty)
+        probs = _weighted_means(cache, resp, None if params is None else params.get("probs"))
         # In float32 1 - 1e-10 rounds to 1: never clamp closer than eps.
         eps = max(reg, float(torch.finfo(probs.dtype).eps))
         return {"probs": probs.clamp(eps, 1.0 - eps)}
@@ -781,16 +789,7 @@ class Poisson:
     ) -> Params:
         cache = cache if cache is not None else self.precompute(X)
         reg = self.default_reg if reg is None else float(reg)
-        data = cache["X"]
-        resp = resp.to(data.dtype)
-        resp_sum = resp.sum(0)
-        nk = resp_sum + 10 * torch.finfo(data.dtype).eps
-        rates = (resp.T @ data) / nk.unsqueeze(1)
-        empty = _empty_components(resp_sum, cache["n"])
-        if bool(empty.any()):
-            _warn(f"{int(empty.sum())} components received no responsibility; keeping previous")
-            prev = None if params is None else params.get("rates")
-            rates = _keep_previous(rates, prev, data.mean(0), empty)
+        rates = _weighted_means(cache, resp, None if params is None else params.get("rates"))
         return {"rates": rates.clamp_min(reg)}
 
     def sample(
