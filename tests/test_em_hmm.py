@@ -24,16 +24,22 @@ def _viterbi_concat(fit):
     return torch.cat([path[i, :n] for i, n in enumerate(LENGTHS)]).numpy()
 
 
-def test_gaussian_hmm_matches_hmmlearn_iteration_by_iteration(float64):
-    rng = np.random.default_rng(0)
-    seqs = [rng.normal(size=(n, 2)) + np.repeat(rng.normal(scale=3, size=(n // 5 + 1, 2)), 5, 0)[:n] for n in LENGTHS]
+def _regimes_and_reference(seed, lengths, n_iter):
+    """Sequences that switch mean every 5 steps, and hmmlearn's diag GaussianHMM fitted from a known start."""
+    rng = np.random.default_rng(seed)
+    seqs = [rng.normal(size=(n, 2)) + np.repeat(rng.normal(scale=3, size=(n // 5 + 1, 2)), 5, 0)[:n] for n in lengths]
     x = np.concatenate(seqs)
     means = x[rng.choice(len(x), K, replace=False)]
-    ref = GaussianHMM(K, covariance_type="diag", n_iter=15, tol=-np.inf, init_params="", params="stmc",
+    ref = GaussianHMM(K, covariance_type="diag", n_iter=n_iter, tol=-np.inf, init_params="", params="stmc",
                       covars_prior=0, min_covar=0, implementation="log")
     ref.startprob_, ref.transmat_ = np.ones(K) / K, np.ones((K, K)) / K
     ref.means_, ref.covars_ = means, np.ones((K, 2))
-    _quiet_fit(ref, x, LENGTHS)
+    _quiet_fit(ref, x, lengths)
+    return seqs, x, means, ref
+
+
+def test_gaussian_hmm_matches_hmmlearn_iteration_by_iteration(float64):
+    seqs, x, means, ref = _regimes_and_reference(0, LENGTHS, n_iter=15)
     padded, lengths = pad_sequences([torch.tensor(s) for s in seqs])
     with pytest.warns(lvm.ConvergenceWarning):
         fit = lvm.infer(gaussian_hmm, {"x": padded, "lengths": lengths, "K": K}, method="em",
@@ -82,16 +88,8 @@ def test_hmm_log_likelihood_never_decreases(float64):
 def test_a_chain_declared_as_one_discrete_hmm_site_gets_baum_welch(float64):
     from ppl_lvm.models.hmm import gaussian_hmm_vectorized
 
-    rng = np.random.default_rng(4)
     lengths = [50, 50, 50]
-    seqs = [rng.normal(size=(n, 2)) + np.repeat(rng.normal(scale=3, size=(n // 5 + 1, 2)), 5, 0)[:n] for n in lengths]
-    x = np.concatenate(seqs)
-    means = x[rng.choice(len(x), K, replace=False)]
-    ref = GaussianHMM(K, covariance_type="diag", n_iter=10, tol=-np.inf, init_params="", params="stmc",
-                      covars_prior=0, min_covar=0, implementation="log")
-    ref.startprob_, ref.transmat_ = np.ones(K) / K, np.ones((K, K)) / K
-    ref.means_, ref.covars_ = means, np.ones((K, 2))
-    _quiet_fit(ref, x, lengths)
+    seqs, x, means, ref = _regimes_and_reference(4, lengths, n_iter=10)
     with pytest.warns(lvm.ConvergenceWarning):
         fit = lvm.infer(gaussian_hmm_vectorized, {"x": torch.tensor(np.stack(seqs)), "K": K}, method="em",
                         init_params={"locs": means, "scales": np.ones((K, 2))}, max_iter=10, tol=0.0, reg_covar=0.0)
