@@ -2,11 +2,16 @@
 
 import doctest
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
 
-MODULES = ["ppl_lvm.model", "ppl_lvm.guides", "ppl_lvm.models.mixtures"]
+ROOT = Path(__file__).resolve().parents[1]
+# the core modules with examples, and every ready-made model module (each model's docstring has a runnable example)
+MODULES = ["ppl_lvm.model", "ppl_lvm.guides"] + sorted(
+    f"ppl_lvm.models.{p.stem}" for p in (ROOT / "models").glob("*.py") if not p.stem.startswith("_")
+)
 
 
 @pytest.mark.parametrize("name", MODULES)
