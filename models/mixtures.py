@@ -21,6 +21,12 @@ def _spread_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x[torch.linspace(0, len(x) - 1, k).long()].clone()
 
 
+def _check_rows(x, name: str) -> None:
+    if not isinstance(x, torch.Tensor) or x.dim() != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"{name}: x must be a tensor of shape (N, D), got {shape}; reshape 1-d data with x[:, None]")
+
+
 @lvm.model
 def gaussian_mixture(x: torch.Tensor, K: int = 3, covariance_type: str = "full") -> None:
     """A mixture of K multivariate normals; ``covariance_type`` as in scikit-learn.
@@ -41,6 +47,7 @@ def gaussian_mixture(x: torch.Tensor, K: int = 3, covariance_type: str = "full")
     >>> fit.closed_form, fit.responsibilities["z"].shape
     (True, torch.Size([100, 2]))
     """
+    _check_rows(x, "gaussian_mixture")
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     d = x.shape[1]
@@ -68,7 +75,31 @@ def gaussian_mixture(x: torch.Tensor, K: int = 3, covariance_type: str = "full")
 
 @lvm.model
 def bernoulli_mixture(x: torch.Tensor, K: int = 3) -> None:
-    """A mixture of K products of Bernoullis over D binary features (x: (N, D) of 0/1)."""
+    """A mixture of K products of Bernoullis over D binary features.
+
+    ``z_n ~ Categorical(weights)``, ``x_nd | z_n ~ Bernoulli(probs[z_n, d])``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+        0/1 data.
+    K : int
+        Number of components.
+
+    Examples
+    --------
+    >>> import torch, ppl_lvm as lvm
+    >>> from ppl_lvm.models.mixtures import bernoulli_mixture
+    >>> probs = torch.tensor([[0.9, 0.9, 0.1, 0.1], [0.1, 0.1, 0.9, 0.9]])
+    >>> x = torch.bernoulli(probs[torch.arange(200) % 2])
+    >>> fit = lvm.infer(bernoulli_mixture, {"x": x, "K": 2}, method="em", n_init=2)
+    >>> fit.closed_form, fit.params["probs"].shape
+    (True, torch.Size([2, 4]))
+    >>> learned = fit.params["probs"][fit.params["probs"][:, 0].argsort(descending=True)]
+    >>> bool((learned - probs).abs().max() < 0.15)
+    True
+    """
+    _check_rows(x, "bernoulli_mixture")
     d = x.shape[1]
     weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     probs = lvm.param(lambda: 0.25 + 0.5 * torch.rand(K, d), constraint=constraints.unit_interval)
@@ -79,7 +110,29 @@ def bernoulli_mixture(x: torch.Tensor, K: int = 3) -> None:
 
 @lvm.model
 def poisson_mixture(x: torch.Tensor, K: int = 3) -> None:
-    """A mixture of K products of Poissons over D count features (x: (N, D) integers)."""
+    """A mixture of K products of Poissons over D count features.
+
+    ``z_n ~ Categorical(weights)``, ``x_nd | z_n ~ Poisson(rates[z_n, d])``.
+
+    Parameters
+    ----------
+    x : Tensor, shape (N, D)
+        Non-negative integer counts.
+    K : int
+        Number of components.
+
+    Examples
+    --------
+    >>> import torch, ppl_lvm as lvm
+    >>> from ppl_lvm.models.mixtures import poisson_mixture
+    >>> rates = torch.tensor([[1.0, 10.0], [10.0, 1.0]])
+    >>> x = torch.poisson(rates[torch.arange(200) % 2]).long()
+    >>> fit = lvm.infer(poisson_mixture, {"x": x, "K": 2}, method="em", n_init=2)
+    >>> learned = fit.params["rates"][fit.params["rates"][:, 0].argsort()]
+    >>> fit.closed_form, bool(((learned - rates).abs() / rates).max() < 0.3)
+    (True, True)
+    """
+    _check_rows(x, "poisson_mixture")
     d = x.shape[1]
     weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     rates = lvm.param(lambda: x.float().mean(0).expand(K, d) * (0.5 + torch.rand(K, d)), constraint=constraints.positive)
