@@ -498,3 +498,44 @@ def psis_khat(log_weights: np.ndarray) -> float:
 
     _, khat = array_stats.psislw(-log_weights)  # pragma: no cover
     return float(np.asarray(khat))  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------------------- summaries
+SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
+
+
+def summarize_draws(draws: dict[str, np.ndarray]) -> Any:
+    """``az.summary`` of independent draws ``{name: (S, *shape)}``, unrounded, one row per scalar coordinate.
+
+    The draws are split into two chains so that ArviZ computes the Monte Carlo errors and effective sample sizes
+    (with one chain it logs a shape-validation message); their ``r_hat`` is only a check of the sampler and is
+    returned as the column ``r_hat`` for the caller to replace.
+    """
+    import pandas as pd
+
+    if not draws:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    data = {}
+    for name, array in draws.items():
+        array = np.asarray(array, dtype=np.float64)
+        if array.shape[0] < 8:
+            raise ValueError(f"summaries need at least 8 draws, got {array.shape[0]} for '{name}'")
+        usable = array.shape[0] - array.shape[0] % 2
+        data[name] = _split(array[:usable], 2)
+    with warnings.catch_warnings():
+        # a coordinate that never varies (e.g. a point estimate) has no sd: ArviZ warns while dividing by zero
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        table = _az().summary(data, kind="all", round_to="none")
+    return table[SUMMARY_COLUMNS]
+
+
+def rhat_of_chains(chains: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Rank-normalised split R-hat (``az.rhat``) of ``{name: (chains, draws, *shape)}``, per coordinate."""
+    out = {}
+    for name, array in chains.items():
+        array = np.asarray(array, dtype=np.float64)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=RuntimeWarning)
+            value = _az().rhat({name: array})[name].values
+        out[name] = np.asarray(value, dtype=np.float64)
+    return out

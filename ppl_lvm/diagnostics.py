@@ -282,3 +282,102 @@ def _caller_level() -> int:
     while frame is not None and frame.f_globals.get("__name__") in (__name__, "ppl_lvm.result"):
         frame, level = frame.f_back, level + 1
     return level
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+def _row_labels(name: str, shape: tuple[int, ...]) -> list[str]:
+    """ArviZ's row labels: ``name`` for a scalar, ``name[i, j]`` per coordinate otherwise."""
+    if not shape:
+        return [name]
+    return [f"{name}[{', '.join(str(i) for i in idx)}]" for idx in np.ndindex(*shape)]
+
+
+def model_param_names(result: Any) -> list[str]:
+    """The model's ``lvm.param`` sites (neither guide parameters nor ``lvm.module`` weights)."""
+    structure = result.structure
+    if structure is None:
+        return [n for n in result.params if "$$$" not in n]
+    return [s.name for s in structure.param_sites if "$$$" not in s.name and s.name in result.params]
+
+
+def _param_rows(result: Any, names: list[str], columns: list[str]) -> Any:
+    import pandas as pd
+
+    rows, labels = [], []
+    for name in names:
+        value = result.params[name].detach().cpu().double().numpy()
+        labels += _row_labels(name, value.shape)
+        rows += [{"mean": float(v)} for v in value.reshape(-1)]
+    frame = pd.DataFrame(rows, index=labels, columns=columns, dtype=float)
+    frame["kind"] = "param"
+    return frame
+
+
+def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
+    """The table of :meth:`ppl_lvm.result.Result.summary` (and of ``EMResult.summary``)."""
+    import pandas as pd
+
+    from .arviz_export import SUMMARY_COLUMNS, rhat_of_chains, summarize_draws
+
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 8:
+        raise ValueError(f"num_samples must be an integer >= 8, got {num_samples!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    params = model_param_names(result)
+    if result.method == "em":
+        latents: list[str] = []
+    else:
+        latents = result.global_latent_names()
+    if var_names is not None:
+        if isinstance(var_names, str):
+            var_names = [var_names]
+        known = set(params) | (set(result.structure.sites) if result.structure is not None else set())
+        unknown = [v for v in var_names if v not in known]
+        if unknown:
+            raise ValueError(f"var_names {unknown} are not sites or parameters of the model; known: {sorted(known)}")
+        params = [p for p in params if p in var_names]
+        latents = [v for v in var_names if v not in params and result.method != "em"]
+    if result.method == "em":
+        table = _param_rows(result, params, ["mean"])
+        table.attrs.update(_em_attrs(result))
+        return table
+
+    from .alignment import aligned_restart_draws
+
+    chains = aligned_restart_draws(result, num_samples, seed, latents) if latents else {}
+    best = {n: v[0] for n, v in chains.items()}  # the kept fit is chain 0
+    frames = []
+    if best:
+        frames.append(summarize_draws(best).assign(kind="latent"))
+        frames[0]["r_hat"] = np.nan
+        if len(result.restarts) > 1:
+            rhat = rhat_of_chains(chains)
+            for name, values in rhat.items():
+                for label, value in zip(_row_labels(name, values.shape), values.reshape(-1), strict=True):
+                    frames[0].loc[label, "r_hat"] = value
+    if params:
+        frames.append(_param_rows(result, params, SUMMARY_COLUMNS))
+    table = pd.concat(frames) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS + ["kind"])
+    table.attrs.update({
+        "method": result.method,
+        "guide": str(result.guide_name),
+        "steps": int(result.steps),
+        "converged": bool(result.converged),
+        "elbo": float(result.elbo),
+        "n_init": max(1, len(result.restarts)),
+        "num_samples": num_samples,
+    })
+    return table
+
+
+def _em_attrs(result: Any) -> dict:
+    return {
+        "method": "em",
+        "log_likelihood": float(result.log_likelihood),
+        "bic": float(result.bic()),
+        "aic": float(result.aic()),
+        "n_parameters": int(result.n_parameters),
+        "n_samples": int(result.n_samples),
+        "n_iter": int(result.n_iter),
+        "converged": bool(result.converged),
+    }

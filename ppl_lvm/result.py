@@ -46,6 +46,9 @@ class Result:
         Which guide was used.
     enumerated : list of str
         Discrete latent sites summed out exactly by enumeration.
+    restarts : list of Result
+        With ``n_init > 1``: every restart (seeds ``seed, seed + 1, ...``, this one included), each without its own
+        ``restarts``; empty for a single fit.
     """
 
     method: str
@@ -63,6 +66,7 @@ class Result:
     options: dict[str, Any] = field(default_factory=dict)
     enumerated: list[str] = field(default_factory=list)
     interrupted: bool = False
+    restarts: list[Result] = field(default_factory=list, repr=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -225,6 +229,71 @@ class Result:
             )
         elbo = RenyiELBO(alpha=0.0, num_particles=num_particles, vectorize_particles=True, max_plate_nesting=nesting)
         return self._bound(elbo, seed)
+
+    def global_latent_names(self) -> list[str]:
+        """Latent sites outside the data plate (one value for the whole data set): the rows of :meth:`summary`."""
+        structure = self.structure
+        if structure is None:
+            return []
+        observed = structure.observed_sites
+        common = set.intersection(*(set(s.plates) for s in observed)) if observed else set()
+        return [s.name for s in structure.latent_sites if not (set(s.plates) & common)]
+
+    def guide_draws(self, num_samples: int, seed: int | None = None, names: list[str] | None = None
+                    ) -> dict[str, torch.Tensor]:
+        """Draws of the sites the guide samples (only those in ``names`` when given), ``(num_samples, *site)``.
+
+        Cheaper than :meth:`sample_posterior`: the model is not run, so enumerated discrete latents are not drawn.
+        """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+        self._require_model()
+        structure = self.structure
+        kwargs = self.data.kwargs
+
+        def wanted(trace: poutine.Trace) -> list[str]:
+            return [n for n, node in trace.nodes.items()
+                    if node["type"] == "sample" and n in structure.sites and (names is None or n in names)]
+
+        with self.activated(), torch.no_grad(), run_scope(self.guide):
+            self._prepare_guide()
+            pyro.set_rng_seed(self.seed if seed is None else seed)
+            try:
+                with pyro.plate("_num_samples", num_samples, dim=-(structure.max_plate_nesting + 1)):
+                    trace = poutine.trace(self.guide).get_trace(**kwargs)
+                return {n: trace.nodes[n]["value"].reshape((num_samples,) + structure.sites[n].shape)
+                        for n in wanted(trace)}
+            except (IndexError, RuntimeError, ValueError, PplLvmError):
+                traces = [poutine.trace(self.guide).get_trace(**kwargs) for _ in range(num_samples)]
+                return {n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])
+                        for n in wanted(traces[0])}
+
+    def summary(self, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
+        """One row per scalar coordinate of the global latents (draws from q) and of the model's parameters.
+
+        Latent rows (``kind = "latent"``) are ``az.summary`` statistics of ``num_samples`` draws from the guide
+        (discrete components aligned to this fit first, see :mod:`ppl_lvm.alignment`); ``r_hat`` is the R-hat across
+        restarts (``n_init > 1``: each restart's draws are one chain), NaN for a single fit. Parameter rows
+        (``kind = "param"``, the point estimates of ``lvm.param`` sites) fill ``mean`` only. ``DataFrame.attrs``
+        holds the method, guide, steps, convergence and final ELBO.
+
+        Parameters
+        ----------
+        num_samples : int
+            Draws from the guide (at least 8).
+        seed : int
+            Seed of the draws.
+        var_names : list of str, optional
+            Sites and parameters to list; default: every global latent site (outside the data plate) and every
+            model parameter (``lvm.module`` weights excluded).
+
+        Returns
+        -------
+        pandas.DataFrame
+        """
+        from .diagnostics import summarize
+
+        return summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
 
     def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
         """The fit as ArviZ groups (``az.InferenceData``); see :mod:`ppl_lvm.arviz_export`."""

@@ -187,3 +187,73 @@ def test_khat_of_a_mixture_sums_the_discrete_assignments_out(float64):
     assert d.khat > KHAT_BAD
     assert d.exact is None and d.iwae == {}  # enumerated and continuous latents: no IWAE_K, no exact value
     assert d.elbo <= d.is_estimate
+
+
+# ---------------------------------------------------------------------------------------------------- summary
+@pytest.fixture(scope="module")
+def gmm_svi():
+    """gmm_map (K=2, 24 rows) with the mean-field normal guide over its globals, 30 steps (z enumerated)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.cat([torch.randn(12, 2, generator=g) - 3.0, torch.randn(12, 2, generator=g) + 3.0]).double()
+        return x, lvm.infer(gmm_map, {"x": x, "K": 2}, method="svi", guide="normal", steps=30, lr=0.05, seed=0)
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+def test_summary_of_a_variational_fit_is_that_of_draws_from_q(gmm_svi, float64):
+    _, fit = gmm_svi
+    table = fit.summary(num_samples=400, seed=1)
+    assert list(table.index) == ["weights[0]", "weights[1]", "locs[0, 0]", "locs[0, 1]", "locs[1, 0]", "locs[1, 1]",
+                                 "scales[0, 0]", "scales[0, 1]", "scales[1, 0]", "scales[1, 1]"]
+    assert set(table["kind"]) == {"latent"} and table["r_hat"].isna().all()  # one fit: no R-hat across restarts
+    draws = fit.guide_draws(400, seed=1)
+    locs = draws["locs"].numpy()
+    np.testing.assert_allclose(table.loc[["locs[0, 0]", "locs[0, 1]"], "mean"], locs[:, 0].mean(0), rtol=1e-12)
+    np.testing.assert_allclose(table.loc[["locs[0, 0]", "locs[0, 1]"], "sd"], locs[:, 0].std(0, ddof=1), rtol=1e-9)
+    # the guide's q(locs) is Normal(loc, scale): 400 draws put the mean within 4 sd / 20 of loc (Monte Carlo)
+    loc, scale = fit.params["MeanFieldNormal.locs.locs"].numpy(), fit.params["MeanFieldNormal.scales.locs"].numpy()
+    means = table.loc[[f"locs[{i}, {j}]" for i in range(2) for j in range(2)], "mean"].to_numpy().reshape(2, 2)
+    assert np.all(np.abs(means - loc) < 4 * scale / 20)
+    sds = table.loc[[f"locs[{i}, {j}]" for i in range(2) for j in range(2)], "sd"].to_numpy().reshape(2, 2)
+    np.testing.assert_allclose(sds, scale, rtol=0.15)  # sd of 400 normal draws: relative error ~ 1/sqrt(800)
+    assert np.all(table["ess_bulk"] > 200) and np.all(np.isfinite(table["mcse_mean"]))
+    assert table.attrs["method"] == "svi" and table.attrs["n_init"] == 1 and table.attrs["num_samples"] == 400
+
+
+def test_summary_lists_parameters_with_their_point_estimate(float64):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.cat([torch.randn(15, 2, generator=g) - 3.0, torch.randn(15, 2, generator=g) + 3.0])
+    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2, "covariance_type": "diag"}, method="svi", steps=20, lr=0.05)
+    table = fit.summary()
+    assert set(table["kind"]) == {"param"} and len(table) == 2 + 4 + 4
+    np.testing.assert_array_equal(table.loc[["scales[1, 0]", "scales[1, 1]"], "mean"], fit.params["scales"][1])
+    assert table.drop(columns=["mean", "kind"]).isna().all().all()
+    only = fit.summary(var_names=["weights"])
+    assert list(only.index) == ["weights[0]", "weights[1]"]
+
+
+def test_em_summary_holds_the_point_estimates_and_information_criteria(float64):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.cat([torch.randn(20, 2, generator=g) - 3.0, torch.randn(20, 2, generator=g) + 3.0])
+    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
+    table = fit.summary()
+    assert list(table.columns) == ["mean", "kind"] and len(table) == 2 + 4 + 8
+    np.testing.assert_array_equal(table.loc[["locs[0, 0]", "locs[0, 1]", "locs[1, 0]", "locs[1, 1]"], "mean"],
+                                  fit.params["locs"].reshape(-1))
+    assert table.attrs["bic"] == fit.bic() and table.attrs["aic"] == fit.aic()
+    assert table.attrs["log_likelihood"] == fit.log_likelihood and table.attrs["n_parameters"] == 11
+
+
+def test_summary_refuses_bad_arguments(gmm_svi):
+    _, fit = gmm_svi
+    with pytest.raises(ValueError, match="num_samples"):
+        fit.summary(num_samples=4)
+    with pytest.raises(ValueError, match=r"var_names \['nope'\]"):
+        fit.summary(var_names=["nope"])

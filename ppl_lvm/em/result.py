@@ -133,6 +133,16 @@ class EMResult(Result):
 
         return to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
 
+    def summary(self, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
+        """The point estimates, one row per scalar coordinate of each parameter (column ``mean``, ``kind="param"``).
+
+        ``DataFrame.attrs`` holds ``log_likelihood``, ``bic``, ``aic``, ``n_parameters``, ``n_samples``, ``n_iter``
+        and ``converged``. ``num_samples`` and ``seed`` are accepted for symmetry with :meth:`Result.summary`.
+        """
+        from ..diagnostics import summarize
+
+        return summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
+
     # ------------------------------------------------------------------ model selection
     def bic(self) -> float:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""
