@@ -4,7 +4,6 @@ parameters, fitted by EM (Baum-Welch), states matched to the truth by optimal as
 Tolerances are about twice the errors measured with these seeds (stated at each assertion).
 """
 
-import pytest
 import torch
 from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 from scipy.optimize import linear_sum_assignment
