@@ -2,10 +2,17 @@
 
 The KL term of a site is analytic where ``kl_divergence(q, p)`` is registered for the pair of distributions;
 for any other site the estimator falls back to Monte Carlo, and this backend says which sites those are.
+
+``free_bits=lambda`` (Kingma et al. 2016, "free bits") replaces, for every latent site with an analytic KL, the KL
+of each latent dimension d averaged over the (mini)batch by ``max(lambda, KL_d)``, then scales it back to the batch
+sum: the optimiser gains nothing from pushing a dimension's KL below ``lambda`` nats, which keeps latent units
+from collapsing onto the prior. See :class:`FreeBitsMeanField_ELBO`.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 import warnings
 from typing import Any
 
@@ -13,6 +20,7 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
 from pyro.infer import TraceMeanField_ELBO
+from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import InferenceWarning, UnsupportedModelError
@@ -20,6 +28,121 @@ from ..fit import FitOptions
 from ..runtime import run_scope
 from .base import Problem, VariationalBackend, VIPlan
 from .svi import discrete_not_in_guide
+
+__all__ = ["MEANFIELD", "FreeBitsMeanField_ELBO", "MeanFieldBackend"]
+
+
+def _elementwise(fn: Any) -> tuple[Any, int]:
+    """The distribution under ``Independent`` wrappers and how many batch dims they reinterpreted as event dims."""
+    dims = 0
+    while isinstance(fn, torch.distributions.Independent):
+        dims += fn.reinterpreted_batch_ndims
+        fn = fn.base_dist
+    return fn, dims
+
+
+def kl_per_dimension(q: Any, p: Any) -> torch.Tensor:
+    """KL(q || p) of one site, shape ``batch_shape + event_shape`` of ``q`` when it factorises over the event.
+
+    For ``Normal(loc, scale).to_event(1)`` against ``Normal(0, 1).to_event(1)`` that is one KL per latent dimension
+    and data point. A site whose KL does not split over its event (a multivariate normal, a transformed
+    distribution) gets shape ``batch_shape`` (the site is one "dimension"). Raises ``NotImplementedError`` when no
+    KL is registered for the pair.
+    """
+    q_base, q_dims = _elementwise(q)
+    p_base, p_dims = _elementwise(p)
+    shape = tuple(q.batch_shape) + tuple(q.event_shape)
+    if q_dims == p_dims and tuple(q_base.event_shape) == () and tuple(p_base.event_shape) == ():
+        try:
+            return kl_divergence(q_base, p_base).expand(shape)
+        except NotImplementedError:
+            pass
+    return kl_divergence(q, p).expand(tuple(q.batch_shape))
+
+
+def _scalar_scale(scale: Any, site: str) -> float | torch.Tensor:
+    if isinstance(scale, torch.Tensor):
+        if scale.numel() != 1:
+            raise UnsupportedModelError(
+                f"free_bits: site '{site}' has a per-element scale (poutine.scale with a tensor); free bits need one "
+                "scale per site (the minibatch factor times beta). Fit without free_bits."
+            )
+        return scale.reshape(())
+    return scale
+
+
+class FreeBitsMeanField_ELBO(TraceMeanField_ELBO):
+    """``TraceMeanField_ELBO`` whose analytic KL terms have a floor of ``free_bits`` nats per latent dimension.
+
+    For a latent site with guide ``q`` and prior ``p`` whose KL is registered, with batch elements b = 1..B (the
+    data plate, the minibatch, and vectorised particles) and latent dimensions d (the event dims of, e.g.,
+    ``Normal(loc, scale).to_event(1)``), the KL term of the ELBO becomes
+
+    ``scale * B * sum_d max(free_bits, (1/B) sum_b KL(q_bd || p_bd))``
+
+    where ``scale`` is the site's scale (N / B for a minibatch, times the fit's beta). With ``free_bits=0`` this is
+    the ordinary analytic KL sum, so the loss equals ``TraceMeanField_ELBO``'s. A dimension whose averaged KL is
+    below the floor contributes a constant: no gradient pulls it further towards the prior. Sites without an
+    analytic KL keep the Monte Carlo estimate and no floor. The loss is no longer a bound on log p(x) when a floor
+    is active; report bounds with ``result.log_evidence()`` or ``result.elbo_estimate()``.
+
+    Parameters
+    ----------
+    free_bits : float
+        The floor, in nats per latent dimension (>= 0).
+    **kwargs
+        Passed to :class:`pyro.infer.TraceMeanField_ELBO` (``num_particles``, ``max_plate_nesting``, ...).
+    """
+
+    def __init__(self, free_bits: float = 0.0, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.free_bits = check_free_bits(free_bits)
+
+    def _kl_term(self, name: str, guide_site: dict, model_site: dict) -> torch.Tensor | float:
+        mask = guide_site["mask"]
+        if mask is False:
+            return 0.0
+        kl = kl_per_dimension(guide_site["fn"], model_site["fn"])
+        batch_dims = len(guide_site["fn"].batch_shape)
+        if isinstance(mask, torch.Tensor):
+            kl = kl * mask.reshape(mask.shape + (1,) * (kl.dim() - batch_dims))
+        size = math.prod(kl.shape[:batch_dims])
+        per_dim = kl.reshape((size,) + tuple(kl.shape[batch_dims:])).mean(0)
+        floored = per_dim.clamp(min=self.free_bits)
+        return _scalar_scale(guide_site["scale"], name) * size * floored.sum()
+
+    def _differentiable_loss_particle(self, model_trace, guide_trace):
+        elbo_particle = 0
+        for name, model_site in model_trace.nodes.items():
+            if model_site["type"] != "sample":
+                continue
+            if model_site["is_observed"]:
+                elbo_particle = elbo_particle + model_site["log_prob_sum"]
+                continue
+            guide_site = guide_trace.nodes[name]
+            if is_validation_enabled():
+                check_fully_reparametrized(guide_site)
+            try:
+                elbo_particle = elbo_particle - self._kl_term(name, guide_site, model_site)
+            except NotImplementedError:
+                entropy_term = guide_site["score_parts"].entropy_term
+                elbo_particle = elbo_particle + model_site["log_prob_sum"] - entropy_term.sum()
+        for name, guide_site in guide_trace.nodes.items():
+            if guide_site["type"] == "sample" and name not in model_trace.nodes:
+                if is_validation_enabled():
+                    check_fully_reparametrized(guide_site)
+                elbo_particle = elbo_particle - guide_site["score_parts"].entropy_term.sum()
+        loss = -(elbo_particle.detach() if torch._C._get_tracing_state() else torch_item(elbo_particle))
+        return loss, -elbo_particle
+
+
+def check_free_bits(value: Any) -> float:
+    """``free_bits`` must be a finite number >= 0 (nats per latent dimension)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(
+            f"free_bits must be a number >= 0 (nats per latent dimension, e.g. 0.25 or 0.5), got {value!r}"
+        )
+    return float(value)
 
 
 def _without_kl(problem: Problem, guide_trace: poutine.Trace, kwargs: dict) -> list[tuple[str, str, str]]:
@@ -40,7 +163,13 @@ def _without_kl(problem: Problem, guide_trace: poutine.Trace, kwargs: dict) -> l
 class MeanFieldBackend(VariationalBackend):
     name = "meanfield"
     default_guide = "normal"
-    method_options = ("on_missing_kl",)
+    method_options = ("on_missing_kl", "free_bits")
+
+    def parse_options(self, options: dict[str, Any]):
+        loop, method = super().parse_options(options)
+        if "free_bits" in method:
+            method["free_bits"] = check_free_bits(method["free_bits"])
+        return loop, method
 
     def plan(self, problem: Problem, loop: FitOptions, method: dict, guide: Any, guide_name: str,
              guide_trace: poutine.Trace) -> VIPlan:
@@ -68,11 +197,15 @@ class MeanFieldBackend(VariationalBackend):
             if policy == "error":
                 raise UnsupportedModelError(text)
             warnings.warn(text, InferenceWarning, stacklevel=5)
-        elbo = TraceMeanField_ELBO(
+        common = dict(
             num_particles=loop.num_particles,
             vectorize_particles=loop.vectorize_particles,
             max_plate_nesting=problem.structure.max_plate_nesting,
         )
+        if "free_bits" in method:
+            elbo = FreeBitsMeanField_ELBO(free_bits=method["free_bits"], **common)
+        else:
+            elbo = TraceMeanField_ELBO(**common)
         return VIPlan(elbo, problem.model, guide, guide_name, [])
 
 
