@@ -29,7 +29,6 @@
 import math
 import os
 import time
-import warnings
 from pathlib import Path
 
 import matplotlib
@@ -261,7 +260,7 @@ def estimates(kind, R, seed):
 kinds = ["reparameterisation", "score function", "score function + baseline"]
 samples = {kind: estimates(kind, REPLICATES, seed=0) for kind in kinds}
 labels = ["dL/dm_1", "dL/dm_2", "dL/dlog s_1", "dL/dlog s_2"]
-print("exact gradient:           " + "  ".join(f"{lab} = {v:8.3f}" for lab, v in zip(labels, exact_grad)))
+print("exact gradient:           " + "  ".join(f"{lab} = {v:8.3f}" for lab, v in zip(labels, exact_grad, strict=True)))
 for kind, G in samples.items():
     print(f"{kind:26s} mean " + " ".join(f"{v:8.3f}" for v in G.mean(0)) + "   variance "
           + " ".join(f"{v:9.1f}" for v in G.var(0)))
@@ -299,10 +298,10 @@ print(f"variance ratio score function / reparameterisation: {', '.join(f'{r:.0f}
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-for ax, j in zip(axes, [0, 2]):
+for ax, j in zip(axes, [0, 2], strict=True):
     lo, hi = np.percentile(samples["score function"][:, j].numpy(), [1, 99])
     bins = np.linspace(lo, hi, 120)
-    for kind, color in zip(kinds, ["C0", "C3", "C2"]):
+    for kind, color in zip(kinds, ["C0", "C3", "C2"], strict=True):
         ax.hist(samples[kind][:, j].numpy(), bins=bins, density=True, histtype="step", lw=1.5, color=color,
                 label=f"{kind} (var {samples[kind][:, j].var():.0f})")
     ax.axvline(float(exact_grad[j]), color="k", ls="--", lw=1, label="exact gradient")

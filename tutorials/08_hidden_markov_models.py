@@ -26,7 +26,8 @@
 #   $p(z_{t-1}, z_t \mid x_{1:T})$: the E-step;
 # * **Baum-Welch** is EM with that E-step: the M-step re-estimates $\pi$, $A$, $\mu$, $\sigma$ from expected
 #   counts, in closed form; as in tutorial 3 the log-likelihood never decreases;
-# * **Viterbi** replaces the sums by maxima and finds the single most probable path $\arg\max_z p(z_{1:T} \mid x_{1:T})$.
+# * **Viterbi** replaces the sums by maxima and finds the single most probable path
+#   $\arg\max_z p(z_{1:T} \mid x_{1:T})$.
 #
 # In ppl_lvm an HMM is written with `lvm.markov` (the ready-made `ppl_lvm.models.hmm.gaussian_hmm`), and
 # `lvm.infer(..., method="em")` recognises the chain and runs a vectorised Baum-Welch. We check it against
@@ -44,9 +45,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hmmlearn.hmm import GaussianHMM  # noqa: E402
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
