@@ -30,7 +30,7 @@ from pyro.distributions.transforms import biject_to
 from scipy.optimize import linear_sum_assignment
 
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
-           "aligned_restart_draws", "restart_permutations"]
+           "aligned_restart_draws", "align_draw_sets", "ordered_restarts", "relabel"]
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -204,21 +204,44 @@ def align_result(result: Any, reference: Any, names: list[str] | None = None) ->
     return aligned
 
 
-def restart_permutations(result: Any, means: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
-    """Per restart, the permutation aligning it to the first entry of ``means`` (the kept fit).
+def align_draw_sets(result: Any, fits: list[Any], draws: list[dict[str, np.ndarray]],
+                    leading: int = 1) -> list[dict[str, np.ndarray]]:
+    """Align each fit's draws ``{name: (S, *site)}`` (``leading`` sample axes) to those of ``fits[0]``.
 
-    ``means[r]`` maps names to restart r's point summaries (posterior means of global latents, parameters).
+    The permutation of fit r is found from its posterior means and parameters against those of ``fits[0]``;
+    discrete latents are relabelled, arrays whose leading site dimension is K permuted. Returns new dicts.
     """
-    k = component_count(result)
+    structure = result.structure
+    k = component_count(result) if len(fits) > 1 else None
     if k is None:
-        return [np.arange(1)] * len(means)
-    return [match_components(means[0], m, k) for m in means]
+        return draws
+    means = []
+    for fit, d in zip(fits, draws, strict=True):
+        summary = {n: v.reshape((-1,) + v.shape[leading:]).mean(0) for n, v in d.items()
+                   if n in structure.sites and not structure.sites[n].discrete}
+        summary.update(_point_arrays(fit))
+        means.append(summary)
+    aligned = []
+    for d, m in zip(draws, means, strict=True):
+        perm = match_components(means[0], m, k)
+        out = {}
+        for name, value in d.items():
+            if name in structure.sites and structure.sites[name].discrete:
+                out[name] = relabel(value, perm)
+            elif name in m:
+                axes = component_axes(m[name], k)
+                out[name] = permute(value, perm, tuple(a + leading for a in axes))
+            else:
+                out[name] = value
+        aligned.append(out)
+    return aligned
 
 
-def _ordered_restarts(result: Any) -> list[Any]:
-    """The kept fit first, then the other restarts in seed order."""
-    others = [r for r in result.restarts if r is not result and r.seed != result.seed]
-    return [result] + others
+def ordered_restarts(result: Any) -> list[Any]:
+    """The kept fit first, then the other restarts in seed order (just the fit without restarts)."""
+    if len(result.restarts) <= 1:
+        return [result]
+    return [result] + [r for r in result.restarts if r is not result]
 
 
 def aligned_restart_draws(result: Any, num_samples: int, seed: int, names: list[str]) -> dict[str, np.ndarray]:
@@ -227,8 +250,7 @@ def aligned_restart_draws(result: Any, num_samples: int, seed: int, names: list[
     Returns ``{name: (chains, num_samples, *site shape)}`` with the kept fit as chain 0 (one chain without
     restarts). Discrete latents among ``names`` are relabelled; other arrays carrying K components permuted.
     """
-    fits = _ordered_restarts(result) if len(result.restarts) > 1 else [result]
-    structure = result.structure
+    fits = ordered_restarts(result)
     draws = []
     for fit in fits:
         sampled = fit.guide_draws(num_samples, seed=seed, names=names)
@@ -237,19 +259,5 @@ def aligned_restart_draws(result: Any, num_samples: int, seed: int, names: list[
             full = fit.sample_posterior(num_samples, seed=seed)
             sampled.update({n: full[n] for n in missing if n in full})
         draws.append({n: _numpy(v) for n, v in sampled.items()})
-    k = component_count(result) if len(fits) > 1 else None
-    if k is not None:
-        means = []
-        for fit, d in zip(fits, draws, strict=True):
-            summary = {n: v.mean(0) for n, v in d.items() if not structure.sites[n].discrete}
-            summary.update(_point_arrays(fit))
-            means.append(summary)
-        perms = [match_components(means[0], m, k) for m in means]
-        for d, perm, m in zip(draws, perms, means, strict=True):
-            for name in list(d):
-                if structure.sites[name].discrete:
-                    d[name] = relabel(d[name], perm)
-                else:
-                    axes = component_axes(m[name], k)
-                    d[name] = permute(d[name], perm, tuple(a + 1 for a in axes))
+    draws = align_draw_sets(result, fits, draws)
     return {n: np.stack([d[n] for d in draws]) for n in draws[0]}

@@ -256,7 +256,8 @@ def _log_q(result: Any, values: dict[str, torch.Tensor]) -> float | None:
     return float(trace.log_prob_sum())
 
 
-def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = None, chains: int = 1) -> Any:
+def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = None, chains: int = 1,
+                      restarts: bool | None = None) -> Any:
     """The fit as ArviZ groups (``az.InferenceData`` on ArviZ 0.x, ``xarray.DataTree`` on 1.x).
 
     Parameters
@@ -264,13 +265,18 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     result : Result or EMResult
         A variational fit (svi, meanfield, iwae, renyi) or an EM fit (``num_samples``, ``seed``, ``chains`` unused).
     num_samples : int
-        Draws from the fitted guide.
+        Draws from the fitted guide (per restart when the restarts are exported).
     seed : int, optional
         Seed of the draws (default: the fit's seed).
     chains : int
         The draws from q are independent; ``chains > 1`` splits them into that many equal chains (``num_samples``
         must be a multiple) so that ``az.summary``'s R-hat, which needs two chains, is computed; with one chain
         ArviZ reports R-hat as NaN and logs a shape-validation message.
+    restarts : bool, optional
+        For a fit with ``n_init > 1`` (default: True then): one chain per restart, the kept fit first, components
+        aligned to it (:mod:`ppl_lvm.alignment`), so that R-hat compares the optima the restarts found. Pooling
+        the chains of different optima inflates LOO: :func:`ppl_lvm.compare` exports the kept fit alone
+        (``restarts=False``).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -278,10 +284,42 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
         raise ValueError(f"chains must be a positive integer dividing num_samples={num_samples}, got {chains!r}")
     if result.method == "em":
         return _make(_em_groups(result))
+    if restarts is None:
+        restarts = len(getattr(result, "restarts", [])) > 1
+    if restarts and len(getattr(result, "restarts", [])) > 1:
+        if chains != 1:
+            raise ValueError("with restarts exported as chains, leave chains=1 (each restart is one chain)")
+        return _make(_restart_groups(result, num_samples, seed))
     return _make(_variational_groups(result, num_samples, seed, chains))
 
 
-def _variational_groups(result: Any, num_samples: int, seed: int | None, chains: int = 1) -> dict[str, Any]:
+def _restart_groups(result: Any, num_samples: int, seed: int | None) -> dict[str, Any]:
+    """One chain per restart, the kept fit first, the posterior's components aligned to it."""
+    from .alignment import align_draw_sets, ordered_restarts
+
+    xr = _xr()
+    fits = ordered_restarts(result)
+    per_fit = [_variational_groups(fit, num_samples, seed, 1) for fit in fits]
+    posteriors = [{n: v.values[0] for n, v in g["posterior"].data_vars.items()} for g in per_fit]
+    aligned = align_draw_sets(result, fits, posteriors)
+    for groups, values in zip(per_fit, aligned, strict=True):
+        post = groups["posterior"]
+        groups["posterior"] = post.copy(data={n: values[n][None] for n in post.data_vars})
+    out: dict[str, Any] = {}
+    for name in per_fit[0]:
+        if name == "observed_data":
+            out[name] = per_fit[0][name]
+            continue
+        joined = xr.concat([g[name] for g in per_fit], dim="chain", combine_attrs="override")
+        out[name] = joined.assign_coords(chain=np.arange(len(per_fit)))
+    out["posterior"].attrs["restart_seeds"] = [int(f.seed) for f in fits]
+    return out
+
+
+def _variational_groups(result: Any, num_samples: int, seed: int | None, chains: int = 1, light: bool = False,
+                        pointwise_ll: bool = True) -> dict[str, Any]:
+    """The groups of a variational fit. ``light``: draw only the guide's sites (enumerated discrete latents are
+    not drawn) and skip the posterior predictive; ``pointwise_ll=False`` skips the log_likelihood group."""
     from .backends.base import enumerating
     from .runtime import run_scope
 
@@ -292,7 +330,7 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
     kwargs = result.data.kwargs
     observed = [s.name for s in structure.observed_sites]
 
-    draws = result.sample_posterior(num_samples, seed=seed)
+    draws = result.guide_draws(num_samples, seed=seed) if light else result.sample_posterior(num_samples, seed=seed)
     replayed = [n for n in draws if n not in enumerated]
 
     pointwise: dict[str, list[torch.Tensor]] = {o: [] for o in observed}
@@ -312,7 +350,7 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
             trace.compute_log_prob()
             if s == 0:
                 observed_values = {o: trace.nodes[o]["value"] for o in observed}
-            if unsupported is None:
+            if unsupported is None and pointwise_ll:
                 try:
                     for o in observed:
                         pointwise[o].append(_pointwise(trace, o, enumerated, structure))
@@ -323,7 +361,7 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
             else:
                 lp.append(float(trace.log_prob_sum()))
             log_q.append(_log_q(result, values))
-    if unsupported is not None:
+    if unsupported is not None and pointwise_ll:
         from .errors import InferenceWarning
 
         warnings.warn(f"to_arviz: no log_likelihood group; pointwise log-likelihoods need each observation's "
@@ -341,15 +379,17 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
     groups: dict[str, Any] = {}
     groups["posterior"] = _dataset(
         {n: (chain + dims_of[n], _split(_numpy(v), chains)) for n, v in draws.items()}, coords, attrs)
-    if unsupported is None and observed:
+    if unsupported is None and observed and pointwise_ll:
         ll = {}
         for o in observed:
             values = torch.stack(pointwise[o])
             ll[o] = (chain + _site_dims(structure, o, tuple(values.shape[1:])), _split(_numpy(values), chains))
         groups["log_likelihood"] = _dataset(ll, coords, attrs)
-    predictive = result.posterior_predictive(num_samples, seed=seed)
-    groups["posterior_predictive"] = _dataset(
-        {o: (chain + dims_of[o], _split(_numpy(predictive[o]), chains)) for o in observed if o in predictive}, coords, attrs)
+    if not light:
+        predictive = result.posterior_predictive(num_samples, seed=seed)
+        groups["posterior_predictive"] = _dataset(
+            {o: (chain + dims_of[o], _split(_numpy(predictive[o]), chains)) for o in observed if o in predictive},
+            coords, attrs)
     groups["observed_data"] = _dataset(
         {o: (dims_of[o], _numpy(v)) for o, v in observed_values.items()}, coords, attrs)
     stats = {"lp": (chain, _split(np.asarray(lp, dtype=np.float64), chains))}
@@ -473,14 +513,10 @@ def load_netcdf(path: str) -> Any:
 def importance_log_weights(result: Any, num_samples: int = 1000, seed: int | None = None) -> np.ndarray | None:
     """log w_s = log p(x, theta_s) - log q(theta_s) over draws from the guide (discrete locals summed out).
 
-    The ``log_weight`` of :func:`to_inference_data`'s ``sample_stats``; None when the guide has no density for its
-    draws (``delta``, guides with helper sites).
+    The ``log_weight`` of :func:`to_inference_data`'s ``sample_stats`` (the same draws when no discrete latent is
+    enumerated); None when the guide has no density for its draws (``delta``, guides with helper sites).
     """
-    from .errors import InferenceWarning
-
-    with warnings.catch_warnings():  # the log_likelihood group is not needed here
-        warnings.filterwarnings("ignore", message="to_arviz: no log_likelihood group", category=InferenceWarning)
-        stats = _variational_groups(result, num_samples, seed)["sample_stats"]
+    stats = _variational_groups(result, num_samples, seed, light=True, pointwise_ll=False)["sample_stats"]
     if "log_weight" not in stats:
         return None
     return np.asarray(stats["log_weight"].values, dtype=np.float64).reshape(-1)

@@ -9,6 +9,9 @@ Three checks of a variational fit (svi / meanfield / iwae / renyi):
 * **The bound ladder**: the ELBO, IWAE_K for a few K (``result.log_evidence(K)``), the importance-sampling estimate
   logsumexp(log w) - log S from the same draws, and the exact log p(x) when known (every latent discrete and
   enumerated, or passed as ``exact=``). Each rung is a lower bound (or, for IS, a consistent estimate) of log p(x).
+* **R-hat across restarts** (fits with ``n_init > 1``): each restart's draws of the global latents are one chain,
+  components aligned to the kept fit (:mod:`ppl_lvm.alignment`); R-hat above 1.05 means the restarts found
+  different local optima, and a :class:`DiagnosticWarning` names the coordinates.
 * **Local latents** (one value per data point, as in PPCA or a VAE): KL(q(z_i | x_i) || p(z_i)) per latent
   dimension averaged over the data, and the active units of Burda et al. 2016 (dimensions whose posterior mean
   E_q[z_d | x_i] varies across the data with variance > 0.01), with a posterior-collapse warning when none is.
@@ -31,10 +34,12 @@ import torch
 
 from .errors import PplLvmWarning
 
-__all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "KHAT_GOOD", "KHAT_BAD", "ACTIVE_UNIT_THRESHOLD"]
+__all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "summarize", "KHAT_GOOD", "KHAT_BAD", "RHAT_BAD",
+           "ACTIVE_UNIT_THRESHOLD"]
 
 KHAT_GOOD = 0.5
 KHAT_BAD = 0.7
+RHAT_BAD = 1.05
 ACTIVE_UNIT_THRESHOLD = 0.01
 
 
@@ -67,6 +72,10 @@ class Diagnosis:
         Per local latent site, the number of dimensions with Var_i(E_q[z_id]) > 0.01.
     mean_variance : dict of str -> ndarray
         Per local latent site, Var_i(E_q[z_id]) per dimension (the activity behind ``active_units``).
+    rhat : dict of str -> ndarray
+        With restarts: per global latent site, the R-hat across restarts of each coordinate (empty otherwise).
+    restart_losses : list of float
+        With restarts: the final smoothed loss of each restart, the kept fit first.
     messages : list of str
         The warnings that were emitted.
     """
@@ -81,7 +90,16 @@ class Diagnosis:
     kl_per_dim: dict[str, np.ndarray] = field(default_factory=dict)
     active_units: dict[str, int] = field(default_factory=dict)
     mean_variance: dict[str, np.ndarray] = field(default_factory=dict)
+    rhat: dict[str, np.ndarray] = field(default_factory=dict)
+    restart_losses: list[float] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+
+    @property
+    def max_rhat(self) -> float | None:
+        """The largest R-hat across restarts over every coordinate (None without restarts)."""
+        values = [v[np.isfinite(v)] for v in self.rhat.values()]
+        values = [v for v in values if v.size]
+        return float(max(v.max() for v in values)) if values else None
 
     @property
     def khat_verdict(self) -> str:
@@ -110,6 +128,11 @@ class Diagnosis:
         for label, value in self.ladder:
             gap = f"  gap {self.exact - value:.4g}" if self.exact is not None and "exact" not in label else ""
             lines.append(f"    {label:<{width}}  {value:14.6g}{gap}")
+        if self.restart_losses:
+            rhat = "n/a" if self.max_rhat is None else f"{self.max_rhat:.3f}"
+            lines.append(f"  restarts       {len(self.restart_losses):>12}  max R-hat across restarts {rhat} "
+                         f"(<= {RHAT_BAD} same optimum)")
+            lines.append("    final smoothed loss: " + ", ".join(f"{v:.6g}" for v in self.restart_losses))
         for name, kl in self.kl_per_dim.items():
             lines.append(f"  local latent '{name}': {self.active_units[name]} of {len(kl)} active units")
             lines.append("    dim   KL(q||p)   Var_i E_q[z_d]")
@@ -250,9 +273,23 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
         iwae = {k: result.log_evidence(num_particles=k, seed=seed) for k in ladder}
 
     kl, variance, active = _local_latents(result, num_samples, seed)
+    rhat, restart_losses = _restart_rhat(result, num_samples, seed)
     diagnosis = Diagnosis(khat=khat, num_samples=num_samples, elbo=elbo, iwae=iwae, is_estimate=is_estimate,
                           exact=None if exact is None else float(exact), exact_source=exact_source,
-                          kl_per_dim=kl, active_units=active, mean_variance=variance)
+                          kl_per_dim=kl, active_units=active, mean_variance=variance, rhat=rhat,
+                          restart_losses=restart_losses)
+    high = [(label, value) for name, values in rhat.items()
+            for label, value in zip(_row_labels(name, values.shape), values.reshape(-1), strict=True)
+            if np.isfinite(value) and value > RHAT_BAD]
+    if high:
+        high.sort(key=lambda item: -item[1])
+        named = ", ".join(f"{label} ({value:.3g})" for label, value in high[:5])
+        more = f" and {len(high) - 5} more" if len(high) > 5 else ""
+        message = (f"R-hat across the {len(restart_losses)} restarts exceeds {RHAT_BAD} for {named}{more}: the "
+                   f"restarts found different local optima (final smoothed losses "
+                   f"{', '.join(f'{v:.6g}' for v in restart_losses)}; the kept fit is the first). Run more restarts "
+                   f"(n_init), fit longer, or start from better values.")
+        _record(diagnosis, message, warn)
     if khat is not None and khat > KHAT_BAD:
         message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD}: the importance ratios p(x, theta) / q(theta) are "
                    f"heavy-tailed, so the guide misses posterior mass and the ELBO, importance sampling and "
@@ -268,6 +305,23 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
                        f"(beta=lvm.linear_warmup(...)), free bits, or a weaker decoder.")
             _record(diagnosis, message, warn)
     return diagnosis
+
+
+def _restart_rhat(result: Any, num_samples: int, seed: int) -> tuple[dict[str, np.ndarray], list[float]]:
+    """R-hat across restarts of every global latent coordinate (aligned draws), and the restarts' final losses."""
+    from .alignment import aligned_restart_draws, ordered_restarts
+    from .arviz_export import rhat_of_chains
+    from .fit import smoothed_final_loss
+
+    if len(getattr(result, "restarts", [])) <= 1:
+        return {}, []
+    smoothing = int(result.options.get("smoothing", 50))
+    losses = [float(smoothed_final_loss(r.losses, smoothing)) for r in ordered_restarts(result)]
+    names = [n for n in result.global_latent_names() if not result.structure.sites[n].discrete]
+    if not names:
+        return {}, losses
+    chains = aligned_restart_draws(result, min(num_samples, 500), seed, names)
+    return rhat_of_chains(chains), losses
 
 
 def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:

@@ -25,7 +25,7 @@ from pyro.poutine.util import site_is_subsample
 from .errors import ConvergenceWarning, FitError, PplLvmWarning
 from .runtime import FitContext, fit_scope
 
-__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS"]
+__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS", "smoothed_final_loss"]
 
 OPTIMIZERS = {
     "adam": pyro.optim.Adam,
@@ -75,6 +75,9 @@ class FitOptions:
         Device for the data and the tensors the model creates.
     seed : int
         Seed of Pyro's, torch's and numpy's generators and of the minibatch order.
+    n_init : int
+        Independent restarts with seeds ``seed, seed + 1, ...``; the one with the lowest final smoothed loss is
+        returned and all of them are kept in ``result.restarts``.
     """
 
     steps: int = 1000
@@ -93,6 +96,7 @@ class FitOptions:
     progress: bool | None = None
     device: str | torch.device | None = None
     seed: int = 0
+    n_init: int = 1
 
     @classmethod
     def names(cls) -> list[str]:
@@ -110,6 +114,7 @@ class FitOptions:
         positive_int("smoothing", self.smoothing)
         positive_int("batch_size", self.batch_size, allow_none=True)
         positive_int("patience", self.patience, allow_none=True)
+        positive_int("n_init", self.n_init)
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if not isinstance(self.tol, (int, float)) or self.tol < 0:
@@ -136,6 +141,15 @@ class FitState:
     smoothed_loss: float
     best_loss: float
     beta: float
+
+
+def smoothed_final_loss(losses: Sequence[float], smoothing: int) -> float:
+    """The exponential moving average of ``losses`` at the last step, as the loop computes it."""
+    alpha = 2.0 / (smoothing + 1.0)
+    smoothed = math.nan
+    for i, loss in enumerate(losses):
+        smoothed = loss if i == 0 else (1 - alpha) * smoothed + alpha * loss
+    return smoothed
 
 
 def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[[int], float]:

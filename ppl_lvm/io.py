@@ -109,6 +109,19 @@ def save_result(result: Any, path: str) -> None:
         "losses": torch.as_tensor(np.asarray(result.losses, dtype=np.float64)),
         "data": data_tensors,
     }
+    if len(getattr(result, "restarts", [])) > 1:
+        payload["restarts"] = [
+            {
+                "meta": json.dumps({
+                    "seed": r.seed, "steps": r.steps, "converged": r.converged, "interrupted": r.interrupted,
+                    "kept": r is result,
+                    "constraints": {k: _encode_constraint(c) for k, c in r.param_state["constraints"].items()},
+                }),
+                "params": {k: v.detach().cpu().clone() for k, v in r.param_state["params"].items()},
+                "losses": torch.as_tensor(np.asarray(r.losses, dtype=np.float64)),
+            }
+            for r in result.restarts
+        ]
     torch.save(payload, path)
 
 
@@ -196,4 +209,25 @@ def load(path: str, model: Any = None, guide: Any = None):
         **fields,
     )
     result.params = result._constrained_params()
+    restarts = []
+    for entry in payload.get("restarts", []):
+        info = json.loads(entry["meta"])
+        if info["kept"]:
+            restarts.append(result)
+            continue
+        other_guide = guide_obj
+        if guide is None and model is not None and meta["method"] != "em" and meta["guide_name"] in GUIDES:
+            with torch.no_grad():  # each restart had its own guide object
+                other_guide, _ = build_guide(meta["guide_name"], model, structure)
+        restart = cls(
+            method=meta["method"], params={}, losses=entry["losses"].numpy(), converged=info["converged"],
+            steps=info["steps"], seed=info["seed"], guide_name=meta["guide_name"], model=model, guide=other_guide,
+            data=data, structure=structure,
+            param_state={"params": dict(entry["params"]),
+                         "constraints": {k: _decode_constraint(v) for k, v in info["constraints"].items()}},
+            options=meta["options"], enumerated=meta["enumerated"], interrupted=info["interrupted"], **fields,
+        )
+        restart.params = restart._constrained_params()
+        restarts.append(restart)
+    result.restarts = restarts
     return result

@@ -318,7 +318,7 @@ class Result:
         """Continue fitting from these parameters with the same model, data, method and guide."""
         from .api import infer
 
-        merged = {k: v for k, v in self.options.items() if k not in ("device",)}
+        merged = {k: v for k, v in self.options.items() if k not in ("device", "n_init")}
         merged.update(options)
         from .guides import GUIDES
 

@@ -7,6 +7,9 @@ enumeration of discrete latents the guide does not sample, minibatching and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import math
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,7 +20,7 @@ import torch
 from pyro.poutine.util import site_is_subsample
 
 from ..data import BoundData
-from ..errors import FitError, UnsupportedModelError
+from ..errors import FitError, InferenceWarning, UnsupportedModelError
 from ..fit import FitOptions, Minibatch, run_loop
 from ..guides import build_guide, empty_guide
 from ..model import Model, ModelStructure
@@ -104,9 +107,40 @@ class VariationalBackend(Backend):
         """Choose the ELBO (and refuse models the method cannot fit)."""
 
     def fit(self, problem: Problem):
-        from ..result import Result
+        """Fit once, or ``n_init`` times with seeds ``seed, seed + 1, ...`` keeping the lowest final smoothed loss.
+
+        A restart whose loss turns NaN is dropped with an :class:`~ppl_lvm.errors.InferenceWarning` (its
+        ``FitError`` is raised only when every restart fails). Networks registered with ``lvm.module`` are trained in
+        place, so their restarts continue from the weights the previous restart reached: restarts are meant for
+        models with a few global unknowns (mixtures, chains), where local optima differ.
+        """
+        from ..fit import smoothed_final_loss
 
         loop, method = self.parse_options(problem.options)
+        if loop.n_init == 1:
+            return self._fit_once(problem, loop, method)
+        fits, failures = [], []
+        for restart in range(loop.n_init):
+            options = dataclasses.replace(loop, seed=int(loop.seed) + restart)
+            try:
+                fits.append(self._fit_once(problem, options, method))
+                if fits[-1].interrupted:  # Ctrl-C ends the restarts too
+                    break
+            except FitError as err:
+                failures.append(err)
+                warnings.warn(f"restart {restart} (seed {options.seed}) of {self.name} failed and is dropped: {err}",
+                              InferenceWarning, stacklevel=4)
+        if not fits:
+            raise failures[-1]
+        scores = [smoothed_final_loss(f.losses, loop.smoothing) for f in fits]
+        scores = [s if math.isfinite(s) else math.inf for s in scores]
+        best = fits[min(range(len(fits)), key=scores.__getitem__)]
+        best.restarts = fits
+        return best
+
+    def _fit_once(self, problem: Problem, loop: FitOptions, method: dict):
+        from ..result import Result
+
         pyro.set_rng_seed(int(loop.seed))
         kwargs = dict(problem.data.kwargs)
         device_ctx: Any = contextlib.nullcontext()
@@ -114,7 +148,10 @@ class VariationalBackend(Backend):
             device = torch.device(loop.device)
             kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
             device_ctx = device
-        state = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
+        if problem.init_state is not None:
+            state = clone_param_state(problem.init_state)
+        else:
+            state = {"params": {}, "constraints": {}}
         spec = problem.guide if problem.guide is not None else self.default_guide
         with device_ctx, pyro.get_param_store().scope(state) as state:
             guide, guide_name = build_guide(spec, problem.model, problem.structure)
