@@ -11,8 +11,10 @@ import os
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
-from . import backends
+from . import alignment, backends
 from .api import infer, methods
+from .compare import compare
+from .diagnostics import DiagnosticWarning
 from .em import EMDegeneracyWarning, EMResult
 from .errors import (
     ConvergenceWarning,
@@ -48,6 +50,7 @@ __all__ = [
     "ConvergenceWarning",
     "DataError",
     "DataWarning",
+    "DiagnosticWarning",
     "EMDegeneracyWarning",
     "EMResult",
     "FitError",
@@ -63,7 +66,9 @@ __all__ = [
     "PplLvmWarning",
     "Result",
     "UnsupportedModelError",
+    "alignment",
     "backends",
+    "compare",
     "constraints",
     "deterministic",
     "dist",

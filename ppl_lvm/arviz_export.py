@@ -575,3 +575,87 @@ def rhat_of_chains(chains: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             value = _az().rhat({name: array})[name].values
         out[name] = np.asarray(value, dtype=np.float64)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- LOO
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    top = np.max(a, axis=axis, keepdims=True)
+    top = np.where(np.isfinite(top), top, 0.0)
+    return np.squeeze(top, axis=axis) + np.log(np.sum(np.exp(a - top), axis=axis))
+
+
+def _psis(log_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSIS of log ratios ``(N, S)``: normalised smoothed log weights ``(N, S)`` and k-hat ``(N,)``."""
+    if arviz_major_version() >= 1:  # pragma: no cover - ArviZ 1.x: the sign convention is flipped
+        from arviz_stats.base import array_stats
+
+        return array_stats.psislw(-log_ratios)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto distribution")
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        lw, khat = _az().psislw(log_ratios)
+    return np.asarray(lw, dtype=np.float64), np.atleast_1d(np.asarray(khat, dtype=np.float64))
+
+
+def psis_loo(log_lik: np.ndarray, log_weight: np.ndarray | None = None) -> dict[str, Any]:
+    """PSIS-LOO from pointwise log-likelihoods ``(S, N)`` of draws theta_s.
+
+    Without ``log_weight`` the draws are taken as posterior draws (``az.loo``'s estimate, reff = 1: the draws are
+    independent). With ``log_weight`` = log p(x, theta_s) - log q(theta_s) the draws come from an approximation
+    q and each leave-one-out importance ratio is p(theta_s | x_-i) / q(theta_s), proportional to
+    exp(log_weight_s - log p(x_i | theta_s)): the approximate-posterior correction of Magnusson et al. (2019),
+    smoothed by PSIS per point. ``lppd`` (behind ``p_loo``) then uses the PSIS-smoothed full-data weights
+    p(theta_s | x) / q(theta_s).
+
+    Returns ``elpd_loo``, ``se``, ``p_loo``, ``elpd_i`` (N,), ``pareto_k`` (N,), ``good_k`` and ``warning``
+    (some k above ``good_k`` = min(1 - 1 / log10 S, 0.7)).
+    """
+    log_lik = np.asarray(log_lik, dtype=np.float64)
+    if log_lik.ndim != 2 or log_lik.shape[0] < 2:
+        raise ValueError(f"log_lik must be (draws >= 2, points), got shape {log_lik.shape}")
+    s, n = log_lik.shape
+    ll = log_lik.T  # (N, S)
+    if log_weight is None:
+        lw, khat = _psis(-ll)
+        lppd_i = _logsumexp(ll, axis=1) - np.log(s)
+    else:
+        log_weight = np.asarray(log_weight, dtype=np.float64).reshape(-1)
+        if log_weight.shape != (s,):
+            raise ValueError(f"log_weight must have one value per draw ({s}), got shape {log_weight.shape}")
+        lw, khat = _psis(log_weight[None, :] - ll)
+        full, _ = _psis(log_weight[None, :])
+        lppd_i = _logsumexp(full + ll, axis=1)
+    elpd_i = _logsumexp(lw + ll, axis=1)
+    good_k = min(1 - 1 / np.log10(s), 0.7)
+    return {
+        "elpd_loo": float(elpd_i.sum()),
+        "se": float(np.sqrt(n * np.var(elpd_i))),
+        "p_loo": float(lppd_i.sum() - elpd_i.sum()),
+        "elpd_i": elpd_i,
+        "pareto_k": khat,
+        "good_k": float(good_k),
+        "warning": bool(np.any(khat > good_k)),
+    }
+
+
+def loo_inputs(result: Any, num_samples: int, seed: int | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pointwise log-likelihoods ``(S, N)`` (every observed site's points concatenated) and the log weights
+    log p(x, theta_s) - log q(theta_s) ``(S,)`` (None when the guide has no density) of the kept fit's draws.
+
+    Raises ``ValueError`` when the model has no per-observation log-likelihood (a Markov chain of discrete latents).
+    """
+    from .errors import InferenceWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="to_arviz: no log_likelihood group", category=InferenceWarning)
+        try:
+            groups = _variational_groups(result, num_samples, seed, light=True)
+        except InferenceWarning as exc:
+            raise ValueError(f"no PSIS-LOO for this fit: {exc}") from exc
+    if "log_likelihood" not in groups:
+        raise ValueError("no PSIS-LOO for this fit: the model has no observed site")
+    ll = groups["log_likelihood"]
+    log_lik = np.concatenate([ll[v].values.reshape(num_samples, -1) for v in ll.data_vars], axis=1)
+    stats = groups["sample_stats"]
+    log_weight = stats["log_weight"].values.reshape(-1) if "log_weight" in stats else None
+    return log_lik, log_weight
