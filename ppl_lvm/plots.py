@@ -112,10 +112,9 @@ def _ema(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _restarts(result: Any) -> list[Any]:
-    restarts = getattr(result, "restarts", None)
-    if not restarts:
-        return []
-    return [r for r in restarts if r is not result]
+    """The other restarts of an ``n_init > 1`` fit (``result.restarts`` holds the kept one too)."""
+    restarts = getattr(result, "restarts", None) or []
+    return [r for r in restarts if r is not result and getattr(r, "seed", None) != result.seed]
 
 
 # ---------------------------------------------------------------------------------------------------- loss
@@ -167,7 +166,7 @@ def plot_loss(result: Any, ax: Any = None, path: Any = None, smoothing: int | No
         other_losses = np.asarray(getattr(other, "losses", []), dtype=float)
         if other_losses.size:
             ax.plot(np.arange(1, len(other_losses) + 1), _ema(other_losses, window), color="0.6", lw=1,
-                    alpha=0.7, label="other restarts (moving average)" if i == 0 else None)
+                    alpha=0.7, label=f"{len(_restarts(result))} other restarts (moving average)" if i == 0 else None)
     ax.plot(steps, losses, color="C0", lw=0.8, alpha=0.35, label="loss per step")
     smooth = _ema(losses, window)
     ax.plot(steps, smooth, color="C0", lw=2.2, label=f"moving average ({window} steps)")
@@ -368,11 +367,11 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     finite = khats[np.isfinite(khats)]
     top = max([KHAT_BAD + 0.2, overall if math.isfinite(overall) else 0.0, *(finite if finite.size else [0.0])])
     bottom = min([0.0, *(finite if finite.size else [0.0])])
-    ax.set_ylim(bottom - 0.05, top + 0.1)
+    ax.set_ylim(bottom - 0.05, top + 0.05 * (top - bottom) + 0.1)
     ax.set_xticks(xs)
     ax.set_xlabel(f"batch of {len(batches[0])} draws from q")
     ax.set_ylabel("Pareto k-hat")
-    ax.set_title(f"PSIS k-hat per batch ({result.method}, guide {result.guide_name})")
+    ax.set_title(f"Pareto k-hat of q per batch of draws ({result.method})", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, created, path)
@@ -481,6 +480,13 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
     from .diagnostics import _local_sites
 
     _check_result(result, "plot_responsibilities")
+    if _is_em(result):
+        chains = {n: r for n, r in result.responsibilities.items() if r.dim() == 3}
+        if chains and (site is None or site in chains):
+            name, r = next(iter(chains.items())) if site is None else (site, chains[site])
+            raise ValueError(f"plot_responsibilities plots one point per data row, but '{name}' is a hidden Markov "
+                             f"chain (responsibilities of shape {tuple(r.shape)}: sequence, time, state); plot "
+                             f"result.map_assignments() over time instead")
     info = _discrete_site(result, site)
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
@@ -489,7 +495,8 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
     if _is_em(result):
         resp = result.responsibilities.get(info.name) if x is None else result.predict_proba(data)
         if resp is None:
-            raise ValueError(f"the EM result has no responsibilities for site '{info.name}'")
+            raise ValueError(f"the EM result has no responsibilities for site '{info.name}'; it has them for "
+                             f"{sorted(result.responsibilities)} (pass site=)")
     else:
         if x is not None and _local_sites(result.structure):
             raise ValueError("new data x: the guide holds the local continuous latents of the fitted rows only; "
@@ -529,7 +536,8 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
         px, py = values[:, 0], certainty
         ax.set_xlabel(names[0])
         ax.set_ylabel("max_k p(z = k | x)")
-        ax.set_ylim(min(0.0, 1.0 / k) - 0.03, 1.05)
+        ax.axhline(1.0 / k, color="0.5", lw=0.8, ls=":")  # the floor: all components equally probable
+        ax.set_ylim(1.0 / k - 0.05, 1.03)
     ax.scatter(px, py, c=colours, s=sizes, edgecolors="none")
     from matplotlib.lines import Line2D
 

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from demo_models import gmm_map, ppca, ppca_log_marginal  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 from scipy.stats import norm  # noqa: E402
@@ -139,6 +140,23 @@ def test_plot_loss_uses_a_log_axis_only_for_positive_losses_spanning_a_decade(fi
     # the first steps' huge losses do not flatten the rest: the view spans the bulk of the curve
     low, high = ax.get_ylim()
     assert low < -450 and high < 1e4
+
+
+def test_plot_loss_draws_the_other_restarts_behind_the_kept_fit(float64):
+    x = _two_clusters(n=6)
+    fit = lvm.infer(mixture, x, method="svi", steps=15, lr=0.05, seed=0, n_init=3, smoothing=5)
+    ax = plots.plot_loss(fit).axes[0]
+    others = [r for r in fit.restarts if r is not fit]
+    assert len(others) == 2
+    grey = [line for line in ax.lines if line.get_color() == "0.6"]
+    for line, other in zip(grey, others, strict=True):
+        alpha = 2 / (5 + 1)  # the fit loop's EMA with smoothing=5
+        expected = [other.losses[0]]
+        for v in other.losses[1:]:
+            expected.append((1 - alpha) * expected[-1] + alpha * v)
+        np.testing.assert_allclose(line.get_ydata(), expected, rtol=1e-12)
+    assert ax.get_legend().get_texts()[0].get_text() == "2 other restarts (moving average)"
+    np.testing.assert_array_equal(ax.lines[2].get_ydata(), fit.losses)  # the kept fit, drawn last
 
 
 def test_plot_loss_of_em_is_the_log_likelihood_per_iteration(fits, tmp_path):
@@ -306,18 +324,24 @@ def test_plot_responsibilities_refuses_what_it_cannot_show(fits):
         plots.plot_responsibilities(fits["em"], dims=(0, 2))
     with pytest.raises(ValueError, match="not a discrete latent"):
         plots.plot_responsibilities(fits["em"], site="w")
+    g = torch.Generator().manual_seed(0)
+    padded, lengths = pad_sequences([torch.randn(n, 2, generator=g) for n in (6, 5)])
+    chain = lvm.infer(gaussian_hmm, {"x": padded, "lengths": lengths, "K": 2}, method="em", max_iter=5, tol=1.0)
+    with pytest.raises(ValueError, match=r"one point per data row, but .z. is a hidden Markov chain.*map_assignments"):
+        plots.plot_responsibilities(chain)
 
 
 # ---------------------------------------------------------------------------------------------------- posterior
 def test_plot_posterior_has_one_panel_per_coordinate_of_the_global_latents(fits, tmp_path, float64):
     fit = fits["gmm_map"]
     path = tmp_path / "posterior.png"
-    fig = plots.plot_posterior(fit, num_samples=20, seed=2, path=path)
+    fig = plots.plot_posterior(fit, num_samples=20, seed=2, path=path, max_panels=4)
     assert _is_png(path)
     visible = [a for a in fig.axes if a.get_visible()]
     titles = [a.get_title().split("\n")[0] for a in visible]
-    assert titles == ["weights[0]", "weights[1]", "locs[0, 0]", "locs[0, 1]", "locs[1, 0]", "locs[1, 1]",
-                      "scales[0, 0]", "scales[0, 1]", "scales[1, 0]", "scales[1, 1]"]  # z (one per point) left out
+    assert titles == ["weights[0]", "weights[1]", "locs[0, 0]", "locs[0, 1]"]
+    # 2 weights + 4 locs + 4 scales: z (one per data point) is left out of the default selection
+    assert "first 4 of 10 coordinates" in fig._suptitle.get_text()
     draws = fit.sample_posterior(20, seed=2)
     # the dashed line of each panel is the mean of the same draws from q
     assert visible[3].lines[-1].get_xdata()[0] == pytest.approx(float(draws["locs"][:, 0, 1].mean()), rel=1e-12)
