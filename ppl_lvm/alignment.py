@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pyro.poutine as poutine
 import torch
-from pyro.distributions.transforms import biject_to
 from scipy.optimize import linear_sum_assignment
+from torch.distributions import transform_to
 
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
            "aligned_restart_draws", "align_draw_sets", "ordered_restarts", "relabel"]
@@ -194,7 +194,7 @@ def align_result(result: Any, reference: Any, names: list[str] | None = None) ->
         params[name] = permute(params[name], perm, axes)
         constraint = state["constraints"].get(name)
         with torch.no_grad():
-            unconstrained = biject_to(constraint).inv(params[name]) if constraint is not None else params[name]
+            unconstrained = transform_to(constraint).inv(params[name]) if constraint is not None else params[name]
         state["params"][name] = unconstrained.detach().clone()
     aligned.params = params
     aligned.param_state = state
