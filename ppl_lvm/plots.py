@@ -15,6 +15,20 @@ the figure when given ``path=`` (PNG, or any format matplotlib infers from the s
 
 ArviZ is not called here: k-hat and the importance weights come from :mod:`ppl_lvm.arviz_export`, the ladder from
 :mod:`ppl_lvm.diagnostics`.
+
+Examples
+--------
+>>> import matplotlib
+>>> matplotlib.use("Agg")
+>>> import torch, ppl_lvm as lvm
+>>> from ppl_lvm import plots
+>>> from ppl_lvm.models.mixtures import gaussian_mixture
+>>> x = torch.cat([torch.randn(50, 2) - 2, torch.randn(50, 2) + 2])
+>>> fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
+>>> fig = plots.plot_responsibilities(fit)            # the data coloured by p(z | x)
+>>> fig = plots.plot_loss(fit)                         # the log-likelihood per iteration; path="em.png" saves it
+>>> fig.axes[0].get_ylabel()
+'log-likelihood (nats)'
 """
 
 from __future__ import annotations
@@ -524,7 +538,7 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
     fig, ax, created = _axes(ax)
     from matplotlib.colors import to_rgba
 
-    palette = [to_rgba(f"C{j % 10}") for j in range(k)]
+    palette = [to_rgba(f"C{j}") for j in range(k)] if k <= 10 else list(_pyplot().get_cmap("tab20")(np.arange(k) % 20))
     colours = np.array([palette[j] for j in best])
     colours[:, 3] = 0.15 + 0.85 * (certainty - 1.0 / k) / (1.0 - 1.0 / k) if k > 1 else 1.0
     sizes = 8 + 32 * certainty

@@ -287,12 +287,19 @@ def test_plot_responsibilities_of_em_colours_by_map_component(fits, tmp_path):
 def test_plot_responsibilities_of_svi_is_the_exact_posterior_of_z(fits, float64):
     fit, x = fits["svi"], fits["close"].numpy()
     w, locs, scales = (fit.params[k].numpy() for k in ("weights", "locs", "scales"))
-    joint = np.log(w) + norm.logpdf(x[:, None, :], locs, scales).sum(-1)  # (N, K)
-    resp = np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+
+    def resp_of(data):
+        joint = np.log(w) + norm.logpdf(data[:, None, :], locs, scales).sum(-1)  # (N, K)
+        return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
+
+    resp = resp_of(x)
     ax = plots.plot_responsibilities(fit).axes[0]
     _alpha_and_colour_check(ax, resp, x)
     # overlapping clusters: some points are uncertain, so the alphas really vary (measured: min max_k p = 0.52)
     assert resp.max(1).min() < 0.8
+    # new rows: the same parameters, the new data's posterior
+    ax = plots.plot_responsibilities(fit, x=x[:6] * 0.5).axes[0]
+    _alpha_and_colour_check(ax, resp_of(x[:6] * 0.5), x[:6] * 0.5)
 
 
 def test_plot_responsibilities_with_global_latents_averages_over_q(fits, float64):
