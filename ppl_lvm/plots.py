@@ -195,6 +195,9 @@ def plot_loss(result: Any, ax: Any = None, path: Any = None, smoothing: int | No
         if hi > lo:
             pad = 0.05 * (hi - lo)
             ax.set_ylim(lo - pad, hi + pad)
+    if not finite.all():
+        first = int(np.flatnonzero(~finite)[0]) + 1
+        ax.axvline(first, color="tab:red", ls="-", lw=1.2, label=f"loss not finite from step {first}")
     max_steps = result.options.get("steps")
     stopped_early = max_steps is not None and result.steps < int(max_steps)
     if stopped_early:
@@ -657,7 +660,7 @@ def plot_posterior(result: Any, var_names: Sequence[str] | str | None = None, ax
     if ax is None:
         cols = min(len(panels), 4)
         rows = math.ceil(len(panels) / cols)
-        fig, grid = plt.subplots(rows, cols, figsize=(min(2.6 * cols + 0.6, 12), 2.0 * rows + 0.8), dpi=DPI,
+        fig, grid = plt.subplots(rows, cols, figsize=(max(min(2.6 * cols + 0.6, 12), 4.0), 2.0 * rows + 0.8), dpi=DPI,
                                  squeeze=False)
         axes = list(grid.ravel())
         for extra in axes[len(panels):]:
@@ -686,10 +689,14 @@ def plot_posterior(result: Any, var_names: Sequence[str] | str | None = None, ax
                     a.plot(grid_x, density, color="C0", lw=1.5)
             else:
                 a.axvline(lo, color="C0", lw=2)
-                a.text(0.5, 0.5, "point mass", transform=a.transAxes, ha="center", fontsize=8, color="0.4")
+                half = 0.1 * max(abs(lo), 1.0)
+                a.set_xlim(lo - half, lo + half)
+                a.text(0.5, 0.5, "point mass", transform=a.transAxes, ha="center", fontsize=8, color="0.4",
+                       bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8})
             a.axvline(values.mean(), color="k", lw=0.8, ls="--")
         a.set_title(f"{title}\nmean {values.mean():.3g}, sd {values.std():.2g}", fontsize=9)
         a.tick_params(labelsize=7)
+        a.locator_params(axis="x", nbins=5)
         a.set_yticks([])
     if created:
         what = "" if total <= max_panels else f" (first {max_panels} of {total} coordinates; choose var_names=)"

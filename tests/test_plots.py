@@ -135,6 +135,9 @@ def test_plot_loss_uses_a_log_axis_only_for_positive_losses_spanning_a_decade(fi
     decaying = dataclasses.replace(fit, losses=1e4 / steps + 5.0, steps=200)  # from 1e4 down to 55
     ax = plots.plot_loss(decaying).axes[0]
     assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss (negative ELBO, nats), log scale"
+    broken = dataclasses.replace(fit, losses=np.r_[fit.losses[:20], np.nan], steps=21)  # a fit that hit NaN
+    ax = plots.plot_loss(broken).axes[0]
+    assert any(t.get_text() == "loss not finite from step 21" for t in ax.get_legend().get_texts())
     negative = dataclasses.replace(fit, losses=1e4 / steps - 500.0, steps=200)  # crosses zero: no log axis
     ax = plots.plot_loss(negative).axes[0]
     assert ax.get_yscale() == "linear"
