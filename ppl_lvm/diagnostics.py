@@ -385,12 +385,17 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
     if var_names is not None:
         if isinstance(var_names, str):
             var_names = [var_names]
-        known = set(params) | (set(result.structure.sites) if result.structure is not None else set())
+        structure = result.structure
+        latent_names = [s.name for s in structure.latent_sites] if structure is not None else []
+        if result.method == "em":
+            latent_names = []
+        known = set(params) | set(latent_names)
         unknown = [v for v in var_names if v not in known]
         if unknown:
-            raise ValueError(f"var_names {unknown} are not sites or parameters of the model; known: {sorted(known)}")
+            raise ValueError(f"var_names {unknown} are not latent sites or parameters of the model; known: "
+                             f"{sorted(known)}")
         params = [p for p in params if p in var_names]
-        latents = [v for v in var_names if v not in params and result.method != "em"]
+        latents = [v for v in var_names if v in latent_names]
     if result.method == "em":
         table = _param_rows(result, params, ["mean"])
         table.attrs.update(_em_attrs(result))
