@@ -135,3 +135,14 @@ def test_factor_analysis_by_svi_reaches_the_maximum():
     # measured: ELBO -6720.14, IWAE_200 -6716.71, exact -6716.92: the estimate lands 0.21 nats above log p(x), within
     # its Monte Carlo and float32 error (it is a bound in expectation)
     assert elbo < iwae <= exact + 0.5
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"q must be an integer in \[1, D-1\] = \[1, 2\], got 5"):
+        lvm.infer(ppca, {"x": torch.randn(10, 3), "q": 5}, steps=1)
+    with pytest.raises(ValueError, match="x must be a float tensor of shape"):
+        ppca_mle(torch.randn(10), 1)
+    with pytest.raises(ValueError, match="psi must be D positive variances"):
+        factor_analysis_log_marginal(torch.zeros(4, 3), torch.zeros(3, 1), torch.zeros(3), -torch.ones(3))
+    with pytest.raises(ValueError, match="sigma must be one positive number"):
+        ppca_log_marginal(torch.zeros(4, 3), torch.zeros(3, 1), torch.zeros(3), torch.ones(2))

@@ -4,6 +4,7 @@ parameters, fitted by EM (Baum-Welch), states matched to the truth by optimal as
 Tolerances are about twice the errors measured with these seeds (stated at each assertion).
 """
 
+import pytest
 import torch
 from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 from scipy.optimize import linear_sum_assignment
@@ -93,3 +94,15 @@ def test_categorical_hmm_recovers_emissions_and_transitions(float64):
     # codes put one-hot emission rows in and stopped in a poor optimum (emissions off by 0.7)
     assert emission_err < 0.12
     _check_transitions(fit, order, 0.05)
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match="trailing shape"):
+        pad_sequences([torch.zeros(3, 2), torch.zeros(4, 3)])
+    with pytest.raises(ValueError, match="at least one sequence"):
+        pad_sequences([])
+    x, lengths = pad_sequences([torch.zeros(3, 2), torch.zeros(5, 2)])
+    with pytest.raises(ValueError, match=r"lengths must be 2 integers in \[1, 5\]"):
+        lvm.infer(gaussian_hmm, {"x": x, "lengths": torch.tensor([3, 6]), "K": 2}, method="em")
+    with pytest.raises(ValueError, match=r"x must be a tensor of shape \(B, T, D\)"):
+        lvm.infer(gaussian_hmm, {"x": x[0], "K": 2}, method="em")

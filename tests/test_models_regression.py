@@ -77,3 +77,12 @@ def test_em_and_svi_recover_coefficients_noise_scales_and_weights(float64):
     # measured (300 Adam steps, lr 0.05): coefficients 0.157 from the truth, at most 0.0005 from EM's estimates
     assert svi_err["coefficients"] < 0.3 and svi_err["scales"] < 0.15 and svi_err["weights"] < 0.04
     assert max(gap.values()) < 0.02
+
+
+def test_inputs_are_checked():
+    with pytest.raises(ValueError, match=r"x must be a float tensor of shape \(N, P\)"):
+        lvm.infer(regression_mixture, {"x": torch.randn(10), "y": torch.randn(10)}, steps=1)
+    with pytest.raises(ValueError, match=r"y must be a tensor of shape \(10,\)"):
+        lvm.infer(regression_mixture, {"x": torch.randn(10, 2), "y": torch.randn(9)}, steps=1)
+    with pytest.raises(ValueError, match="weights must be non-negative and sum to 1"):
+        simulate_regression_mixture(5, [0.5, 0.6], [0.0, 0.0], [[1.0], [1.0]], [1.0, 1.0])
