@@ -231,7 +231,8 @@ def test_plot_khat_is_psis_on_batches_of_the_exported_log_weights(fits, tmp_path
     np.testing.assert_allclose(drawn[:, 1], expected, rtol=1e-12)
     hlines = {round(float(line.get_ydata()[0]), 12) for line in ax.lines}
     assert {0.5, 0.7, round(psis_khat(log_w), 12)} <= hlines
-    # each point has its verdict's colour
+    # each point has its verdict's colour; measured k-hats 0.80, 0.58, 0.48, 0.29 (all 100 draws: 0.68): every verdict
+    assert len(ax.collections) == 3  # one scatter per verdict
     for c in ax.collections:
         for (_, k), colour in zip(c.get_offsets(), c.get_facecolors(), strict=False):
             verdict = "good" if k < 0.5 else ("ok" if k <= 0.7 else "bad")
@@ -298,7 +299,7 @@ def test_plot_responsibilities_of_svi_is_the_exact_posterior_of_z(fits, float64)
     resp = resp_of(x)
     ax = plots.plot_responsibilities(fit).axes[0]
     _alpha_and_colour_check(ax, resp, x)
-    # overlapping clusters: some points are uncertain, so the alphas really vary (measured: min max_k p = 0.52)
+    # overlapping clusters: some points are uncertain, so the alphas really vary (measured: min max_k p = 0.71)
     assert resp.max(1).min() < 0.8
     # new rows: the same parameters, the new data's posterior
     ax = plots.plot_responsibilities(fit, x=x[:6] * 0.5).axes[0]
