@@ -400,13 +400,16 @@ def _selection_figure(candidates: Mapping[Any, Any]) -> Any:
     import matplotlib.pyplot as plt
 
     labels = [str(k) for k in candidates]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    from .plots import FIGSIZE
+
+    fig, ax = plt.subplots(figsize=FIGSIZE)
     ax.plot(labels, [f.bic() for f in candidates.values()], "o-", label="BIC")
     ax.plot(labels, [f.aic() for f in candidates.values()], "s--", label="AIC")
     best = min(candidates, key=lambda k: candidates[k].bic())
     ax.axvline(labels.index(str(best)), color="0.6", lw=1, ls=":")
     ax.set_xlabel("model")
-    ax.set_ylabel("criterion")
+    ax.set_ylabel("criterion (lower is better)")
+    ax.set_title(f"model selection: BIC chooses {best}")
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -465,6 +468,9 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     shapes = {k: tuple(v.shape) for k, v in result.data.kwargs.items() if hasattr(v, "shape")}
     if shapes:
         facts.append(("data", ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())))
+    for name, coords in (result.data.coords or {}).items():
+        if coords.get("columns"):
+            facts.append((f"columns of {name}", ", ".join(coords["columns"])))
     others = {k: v for k, v in result.data.kwargs.items() if not hasattr(v, "shape")}
     if others:
         facts.append(("arguments", ", ".join(f"{k}={v!r}" for k, v in others.items())))
@@ -520,7 +526,7 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
 
 def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str = "ppl_lvm fit report", *,
                  labels: Any = None, candidates: Mapping[Any, Any] | None = None, fit_warnings: Sequence[str] = (),
-                 summary: Any = None, filename: str = "report.html") -> Path:
+                 summary: Any = None, diagnose_samples: int = 200, filename: str = "report.html") -> Path:
     """Write one self-contained HTML report of ``result`` to ``out_dir/filename`` and return its path.
 
     Parameters
@@ -541,6 +547,8 @@ def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str 
         Warnings raised during the fit.
     summary : DataFrame, optional
         A precomputed ``result.summary()``.
+    diagnose_samples : int
+        Draws from the guide behind the diagnosis of a variational fit.
     filename : str
         Name of the page.
 
@@ -559,7 +567,11 @@ def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str 
     >>> build_report(fit, tempfile.mkdtemp()).name
     'report.html'
     """
+    from .result import Result
+
+    if not isinstance(result, Result):
+        raise TypeError(f"result must be a ppl_lvm Result, got {type(result).__name__}")
     report = Report(title, subtitle=f"method {result.method}")
     add_result(report, result, data, labels=labels, candidates=candidates, fit_warnings=fit_warnings,
-               summary=summary, heading="Fit")
+               summary=summary, heading="Fit", diagnose_samples=diagnose_samples)
     return report.write(Path(out_dir) / filename)
