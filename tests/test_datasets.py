@@ -79,3 +79,10 @@ def test_tables(loader, reference, shape):
     np.testing.assert_allclose(xs.std(0, unbiased=False).numpy(), 1.0, atol=1e-5)
     with pytest.raises(ValueError, match="standardize"):
         loader(standardize="yes")
+
+
+def test_docstring_examples():
+    import doctest
+
+    failures, attempted = doctest.testmod(datasets, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert attempted > 0 and failures == 0
