@@ -11,7 +11,8 @@ Three checks of a variational fit (svi / meanfield / iwae / renyi):
   enumerated, or passed as ``exact=``). Each rung is a lower bound (or, for IS, a consistent estimate) of log p(x).
 * **R-hat across restarts** (fits with ``n_init > 1``): each restart's draws of the global latents are one chain,
   components aligned to the kept fit (:mod:`ppl_lvm.alignment`); R-hat above 1.05 means the restarts found
-  different local optima, and a :class:`DiagnosticWarning` names the coordinates.
+  different local optima, and a :class:`DiagnosticWarning` names the coordinates. R-hat needs spread within each
+  restart: for point-estimate guides (``delta``) it is NaN; compare the restarts' final losses instead.
 * **Local latents** (one value per data point, as in PPCA or a VAE): KL(q(z_i | x_i) || p(z_i)) per latent
   dimension averaged over the data, and the active units of Burda et al. 2016 (dimensions whose posterior mean
   E_q[z_d | x_i] varies across the data with variance > 0.01), with a posterior-collapse warning when none is.
@@ -310,7 +311,6 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
 def _restart_rhat(result: Any, num_samples: int, seed: int) -> tuple[dict[str, np.ndarray], list[float]]:
     """R-hat across restarts of every global latent coordinate (aligned draws), and the restarts' final losses."""
     from .alignment import aligned_restart_draws, ordered_restarts
-    from .arviz_export import rhat_of_chains
     from .fit import smoothed_final_loss
 
     if len(getattr(result, "restarts", [])) <= 1:
@@ -321,7 +321,18 @@ def _restart_rhat(result: Any, num_samples: int, seed: int) -> tuple[dict[str, n
     if not names:
         return {}, losses
     chains = aligned_restart_draws(result, min(num_samples, 500), seed, names)
-    return rhat_of_chains(chains), losses
+    return rhat_across_restarts(chains), losses
+
+
+def rhat_across_restarts(chains: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``az.rhat`` of ``{name: (restarts, draws, *shape)}``; NaN where no restart has spread (a point estimate,
+    e.g. a ``delta`` guide: R-hat is undefined there, not infinite)."""
+    from .arviz_export import rhat_of_chains
+
+    rhat = rhat_of_chains(chains)
+    for name, values in chains.items():
+        rhat[name] = np.where(np.all(np.ptp(values, axis=1) == 0, axis=0), np.nan, rhat[name])
+    return rhat
 
 
 def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:
@@ -371,7 +382,7 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
     """The table of :meth:`ppl_lvm.result.Result.summary` (and of ``EMResult.summary``)."""
     import pandas as pd
 
-    from .arviz_export import SUMMARY_COLUMNS, rhat_of_chains, summarize_draws
+    from .arviz_export import SUMMARY_COLUMNS, summarize_draws
 
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 8:
         raise ValueError(f"num_samples must be an integer >= 8, got {num_samples!r}")
@@ -410,7 +421,7 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
         frames.append(summarize_draws(best).assign(kind="latent"))
         frames[0]["r_hat"] = np.nan
         if len(result.restarts) > 1:
-            rhat = rhat_of_chains(chains)
+            rhat = rhat_across_restarts(chains)
             for name, values in rhat.items():
                 for label, value in zip(_row_labels(name, values.shape), values.reshape(-1), strict=True):
                     frames[0].loc[label, "r_hat"] = value

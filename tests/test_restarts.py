@@ -144,3 +144,16 @@ def test_save_and_load_keep_the_restarts(same_optimum, float64, tmp_path):
         torch.testing.assert_close(a.params["q_loc"], b.params["q_loc"], rtol=0, atol=0)
     np.testing.assert_allclose(loaded.summary(num_samples=50).drop(columns="kind").to_numpy(),
                                fit.summary(num_samples=50).drop(columns="kind").to_numpy(), rtol=1e-12)
+
+
+def test_rhat_across_restarts_is_nan_for_point_estimates_and_large_for_separate_optima():
+    from ppl_lvm.diagnostics import rhat_across_restarts
+
+    rng = np.random.default_rng(0)
+    same = rng.normal(size=(2, 200, 3))
+    apart = same + np.array([0.0, 3.0])[:, None, None]  # the second restart 3 sd away
+    point = np.stack([np.full((200, 3), 1.0), np.full((200, 3), 1.0 + 1e-9)])  # a delta guide: no spread
+    rhat = rhat_across_restarts({"same": same, "apart": apart, "point": point})
+    # Measured: 0.996-1.002 for draws of one distribution, 1.71-1.79 for two 3 sd apart (rank-normalised split R-hat)
+    assert np.all(rhat["same"] < 1.02) and np.all(rhat["apart"] > 1.5)
+    assert np.all(np.isnan(rhat["point"]))
