@@ -58,6 +58,13 @@ EXPECTED = {
         r"importance-weighted estimate of log p\(x\) with K = 50: -2\d\.\d{3}",
         r"5-nearest-neighbour digit accuracy from the 2-D codes of held-out digits: 0\.\d{3}",
     ],
+    "07_posterior_collapse.py": [
+        r"ordinary decoder, ELBO +active units 8 of 8",
+        r"strong decoder, beta = 4 +active units 0 of 8, total KL +0\.0\d\d nats",
+        r"strong decoder, free bits +active units 8 of 8",
+        r"warning: posterior collapse: the local latent 'z' has 0 active units of 8",
+        r"strong decoder, free bits +KL per dimension:( +0\.[4-6]\d){8}",
+    ],
     "08_hidden_markov_models.py": [
         r"log-likelihood never decreased: True",
         r"lvm\.infer\(method='em'\): \d+ iterations, log-likelihood -1438\.400\d",

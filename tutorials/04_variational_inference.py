@@ -216,9 +216,10 @@ save(fig, "04_meanfield_vs_fullrank.png")
 #   differentiable function of $\phi$ (continuous latents).
 # * **Score function** (REINFORCE, likelihood ratio): $\nabla_\phi \mathcal L = \mathbb E_q[f_\phi(w)\, \nabla_\phi
 #   \log q_\phi(w)]$, so $\hat g = f_\phi(w)\, \nabla_\phi \log q_\phi(w)$. It only needs to evaluate $f$, so it
-#   works for discrete latents too, but it uses only the *value* of $f$: a number around -60 here, multiplied by a
-#   random direction. A constant baseline $b$ can be subtracted, $\hat g = (f_\phi(w) - b)\, \nabla_\phi \log
-#   q_\phi(w)$, without bias, because $\mathbb E_q[\nabla_\phi \log q_\phi] = 0$.
+#   works for discrete latents too, but it uses only the *value* of $f$: a number around -52 here (give or take
+#   16), multiplied by a random direction. A constant baseline $b$ can be subtracted,
+#   $\hat g = (f_\phi(w) - b)\, \nabla_\phi \log q_\phi(w)$, without bias, because
+#   $\mathbb E_q[\nabla_\phi \log q_\phi] = 0$.
 #
 # We take the mean-field $q$ at a starting point, $m = (0, 0)$ and $s = (0.5, 0.5)$, where the exact gradient is
 # known: with $\log p(y, w) = -\tfrac12 w^\top \Lambda w + w^\top b + c$, $\partial \mathcal L / \partial m = b -
