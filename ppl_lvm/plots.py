@@ -224,12 +224,15 @@ def _plot_em_history(result: Any, ax: Any, path: Any) -> Any:
             ax.plot(np.arange(1, len(other_history) + 1), other_history * n, ".-", color="0.6", ms=2, lw=1,
                     alpha=0.7, label="other restarts" if i == 0 else None)
     iterations = np.arange(1, len(history) + 1)
-    ax.plot(iterations, history * n, ".-", color="C0", ms=4, lw=1.8, label="kept fit")
+    kept = "kept restart" if _restarts(result) else "log-likelihood per iteration"
+    ax.plot(iterations, history * n, ".-", color="C0", ms=4, lw=1.8, label=kept)
     ax.axhline(result.log_likelihood, color="C2", ls="--", lw=1, label=f"final {result.log_likelihood:.6g}")
     ax.set_xlabel("iteration")
     ax.set_ylabel("log-likelihood (nats)")
     state = "converged" if result.converged else "not converged (max_iter reached)"
-    ax.set_title(f"EM: {result.n_iter} iterations, {state}")
+    n_init = int(result.options.get("n_init", 1) or 1)
+    best_of = f", best of {n_init} restarts" if n_init > 1 else ""
+    ax.set_title(f"EM: {result.n_iter} iterations, {state}{best_of}")
     ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3)
     return _finish(fig, created, path)
