@@ -93,7 +93,7 @@ def fits():
         }
         torch.manual_seed(0)
         out["amortised"] = lvm.infer(ppca, {"x": xp, "q": 3}, method="meanfield",
-                                     guide=lvm.AmortizedNormal(Encoder().double(), site="z"), steps=100, lr=0.05,
+                                     guide=lvm.AmortizedNormal(Encoder().double(), site="z"), steps=40, lr=0.05,
                                      seed=0)
         out["smoothed"] = np.array(smoothed)
         return out
