@@ -8,10 +8,14 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-# the core modules with examples, and every ready-made model module (each model's docstring has a runnable example)
-MODULES = ["ppl_lvm.model", "ppl_lvm.guides"] + sorted(
-    f"ppl_lvm.models.{p.stem}" for p in (ROOT / "models").glob("*.py") if not p.stem.startswith("_")
+# every library module that has examples in its docstrings, and every ready-made model module (each model's
+# docstring has a runnable example, so a model module without one fails here)
+LIBRARY = sorted(
+    ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    for p in (ROOT / "ppl_lvm").rglob("*.py")
+    if ">>>" in p.read_text()
 )
+MODULES = LIBRARY + sorted(f"ppl_lvm.models.{p.stem}" for p in (ROOT / "models").glob("*.py") if not p.stem.startswith("_"))
 
 
 @pytest.mark.parametrize("name", MODULES)
