@@ -30,7 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from torch.distributions import transform_to
 
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
-           "aligned_restart_draws", "align_draw_sets", "ordered_restarts", "relabel"]
+           "aligned_restart_draws", "align_draw_sets", "align_draws", "ordered_restarts", "relabel"]
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -235,6 +235,42 @@ def align_draw_sets(result: Any, fits: list[Any], draws: list[dict[str, np.ndarr
                 out[name] = value
         aligned.append(out)
     return aligned
+
+
+def align_draws(draws: dict[str, Any], k: int, reference: dict[str, Any] | None = None,
+                max_iter: int = 10) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Undo label switching within a set of draws ``{name: (S, *site)}``: each draw is matched to a reference.
+
+    The reference is the first draw, then the aligned draws' mean (iterated until no draw changes its
+    permutation, at most ``max_iter`` passes), or ``reference`` when given (one pass). Arrays whose leading site
+    dimension is K are permuted; others are left alone. A guide that is unimodal (mean-field normal) does not
+    switch labels: the restarts need :func:`align_draw_sets`, not this. Useful for draws that do switch (MCMC,
+    mixtures of guides, pooled restarts).
+
+    Returns
+    -------
+    (aligned draws, permutations of shape (S, K))
+    """
+    arrays = {n: _numpy(v) for n, v in draws.items()}
+    if not arrays:
+        raise ValueError("align_draws needs at least one array of draws")
+    s = next(iter(arrays.values())).shape[0]
+    carrying = {n: v for n, v in arrays.items() if component_axes(v.mean(0), k)}
+    perms = np.tile(np.arange(k), (s, 1))
+    aligned = dict(arrays)
+    target = reference if reference is not None else {n: v[0] for n, v in carrying.items()}  # start: draw 0
+    for _ in range(max_iter if reference is None else 1):
+        # each original draw is matched to the current target directly: no composition of permutations
+        new = np.stack([match_components(target, {n: v[i] for n, v in carrying.items()}, k) for i in range(s)])
+        changed = not np.array_equal(new, perms)
+        perms = new
+        for name, value in carrying.items():
+            axes = component_axes(value.mean(0), k)
+            aligned[name] = np.stack([permute(value[i], perms[i], axes) for i in range(s)])
+        if not changed:
+            break
+        target = {n: aligned[n].mean(0) for n in carrying}
+    return aligned, perms
 
 
 def ordered_restarts(result: Any) -> list[Any]:

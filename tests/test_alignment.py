@@ -9,7 +9,15 @@ from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
 from ppl_lvm.models.mixtures import gaussian_mixture
 
 import ppl_lvm as lvm
-from ppl_lvm.alignment import align_result, component_axes, component_count, match_components, permute, relabel
+from ppl_lvm.alignment import (
+    align_draws,
+    align_result,
+    component_axes,
+    component_count,
+    match_components,
+    permute,
+    relabel,
+)
 
 
 def test_match_components_recovers_a_permutation_of_noisy_components():
@@ -110,3 +118,26 @@ def test_component_count_of_variational_fits(float64):
     assert component_count(pca) is None
     with pytest.raises(ValueError, match="same number K"):
         align_result(pca, fit)
+
+
+def test_align_draws_undoes_label_switching_within_draws():
+    rng = np.random.default_rng(1)
+    k, s = 3, 200
+    locs = np.array([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
+    weights = np.array([0.2, 0.3, 0.5])
+    draws = {"locs": locs + 0.3 * rng.normal(size=(s, k, 2)),
+             "weights": weights + 0.02 * rng.normal(size=(s, k)),
+             "noise": rng.normal(size=(s,))}
+    switches = np.stack([rng.permutation(k) for _ in range(s)])
+    switched = {"locs": np.stack([draws["locs"][i][switches[i]] for i in range(s)]),
+                "weights": np.stack([draws["weights"][i][switches[i]] for i in range(s)]),
+                "noise": draws["noise"]}
+    # the switched draws' means are a blur of the three components
+    assert np.abs(switched["locs"].mean(0) - locs).max() > 1.0
+    aligned, perms = align_draws(switched, k)
+    # every draw ends in one common labelling (the first draw's, up to one overall relabelling)
+    overall = match_components({"locs": aligned["locs"].mean(0)}, {"locs": locs}, k)  # locs[overall[i]] ~ aligned i
+    np.testing.assert_allclose(aligned["locs"], permute(draws["locs"], overall, (1,)), atol=0)
+    np.testing.assert_allclose(aligned["weights"], permute(draws["weights"], overall, (1,)), atol=0)
+    np.testing.assert_array_equal(aligned["noise"], draws["noise"])  # no component axis: untouched
+    assert perms.shape == (s, k)
