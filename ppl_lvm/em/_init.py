@@ -277,7 +277,14 @@ def initialize_hmm(
     if params is not None:
         out = family.complete_params(dict(params))
     else:
+        if cache is None:
+            cache = family.precompute(X)
         out = initialize_mixture(X, family, n_components, init, seed=seed, reg=reg, cache=cache)
+        if isinstance(family, Categorical) and init in ("kmeans", "k-means++"):
+            # clusters of one-hot symbols give (nearly) one-hot emission rows, a fixed point EM hardly leaves:
+            # blend each row half-and-half with the overall symbol frequencies
+            freq = _features(X, family, cache).mean(0)
+            out["probs"] = 0.5 * out["probs"] + 0.5 * freq.to(out["probs"].dtype)
     out.pop("weights", None)
     dtype = next(
         (v.dtype for v in out.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
