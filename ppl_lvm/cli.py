@@ -345,7 +345,7 @@ def _save_fit(result: Any, out: Path, manifest: dict[str, Any], labels: list[str
               title: str) -> dict[str, Path]:
     """Write result, netCDF, summary, responsibilities and the report into ``out``; return the paths."""
     from .arviz_export import save_netcdf
-    from .report import build_report, summary_table
+    from .report import build_report
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {"result": out / RESULT_FILE, "netcdf": out / NETCDF_FILE, "summary": out / SUMMARY_FILE}
@@ -361,7 +361,7 @@ def _save_fit(result: Any, out: Path, manifest: dict[str, Any], labels: list[str
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         save_netcdf(result.to_arviz(), str(paths["netcdf"]))
-        summary = summary_table(result)
+        summary = result.summary()
         summary.to_csv(paths["summary"])
         paths["report"] = build_report(result, out, labels=labels, title=title, fit_warnings=fit_warnings,
                                        summary=summary)
@@ -415,8 +415,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     try:
         kwargs = {"guide": guide} if guide is not None else {}
         result = lvm.infer(model, data, method=ns.method, **kwargs, **options)
-    except KeyboardInterrupt:
-        catcher.__exit__(None, None, None)
+    except KeyboardInterrupt:  # EM, or setup before the loop: no result exists yet
         print(f"{PROG}: interrupted before the fit produced a result; nothing was saved", file=sys.stderr)
         return 130
     finally:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Report", "build_report", "add_result", "summary_table", "selection_table", "describe_result"]
+__all__ = ["Report", "build_report", "add_result", "selection_table", "describe_result"]
 
 SUMMARY_ROWS = 200
 SUMMARY_OPEN = 20
@@ -210,20 +210,6 @@ def _fmt(value: Any) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------- tables
-def summary_table(result: Any) -> Any:
-    """``result.summary()`` as a DataFrame: one row per scalar parameter or latent coordinate."""
-    if hasattr(result, "summary"):
-        return result.summary()
-    import pandas as pd
-
-    rows = {}
-    for name, value in result.params.items():
-        flat = value.detach().cpu().reshape(-1).double().numpy()
-        for i, v in np.ndenumerate(flat.reshape(tuple(value.shape))):
-            rows[f"{name}[{','.join(map(str, i))}]" if i else name] = {"value": float(v)}
-    return pd.DataFrame.from_dict(rows, orient="index")
-
-
 def selection_table(candidates: Mapping[Any, Any]) -> Any:
     """Model selection among EM fits: log-likelihood, free parameters, BIC, AIC, iterations, sorted as given.
 
@@ -509,7 +495,7 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
         report.table(ladder, caption=ladder_note or f"log p(x) of the training data; {diagnosis.num_samples} draws "
                      "from the guide; the IWAE_K rungs are lower bounds that tighten as K grows")
     try:
-        table = summary if summary is not None else summary_table(result)
+        table = summary if summary is not None else result.summary()
     except Exception as exc:  # noqa: BLE001
         report.heading("Summary", 3)
         report.paragraph(f"The summary table could not be computed: {type(exc).__name__}: {exc}", cls="missing")
