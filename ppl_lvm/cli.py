@@ -579,7 +579,7 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
     vae_warnings = _warning_lines(caught)
     train_time = time.perf_counter() - t_vae
     diagnosis = _vae_diagnosis(vae, vae_fit, split.x_train, split.x_test, ladder=DEMO_LADDER_FAST if fast else DEMO_LADDER)
-    add_result(report, vae_fit, split.x_train, heading="Digits: VAE trained with the IWAE bound", labels=split.y_train,
+    add_result(report, vae_fit, heading="Digits: VAE trained with the IWAE bound", labels=split.y_train,
                fit_warnings=vae_warnings, diagnosis=diagnosis,
                ladder_note=f"held-out log p(x) per test image ({len(split.x_test)} images): IWAE_K with K importance "
                "samples from q(z | x), a lower bound that tightens as K grows")

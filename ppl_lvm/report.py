@@ -281,7 +281,7 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
             out.append(("warn", f"The smoothed loss was still moving after {result.steps} steps: fit longer "
                                 "(more steps) for a settled result."))
         out.append(("ok", f"Final bound (negative loss, last 10% of steps): {result.elbo:.4g} by {result.method} "
-                          f"with guide {result.guide_name}."))
+                          f"(guide: {result.guide_name})."))
     if diagnosis is not None:
         out += _diagnosis_words(diagnosis)
     if candidates:
