@@ -120,7 +120,7 @@ sd_meanfield_theory = 1 / Lam.diag().sqrt()
 kl_meanfield_theory = 0.5 * float(Lam.diag().log().sum() - torch.logdet(Lam))
 print(f"optimal mean-field sd = [{sd_meanfield_theory[0]:.4f}, {sd_meanfield_theory[1]:.4f}] "
       f"(ratio to the exact sd: {float(sd_meanfield_theory[0] / sd_exact[0]):.3f}), "
-      f"its ELBO gap = {kl_meanfield_theory:.4f} nats")
+      f"its ELBO gap = {kl_meanfield_theory:.4f} nats, its ELBO = {log_evidence - kl_meanfield_theory:.4f}")
 
 
 # %% [markdown]
