@@ -550,7 +550,8 @@ def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str 
     >>> from ppl_lvm.report import build_report
     >>> x = torch.cat([torch.randn(40, 2) - 3, torch.randn(40, 2) + 3])
     >>> fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
-    >>> build_report(fit, tempfile.mkdtemp()).name
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     build_report(fit, folder, title="two clusters").name
     'report.html'
     """
     from .result import Result
