@@ -187,8 +187,8 @@ print(f"held-out log-likelihood per digit of independent pixels with their train
       f"{float(no_latent):.3f} nats")
 
 # %% [markdown]
-# On this machine the full run (4500 steps, 313 passes over the data, 3.7 minutes on a busy machine) prints a
-# held-out ELBO of **-19.306 nats per digit** (reconstruction -15.514, KL 3.792), and -17.950 on the training
+# On this machine the full run (4500 steps, 313 passes over the data, 2.7 to 3.7 minutes on a busy machine)
+# prints a held-out ELBO of **-19.306 nats per digit** (reconstruction -15.514, KL 3.792), and -17.950 on the training
 # digits: a gap of 1.4 nats, some overfitting with 1437 training images. For scale, a model without a latent
 # variable, each pixel on independently with its training frequency, gives the held-out digits a log-likelihood
 # of -24.581 nats each (printed above): two numbers per image buy about 5 nats of ELBO and 6 of log-likelihood.
@@ -319,8 +319,8 @@ print(f"latent_dim=8 ({t_fit8:.1f} s): held-out one-sample ELBO {float(elbo8):.3
       f"log p(x) estimate (K = {IWAE_K}) {float(log_px8):.3f} per digit")
 
 # %% [markdown]
-# On this machine (full run, 3.6 minutes): held-out ELBO **-17.954** and $\log p(x) \gtrsim$ **-17.070** nats per
-# digit (K = 1000), against -19.417 and -18.312 (the same estimators) with two dimensions: more room in the code,
+# On this machine (full run, 2.2 to 3.6 minutes): held-out ELBO **-17.954** and
+# $\log p(x) \gtrsim$ **-17.070** nats per digit (K = 1000), against -19.417 and -18.312 (the same estimators) with two dimensions: more room in the code,
 # better reconstructions.
 #
 # ## Summary
