@@ -320,8 +320,8 @@ print(f"latent_dim=8 ({t_fit8:.1f} s): held-out one-sample ELBO {float(elbo8):.3
 
 # %% [markdown]
 # On this machine (full run, 2.2 to 3.6 minutes): held-out ELBO **-17.954** and
-# $\log p(x) \gtrsim$ **-17.070** nats per digit (K = 1000), against -19.417 and -18.312 (the same estimators) with two dimensions: more room in the code,
-# better reconstructions.
+# $\log p(x) \gtrsim$ **-17.070** nats per digit (K = 1000), against -19.417 and -18.312 (the same estimators) with
+# two dimensions: more room in the code, better reconstructions.
 #
 # ## Summary
 #
