@@ -77,19 +77,55 @@ def files(tmp_path_factory):
     return folder
 
 
+class Background:
+    """Commands started together (two cores run two at once); each test waits for the one it checks."""
+
+    def __init__(self):
+        self.procs, self.done = {}, {}
+
+    def start(self, name, argv, cwd):
+        self.procs[name] = subprocess.Popen([*map(str, argv)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE, text=True)
+
+    def result(self, name, timeout=300):
+        if name not in self.done:
+            proc = self.procs[name]
+            out, err = proc.communicate(timeout=timeout)
+            self.done[name] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        return self.done[name]
+
+    def stop(self):
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 @pytest.fixture(scope="module")
-def iris_fit(files):
-    """``ppl-lvm fit gaussian_mixture iris.csv ...`` run once; the folder is shared by the tests below."""
-    out = files / "iris_fit"
-    proc = run_cli("fit", "gaussian_mixture", "iris.csv", "--columns", "petal_length,petal_width", "--arg", "K=3",
-                   "--method", "em", "--option", "n_init=3", "--option", "seed=1", "--out", out, cwd=files)
-    return proc, out
+def background(files):
+    """The demo, a built-in model fit, a user-model fit and a bad command, started at once."""
+    runs = Background()
+    runs.start("demo", [*_command(), "demo", "--fast", "--out", files / "demo"], cwd=files)
+    runs.start("iris", [sys.executable, "-m", "ppl_lvm", "fit", "gaussian_mixture", "iris.csv", "--columns",
+                        "petal_length,petal_width", "--arg", "K=3", "--method", "em", "--option", "n_init=3",
+                        "--option", "seed=1", "--out", files / "iris_fit"], cwd=files)
+    runs.start("user", [sys.executable, "-m", "ppl_lvm", "fit", "mymodels.py:two_groups", "groups.csv", "--method",
+                        "em", "--option", "n_init=2", "--out", files / "user_fit"], cwd=files)
+    runs.start("bad", [sys.executable, "-m", "ppl_lvm", "fit", "mymodels.py:three_groups", "groups.csv", "--method",
+                       "em", "--out", "o"], cwd=files)
+    yield runs
+    runs.stop()
+
+
+@pytest.fixture(scope="module")
+def iris_fit(background, files):
+    """``ppl-lvm fit gaussian_mixture iris.csv ...``; the folder is shared by the tests below."""
+    return background.result("iris"), files / "iris_fit"
 
 
 # ---------------------------------------------------------------------------------------------------- demo
-def test_demo_fast_runs_and_writes_the_report(tmp_path):
-    proc = subprocess.run([*_command(), "demo", "--fast", "--out", str(tmp_path / "demo")], cwd=tmp_path,
-                          env=_env(), capture_output=True, text=True, timeout=300)
+def test_demo_fast_runs_and_writes_the_report(background, files):
+    proc = background.result("demo")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith("K=")}
@@ -98,7 +134,7 @@ def test_demo_fast_runs_and_writes_the_report(tmp_path):
     assert rows["K=1"][1] == "-490.3"
     assert "BIC chooses K=" in out and "adjusted Rand index" in out and "held-out" in out
     assert "Traceback" not in proc.stderr
-    page = (tmp_path / "demo" / "report.html").read_text()
+    page = (files / "demo" / "report.html").read_text()
     # iris: history, BIC/AIC, responsibilities; digits: loss, bound ladder, latent space
     assert page.count("data:image/png;base64,") == 6
     assert "not drawn" not in page
@@ -148,10 +184,9 @@ def test_report_command_rebuilds_the_page(iris_fit):
     assert "petal_length" in page and "not drawn" not in page
 
 
-def test_fit_user_model_from_a_file(files):
+def test_fit_user_model_from_a_file(background, files):
     out = files / "user_fit"
-    proc = run_cli("fit", "mymodels.py:two_groups", "groups.csv", "--method", "em", "--option", "n_init=2",
-                   "--out", out, cwd=files)
+    proc = background.result("user")
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((out / "fit.json").read_text())
     assert manifest["model"] == f"{files / 'mymodels.py'}:two_groups"
@@ -223,8 +258,8 @@ def test_bad_input_is_one_line_and_exit_code_2(files, monkeypatch, capsys, argv,
     assert message in err
 
 
-def test_bad_input_in_a_real_process(files):
-    proc = run_cli("fit", "mymodels.py:three_groups", "groups.csv", "--method", "em", "--out", "o", cwd=files)
+def test_bad_input_in_a_real_process(background, files):
+    proc = background.result("bad")
     assert proc.returncode == 2
     assert proc.stderr == ("ppl-lvm: error: mymodels.py has no function 'three_groups'; its models are: "
                            "normal_mean, two_groups\n")
