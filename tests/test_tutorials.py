@@ -58,6 +58,16 @@ EXPECTED = {
         r"importance-weighted estimate of log p\(x\) with K = 50: -2\d\.\d{3}",
         r"5-nearest-neighbour digit accuracy from the 2-D codes of held-out digits: 0\.\d{3}",
     ],
+    "06_iwae.py": [
+        r"posterior correlation of \(z_1, z_2\): -0\.8149",
+        r"exact log p\(x\) per point: -4\.3682; best diagonal q: ELBO = log p\(x\) - 0\.5455 = -4\.9138",
+        r"IWAE_1000  per point = -4\.4276   gap to log p\(x\) = 0\.0593",
+        r"IWAE_K rises with K: True; every rung below log p\(x\): True; Monte Carlo ELBO - closed form = -0\.0[0-4]\d\d",
+        r"svi  : \d+ epochs in \d+ s .*held-out log p\(x\) \(IWAE_\d+\) = -\d+\.\d{3}, training set -\d+\.\d{3}, active units \d+ of 16",
+        r"iwae5 : \d+ epochs in \d+ s .*held-out log p\(x\) \(IWAE_\d+\) = -\d+\.\d{3}, training set -\d+\.\d{3}, active units \d+ of 16",
+        r"IWAE_5-trained minus ELBO-trained, held-out log-likelihood: \+\d\.\d{3} nats per image",
+        r"diagnose \(ELBO-trained, training set\): IWAE_100 +-\d+\.\d",
+    ],
     "07_posterior_collapse.py": [
         r"ordinary decoder, ELBO +active units 8 of 8",
         r"strong decoder, beta = 4 +active units 0 of 8, total KL +0\.0\d\d nats",

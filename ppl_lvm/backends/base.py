@@ -29,6 +29,13 @@ from ..runtime import clone_param_state, run_scope
 __all__ = ["Backend", "Problem", "VIPlan", "VariationalBackend", "guide_sites"]
 
 
+# options that belong to another method: the error says which
+OPTION_HINTS = {
+    "free_bits": "free_bits floors the analytic KL per latent dimension, which needs method='meanfield'",
+    "n_components": "the number of components is an argument of the model: pass it in data, e.g. {'x': x, 'K': 3}",
+}
+
+
 @dataclass
 class Problem:
     """Everything :func:`ppl_lvm.infer` hands a backend."""
@@ -55,7 +62,8 @@ class Backend(ABC):
         unknown = sorted(set(options) - loop_names - set(self.method_options))
         if unknown:
             known = sorted(loop_names | set(self.method_options))
-            raise TypeError(f"method {self.name!r} got unknown option(s) {unknown}; its options are {known}")
+            hints = "".join(f"; {OPTION_HINTS[name]}" for name in unknown if name in OPTION_HINTS)
+            raise TypeError(f"method {self.name!r} got unknown option(s) {unknown}; its options are {known}{hints}")
         loop = self.options_class(**{k: v for k, v in options.items() if k in loop_names})
         loop.validate()
         method = {k: v for k, v in options.items() if k in self.method_options}
