@@ -554,6 +554,12 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
         f"(EM: {time.perf_counter() - start:.1f} s)")
     import pandas as pd
 
+    components = pd.DataFrame(chosen.params["locs"].numpy(), columns=[n.replace(" (cm)", "") for n in names])
+    components.insert(0, "weight", chosen.params["weights"].numpy())
+    components.index = [f"z={k}" for k in range(len(components))]
+    components.index.name = "component"
+    say(f"{best} components (weights, and means in standard deviations from the mean of each measurement):")
+    say(_format_table(components, None))
     add_result(report, chosen, pd.DataFrame(x.numpy(), columns=names), heading=f"Iris: Gaussian mixture with {best} (chosen by BIC)", labels=species,
                candidates=fits, fit_warnings=em_warnings,
                notes=[f"Adjusted Rand index between the {best} clusters and the three species: {ari:.3f} (1 is "

@@ -95,9 +95,10 @@ class Background:
         return self.done[name]
 
     def stop(self):
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
+        for name, proc in self.procs.items():
+            if name not in self.done:  # not waited for (deselected test): end it and close its pipes
+                if proc.poll() is None:
+                    proc.kill()
                 proc.communicate()
 
 
@@ -128,11 +129,14 @@ def test_demo_fast_runs_and_writes_the_report(background, files):
     proc = background.result("demo")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.strip().startswith("K=")}
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.startswith("  K=")}
     assert sorted(rows) == [f"K={k}" for k in range(1, 7)]  # the BIC table, one row per K
     # K=1 is one Gaussian: its maximum likelihood is closed-form (-490.26 on standardised iris, reg_covar 1e-3)
     assert rows["K=1"][1] == "-490.3"
     assert "BIC chooses K=" in out and "adjusted Rand index" in out and "held-out" in out
+    # the chosen mixture's weights sum to one
+    weights = [float(line.split()[1]) for line in out.splitlines() if line.startswith("  z=")]
+    assert len(weights) >= 1 and sum(weights) == pytest.approx(1.0, abs=1e-3)
     assert "Traceback" not in proc.stderr
     page = (files / "demo" / "report.html").read_text()
     # iris: history, BIC/AIC, responsibilities; digits: loss, bound ladder, latent space
