@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import pyro.poutine as poutine
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch.distributions import transform_to
 
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
@@ -117,6 +116,8 @@ def match_components(reference: dict[str, Any], other: dict[str, Any], k: int) -
         b = oth[name]
         scale = float(a.var()) + 1e-12
         cost += ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1) / scale
+    from scipy.optimize import linear_sum_assignment  # imported here: scipy.optimize takes ~0.6 s to import
+
     rows, cols = linear_sum_assignment(cost)
     perm = np.empty(k, dtype=np.int64)
     perm[rows] = cols
