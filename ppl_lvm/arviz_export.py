@@ -44,7 +44,7 @@ from pyro.infer.mcmc.util import TraceEinsumEvaluator
 from pyro.poutine.util import site_is_subsample
 
 __all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "arviz_major_version", "importance_log_weights",
-           "psis_khat"]
+           "pointwise_log_weights", "psis_khat", "psis_khat_points", "ratios_vary"]
 
 _ARVIZ_REFACTOR_NOTICE = r"(?s).*ArviZ is undergoing a major refactor"
 
@@ -510,16 +510,141 @@ def load_netcdf(path: str) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- diagnostics
-def importance_log_weights(result: Any, num_samples: int = 1000, seed: int | None = None) -> np.ndarray | None:
+def importance_log_weights(result: Any, num_samples: int = 1000, seed: int | None = None,
+                           pointwise: bool = False) -> np.ndarray | None:
     """log w_s = log p(x, theta_s) - log q(theta_s) over draws from the guide (discrete locals summed out).
 
-    The ``log_weight`` of :func:`to_inference_data`'s ``sample_stats`` (the same draws when no discrete latent is
-    enumerated); None when the guide has no density for its draws (``delta``, guides with helper sites).
+    Parameters
+    ----------
+    result : Result
+        A variational fit.
+    num_samples : int
+        Draws S from the guide.
+    seed : int, optional
+        Seed of the draws (default: the fit's seed).
+    pointwise : bool
+        False: the joint weights ``(S,)``, the ``log_weight`` of :func:`to_inference_data`'s ``sample_stats`` (the
+        same draws when no discrete latent is enumerated). True: the per-point weights ``(S, N)``,
+        log w_is = log p(x_i, z_is) - log q(z_is | x_i) over the N points of the data plate, whose sum over i is
+        the joint weight; available only when the weights factorise over the points (every latent local, see
+        :func:`pointwise_log_weights`), None otherwise.
+
+    Returns
+    -------
+    ndarray or None
+        None also when the guide has no density for its draws (``delta``, guides with helper sites).
     """
+    if not isinstance(pointwise, bool):
+        raise ValueError(f"pointwise must be True or False, got {pointwise!r}")
+    if pointwise:
+        return pointwise_log_weights(result, num_samples, seed)
     stats = _variational_groups(result, num_samples, seed, light=True, pointwise_ll=False)["sample_stats"]
     if "log_weight" not in stats:
         return None
     return np.asarray(stats["log_weight"].values, dtype=np.float64).reshape(-1)
+
+
+def data_plate(result: Any) -> str | None:
+    """The plate of the data points: the outermost plate every observed site lies in (None when there is none)."""
+    structure = result.structure
+    observed = structure.observed_sites
+    if not observed:
+        return None
+    common = set.intersection(*(set(s.plates) for s in observed))
+    dims = [(structure.plates[p].dim, p) for p in common if p in structure.plates and structure.plates[p].dim is not None]
+    return min(dims)[1] if dims else None
+
+
+def _point_term(term: torch.Tensor, nesting: int, dim: int, n: int) -> torch.Tensor | None:
+    """A site's log-probability summed over every plate dim but the data plate's (enumeration dims, left of the
+    plates, kept); None when it has no data-plate dim (a global factor: the weights do not factorise)."""
+    if term.dim() < nesting:
+        term = term.reshape((1,) * (nesting - term.dim()) + tuple(term.shape))
+    if term.shape[dim] != n:
+        if not bool((term == 0).all()):
+            return None
+        term = torch.zeros(term.shape[: term.dim() - nesting] + (1,) * nesting, dtype=term.dtype)
+    others = [d for d in range(-nesting, 0) if d != dim]
+    return term.sum(dim=others, keepdim=True) if others else term
+
+
+def pointwise_log_weights(result: Any, num_samples: int = 1000, seed: int | None = None) -> np.ndarray | None:
+    """Per-point importance log-weights ``(S, N)``: log w_is = log p(x_i, z_is) - log q(z_is | x_i).
+
+    For a model whose latents are all local (inside the data plate: PPCA, a VAE, a mixture's assignments) the
+    joint weight log p(x, z_s) - log q(z_s | x) is the sum over the N points of these, each site's log-probability
+    summed over its dims other than the data plate's. Enumerated discrete latents are summed out exactly per point
+    (they must lie in the data plate alone). The draws are those of :func:`importance_log_weights`.
+
+    Returns None when the weights do not factorise over points (a latent or a factor outside the data plate, a
+    discrete latent in a plate nested in the data plate, a Markov chain of discrete latents, no data plate) or
+    when the guide has no density for its draws (``delta``, guides with helper sites).
+    """
+    from .backends.base import enumerating
+    from .runtime import run_scope
+
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    if "delta" in str(result.guide_name).lower() or "map" in str(result.guide_name).lower():
+        return None
+    model = result._require_model()
+    structure = result.structure
+    plate = data_plate(result)
+    if plate is None:
+        return None
+    dim, n = structure.plates[plate].dim, structure.plates[plate].size
+    nesting = structure.max_plate_nesting
+    enumerated = list(result.enumerated)
+    for name in enumerated:
+        info = structure.sites.get(name)
+        if info is None or set(info.plates) != {plate}:
+            return None
+    kwargs = result.data.kwargs
+    draws = result.guide_draws(num_samples, seed=seed)
+    replayed = [name for name in draws if name not in enumerated]
+    out = np.empty((num_samples, n), dtype=np.float64)
+    with result.activated(), torch.no_grad(), run_scope(result.guide):
+        result._prepare_guide()
+        pyro.set_rng_seed(result.seed if seed is None else seed)
+        for s in range(num_samples):
+            values = {name: draws[name][s] for name in replayed}
+            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=_replay_trace(values))
+            if enumerated:
+                fn = poutine.enum(fn, first_available_dim=-1 - nesting)
+            trace = poutine.trace(fn).get_trace(**kwargs)
+            trace.compute_log_prob()
+            total = torch.zeros((1,) * nesting, dtype=torch.float64)
+            seen: set[int] = set()
+            for node in trace.nodes.values():
+                if node["type"] != "sample" or site_is_subsample(node):
+                    continue
+                is_enum = node["infer"].get("_enumerate_dim") is not None
+                if is_enum:
+                    ds = _enum_dims(node["value"], nesting)
+                    if ds & seen:  # an enumeration dim reused: a Markov chain, not a product over points
+                        return None
+                    seen |= ds
+                term = _point_term(node["unscaled_log_prob" if is_enum else "log_prob"].double(), nesting, dim, n)
+                if term is None:
+                    return None
+                total = total + term
+            if total.dim() > nesting:
+                total = torch.logsumexp(total, dim=tuple(range(total.dim() - nesting)))
+            guide_trace = poutine.trace(poutine.replay(result.guide, trace=_replay_trace(values))).get_trace(**kwargs)
+            guide_trace.compute_log_prob()
+            sites = [name for name, node in guide_trace.nodes.items()
+                     if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)]
+            if set(sites) != set(values):
+                return None
+            for name in sites:
+                term = _point_term(guide_trace.nodes[name]["log_prob"].double(), nesting, dim, n)
+                if term is None or term.dim() > nesting:
+                    return None
+                total = total - term
+            if total.numel() != n:
+                return None
+            out[s] = total.reshape(-1).cpu().numpy()
+    return out
 
 
 def psis_khat(log_weights: np.ndarray) -> float:
@@ -534,6 +659,35 @@ def psis_khat(log_weights: np.ndarray) -> float:
 
     _, khat = array_stats.psislw(-log_weights)  # pragma: no cover
     return float(np.asarray(khat))  # pragma: no cover
+
+
+RATIO_RTOL = 1e-6
+
+
+def ratios_vary(log_weights: np.ndarray) -> np.ndarray:
+    """Whether importance log-ratios ``(S, ...)`` vary over the draws by more than rounding: a spread above
+    ``RATIO_RTOL`` times their magnitude (per trailing coordinate). Ratios constant to rounding mean q is the exact
+    posterior there; PSIS fitted to their rounding noise gives any k-hat, up to inf (measured on PPCA with its
+    exact posterior as guide: joint k-hat inf from a spread of 1e-13)."""
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    finite = np.where(np.isfinite(log_weights), log_weights, 0.0)
+    scale = np.maximum(1.0, np.max(np.abs(finite), axis=0))
+    spread = np.ptp(log_weights, axis=0)
+    return ~(spread <= RATIO_RTOL * scale)  # a NaN or inf spread counts as varying
+
+
+def psis_khat_points(log_weights: np.ndarray) -> np.ndarray:
+    """Pareto k-hat per point of per-point importance log-ratios ``(S, N)``: an array ``(N,)``, NaN for a point
+    whose ratios are constant to rounding (:func:`ratios_vary`: q is exact there)."""
+    log_weights = np.asarray(log_weights, dtype=np.float64)
+    if log_weights.ndim != 2 or log_weights.shape[0] < 2:
+        raise ValueError(f"log_weights must be (draws >= 2, points), got shape {log_weights.shape}")
+    varies = ratios_vary(log_weights)
+    khat = np.full(log_weights.shape[1], np.nan)
+    if varies.any():
+        _, k = _psis(np.ascontiguousarray(log_weights[:, varies].T))
+        khat[varies] = k
+    return khat
 
 
 # ---------------------------------------------------------------------------------------------------- summaries

@@ -2,10 +2,15 @@
 
 Three checks of a variational fit (svi / meanfield / iwae / renyi):
 
-* **Pareto k-hat** (Yao et al. 2018) of the importance ratios log w = log p(x, theta) - log q(theta) over draws
-  from the guide, discrete local latents summed out exactly (the ``log_weight`` of the ArviZ export). Below 0.5
-  the guide is good, 0.5 - 0.7 usable, above 0.7 the ratios have so heavy a tail that importance sampling and the
-  ELBO are unreliable: a :class:`DiagnosticWarning` says what to do.
+* **Pareto k-hat** (Yao et al. 2018) of the importance ratios over draws from the guide, discrete local latents
+  summed out exactly. When every latent is local (one value per data point, in the data plate: PPCA, a VAE, an
+  amortised guide) the joint ratio log w = log p(x, z) - log q(z | x) is a sum of N independent per-point ratios
+  log w_i = log p(x_i, z_i) - log q(z_i | x_i), and its k-hat grows with N however good q is (a product of N
+  ratios is heavy-tailed); k-hat is then computed per point (``khat_kind == "per point"``, ``khat_points``) and
+  ``khat`` is the largest, with the share of points above 0.7 and 0.5 reported. With a global latent the weights
+  do not factorise and k-hat is that of the joint ratios (``khat_kind == "joint"``, the ``log_weight`` of the
+  ArviZ export). Below 0.5 the guide is good, 0.5 - 0.7 usable, above 0.7 the ratios have so heavy a tail that
+  importance sampling and the ELBO are unreliable: a :class:`DiagnosticWarning` says what to do.
 * **The bound ladder**: the ELBO, IWAE_K for a few K (``result.log_evidence(K)``), the importance-sampling estimate
   logsumexp(log w) - log S from the same draws, and the exact log p(x) when known (every latent discrete and
   enumerated, or passed as ``exact=``). Each rung is a lower bound (or, for IS, a consistent estimate) of log p(x).
@@ -56,7 +61,15 @@ class Diagnosis:
     ----------
     khat : float or None
         Pareto k-hat of the importance ratios (None when the guide has no density, e.g. ``delta``, or samples
-        nothing because every latent is enumerated).
+        nothing because every latent is enumerated): the largest per-point k-hat when ``khat_kind`` is
+        ``"per point"``, the k-hat of the joint ratios when it is ``"joint"``.
+    khat_kind : str or None
+        ``"per point"`` (every latent local: the weights factorise over the data points) or ``"joint"``.
+    khat_points : ndarray or None
+        With ``khat_kind == "per point"``: k-hat of each data point's ratios, shape (N,) (NaN where they are
+        constant to rounding, i.e. q is exact there).
+    khat_joint : float or None
+        k-hat of the joint ratios (for reference when per point: it grows with N however good q is).
     num_samples : int
         Draws from the guide behind ``khat``, ``elbo`` and ``is_estimate``.
     elbo : float
@@ -84,6 +97,9 @@ class Diagnosis:
     khat: float | None
     num_samples: int
     elbo: float
+    khat_kind: str | None = None
+    khat_points: np.ndarray | None = None
+    khat_joint: float | None = None
     iwae: dict[int, float] = field(default_factory=dict)
     is_estimate: float | None = None
     exact: float | None = None
@@ -102,8 +118,18 @@ class Diagnosis:
         values = [v for v in values if v.size]
         return float(max(v.max() for v in values)) if values else None
 
+    def share_of_points_above(self, threshold: float) -> float | None:
+        """The share of data points whose k-hat exceeds ``threshold`` (None unless ``khat_kind == "per point"``)."""
+        if self.khat_points is None:
+            return None
+        return float(np.mean(np.nan_to_num(self.khat_points, nan=-np.inf) > threshold))
+
     @property
     def khat_verdict(self) -> str:
+        """"good" (< 0.5), "ok" (<= 0.7), "bad"; "exact" when every point's ratios are constant (q is the exact
+        posterior), "n/a" without k-hat."""
+        if self.khat is None and self.khat_kind == "per point":
+            return "exact"
         if self.khat is None or math.isnan(self.khat):
             return "n/a"
         return "good" if self.khat < KHAT_GOOD else ("ok" if self.khat <= KHAT_BAD else "bad")
@@ -122,8 +148,19 @@ class Diagnosis:
     def table(self) -> str:
         lines = ["VI diagnosis"]
         khat = "n/a" if self.khat is None else f"{self.khat:.3f}"
-        lines.append(f"  Pareto k-hat   {khat:>12}  ({self.khat_verdict}; {self.num_samples} draws; "
-                     f"<{KHAT_GOOD} good, <={KHAT_BAD} ok)")
+        if self.khat_kind == "per point":
+            n = len(self.khat_points)
+            lines.append(f"  Pareto k-hat   {khat:>12}  ({self.khat_verdict}; max over {n} data points, "
+                         f"{self.num_samples} draws; <{KHAT_GOOD} good, <={KHAT_BAD} ok)")
+            lines.append(f"    points with k-hat > {KHAT_BAD}: {self.share_of_points_above(KHAT_BAD):.1%}, "
+                         f"> {KHAT_GOOD}: {self.share_of_points_above(KHAT_GOOD):.1%}")
+            if self.khat_joint is not None:
+                lines.append(f"    joint k-hat {self.khat_joint:.3f} (not used: the ratio of all points is a product "
+                             f"of {n} independent ones)")
+        else:
+            kind = "" if self.khat_kind is None else "joint; "
+            lines.append(f"  Pareto k-hat   {khat:>12}  ({self.khat_verdict}; {kind}{self.num_samples} draws; "
+                         f"<{KHAT_GOOD} good, <={KHAT_BAD} ok)")
         lines.append("  bound ladder (log p(x))")
         width = max(len(label) for label, _ in self.ladder)
         for label, value in self.ladder:
@@ -244,7 +281,7 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
         Emit :class:`DiagnosticWarning` for k-hat > 0.7 and for posterior collapse (the messages are kept in
         ``Diagnosis.messages`` either way).
     """
-    from .arviz_export import importance_log_weights, psis_khat
+    from .arviz_export import importance_log_weights, psis_khat, psis_khat_points, ratios_vary
 
     if getattr(result, "method", None) == "em":
         raise ValueError("diagnose is for variational fits; an EM fit is exact (see log_likelihood, bic())")
@@ -256,13 +293,19 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
     structure = result.structure
     all_enumerated = not structure.continuous_latents
 
-    log_w = importance_log_weights(result, num_samples, seed)
-    khat = is_estimate = None
+    point_w = None if all_enumerated else importance_log_weights(result, num_samples, seed, pointwise=True)
+    log_w = point_w.sum(axis=1) if point_w is not None else importance_log_weights(result, num_samples, seed)
+    khat = is_estimate = khat_kind = khat_points = khat_joint = None
     if log_w is not None:
         elbo = float(np.mean(log_w))
         is_estimate = float(np.logaddexp.reduce(log_w) - math.log(len(log_w)))
-        if not all_enumerated and np.ptp(log_w) > 0:
-            khat = psis_khat(log_w)
+        if not all_enumerated and ratios_vary(log_w):
+            khat_joint = psis_khat(log_w)
+            khat, khat_kind = khat_joint, "joint"
+        if point_w is not None:
+            khat_points = psis_khat_points(point_w)
+            finite = khat_points[np.isfinite(khat_points)]
+            khat, khat_kind = (float(finite.max()) if finite.size else None), "per point"
     else:
         elbo = result.elbo_estimate(num_particles=min(num_samples, 100), seed=seed)
 
@@ -275,7 +318,8 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
 
     kl, variance, active = _local_latents(result, num_samples, seed)
     rhat, restart_losses = _restart_rhat(result, num_samples, seed)
-    diagnosis = Diagnosis(khat=khat, num_samples=num_samples, elbo=elbo, iwae=iwae, is_estimate=is_estimate,
+    diagnosis = Diagnosis(khat=khat, num_samples=num_samples, elbo=elbo, khat_kind=khat_kind,
+                          khat_points=khat_points, khat_joint=khat_joint, iwae=iwae, is_estimate=is_estimate,
                           exact=None if exact is None else float(exact), exact_source=exact_source,
                           kl_per_dim=kl, active_units=active, mean_variance=variance, rhat=rhat,
                           restart_losses=restart_losses)
@@ -291,9 +335,20 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
                    f"{', '.join(f'{v:.6g}' for v in restart_losses)}; the kept fit is the first). Run more restarts "
                    f"(n_init), fit longer, or start from better values.")
         _record(diagnosis, message, warn)
-    if khat is not None and khat > KHAT_BAD:
-        message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD}: the importance ratios p(x, theta) / q(theta) are "
-                   f"heavy-tailed, so the guide misses posterior mass and the ELBO, importance sampling and "
+    if khat is not None and khat > KHAT_BAD and khat_kind == "per point":
+        n = len(khat_points)
+        bad = int(np.sum(khat_points[np.isfinite(khat_points)] > KHAT_BAD))
+        message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD} (per data point, the largest of {n}; {bad} of the {n} "
+                   f"points ({diagnosis.share_of_points_above(KHAT_BAD):.0%}) above {KHAT_BAD}, "
+                   f"{diagnosis.share_of_points_above(KHAT_GOOD):.0%} above {KHAT_GOOD}): the importance ratios "
+                   f"p(x_i, z_i) / q(z_i | x_i) of those points are heavy-tailed, so q(z_i | x_i) misses posterior "
+                   f"mass and the ELBO, importance sampling and posterior summaries there are unreliable. Fit longer "
+                   f"(more steps, then a lower learning rate, e.g. result.fit_more(steps=..., lr=...)), use a richer "
+                   f"guide ('fullrank' or your own), or fit with method='iwae'.")
+        _record(diagnosis, message, warn)
+    elif khat is not None and khat > KHAT_BAD:
+        message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD} (joint): the importance ratios p(x, theta) / q(theta) "
+                   f"are heavy-tailed, so the guide misses posterior mass and the ELBO, importance sampling and "
                    f"posterior summaries from it are unreliable. Fit longer (more steps, then a lower learning "
                    f"rate, e.g. result.fit_more(steps=..., lr=...)), use a richer guide ('fullrank' or your own), "
                    f"or fit with method='iwae'.")
