@@ -113,6 +113,32 @@ def test_bic_picks_the_true_number_of_components(float64):
     assert min(bics, key=bics.get) == 3
 
 
+def test_ctrl_c_during_em_restarts_keeps_the_best_finished_restart(float64):
+    x = torch.cat([torch.randn(100, 2) - 4, torch.randn(100, 2) + 4])
+    data = {"x": x, "K": 2, "covariance_type": "diag"}
+    calls = []
+
+    def interrupt_in_the_third_restart(i, loglik):
+        calls.append(i)
+        if calls.count(1) == 3:  # the first iteration of the third restart
+            raise KeyboardInterrupt
+
+    with pytest.warns(lvm.InferenceWarning, match=r"interrupted \(Ctrl-C\) during restart 3 of 5"):
+        fit = lvm.infer(gaussian_mixture, data, method="em", n_init=5, callbacks=[interrupt_in_the_third_restart])
+    assert fit.interrupted
+    # the kept result is the better of the two finished restarts: the same as a fit with n_init=2
+    reference = lvm.infer(gaussian_mixture, data, method="em", n_init=2)
+    assert fit.log_likelihood == pytest.approx(reference.log_likelihood, rel=1e-12)
+    assert not reference.interrupted
+    calls.clear()
+
+    def interrupt_at_once(i, loglik):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # nothing finished: nothing to keep
+        lvm.infer(gaussian_mixture, data, method="em", n_init=2, callbacks=[interrupt_at_once])
+
+
 def test_new_data_scoring_and_sampling(float64):
     x = torch.cat([torch.randn(100, 2) - 4, torch.randn(100, 2) + 4])
     fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2, "covariance_type": "diag"}, method="em", n_init=2)

@@ -22,7 +22,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..errors import ConvergenceWarning, DataError, UnsupportedModelError
+from ..errors import ConvergenceWarning, DataError, InferenceWarning, UnsupportedModelError
 from ..runtime import clone_param_state
 from .base import Backend, Problem
 
@@ -98,6 +98,7 @@ class _Run:
     log_likelihood: float
     per_point: torch.Tensor | None = None
     responsibilities: dict = field(default_factory=dict)
+    interrupted: bool = False
 
 
 def _progress_bar(enabled: bool | None, total: int, desc: str):
@@ -223,6 +224,12 @@ class EMBackend(Backend):
                     pattern.to_model(fit.params, store)
                     best = _Run([h / per for h in fit.history], fit.converged, fit.n_iter, _copy_state(store),
                                 total, per_point.clone(), {pattern.latent: resp.clone()})
+        except KeyboardInterrupt:
+            if best is None:
+                raise
+            best.interrupted = True
+            warnings.warn(f"EM interrupted (Ctrl-C) during restart {restart + 1} of {opts.n_init}; the best finished "
+                          "restart is kept", InferenceWarning, stacklevel=4)
         finally:
             if bar is not None:
                 bar.close()

@@ -92,6 +92,7 @@ class EMResult(Result):
             history=history,
             n_iter=int(run.n_iter),
             responsibilities=dict(run.responsibilities),
+            interrupted=bool(run.interrupted),
             log_likelihood_per_point=run.per_point,
             closed_form=pattern is not None,
             n_samples=n,
