@@ -463,10 +463,12 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     if _is_em(result):
         facts += [("log-likelihood", result.log_likelihood), ("BIC", result.bic()), ("AIC", result.aic()),
                   ("iterations", result.n_iter), ("converged", result.converged)]
-        if result.options.get("n_init"):
+        if result.options.get("n_init", 1) > 1:
             facts.append(("restarts (n_init)", result.options["n_init"]))
     else:
         facts += [("guide", result.guide_name), ("steps", result.steps), ("final bound", result.elbo)]
+        if result.options.get("n_init", 1) > 1:
+            facts.append(("restarts (n_init), best kept", result.options["n_init"]))
         rows = [v.shape[0] for v in result.data.kwargs.values() if hasattr(v, "shape") and len(v.shape) >= 1]
         if rows and rows[0] > 1:
             facts.append(("final bound per data row", result.elbo / rows[0]))
