@@ -17,11 +17,11 @@ import warnings
 
 import numpy as np
 import torch
-from ppl_lvm.models.hmm import gaussian_hmm, gaussian_hmm_vectorized, pad_sequences
-from ppl_lvm.models.mixtures import gaussian_mixture
 from threadpoolctl import threadpool_limits
 
 import ppl_lvm as lvm
+from ppl_lvm.models.hmm import gaussian_hmm, gaussian_hmm_vectorized, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
 
 
 def best_time(fn, repeats: int):

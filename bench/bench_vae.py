@@ -33,12 +33,12 @@ import pyro
 import pyro.distributions as pdist
 import pyro.optim
 import torch
-from ppl_lvm.models.vae import VAE
 from pyro.infer import SVI, Trace_ELBO
 from threadpoolctl import threadpool_limits
 
 import ppl_lvm as lvm
 from ppl_lvm.datasets import binarized_digits
+from ppl_lvm.models.vae import VAE
 
 torch.set_num_threads(1)
 _THREADS = threadpool_limits(1)

@@ -5,8 +5,6 @@ import pandas as pd
 import pytest
 import torch
 from demo_models import ppca
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
-from ppl_lvm.models.mixtures import gaussian_mixture
 
 import ppl_lvm as lvm
 from ppl_lvm.alignment import (
@@ -18,6 +16,8 @@ from ppl_lvm.alignment import (
     permute,
     relabel,
 )
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
 
 
 def test_match_components_recovers_a_permutation_of_noisy_components():

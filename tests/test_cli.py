@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from ppl_lvm.models.mixtures import gaussian_mixture
 
 import ppl_lvm as lvm
 from ppl_lvm.arviz_export import load_netcdf
 from ppl_lvm.cli import CLIError, main, parse_assignments
+from ppl_lvm.models.mixtures import gaussian_mixture
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -4,13 +4,13 @@ import numpy as np
 import pyro.poutine as poutine
 import pytest
 import torch
-from ppl_lvm.models.mixtures import gaussian_mixture
 from pyro.infer.autoguide import init_to_value
 from scipy.stats import norm
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
 from ppl_lvm.arviz_export import psis_loo
+from ppl_lvm.models.mixtures import gaussian_mixture
 
 CENTERS = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
 

@@ -3,13 +3,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture, poisson_mixture
 from sklearn.datasets import load_iris, load_wine
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
+from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture, poisson_mixture
 
 K = 3
 

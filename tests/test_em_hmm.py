@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 from hmmlearn.hmm import CategoricalHMM, GaussianHMM
-from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 
 import ppl_lvm as lvm
+from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 
 K = 3
 LENGTHS = [60, 45, 80, 7]

@@ -8,6 +8,9 @@ values measured with these seeds (stated at each assertion).
 import numpy as np
 import pytest
 import torch
+from sklearn.decomposition import PCA, FactorAnalysis
+
+import ppl_lvm as lvm
 from ppl_lvm.models.factor import (
     factor_analysis,
     factor_analysis_log_marginal,
@@ -17,9 +20,6 @@ from ppl_lvm.models.factor import (
     ppca_log_marginal,
     ppca_mle,
 )
-from sklearn.decomposition import PCA, FactorAnalysis
-
-import ppl_lvm as lvm
 
 N, D, Q = 500, 8, 2
 

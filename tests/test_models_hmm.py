@@ -6,10 +6,10 @@ Tolerances are about twice the errors measured with these seeds (stated at each 
 
 import pytest
 import torch
-from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 from scipy.optimize import linear_sum_assignment
 
 import ppl_lvm as lvm
+from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
 
 # many moderate sequences rather than a few long ones: tracing the chain costs time linear in the longest
 LENGTHS = [150, 140, 130, 120, 110, 100, 90, 80, 70, 60, 45, 12]

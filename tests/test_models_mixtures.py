@@ -8,10 +8,10 @@ are sampling error, of the size of the standard errors of the per-component samp
 import numpy as np
 import pytest
 import torch
-from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture, poisson_mixture
 from scipy.optimize import linear_sum_assignment
 
 import ppl_lvm as lvm
+from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture, poisson_mixture
 
 N = 3000
 WEIGHTS = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)

@@ -8,10 +8,10 @@ with these seeds (stated at each assertion).
 import numpy as np
 import pytest
 import torch
-from ppl_lvm.models.regression import regression_mixture, simulate_regression_mixture
 from scipy.optimize import linear_sum_assignment
 
 import ppl_lvm as lvm
+from ppl_lvm.models.regression import regression_mixture, simulate_regression_mixture
 
 WEIGHTS = [0.5, 0.3, 0.2]
 INTERCEPTS = [0.0, 4.0, -4.0]

@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from ppl_lvm.models.topic import ProdLDA, generate_corpus, match_topics
 
 import ppl_lvm as lvm
+from ppl_lvm.models.topic import ProdLDA, generate_corpus, match_topics
 
 
 def test_prodlda_recovers_every_topic():

@@ -4,10 +4,10 @@ import math
 
 import pytest
 import torch
-from ppl_lvm.models.vae import VAE
 
 import ppl_lvm as lvm
 from ppl_lvm.datasets import binarized_digits
+from ppl_lvm.models.vae import VAE
 
 D, L = 6, 2
 

@@ -15,8 +15,6 @@ import torch  # noqa: E402
 from demo_models import gmm_map, ppca, ppca_log_marginal  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
-from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
 from scipy.stats import norm  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
@@ -25,6 +23,8 @@ import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import constraints, dist, plots  # noqa: E402
 from ppl_lvm.arviz_export import _az, importance_log_weights, psis_khat  # noqa: E402
 from ppl_lvm.diagnostics import diagnose  # noqa: E402
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
+from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

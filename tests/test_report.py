@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from ppl_lvm.models.mixtures import gaussian_mixture
 from scipy.stats import multivariate_normal
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
+from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.report import Report, build_report, selection_table
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

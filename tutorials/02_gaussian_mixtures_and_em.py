@@ -43,12 +43,12 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 from sklearn.datasets import load_iris  # noqa: E402
 from sklearn.mixture import GaussianMixture  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import constraints, dist  # noqa: E402
+from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)

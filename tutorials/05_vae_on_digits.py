@@ -42,11 +42,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyro  # noqa: E402
 import torch  # noqa: E402
-from ppl_lvm.models.vae import VAE  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import dist  # noqa: E402
 from ppl_lvm.datasets import binarized_digits  # noqa: E402
+from ppl_lvm.models.vae import VAE  # noqa: E402
 
 torch.set_num_threads(1)  # float32, the usual precision for neural networks
 FAST = os.environ.get("PPL_LVM_FAST", "0") not in ("", "0")

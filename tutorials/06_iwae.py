@@ -44,11 +44,11 @@ matplotlib.use(os.environ.get("MPLBACKEND", "Agg"))
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from ppl_lvm.models.vae import VAE  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import plots  # noqa: E402
 from ppl_lvm.datasets import binarized_digits  # noqa: E402
+from ppl_lvm.models.vae import VAE  # noqa: E402
 
 torch.set_num_threads(1)
 FAST = os.environ.get("PPL_LVM_FAST", "0") not in ("", "0")

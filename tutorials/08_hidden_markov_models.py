@@ -45,9 +45,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from hmmlearn.hmm import GaussianHMM  # noqa: E402
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)
