@@ -228,6 +228,9 @@ def _plot_em_history(result: Any, ax: Any, path: Any) -> Any:
     ax.plot(iterations, history * n, ".-", color="C0", ms=4, lw=1.8, label=kept)
     ax.axhline(result.log_likelihood, color="C2", ls="--", lw=1, label=f"final {result.log_likelihood:.6g}")
     ax.set_xlabel("iteration")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations only
     ax.set_ylabel("log-likelihood (nats)")
     state = "converged" if result.converged else "not converged (max_iter reached)"
     n_init = int(result.options.get("n_init", 1) or 1)

@@ -203,7 +203,7 @@ def _fmt(value: Any) -> str:
             return "-"
         if v != 0 and (abs(v) >= 1e6 or abs(v) < 1e-3):
             return f"{v:.3e}"
-        return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.1f}"
+        return f"{v:.4g}" if abs(v) < 100 else f"{v:.1f}"  # one decimal from 100 on, so columns line up
     if value is None:
         return "-"
     return str(value)
