@@ -97,9 +97,6 @@ class Diagnosis:
     khat: float | None
     num_samples: int
     elbo: float
-    khat_kind: str | None = None
-    khat_points: np.ndarray | None = None
-    khat_joint: float | None = None
     iwae: dict[int, float] = field(default_factory=dict)
     is_estimate: float | None = None
     exact: float | None = None
@@ -110,6 +107,9 @@ class Diagnosis:
     rhat: dict[str, np.ndarray] = field(default_factory=dict)
     restart_losses: list[float] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    khat_kind: str | None = None
+    khat_points: np.ndarray | None = None
+    khat_joint: float | None = None
 
     @property
     def max_rhat(self) -> float | None:
@@ -265,6 +265,10 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
              exact: float | None = None, warn: bool = True) -> Diagnosis:
     """VI health of a variational fit: Pareto k-hat, the bound ladder and active units / posterior collapse.
 
+    k-hat is computed per data point when every latent is local (the importance weights factorise over the points:
+    ``Diagnosis.khat_kind == "per point"``, ``khat`` the largest of ``khat_points``) and on the joint weights
+    otherwise (``"joint"``); see the module notes.
+
     Parameters
     ----------
     result : Result
@@ -278,7 +282,8 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
     exact : float, optional
         The exact log p(x) at the fitted parameters when known in closed form (e.g. PPCA).
     warn : bool
-        Emit :class:`DiagnosticWarning` for k-hat > 0.7 and for posterior collapse (the messages are kept in
+        Emit :class:`DiagnosticWarning` for k-hat > 0.7 (any data point's, when per point), R-hat across restarts
+        > 1.05 and for posterior collapse (the messages are kept in
         ``Diagnosis.messages`` either way).
     """
     from .arviz_export import importance_log_weights, psis_khat, psis_khat_points, ratios_vary
