@@ -307,7 +307,8 @@ def plot_bound_ladder(result_or_diagnosis: Any, ax: Any = None, path: Any = None
     ax.set_xlim(-0.6, len(rungs) - 0.4)
     ax.set_xlabel("estimate (loosest first)")
     ax.set_ylabel("log p(x) estimate (nats)")
-    khat = "n/a" if d.khat is None else f"{d.khat:.2f} ({d.khat_verdict})"
+    per_point = " max per point" if d.khat_kind == "per point" else ""
+    khat = "n/a" if d.khat is None else f"{d.khat:.2f}{per_point} ({d.khat_verdict})"
     ax.set_title(f"bound ladder, {d.num_samples} draws from q; Pareto k-hat {khat}")
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, created, path)
@@ -315,7 +316,7 @@ def plot_bound_ladder(result_or_diagnosis: Any, ax: Any = None, path: Any = None
 
 # ---------------------------------------------------------------------------------------------------- k-hat
 def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = None, num_samples: int | None = None,
-              seed: int = 0) -> Any:
+              seed: int = 0, per_point: bool = False) -> Any:
     """Pareto k-hat of the importance ratios log p(x, theta) - log q(theta), per batch of draws from the guide.
 
     The draws (discrete local latents summed out, as in the ArviZ export's ``log_weight``) are split into
@@ -338,6 +339,10 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
         Pareto tail to the largest 20% of the ratios and gives up with fewer than 5).
     seed : int
         Seed of the draws.
+    per_point : bool
+        For a model whose latents are all local (PPCA, a VAE): instead of batches, the k-hat of each data point's
+        ratios log p(x_i, z_i) - log q(z_i | x_i) over all ``num_samples`` draws (those of ``result.diagnose()``),
+        points sorted by k-hat; ``num_batches`` is then unused.
 
     Returns
     -------
@@ -347,7 +352,7 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     ------
     ValueError
         For an EM fit, a fit with nothing sampled (every latent enumerated), a guide without a density, or fewer
-        than 25 draws per batch.
+        than 25 draws per batch; with ``per_point``, a model whose weights do not factorise over the data points.
     """
     from .arviz_export import importance_log_weights, psis_khat
     from .diagnostics import KHAT_BAD, KHAT_GOOD
@@ -357,6 +362,8 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
         raise ValueError(f"num_batches must be a positive integer, got {num_batches!r}")
     if num_samples is None:
         num_samples = 50 * num_batches
+    if per_point:  # one batch: all draws, per data point
+        num_batches = 1
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < MIN_BATCH * num_batches:
         raise ValueError(f"num_samples must be an integer >= {MIN_BATCH} * num_batches = {MIN_BATCH * num_batches} "
                          f"(PSIS fits the largest 20% of the ratios and needs at least {MIN_BATCH} draws per batch), "
@@ -366,6 +373,8 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     if not result.structure.continuous_latents:
         raise ValueError("plot_khat: every latent of this model is enumerated exactly, nothing is sampled from a "
                          "guide, so there are no importance ratios (the fit's log p(x) is exact)")
+    if per_point:
+        return _plot_khat_points(result, num_samples, seed, ax, path)
     log_w = importance_log_weights(result, num_samples, seed)
     if log_w is None:
         raise ValueError(f"plot_khat: the guide {result.guide_name!r} has no density for its draws (a delta/MAP "
@@ -395,6 +404,36 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     ax.set_xlabel(f"batch of {len(batches[0])} draws from q")
     ax.set_ylabel("Pareto k-hat")
     ax.set_title(f"Pareto k-hat of q per batch of draws ({result.method})", fontsize=10)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, created, path)
+
+
+def _plot_khat_points(result: Any, num_samples: int, seed: int, ax: Any, path: Any) -> Any:
+    from .arviz_export import importance_log_weights, psis_khat_points
+    from .diagnostics import KHAT_BAD, KHAT_GOOD
+
+    point_w = importance_log_weights(result, num_samples, seed, pointwise=True)
+    if point_w is None:
+        raise ValueError("plot_khat(per_point=True): the importance weights do not factorise over the data points "
+                         "(a global latent, or a guide without a density); use per_point=False")
+    khats = np.sort(psis_khat_points(point_w))
+    fig, ax, created = _axes(ax)
+    xs = np.arange(1, len(khats) + 1)
+    verdicts = np.where(khats < KHAT_GOOD, "good", np.where(khats <= KHAT_BAD, "ok", "bad"))
+    for verdict, colour in VERDICT_COLOURS.items():
+        mask = (verdicts == verdict) & np.isfinite(khats)
+        if mask.any():
+            ax.scatter(xs[mask], khats[mask], color=colour, s=12, zorder=3, label=f"{verdict} ({mask.sum()})")
+    ax.axhline(KHAT_GOOD, color=VERDICT_COLOURS["ok"], lw=1, ls=":", label=f"{KHAT_GOOD}: good below")
+    ax.axhline(KHAT_BAD, color=VERDICT_COLOURS["bad"], lw=1, ls=":", label=f"{KHAT_BAD}: unreliable above")
+    finite = khats[np.isfinite(khats)]
+    top = max([KHAT_BAD + 0.2, *(finite if finite.size else [0.0])])
+    bottom = min([0.0, *(finite if finite.size else [0.0])])
+    ax.set_ylim(bottom - 0.05, top + 0.05 * (top - bottom) + 0.1)
+    ax.set_xlabel(f"data point (sorted by k-hat; {num_samples} draws from q each)")
+    ax.set_ylabel("Pareto k-hat")
+    ax.set_title(f"Pareto k-hat of q(z_i | x_i) per data point ({result.method})", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, created, path)

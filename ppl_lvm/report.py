@@ -301,8 +301,12 @@ def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
                    "ok": "usable, but importance-sampling estimates converge slowly",
                    "bad": "the importance ratios are heavy-tailed: the ELBO and summaries from the guide are "
                           "unreliable"}[verdict]
+        where = ""
+        if getattr(d, "khat_kind", None) == "per point":
+            where = (f", the largest over the {len(d.khat_points)} data points; "
+                     f"{d.share_of_points_above(KHAT_BAD):.0%} of them above 0.7")
         out.append(("ok" if verdict == "good" else "warn" if verdict == "ok" else "bad",
-                    f"Pareto k-hat {d.khat:.2f} ({verdict}: {meaning}; < 0.5 good, <= 0.7 ok)."))
+                    f"Pareto k-hat {d.khat:.2f} ({verdict}{where}: {meaning}; < 0.5 good, <= 0.7 ok)."))
     rungs = d.ladder
     if len(rungs) > 1:
         first, last = rungs[0], rungs[-1]
@@ -313,7 +317,7 @@ def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
         level = "bad" if active == 0 else "ok"
         out.append((level, f"Local latent '{name}': {active} of {total} dimensions are active (their posterior mean "
                            "varies across data points); inactive ones carry no information about the data."))
-    if d.khat is not None and d.khat > KHAT_BAD and d.active_units:
+    if d.khat is not None and d.khat > KHAT_BAD and d.active_units and getattr(d, "khat_kind", None) != "per point":
         out.append(("ok", "With one latent per data point, k-hat measures the importance ratio of all data points "
                           "jointly, whose tail grows with the number of points: read it together with the per-point "
                           "bounds of the ladder."))

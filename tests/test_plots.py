@@ -239,6 +239,22 @@ def test_plot_khat_is_psis_on_batches_of_the_exported_log_weights(fits, tmp_path
             np.testing.assert_allclose(colour, to_rgba(plots.VERDICT_COLOURS[verdict]))
 
 
+def test_plot_khat_per_point_is_psis_of_each_points_ratios(fits, tmp_path, float64):
+    from ppl_lvm.arviz_export import psis_khat_points
+
+    path = tmp_path / "khat_points.png"
+    fig = plots.plot_khat(fits["ppca"], num_samples=100, seed=1, per_point=True, path=path)
+    assert _is_png(path)
+    point_w = importance_log_weights(fits["ppca"], 100, 1, pointwise=True)
+    expected = np.sort(psis_khat_points(point_w))
+    drawn = np.concatenate([c.get_offsets() for c in fig.axes[0].collections if len(c.get_offsets())])
+    drawn = drawn[np.argsort(drawn[:, 0])]
+    np.testing.assert_array_equal(drawn[:, 0], np.arange(1, len(expected) + 1))
+    np.testing.assert_allclose(drawn[:, 1], expected, rtol=1e-12)
+    with pytest.raises(ValueError, match="do not factorise over the data points"):  # gmm_map has global latents
+        plots.plot_khat(fits["gmm_map"], num_samples=100, per_point=True)
+
+
 def test_plot_khat_draws_into_a_given_axes_and_refuses_what_has_no_ratios(fits):
     fig, ax = plt.subplots()
     assert plots.plot_khat(fits["amortised"], num_batches=2, num_samples=50, ax=ax) is fig
