@@ -7,8 +7,6 @@ import pandas as pd
 import pytest
 import torch
 from demo_models import gmm_map, ppca
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
-from ppl_lvm.models.mixtures import gaussian_mixture
 from scipy.special import logsumexp
 from scipy.stats import norm
 from sklearn.mixture import GaussianMixture
@@ -16,6 +14,8 @@ from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 import ppl_lvm as lvm
 from ppl_lvm.arviz_export import _az, load_netcdf, save_netcdf
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
 
 az = _az()
 KHAT_WARNING = r"Estimated shape parameter of Pareto distribution is greater than"
@@ -105,6 +105,11 @@ def test_summary_and_loo_run_on_the_export(svi_idata, caplog):
         loo = az.loo(idata, pointwise=True)
     assert loo["loo_i"].shape == (24,) and loo["pareto_k"].shape == (24,)
     assert np.isfinite(loo["elpd_loo"])
+    with warnings.catch_warnings():  # ArviZ's note on the posterior variance of the pointwise log densities
+        warnings.filterwarnings("ignore", message="For one or more samples the posterior variance", category=UserWarning)
+        waic = az.waic(idata, pointwise=True)
+    assert waic["waic_i"].shape == (24,)
+    assert abs(waic["elpd_waic"] - loo["elpd_loo"]) < 0.05 * abs(loo["elpd_loo"])  # two estimates of the same elpd
 
 
 def test_netcdf_round_trip_keeps_every_group(svi_idata, tmp_path):
