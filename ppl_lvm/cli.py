@@ -64,6 +64,10 @@ MODELS: dict[str, BuiltinModel] = {
                                       "mixture of K products of Bernoullis over 0/1 columns (args: K)"),
     "poisson_mixture": BuiltinModel("ppl_lvm.models.mixtures", "poisson_mixture", "table",
                                     "mixture of K products of Poissons over count columns (args: K)"),
+    "ppca": BuiltinModel("ppl_lvm.models.factor", "ppca", "table",
+                         "probabilistic PCA with q latent dimensions, fitted with method svi (args: q)"),
+    "factor_analysis": BuiltinModel("ppl_lvm.models.factor", "factor_analysis", "table",
+                                    "factor analysis with q latent factors, fitted with method svi (args: q)"),
     "gaussian_hmm": BuiltinModel("ppl_lvm.models.hmm", "gaussian_hmm", "sequence",
                                  "hidden Markov chain, diagonal-Gaussian emissions; rows are time steps (args: K)"),
     "categorical_hmm": BuiltinModel("ppl_lvm.models.hmm", "categorical_hmm", "symbols",
@@ -341,8 +345,7 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _save_fit(result: Any, out: Path, manifest: dict[str, Any], labels: list[str] | None, fit_warnings: list[str],
-              title: str) -> dict[str, Path]:
+def _save_fit(result: Any, out: Path, manifest: dict[str, Any], fit_warnings: list[str], title: str) -> dict[str, Path]:
     """Write result, netCDF, summary, responsibilities and the report into ``out``; return the paths."""
     from .arviz_export import save_netcdf
     from .report import build_report
@@ -363,8 +366,7 @@ def _save_fit(result: Any, out: Path, manifest: dict[str, Any], labels: list[str
         save_netcdf(result.to_arviz(), str(paths["netcdf"]))
         summary = result.summary()
         summary.to_csv(paths["summary"])
-        paths["report"] = build_report(result, out, labels=labels, title=title, fit_warnings=fit_warnings,
-                                       summary=summary)
+        paths["report"] = build_report(result, out, title=title, fit_warnings=fit_warnings, summary=summary)
     for line in _warning_lines(caught):
         _warn(line)
     return paths
@@ -428,7 +430,7 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         _say(f"interrupted after {elapsed:.1f} s at step {result.steps}; saving the fit so far")
     else:
         _say(f"fitted in {elapsed:.1f} s: {result!r}")
-    paths = _save_fit(result, out, manifest, labels.get("columns"), fit_warnings, _fit_title(manifest))
+    paths = _save_fit(result, out, manifest, fit_warnings, _fit_title(manifest))
     if result.interrupted:
         print(f"{PROG}: interrupted: the fit so far ({result.steps} steps) was saved to {out}", file=sys.stderr)
     for kind, path in paths.items():
@@ -468,8 +470,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
         if hasattr(result, "responsibilities") and not result.responsibilities and resp_path.is_file():
             with np.load(resp_path, allow_pickle=False) as saved:
                 result.responsibilities = {k: torch.from_numpy(saved[k]) for k in saved.files}
-        path = build_report(result, folder, labels=manifest.get("columns"), title=_fit_title(manifest),
-                            fit_warnings=manifest.get("warnings", []))
+        path = build_report(result, folder, title=_fit_title(manifest), fit_warnings=manifest.get("warnings", []))
     for line in _warning_lines(caught):
         _warn(line)
     _say(f"report: {path}")

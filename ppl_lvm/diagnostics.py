@@ -344,8 +344,8 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
         n = len(khat_points)
         bad = int(np.sum(khat_points[np.isfinite(khat_points)] > KHAT_BAD))
         message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD} (per data point, the largest of {n}; {bad} of the {n} "
-                   f"points ({diagnosis.share_of_points_above(KHAT_BAD):.0%}) above {KHAT_BAD}, "
-                   f"{diagnosis.share_of_points_above(KHAT_GOOD):.0%} above {KHAT_GOOD}): the importance ratios "
+                   f"points ({diagnosis.share_of_points_above(KHAT_BAD):.1%}) above {KHAT_BAD}, "
+                   f"{diagnosis.share_of_points_above(KHAT_GOOD):.1%} above {KHAT_GOOD}): the importance ratios "
                    f"p(x_i, z_i) / q(z_i | x_i) of those points are heavy-tailed, so q(z_i | x_i) misses posterior "
                    f"mass and the ELBO, importance sampling and posterior summaries there are unreliable. Fit longer "
                    f"(more steps, then a lower learning rate, e.g. result.fit_more(steps=..., lr=...)), use a richer "

@@ -303,8 +303,9 @@ def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
                           "unreliable"}[verdict]
         where = ""
         if getattr(d, "khat_kind", None) == "per point":
-            where = (f", the largest over the {len(d.khat_points)} data points; "
-                     f"{d.share_of_points_above(KHAT_BAD):.0%} of them above 0.7")
+            n_points = len(d.khat_points)
+            n_bad = int(round(d.share_of_points_above(KHAT_BAD) * n_points))
+            where = f", the largest over the {n_points} data points; {n_bad} of them above 0.7"
         out.append(("ok" if verdict == "good" else "warn" if verdict == "ok" else "bad",
                     f"Pareto k-hat {d.khat:.2f} ({verdict}{where}: {meaning}; < 0.5 good, <= 0.7 ok)."))
     rungs = d.ladder

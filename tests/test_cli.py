@@ -199,6 +199,19 @@ def test_fit_user_model_from_a_file(background, files):
     assert locs.tolist() == pytest.approx([-3.0, 3.0], abs=0.35)
 
 
+def test_fit_ppca_draws_every_figure_of_its_report(files, monkeypatch, capsys):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 2)) @ rng.normal(size=(2, 4)) + 0.3 * rng.normal(size=(120, 4))
+    pd.DataFrame(x, columns=["a", "b", "c", "d"]).to_csv(files / "four.csv", index=False)
+    monkeypatch.chdir(files)
+    assert main(["fit", "ppca", "four.csv", "--arg", "q=2", "--method", "svi", "--option", "steps=150",
+                 "--option", "lr=0.05", "--out", "ppca_fit"]) == 0
+    page = (files / "ppca_fit" / "report.html").read_text()
+    assert "not drawn" not in page  # every figure of a continuous-latent fit is drawn (the latent space included)
+    assert "Latent space" in page and page.count("<img") >= 3
+    assert "W[3, 1]" in (files / "ppca_fit" / "summary.csv").read_text()
+
+
 # ---------------------------------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
 def test_ctrl_c_saves_the_fit_so_far(files):
