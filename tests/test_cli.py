@@ -6,6 +6,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -35,8 +36,14 @@ def two_groups(x, K=2):
         lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)
 
 
+CALLS = []
+
+
 @lvm.model
 def normal_mean(x):
+    CALLS.append(1)
+    if len(CALLS) == 200:  # well into the fit: tells a waiting test that steps are being taken
+        open("steps_taken", "w").close()
     mu = lvm.latent(dist.Normal(torch.zeros(x.shape[1]), 10.0).to_event(1))
     with lvm.plate(len(x)):
         lvm.observe(dist.Normal(mu, 1.0).to_event(1), x)
@@ -226,9 +233,11 @@ def test_ctrl_c_saves_the_fit_so_far(files):
     try:
         first = proc.stdout.readline()  # printed just before the fit starts
         assert first.startswith("fitting normal_mean"), first
-        import time
-
-        time.sleep(3.0)
+        marker = files / "steps_taken"  # written by the model on its 200th call, whatever the machine's load
+        deadline = time.monotonic() + 120
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the fit took no steps within 120 s"
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=180)
     finally:
