@@ -55,3 +55,18 @@ def gmm_map(x, K=3):
     with lvm.plate(len(x)):
         z = lvm.latent(dist.Categorical(weights))
         lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)
+
+
+class Encoder(torch.nn.Module):
+    """An amortised encoder x -> (loc, scale) of q(z | x): linear, or one tanh layer of ``hidden`` units."""
+
+    def __init__(self, d=5, q=2, hidden=None):
+        super().__init__()
+        if hidden is None:
+            self.net = torch.nn.Linear(d, 2 * q)
+        else:
+            self.net = torch.nn.Sequential(torch.nn.Linear(d, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 2 * q))
+
+    def forward(self, x):
+        loc, log_scale = self.net(x).chunk(2, -1)
+        return loc, log_scale.exp()

@@ -1,22 +1,12 @@
 import pytest
 import torch
+from demo_models import Encoder
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
 
-
-class Encoder(torch.nn.Module):
-    def __init__(self, d=8, q=2):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(d, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2 * q))
-
-    def forward(self, x):
-        loc, log_scale = self.net(x).chunk(2, -1)
-        return loc, log_scale.exp()
-
-
 decoder = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 8))
-encoder = Encoder()
+encoder = Encoder(d=8, hidden=16)
 
 
 @lvm.model
@@ -61,7 +51,7 @@ def test_amortized_normal_with_iwae_and_kl_warmup(binary_data):
         for layer in decoder:
             if hasattr(layer, "reset_parameters"):
                 layer.reset_parameters()
-        return lvm.infer(vae, binary_data, method="iwae", guide=lvm.AmortizedNormal(Encoder(), site="z"),
+        return lvm.infer(vae, binary_data, method="iwae", guide=lvm.AmortizedNormal(Encoder(d=8, hidden=16), site="z"),
                          num_particles=5, steps=steps, lr=0.01, batch_size=100, beta=lvm.linear_warmup(100), seed=0)
 
     start, trained = fit(1), fit(400)
@@ -72,4 +62,4 @@ def test_amortized_normal_with_iwae_and_kl_warmup(binary_data):
 
 def test_amortized_normal_names_a_missing_site(binary_data):
     with pytest.raises(ValueError, match=r"no latent site 'w'; its latents: \['z'\]"):
-        lvm.infer(vae, binary_data, guide=lvm.AmortizedNormal(Encoder(), site="w"), steps=1)
+        lvm.infer(vae, binary_data, guide=lvm.AmortizedNormal(Encoder(d=8, hidden=16), site="w"), steps=1)

@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from demo_models import gmm_map, ppca, ppca_log_marginal
+from demo_models import Encoder, gmm_map, ppca, ppca_log_marginal
 from scipy.special import logsumexp
 
 import ppl_lvm as lvm
@@ -139,16 +139,6 @@ def ignores_z(x, q=2):
     with lvm.plate(n):
         lvm.latent(dist.Normal(torch.zeros(q), 1.0).to_event(1), name="z")
         lvm.observe(dist.Normal(mu, sigma).expand([d]).to_event(1), x)
-
-
-class Encoder(torch.nn.Module):
-    def __init__(self, d=5, q=2):
-        super().__init__()
-        self.net = torch.nn.Linear(d, 2 * q)
-
-    def forward(self, x):
-        loc, log_scale = self.net(x).chunk(2, -1)
-        return loc, log_scale.exp()
 
 
 @pytest.mark.parametrize("amortised", [False, True], ids=["normal", "amortised"])
@@ -398,16 +388,6 @@ def test_pointwise_log_weights_of_the_exact_posterior_are_log_p_x_i(float64):
     assert d.elbo == pytest.approx(log_p.sum(), abs=1e-9)
 
 
-class BinaryEncoder(torch.nn.Module):
-    def __init__(self, d=64, q=2, h=16):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.Tanh(), torch.nn.Linear(h, 2 * q))
-
-    def forward(self, x):
-        loc, log_scale = self.net(x).chunk(2, -1)
-        return loc, log_scale.exp()
-
-
 @lvm.model
 def binary_vae(x, q=2):
     decoder = lvm.module(torch.nn.Sequential(torch.nn.Linear(q, 16), torch.nn.Tanh(), torch.nn.Linear(16, x.shape[1])),
@@ -422,7 +402,7 @@ def test_khat_of_a_vae_on_binary_digits_is_per_point(float64):
 
     x = binarized_digits().x_train[:100].double()
     torch.manual_seed(0)
-    guide = lvm.AmortizedNormal(BinaryEncoder().double(), site="z")
+    guide = lvm.AmortizedNormal(Encoder(d=64, hidden=16).double(), site="z")
     fit = lvm.infer(binary_vae, x, method="svi", guide=guide, steps=300, lr=0.02, seed=0)
     with pytest.warns(DiagnosticWarning, match=r"per data point, the largest of 100; \d+ of the 100 points") as rec:
         d = fit.diagnose(num_samples=300, ladder=())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 import torch
-from demo_models import gmm_map, normal_normal, ppca, ppca_log_marginal
+from demo_models import Encoder, gmm_map, normal_normal, ppca, ppca_log_marginal
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -73,16 +73,6 @@ def test_renyi_alpha(ppca_data, float64):
         lvm.infer(ppca, ppca_data, method="renyi", alpha=1.0, steps=2)
     fit = lvm.infer(ppca, ppca_data, method="renyi", alpha=0.5, num_particles=3, steps=20)
     assert fit.method == "renyi" and fit.options["alpha"] == 0.5 and np.isfinite(fit.losses).all()
-
-
-class Encoder(torch.nn.Module):
-    def __init__(self, d=5, q=2):
-        super().__init__()
-        self.net = torch.nn.Linear(d, 2 * q)
-
-    def forward(self, x):
-        loc, log_scale = self.net(x).chunk(2, -1)
-        return loc, log_scale.exp()
 
 
 def test_iwae_minibatches_scale_outside_the_log_mean_exp(ppca_data, float64):

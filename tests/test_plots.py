@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from demo_models import gmm_map, ppca, ppca_log_marginal  # noqa: E402
+from demo_models import Encoder, gmm_map, ppca, ppca_log_marginal  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from scipy.special import logsumexp  # noqa: E402
@@ -60,16 +60,6 @@ def mixture(x, K=2):
         lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)
 
 
-class Encoder(torch.nn.Module):
-    def __init__(self, d=5, q=3):
-        super().__init__()
-        self.net = torch.nn.Linear(d, 2 * q)
-
-    def forward(self, x):
-        loc, log_scale = self.net(x).chunk(2, -1)
-        return loc, log_scale.exp()
-
-
 @pytest.fixture(scope="module")
 def fits():
     """Tiny fits of every kind, in float64: EM and SVI mixtures, PPCA (early stop), gmm_map, an amortised PPCA."""
@@ -93,7 +83,7 @@ def fits():
         }
         torch.manual_seed(0)
         out["amortised"] = lvm.infer(ppca, {"x": xp, "q": 3}, method="meanfield",
-                                     guide=lvm.AmortizedNormal(Encoder().double(), site="z"), steps=40, lr=0.05,
+                                     guide=lvm.AmortizedNormal(Encoder(q=3).double(), site="z"), steps=40, lr=0.05,
                                      seed=0)
         out["smoothed"] = np.array(smoothed)
         return out
@@ -277,7 +267,7 @@ def test_plot_khat_refuses_a_guide_without_density():
 
 
 # ---------------------------------------------------------------------------------------------------- responsibilities
-def _alpha_and_colour_check(ax, resp, data_xy):
+def assert_points_match_responsibilities(ax, resp, data_xy):
     points = ax.collections[0]
     np.testing.assert_allclose(points.get_offsets(), data_xy)
     colours = points.get_facecolors()
@@ -295,13 +285,13 @@ def test_plot_responsibilities_of_em_colours_by_map_component(fits, tmp_path):
     fig = plots.plot_responsibilities(em, dims=(1, 0), path=path)
     assert _is_png(path)
     ax = fig.axes[0]
-    _alpha_and_colour_check(ax, em.responsibilities["z"].numpy(), x[:, [1, 0]])
+    assert_points_match_responsibilities(ax, em.responsibilities["z"].numpy(), x[:, [1, 0]])
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("x[1]", "x[0]")
     # new data go through predict_proba
     new = x[:5] + 0.1
     fig, ax = plt.subplots()
     assert plots.plot_responsibilities(em, x=new, ax=ax) is fig
-    _alpha_and_colour_check(ax, em.predict_proba(torch.from_numpy(new)).numpy(), new)
+    assert_points_match_responsibilities(ax, em.predict_proba(torch.from_numpy(new)).numpy(), new)
 
 
 def test_plot_responsibilities_of_svi_is_the_exact_posterior_of_z(fits, float64):
@@ -314,12 +304,12 @@ def test_plot_responsibilities_of_svi_is_the_exact_posterior_of_z(fits, float64)
 
     resp = resp_of(x)
     ax = plots.plot_responsibilities(fit).axes[0]
-    _alpha_and_colour_check(ax, resp, x)
+    assert_points_match_responsibilities(ax, resp, x)
     # overlapping clusters: some points are uncertain, so the alphas really vary (measured: min max_k p = 0.71)
     assert resp.max(1).min() < 0.8
     # new rows: the same parameters, the new data's posterior
     ax = plots.plot_responsibilities(fit, x=x[:6] * 0.5).axes[0]
-    _alpha_and_colour_check(ax, resp_of(x[:6] * 0.5), x[:6] * 0.5)
+    assert_points_match_responsibilities(ax, resp_of(x[:6] * 0.5), x[:6] * 0.5)
 
 
 def test_plot_responsibilities_with_global_latents_averages_over_q(fits, float64):
@@ -330,7 +320,7 @@ def test_plot_responsibilities_with_global_latents_averages_over_q(fits, float64
     joint = np.log(w)[:, None, :] + norm.logpdf(x[None, :, None, :], locs[:, None], scales[:, None]).sum(-1)
     resp = np.exp(joint - logsumexp(joint, axis=2, keepdims=True)).mean(0)
     ax = plots.plot_responsibilities(fit, num_samples=8, seed=4).axes[0]
-    _alpha_and_colour_check(ax, resp, x)
+    assert_points_match_responsibilities(ax, resp, x)
 
 
 def test_plot_responsibilities_of_one_column_plots_value_against_certainty(float64):
