@@ -40,7 +40,7 @@ def _format_table(frame: Any, best: Any) -> str:
 def _vae_diagnosis(vae: Any, fit: Any, x_train: Any, x_test: Any, ladder: Sequence[int]) -> Any:
     """Per-image bounds on held-out data (IWAE_1 = the ELBO, then IWAE_K) and the active units of the encoder.
 
-    ``result.diagnose()`` bounds the training data jointly; a VAE is judged per held-out image instead.
+    ``result.diagnose()`` bounds the data the VAE was trained on; the demo judges it on held-out images instead.
     """
     import torch
 
