@@ -25,7 +25,7 @@ from pyro.poutine.util import site_is_subsample
 from .errors import ConvergenceWarning, FitError, PplLvmWarning
 from .runtime import FitContext, fit_scope
 
-__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS", "smoothed_final_loss"]
+__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS", "smoothed_final_loss", "smoothed_losses"]
 
 OPTIMIZERS = {
     "adam": pyro.optim.Adam,
@@ -143,13 +143,21 @@ class FitState:
     beta: float
 
 
-def smoothed_final_loss(losses: Sequence[float], smoothing: int) -> float:
-    """The exponential moving average of ``losses`` at the last step, as the loop computes it."""
+def smoothed_losses(losses: Sequence[float], smoothing: int) -> np.ndarray:
+    """The exponential moving average of ``losses`` at every step (``alpha = 2 / (smoothing + 1)``), as the loop
+    computes it."""
     alpha = 2.0 / (smoothing + 1.0)
+    out = np.empty(len(losses), dtype=float)
     smoothed = math.nan
     for i, loss in enumerate(losses):
         smoothed = loss if i == 0 else (1 - alpha) * smoothed + alpha * loss
-    return smoothed
+        out[i] = smoothed
+    return out
+
+
+def smoothed_final_loss(losses: Sequence[float], smoothing: int) -> float:
+    """The exponential moving average of ``losses`` at the last step (NaN for no steps)."""
+    return float(smoothed_losses(losses, smoothing)[-1]) if len(losses) else math.nan
 
 
 def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[[int], float]:

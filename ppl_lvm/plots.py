@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .fit import smoothed_losses
+
 __all__ = [
     "plot_loss",
     "plot_bound_ladder",
@@ -114,17 +116,6 @@ def _numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _ema(values: np.ndarray, window: int) -> np.ndarray:
-    """The exponential moving average of the fit loop (``alpha = 2 / (window + 1)``), so the curves agree."""
-    alpha = 2.0 / (window + 1.0)
-    out = np.empty_like(values, dtype=float)
-    acc = math.nan
-    for i, v in enumerate(values):
-        acc = v if i == 0 else (1 - alpha) * acc + alpha * v
-        out[i] = acc
-    return out
-
-
 def _restarts(result: Any) -> list[Any]:
     """The other restarts of an ``n_init > 1`` fit (``result.restarts`` holds the kept one too)."""
     restarts = getattr(result, "restarts", None) or []
@@ -179,10 +170,10 @@ def plot_loss(result: Any, ax: Any = None, path: Any = None, smoothing: int | No
     for i, other in enumerate(_restarts(result)):
         other_losses = np.asarray(getattr(other, "losses", []), dtype=float)
         if other_losses.size:
-            ax.plot(np.arange(1, len(other_losses) + 1), _ema(other_losses, window), color="0.6", lw=1,
+            ax.plot(np.arange(1, len(other_losses) + 1), smoothed_losses(other_losses, window), color="0.6", lw=1,
                     alpha=0.7, label=f"{len(_restarts(result))} other restarts (moving average)" if i == 0 else None)
     ax.plot(steps, losses, color="C0", lw=0.8, alpha=0.35, label="loss per step")
-    smooth = _ema(losses, window)
+    smooth = smoothed_losses(losses, window)
     ax.plot(steps, smooth, color="C0", lw=2.2, label=f"moving average ({window} steps)")
     positive = finite.any() and np.all(losses[finite] > 0)
     if positive and losses[finite].max() / losses[finite].min() > 10:
