@@ -22,7 +22,12 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..em._hmm import hmm_n_parameters
+from ..em._mixture import mixture_n_parameters
+from ..em.parameters import count_free_parameters
 from ..errors import ConvergenceWarning, DataError, InferenceWarning, UnsupportedModelError
+from ..guides import empty_guide
+from ..outcome import EMOutcome
 from ..runtime import clone_param_state
 from .base import Backend, Problem
 
@@ -120,7 +125,6 @@ class EMBackend(Backend):
 
     def fit(self, problem: Problem):
         from ..em._recognize import recognise_discrete_hmm, recognise_hmm, recognise_mixture
-        from ..em.result import EMResult
 
         opts, _ = self.parse_options(problem.options)
         structure = problem.structure
@@ -168,7 +172,7 @@ class EMBackend(Backend):
                 ConvergenceWarning,
                 stacklevel=4,
             )
-        return EMResult.from_em(problem, opts, final_state, best, pattern)
+        return _em_outcome(problem, opts, final_state, best, pattern)
 
     # ------------------------------------------------------------------ closed-form mixtures and chains
     def _fit_closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
@@ -244,7 +248,7 @@ class EMBackend(Backend):
                 f"init_params={opts.init_params!r} is available for recognised mixtures only; this model runs the generic EM "
                 "route, which starts from the model's own lvm.param values (init_params='params' or a dict)."
             )
-        from .base import enumerating
+        from ..handlers import enumerating
 
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
@@ -270,6 +274,50 @@ class EMBackend(Backend):
         responsibilities = _generic.site_marginals(e_step, structure)
         return _Run(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), _copy_state(store),
                     float(e_step.log_likelihood), per_point, responsibilities)
+
+
+def _em_outcome(problem: Problem, opts: EMOptions, state: dict, run: _Run, pattern: Any) -> EMOutcome:
+    """The outcome of the kept fit: history, exact log-likelihood, responsibilities and the BIC counts."""
+    chain = pattern is not None and hasattr(pattern, "trans")
+    if chain:
+        n = int(pattern.lengths.sum())
+    elif run.per_point is not None:
+        n = int(run.per_point.numel())
+    else:  # the size of the data plate around the observations
+        n = problem.structure.n_data or 1
+    history = np.asarray(run.history, dtype=float)
+    outcome = EMOutcome(
+        method="em",
+        losses=-history * max(n, 1),
+        converged=bool(run.converged),
+        steps=int(run.n_iter),
+        seed=int(opts.seed),
+        guide_name="none (all latents enumerated)",
+        model=problem.model,
+        guide=empty_guide,
+        data=problem.data,
+        structure=problem.structure,
+        param_state=state,
+        options={k: v for k, v in vars(opts).items() if k != "callbacks" and not isinstance(v, dict)},
+        enumerated=[s.name for s in problem.structure.discrete_latents],
+        interrupted=bool(run.interrupted),
+        log_likelihood=float(run.log_likelihood),
+        history=history,
+        n_iter=int(run.n_iter),
+        responsibilities=dict(run.responsibilities),
+        log_likelihood_per_point=run.per_point,
+        closed_form=pattern is not None,
+        n_samples=n,
+        pattern=pattern,
+    )
+    params = outcome.constrained_params()
+    if chain:
+        outcome.n_parameters = int(hmm_n_parameters(pattern.family, pattern.to_kernel(params)))
+    elif pattern is not None:
+        outcome.n_parameters = int(mixture_n_parameters(pattern.family, pattern.to_kernel(params)))
+    else:
+        outcome.n_parameters = count_free_parameters(params, state["constraints"])
+    return outcome
 
 
 EM = EMBackend()
