@@ -12,6 +12,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 
 from . import alignment, backends
+from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
 from .diagnostics import DiagnosticWarning
@@ -34,8 +35,6 @@ from .io import load
 from .model import Guide, Model, ModelStructure, guide, model
 from .primitives import deterministic, latent, markov, module, observe, param, plate
 from .result import Result
-
-__version__ = "0.1.0"
 
 # In a source checkout the ready-made models sit in the top-level models/ folder; a wheel installs them as
 # ppl_lvm/models (pyproject's package-dir). Make `ppl_lvm.models` resolve in the checkout too.
