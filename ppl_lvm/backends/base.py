@@ -52,7 +52,7 @@ class Backend(ABC):
 
     @abstractmethod
     def fit(self, problem: Problem):
-        """Fit ``problem`` and return a :class:`~ppl_lvm.result.Result`."""
+        """Fit ``problem`` and return an :class:`~ppl_lvm.outcome.Outcome` (``lvm.infer`` builds the result from it)."""
 
 
 @dataclass
