@@ -24,6 +24,7 @@ from ..guides import build_guide, empty_guide
 from ..outcome import Outcome
 from ..runtime import clone_param_state, run_scope
 from ..structure import ModelStructure
+from .guide_check import check_guide
 from .problem import OPTION_HINTS, Problem
 from .restarts import run_restarts
 
@@ -124,6 +125,7 @@ class VariationalBackend(Backend):
         with device_ctx, pyro.get_param_store().scope(state) as state:
             guide, guide_name = build_guide(spec, problem.model, problem.structure)
             gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
+            check_guide(problem.structure, gtrace, guide, guide_name)
             plan = self.plan(problem, loop, method, guide, guide_name, gtrace)
             minibatch = self._minibatch(problem, loop, plan, gtrace)
             try:
