@@ -475,7 +475,7 @@ def _vi_responsibilities(result: Any, site: str, kwargs: dict, num_samples: int,
     """
     import pyro.poutine as poutine
 
-    from .em._generic import e_step, site_marginal
+    from .em.generic import e_step, site_marginal
     from .runtime import run_scope
 
     continuous = [s.name for s in result.structure.continuous_latents]

@@ -1,9 +1,9 @@
 """``method="em"``: exact-enumeration expectation-maximisation.
 
 Every latent must be discrete with finite support; it is summed out exactly. When the model is a finite mixture of
-a recognised emission family (see :mod:`ppl_lvm.em._recognize`) the E- and M-steps run in the closed-form kernels
+a recognised emission family (see :mod:`ppl_lvm.em.recognise`) the E- and M-steps run in the closed-form kernels
 of :mod:`ppl_lvm.em` (scikit-learn's numbers, faster); any other enumerable model runs the generic route of
-:mod:`ppl_lvm.em._generic`: an exact E-step by contracting the enumerated trace and a numerical M-step that is
+:mod:`ppl_lvm.em.generic`: an exact E-step by contracting the enumerated trace and a numerical M-step that is
 accepted only when it raises the expected complete-data log-likelihood (generalised EM), so the log-likelihood
 never decreases either way.
 """
@@ -22,9 +22,15 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..em import generic as _generic
+from ..em.hmm import fit_hmm, hmm_e_step
+from ..em.init import initialize_hmm, initialize_mixture
+from ..em.mixture import fit_mixture, mixture_log_likelihood
+from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
+from ..em.result import EMResult
 from ..errors import ConvergenceWarning, DataError, InferenceWarning, UnsupportedModelError
 from ..runtime import clone_param_state
-from .base import Backend, Problem
+from .base import Backend, Problem, enumerating
 
 __all__ = ["EM", "EMOptions"]
 
@@ -105,7 +111,7 @@ def _progress_bar(enabled: bool | None, total: int, desc: str):
     show = enabled if enabled is not None else sys.stderr.isatty()
     if not show:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: only a shown progress bar needs it (tqdm.auto may import ipywidgets)
 
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
@@ -119,9 +125,6 @@ class EMBackend(Backend):
     options_class = EMOptions
 
     def fit(self, problem: Problem):
-        from ..em._recognize import recognise_discrete_hmm, recognise_hmm, recognise_mixture
-        from ..em.result import EMResult
-
         opts, _ = self.parse_options(problem.options)
         structure = problem.structure
         for site in structure.continuous_latents:
@@ -173,10 +176,6 @@ class EMBackend(Backend):
     # ------------------------------------------------------------------ closed-form mixtures and chains
     def _fit_closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
         """Restarts of the closed-form kernels: ``fit_mixture`` for mixtures, Baum-Welch for chains."""
-        from ..em._hmm import fit_hmm, hmm_e_step
-        from ..em._init import initialize_hmm, initialize_mixture
-        from ..em._mixture import fit_mixture, mixture_log_likelihood
-
         chain = hasattr(pattern, "trans")
         family = pattern.family
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
@@ -237,15 +236,11 @@ class EMBackend(Backend):
 
     # ------------------------------------------------------------------ any enumerable model
     def _fit_generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
-        from ..em import _generic
-
         if not isinstance(opts.init_params, dict) and opts.init_params not in ("params", "k-means++"):
             raise UnsupportedModelError(
                 f"init_params={opts.init_params!r} is available for recognised mixtures only; this model runs the generic EM "
                 "route, which starts from the model's own lvm.param values (init_params='params' or a dict)."
             )
-        from .base import enumerating
-
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
         nesting = structure.max_plate_nesting

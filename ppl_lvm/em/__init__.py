@@ -1,6 +1,6 @@
 """Exact-enumeration EM: closed-form kernels (mixtures, hidden Markov chains), the generic route, the result."""
 
-from ._mixture import EMDegeneracyWarning
+from .mixture import EMDegeneracyWarning
 from .result import EMResult
 
 __all__ = ["EMDegeneracyWarning", "EMResult"]

@@ -100,11 +100,11 @@ class EMResult(Result):
         )
         result.params = result._constrained_params()
         if pattern is not None and hasattr(pattern, "trans"):
-            from ._hmm import hmm_n_parameters
+            from .hmm import hmm_n_parameters
 
             result.n_parameters = int(hmm_n_parameters(pattern.family, pattern.to_kernel(result.params)))
         elif pattern is not None:
-            from ._mixture import mixture_n_parameters
+            from .mixture import mixture_n_parameters
 
             result.n_parameters = int(mixture_n_parameters(pattern.family, pattern.to_kernel(result.params)))
         else:
@@ -167,14 +167,14 @@ class EMResult(Result):
 
     def score_samples(self, x: Any) -> torch.Tensor:
         """log p(x_i) of every row of new data under the fitted mixture."""
-        from ._mixture import mixture_log_likelihood
+        from .mixture import mixture_log_likelihood
 
         pattern, data, params = self._kernel_inputs(x)
         return mixture_log_likelihood(data, pattern.family, params)[0]
 
     def predict_proba(self, x: Any) -> torch.Tensor:
         """Posterior component probabilities p(z_i = k | x_i) of new data, shape ``(N, K)``."""
-        from ._mixture import mixture_log_likelihood
+        from .mixture import mixture_log_likelihood
 
         pattern, data, params = self._kernel_inputs(x)
         return mixture_log_likelihood(data, pattern.family, params)[1]
@@ -204,7 +204,7 @@ class EMResult(Result):
         """
         pattern = self.pattern
         if pattern is not None and hasattr(pattern, "trans"):
-            from ._hmm import viterbi
+            from .hmm import viterbi
 
             params = pattern.family.complete_params(pattern.to_kernel(self.params))
             log_emission = pattern.family.log_prob(pattern.data, params)

@@ -1,6 +1,6 @@
 """Exact EM for finite mixtures: E-step, weights M-step and the fitting loop.
 
-The emission family (see :mod:`ppl_lvm.em._families`) supplies the per-component
+The emission family (see :mod:`ppl_lvm.em.families`) supplies the per-component
 log densities and the weighted M-step; this module only handles the mixing
 weights, the responsibilities and the loop.  Conventions follow
 ``sklearn.mixture.GaussianMixture`` so results can be compared number for
@@ -225,7 +225,7 @@ def fit_mixture(
         Emission family instance, e.g. ``Gaussian("full")``.
     init_params : dict of torch.Tensor
         Initial parameters: ``"weights"`` (K,) plus the family's parameters
-        (see :func:`ppl_lvm.em._init.initialize_mixture`).
+        (see :func:`ppl_lvm.em.init.initialize_mixture`).
     max_iter : int, default 100
     tol : float, default 1e-3
         Stop when the mean log-likelihood changes by less than ``tol``
