@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..convergence import ConvergenceMonitor
 from ..mixture import EMDegeneracyWarning
 from .estep import e_step
 from .mstep import _store_params, generic_m_step
@@ -38,7 +39,7 @@ def fit_generic_em(
     max_iter : int
         Maximum number of M-steps.
     tol : float
-        Convergence when the mean log-likelihood changes by less than ``tol`` (scikit-learn's convention).
+        Convergence when the mean log-likelihood changes by less than ``tol`` (:mod:`ppl_lvm.em.convergence`).
     callback : callable, optional
         ``callback(iteration, mean_log_likelihood)`` after each accepted iteration (the value just appended
         to ``history``); a truthy return value stops the fit (``converged`` is then True only if the
@@ -60,7 +61,7 @@ def fit_generic_em(
     Notes
     -----
     The log-likelihood never decreases: an M-step whose ``Q`` did not increase is rejected (the loop then
-    stops as converged, parameters are at a fixed point of the M-step), and if an accepted M-step lowered the
+    stops, converged when ``tol > 0``: parameters are at a fixed point of the M-step), and if an accepted M-step lowered the
     log-likelihood by more than a 1e-9 relative slack the parameters are restored and the loop stops with an
     :class:`~ppl_lvm.em.mixture.EMDegeneracyWarning`.
     """
@@ -68,8 +69,8 @@ def fit_generic_em(
     estep = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
     n = estep.n_data if estep.n_data else 1
     ll = float(estep.log_likelihood)
-    history = [ll / n]
-    converged = False
+    monitor = ConvergenceMonitor(tol)
+    monitor.report(ll / n)
     n_iter = 0
     leaves = _store_params(params)
     for iteration in range(1, max_iter + 1):
@@ -84,7 +85,7 @@ def fit_generic_em(
                     stacklevel=2,
                 )
             else:
-                converged = True
+                monitor.fixed_point()
             break
         new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
         new_ll = float(new.log_likelihood)
@@ -100,11 +101,9 @@ def fit_generic_em(
             )
             break
         estep, ll = new, new_ll
-        history.append(ll / n)
-        stop = callback is not None and bool(callback(iteration, history[-1]))
-        if abs(history[-1] - history[-2]) < tol:
-            converged = True
+        converged = monitor.report(ll / n)
+        if callback is not None and bool(callback(iteration, ll / n)):
             break
-        if stop:
+        if converged:
             break
-    return {"history": history, "converged": converged, "n_iter": n_iter, "e_step": estep}
+    return {"history": monitor.history, "converged": monitor.converged, "n_iter": n_iter, "e_step": estep}

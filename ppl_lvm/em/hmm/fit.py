@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from ..convergence import ConvergenceMonitor
 from ..mixture import EMDegeneracyWarning, EmissionFamily
 from .estep import hmm_e_step
 from .layout import _Buckets
@@ -113,8 +114,8 @@ def fit_hmm(
         ``"startprob"`` (K,), ``"transmat"`` (K, K) and the family's parameters.
     max_iter : int, default 100
     tol : float, default 1e-2
-        hmmlearn's criterion: stop when the total log-likelihood improves by
-        less than ``tol`` (signed, so a decrease also stops).
+        Stop when the total log-likelihood (hmmlearn's units) changes by less
+        than ``tol``; the rule of :mod:`ppl_lvm.em.convergence`.
     reg : float, optional
         Family regularisation (default ``family.default_reg``).  Use 0 with
         hmmlearn's ``covars_prior=0`` for identical numbers.
@@ -141,6 +142,7 @@ def fit_hmm(
     n_total = int(cache["n"])
     buckets = _Buckets(lengths, n_total)
     result = HMMFitResult(params=params)
+    monitor = ConvergenceMonitor(tol)
     for n_iter in range(1, max_iter + 1):
         log_em = family.log_prob(X, params, cache=cache)
         stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
@@ -148,12 +150,13 @@ def fit_hmm(
         new = family.m_step(X, stats.gamma, params, reg, cache=cache)
         new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)
         params = new
-        result.history.append(total)
         result.n_iter = n_iter
+        converged = monitor.report(total)
         if callback is not None and callback(n_iter, total, params):
             break
-        if len(result.history) >= 2 and result.history[-1] - result.history[-2] < tol:
-            result.converged = True
+        if converged:
             break
     result.params = params
+    result.history = monitor.history
+    result.converged = monitor.converged
     return result
