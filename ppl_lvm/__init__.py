@@ -6,20 +6,18 @@
 
 from __future__ import annotations
 
-import os
-
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
 from . import alignment, backends
 from .api import infer, methods
 from .compare import compare
-from .diagnostics import DiagnosticWarning
-from .em import EMDegeneracyWarning, EMResult
 from .errors import (
     ConvergenceWarning,
     DataError,
     DataWarning,
+    DiagnosticWarning,
+    EMDegeneracyWarning,
     FitError,
     InferenceWarning,
     ModelCheckError,
@@ -30,20 +28,12 @@ from .errors import (
 )
 from .fit import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
-from .io import load
-from .model import Guide, Model, ModelStructure, guide, model
+from .model import Guide, Model, guide, model
 from .primitives import deterministic, latent, markov, module, observe, param, plate
-from .result import Result
+from .results import EMResult, Result, load
+from .structure import ModelStructure
 
 __version__ = "0.1.0"
-
-# In a source checkout the ready-made models sit in the top-level models/ folder; a wheel installs them as
-# ppl_lvm/models (pyproject's package-dir). Make `ppl_lvm.models` resolve in the checkout too.
-_checkout_models = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
-if os.path.isfile(os.path.join(_checkout_models, "__init__.py")) and not os.path.isdir(
-    os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-):
-    __path__.append(os.path.dirname(_checkout_models))  # noqa: F821 - the package's own __path__
 
 __all__ = [
     "AmortizedNormal",

@@ -43,6 +43,8 @@ import torch
 from pyro.infer.mcmc.util import TraceEinsumEvaluator
 from pyro.poutine.util import site_is_subsample
 
+from .handlers import enum_dims, enumerating, replay_trace
+
 __all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "arviz_major_version", "importance_log_weights",
            "pointwise_log_weights", "psis_khat", "psis_khat_points", "ratios_vary"]
 
@@ -167,18 +169,6 @@ def _make(groups: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- SVI / IWAE
-def _replay_trace(values: dict[str, torch.Tensor]) -> poutine.Trace:
-    trace = poutine.Trace()
-    for name, value in values.items():
-        trace.add_node(name, type="sample", name=name, value=value, is_observed=False, infer={})
-    return trace
-
-
-def _enum_dims(tensor: torch.Tensor, nesting: int) -> set[int]:
-    """Negative positions left of the plate dims where ``tensor`` has size > 1 (enumeration dims)."""
-    return {d for d in range(-tensor.dim(), -nesting) if tensor.shape[d] > 1}
-
-
 class _LogJoint(TraceEinsumEvaluator):
     """log p(x, theta) with the enumerated sites contracted exactly (Markov chains included).
 
@@ -207,9 +197,9 @@ def _pointwise(trace: poutine.Trace, obs: str, enumerated: list[str], structure:
     nesting = structure.max_plate_nesting
     node = trace.nodes[obs]
     terms = [node["log_prob"]]
-    dims = _enum_dims(node["log_prob"], nesting)
+    dims = enum_dims(node["log_prob"], nesting)
     enum_nodes = {n: trace.nodes[n] for n in enumerated if n in trace.nodes}
-    site_dim: dict[str, set[int]] = {n: _enum_dims(nd["value"], nesting) for n, nd in enum_nodes.items()}
+    site_dim: dict[str, set[int]] = {n: enum_dims(nd["value"], nesting) for n, nd in enum_nodes.items()}
     seen: dict[int, str] = {}
     for name, ds in site_dim.items():
         for d in ds:
@@ -224,7 +214,7 @@ def _pointwise(trace: poutine.Trace, obs: str, enumerated: list[str], structure:
             if name not in included and site_dim[name] & dims:
                 included.add(name)
                 terms.append(nd["unscaled_log_prob"])  # unmasked, as TraceEnum_ELBO: states sum to one
-                dims |= _enum_dims(nd["unscaled_log_prob"], nesting)
+                dims |= enum_dims(nd["unscaled_log_prob"], nesting)
                 changed = True
     obs_plates = set(structure.sites[obs].plates) if obs in structure.sites else set()
     for name in included:
@@ -248,7 +238,7 @@ def _log_q(result: Any, values: dict[str, torch.Tensor]) -> float | None:
     """log q(theta) of the guide at a draw, when the guide samples exactly the replayed sites (no helper sites)."""
     if "delta" in str(result.guide_name).lower() or "map" in str(result.guide_name).lower():
         return None
-    trace = poutine.trace(poutine.replay(result.guide, trace=_replay_trace(values))).get_trace(**result.data.kwargs)
+    trace = poutine.trace(poutine.replay(result.guide, trace=replay_trace(values))).get_trace(**result.data.kwargs)
     sites = [n for n, nd in trace.nodes.items()
              if nd["type"] == "sample" and not nd["is_observed"] and not site_is_subsample(nd)]
     if set(sites) != set(values):
@@ -320,7 +310,6 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
                         pointwise_ll: bool = True) -> dict[str, Any]:
     """The groups of a variational fit. ``light``: draw only the guide's sites (enumerated discrete latents are
     not drawn) and skip the posterior predictive; ``pointwise_ll=False`` skips the log_likelihood group."""
-    from .backends.base import enumerating
     from .runtime import run_scope
 
     model = result._require_model()
@@ -343,7 +332,7 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
         pyro.set_rng_seed(result.seed if seed is None else seed)
         for s in range(num_samples):
             values = {n: draws[n][s] for n in replayed}
-            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=_replay_trace(values))
+            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=replay_trace(values))
             if enumerated:
                 fn = poutine.enum(fn, first_available_dim=-1 - nesting)
             trace = poutine.trace(fn).get_trace(**kwargs)
@@ -580,7 +569,6 @@ def pointwise_log_weights(result: Any, num_samples: int = 1000, seed: int | None
     discrete latent in a plate nested in the data plate, a Markov chain of discrete latents, no data plate) or
     when the guide has no density for its draws (``delta``, guides with helper sites).
     """
-    from .backends.base import enumerating
     from .runtime import run_scope
 
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
@@ -608,7 +596,7 @@ def pointwise_log_weights(result: Any, num_samples: int = 1000, seed: int | None
         pyro.set_rng_seed(result.seed if seed is None else seed)
         for s in range(num_samples):
             values = {name: draws[name][s] for name in replayed}
-            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=_replay_trace(values))
+            fn = poutine.replay(enumerating(model, enumerated) if enumerated else model, trace=replay_trace(values))
             if enumerated:
                 fn = poutine.enum(fn, first_available_dim=-1 - nesting)
             trace = poutine.trace(fn).get_trace(**kwargs)
@@ -620,7 +608,7 @@ def pointwise_log_weights(result: Any, num_samples: int = 1000, seed: int | None
                     continue
                 is_enum = node["infer"].get("_enumerate_dim") is not None
                 if is_enum:
-                    ds = _enum_dims(node["value"], nesting)
+                    ds = enum_dims(node["value"], nesting)
                     if ds & seen:  # an enumeration dim reused: a Markov chain, not a product over points
                         return None
                     seen |= ds
@@ -630,7 +618,7 @@ def pointwise_log_weights(result: Any, num_samples: int = 1000, seed: int | None
                 total = total + term
             if total.dim() > nesting:
                 total = torch.logsumexp(total, dim=tuple(range(total.dim() - nesting)))
-            guide_trace = poutine.trace(poutine.replay(result.guide, trace=_replay_trace(values))).get_trace(**kwargs)
+            guide_trace = poutine.trace(poutine.replay(result.guide, trace=replay_trace(values))).get_trace(**kwargs)
             guide_trace.compute_log_prob()
             sites = [name for name, node in guide_trace.nodes.items()
                      if node["type"] == "sample" and not node["is_observed"] and not site_is_subsample(node)]

@@ -32,7 +32,7 @@ VI_COLUMNS = ["rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse", "
 
 
 def _validate(results: Any) -> dict[str, Any]:
-    from .result import Result
+    from .results import Result
 
     if not isinstance(results, dict) or not results:
         raise TypeError("compare expects a non-empty dict {name: result}, e.g. {'K=2': fit2, 'K=3': fit3}")

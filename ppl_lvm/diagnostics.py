@@ -38,7 +38,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from .errors import PplLvmWarning
+from .errors import DiagnosticWarning
 
 __all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "summarize", "KHAT_GOOD", "KHAT_BAD", "RHAT_BAD",
            "ACTIVE_UNIT_THRESHOLD"]
@@ -47,10 +47,6 @@ KHAT_GOOD = 0.5
 KHAT_BAD = 0.7
 RHAT_BAD = 1.05
 ACTIVE_UNIT_THRESHOLD = 0.01
-
-
-class DiagnosticWarning(PplLvmWarning):
-    """A health check of a fitted approximation failed (heavy-tailed importance ratios, posterior collapse)."""
 
 
 @dataclass
@@ -433,7 +429,7 @@ def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:
 def _caller_level() -> int:
     """The ``stacklevel`` of the first frame outside this module and ``Result.diagnose`` (the user's call)."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__") in (__name__, "ppl_lvm.result"):
+    while frame is not None and frame.f_globals.get("__name__") in (__name__, "ppl_lvm.results.result", "ppl_lvm.results.em_result"):
         frame, level = frame.f_back, level + 1
     return level
 

@@ -70,6 +70,7 @@ class FitError(PplLvmError, RuntimeError):
     def __init__(self, message: str, result: Any = None, step: int | None = None):
         self.result = result
         self.step = step
+        self.outcome: Any = None  # what the engine reached; the result layer turns it into ``result``
         super().__init__(message)
 
 
@@ -91,3 +92,18 @@ class ConvergenceWarning(PplLvmWarning):
 
 class InferenceWarning(PplLvmWarning):
     """The inference method fell back to a weaker estimator for some site (e.g. a Monte Carlo KL)."""
+
+
+class EMDegeneracyWarning(PplLvmWarning):
+    """A component or state became degenerate during EM.
+
+    Raised (as a warning) when a component receives no responsibility, when a
+    covariance matrix is singular and needed extra jitter, or when a row of a
+    transition matrix has no expected transitions.  The fit continues with the
+    repaired parameters; the warning tells the user their model has more
+    components than the data supports (or the data has duplicates).
+    """
+
+
+class DiagnosticWarning(PplLvmWarning):
+    """A health check of a fitted approximation failed (heavy-tailed importance ratios, posterior collapse)."""

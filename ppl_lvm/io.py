@@ -1,4 +1,4 @@
-"""Saving and loading results without executing code.
+"""Reading and writing result files without executing code (the results layer builds results from them).
 
 A result file is a ``torch.save`` archive holding only tensors, numbers, strings, lists and dicts, read back with
 ``torch.load(weights_only=True)``: a file crafted to run code on unpickling is refused. Constraints are stored by
@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from pyro.distributions import constraints
 
-from .data import BoundData
 from .errors import PplLvmError
 
-__all__ = ["save_result", "load", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "read_result_file", "save_result"]
 
 FORMAT_VERSION = 1
 
@@ -125,27 +124,17 @@ def save_result(result: Any, path: str) -> None:
     torch.save(payload, path)
 
 
-def load(path: str, model: Any = None, guide: Any = None):
-    """Load a result written by :meth:`Result.save`.
+def read_result_file(path: str) -> tuple[dict, dict]:
+    """Read a file written by :func:`save_result`: ``(meta, payload)``, never unpickling code.
 
-    Parameters
-    ----------
-    path : str
-        The file.
-    model : Model, optional
-        The model the result was fitted with; needed for posterior queries and further fitting.
-    guide : callable, optional
-        The user guide, when the fit used one (built-in guides are rebuilt by name).
+    ``payload["state"]`` is the kept fit's parameter-store state (constraints rebuilt), and each entry of
+    ``payload["restarts"]`` holds ``info`` and ``state`` the same way.
 
     Raises
     ------
     PplLvmError
         If the file is not a ppl_lvm result, or holds anything but plain data (it is never unpickled as code).
     """
-    from .guides import GUIDES, build_guide
-    from .model import check_model
-    from .result import Result
-
     try:
         payload = torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as exc:
@@ -157,77 +146,19 @@ def load(path: str, model: Any = None, guide: Any = None):
     if not isinstance(payload, dict) or "meta" not in payload:
         raise PplLvmError(f"{path} is not a ppl_lvm result file")
     meta = json.loads(payload["meta"])
-    state = {
+    payload = dict(payload)
+    payload["state"] = {
         "params": dict(payload["params"]),
         "constraints": {k: _decode_constraint(v) for k, v in meta["constraints"].items()},
     }
-    kwargs = dict(payload["data"]) | meta.get("data_other", {})
-    data = BoundData((), kwargs, meta.get("coords", {}))
-    structure = None
-    guide_obj = guide
-    if model is not None:
-        model = check_model(model)
-        structure = model.inspect(**kwargs)
-        if guide_obj is None and meta["method"] == "em":
-            from .guides import empty_guide
-
-            guide_obj = empty_guide
-        elif guide_obj is None:
-            spec = meta["guide_name"] if meta["guide_name"] in GUIDES else None
-            with torch.no_grad():
-                guide_obj, _ = build_guide(spec, model, structure)
-    cls, fields = Result, {}
-    extra = meta.get("extra") or {}
-    if meta["method"] == "em":
-        from .em.result import EMResult
-
-        cls = EMResult
-        fields = {
-            "log_likelihood": float(extra.get("log_likelihood", float("nan"))),
-            "history": np.asarray(extra.get("history", []), dtype=float),
-            "n_iter": int(extra.get("n_iter", meta["steps"])),
-            "n_parameters": int(extra.get("n_parameters", 0)),
-            "n_samples": int(extra.get("n_samples", 0)),
-            "closed_form": bool(extra.get("closed_form", False)),
-        }
-    result = cls(
-        method=meta["method"],
-        params={},
-        losses=payload["losses"].numpy(),
-        converged=meta["converged"],
-        steps=meta["steps"],
-        seed=meta["seed"],
-        guide_name=meta["guide_name"],
-        model=model,
-        guide=guide_obj,
-        data=data,
-        structure=structure,
-        param_state=state,
-        options=meta["options"],
-        enumerated=meta["enumerated"],
-        interrupted=meta["interrupted"],
-        **fields,
-    )
-    result.params = result._constrained_params()
     restarts = []
     for entry in payload.get("restarts", []):
         info = json.loads(entry["meta"])
-        if info["kept"]:
-            restarts.append(result)
-            continue
-        other_guide = guide_obj
-        if guide is None and model is not None and meta["method"] != "em" and meta["guide_name"] in GUIDES:
-            with torch.no_grad():  # each restart had its own guide object
-                other_guide, _ = build_guide(meta["guide_name"], model, structure)
-        restart = cls(
-            method=meta["method"], params={}, losses=entry["losses"].numpy(), converged=info["converged"],
-            steps=info["steps"], seed=info["seed"], guide_name=meta["guide_name"], model=model, guide=other_guide,
-            data=data, structure=structure,
-            param_state={"params": dict(entry["params"]),
-                         "constraints": {k: _decode_constraint(v) for k, v in info["constraints"].items()}},
-            options=meta["options"], enumerated=meta["enumerated"], interrupted=info["interrupted"], **fields,
-        )
-        restart.params = restart._constrained_params()
-        restarts.append(restart)
-    result.restarts = restarts
-    return result
+        restarts.append({
+            "info": info,
+            "losses": entry["losses"],
+            "state": {"params": dict(entry["params"]),
+                      "constraints": {k: _decode_constraint(v) for k, v in info["constraints"].items()}},
+        })
+    payload["restarts"] = restarts
+    return meta, payload

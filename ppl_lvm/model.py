@@ -10,18 +10,16 @@ from __future__ import annotations
 import functools
 import inspect as _inspect
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import pyro.poutine as poutine
 import torch
-from pyro.poutine.util import site_is_subsample
 
 from .errors import SourceLocation
 from .naming import source_index
-from .primitives import distribution_name
 from .runtime import SiteRecord, run_scope
+from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
 
@@ -125,105 +123,6 @@ def guide(target: Model | Callable | None = None) -> Any:
     return Guide(target)
 
 
-@dataclass(frozen=True)
-class PlateInfo:
-    name: str
-    size: int
-    dim: int | None
-
-
-@dataclass(frozen=True)
-class SiteInfo:
-    """What the prototype run found about one site."""
-
-    name: str
-    kind: str  # "latent", "observed", "param", "deterministic"
-    distribution: str
-    discrete: bool
-    enumerable: bool
-    reparameterized: bool
-    support: str
-    batch_shape: tuple[int, ...]
-    event_shape: tuple[int, ...]
-    shape: tuple[int, ...]
-    plates: tuple[str, ...]
-    location: SourceLocation | None
-    argument: str | None = None
-
-
-class ModelStructure:
-    """The sites and plates of one prototype run, and what follows from them (``max_plate_nesting``)."""
-
-    def __init__(self, sites: dict[str, SiteInfo], plates: dict[str, PlateInfo], max_plate_nesting: int):
-        self.sites = sites
-        self.plates = plates
-        self.max_plate_nesting = max_plate_nesting
-
-    def _of(self, kind: str) -> list[SiteInfo]:
-        return [s for s in self.sites.values() if s.kind == kind]
-
-    @property
-    def latent_sites(self) -> list[SiteInfo]:
-        return self._of("latent")
-
-    @property
-    def observed_sites(self) -> list[SiteInfo]:
-        return self._of("observed")
-
-    @property
-    def param_sites(self) -> list[SiteInfo]:
-        return self._of("param")
-
-    @property
-    def discrete_latents(self) -> list[SiteInfo]:
-        return [s for s in self.latent_sites if s.discrete]
-
-    @property
-    def continuous_latents(self) -> list[SiteInfo]:
-        return [s for s in self.latent_sites if not s.discrete]
-
-    def location(self, site: str) -> SourceLocation | None:
-        info = self.sites.get(site)
-        return info.location if info is not None else None
-
-    def table(self) -> str:
-        """A fixed-width table: one row per site."""
-        header = ("site", "kind", "distribution", "support", "batch", "event", "plates", "line")
-        rows = [header]
-        for s in self.sites.values():
-            rows.append(
-                (
-                    s.name,
-                    s.kind + (" (discrete)" if s.discrete and s.kind == "latent" else ""),
-                    s.distribution,
-                    s.support,
-                    str(tuple(s.shape if s.kind == "param" else s.batch_shape)),
-                    str(tuple(s.event_shape)),
-                    ",".join(s.plates) or "-",
-                    f"{s.location.filename.rsplit('/', 1)[-1]}:{s.location.lineno}" if s.location else "-",
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-        lines.insert(1, "  ".join("-" * w for w in widths))
-        footer = f"max_plate_nesting = {self.max_plate_nesting}"
-        if self.plates:
-            footer += "; plates: " + ", ".join(f"{p.name}[{p.size}]" for p in self.plates.values())
-        return "\n".join(lines + [footer])
-
-    def __repr__(self) -> str:
-        return self.table()
-
-
-def _support_name(fn: Any) -> str:
-    support = getattr(fn, "support", None)
-    if support is None:
-        return "?"
-    while type(support).__name__ == "_IndependentConstraint":
-        support = support.base_constraint
-    return type(support).__name__.lstrip("_").lower()
-
-
 def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStructure:
     """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`)."""
     with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
@@ -231,60 +130,6 @@ def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStru
             trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
         compiled.site_records = run.sites
         return structure_from_trace(trace, run.sites)
-
-
-def structure_from_trace(trace: poutine.Trace, records: dict[str, SiteRecord]) -> ModelStructure:
-    sites: dict[str, SiteInfo] = {}
-    plates: dict[str, PlateInfo] = {}
-    nesting = 0
-    for name, node in trace.nodes.items():
-        if node["type"] == "param":
-            value = node["value"]
-            record = records.get(name)
-            sites[name] = SiteInfo(
-                name, "param", "param", False, False, True, _support_name_param(node),
-                (), (), tuple(value.shape), (), record.location if record else None,
-            )
-            continue
-        if node["type"] != "sample" or node["infer"].get("is_auxiliary") or site_is_subsample(node):
-            continue
-        fn = node["fn"]
-        frames = [f for f in node["cond_indep_stack"] if f.vectorized]
-        for f in node["cond_indep_stack"]:
-            if f.name not in plates and f.size is not None:
-                plates[f.name] = PlateInfo(f.name, int(f.size), f.dim)
-        if frames:
-            nesting = max(nesting, max(-f.dim for f in frames))
-        record = records.get(name)
-        if node["is_observed"]:
-            kind = "observed"
-        elif getattr(fn, "base_dist", fn).__class__.__name__ == "Delta" and record and record.kind == "deterministic":
-            kind = "deterministic"
-        else:
-            kind = "latent"
-        support = getattr(fn, "support", None)
-        discrete = bool(support is not None and support.is_discrete)
-        sites[name] = SiteInfo(
-            name=name,
-            kind=kind,
-            distribution=distribution_name(fn),
-            discrete=discrete,
-            enumerable=bool(getattr(fn, "has_enumerate_support", False)),
-            reparameterized=bool(getattr(fn, "has_rsample", False)),
-            support=_support_name(fn),
-            batch_shape=tuple(fn.batch_shape),
-            event_shape=tuple(fn.event_shape),
-            shape=tuple(node["value"].shape),
-            plates=tuple(f.name for f in node["cond_indep_stack"]),
-            location=record.location if record else None,
-            argument=record.argument if record else None,
-        )
-    return ModelStructure(sites, plates, nesting)
-
-
-def _support_name_param(node: dict) -> str:
-    constraint = pyro.get_param_store()._constraints.get(node["name"])
-    return type(constraint).__name__.lstrip("_").lower() if constraint is not None else "real"
 
 
 def check_model(obj: Any, what: str = "model") -> Model:

@@ -98,7 +98,7 @@ def _finish(fig: Any, created: bool, path: Any) -> Any:
 
 
 def _check_result(result: Any, what: str) -> None:
-    from .result import Result
+    from .results import Result
 
     if not isinstance(result, Result):
         raise TypeError(f"{what} takes a fit result (what lvm.infer returns), got {type(result).__name__}")

@@ -443,7 +443,7 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     notes : sequence of str
         More statements for the plain-words list.
     """
-    from .result import Result
+    from .results import Result
 
     if not isinstance(result, Result):
         raise TypeError(f"result must be a ppl_lvm Result, got {type(result).__name__}")
@@ -561,7 +561,7 @@ def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str 
     ...     build_report(fit, folder, title="two clusters").name
     'report.html'
     """
-    from .result import Result
+    from .results import Result
 
     if not isinstance(result, Result):
         raise TypeError(f"result must be a ppl_lvm Result, got {type(result).__name__}")

@@ -96,7 +96,10 @@ def test_svi_groups_layout_keep_pandas_labels(svi_idata):
 
 def test_summary_and_loo_run_on_the_export(svi_idata, caplog):
     _, _, idata = svi_idata
-    with caplog.at_level("WARNING"):  # ArviZ logs shape problems (e.g. one chain for R-hat) rather than warning
+    with caplog.at_level("WARNING"), warnings.catch_warnings():  # ArviZ logs shape problems rather than warning
+        # a point deep inside one cluster has the same assignment in every draw: ArviZ's R-hat of a constant
+        # column divides 0 by 0 (NaN, its documented answer) with numpy's RuntimeWarning
+        warnings.filterwarnings("ignore", message="invalid value encountered in scalar divide", category=RuntimeWarning)
         summary = az.summary(idata)
     assert not caplog.records, [r.getMessage() for r in caplog.records]
     assert len(summary) == 2 + 4 + 4 + 24 and np.all(np.isfinite(summary.loc["weights[0]"]))

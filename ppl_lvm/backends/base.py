@@ -8,45 +8,26 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
-import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.poutine.util import site_is_subsample
 
-from ..data import BoundData
-from ..errors import FitError, InferenceWarning, UnsupportedModelError
-from ..fit import FitOptions, Minibatch, run_loop
+from ..errors import FitError, UnsupportedModelError
+from ..fit import FitOptions, Minibatch, run_loop, smoothed_final_loss
 from ..guides import build_guide, empty_guide
-from ..model import Model, ModelStructure
+from ..outcome import Outcome
 from ..runtime import clone_param_state, run_scope
+from ..structure import ModelStructure
+from .problem import OPTION_HINTS, Problem
+from .restarts import run_restarts
 
 __all__ = ["Backend", "Problem", "VIPlan", "VariationalBackend", "guide_sites"]
-
-
-# options that belong to another method: the error says which
-OPTION_HINTS = {
-    "free_bits": "free_bits floors the analytic KL per latent dimension, which needs method='meanfield'",
-    "n_components": "the number of components is an argument of the model: pass it in data, e.g. {'x': x, 'K': 3}",
-}
-
-
-@dataclass
-class Problem:
-    """Everything :func:`ppl_lvm.infer` hands a backend."""
-
-    model: Model
-    data: BoundData
-    structure: ModelStructure
-    method: str
-    guide: Any = None
-    init_state: dict | None = None  # a parameter-store state to start from (fitting further)
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Backend(ABC):
@@ -92,18 +73,6 @@ def guide_sites(guide: Any, kwargs: dict[str, Any]) -> poutine.Trace:
         return poutine.trace(guide).get_trace(**kwargs)
 
 
-def enumerating(model: Model, sites: list[str]) -> Any:
-    """``model`` with the given discrete latent sites marked for parallel enumeration."""
-    names = frozenset(sites)
-
-    def config(msg: dict) -> dict:
-        if msg["type"] == "sample" and msg["name"] in names and not msg["is_observed"]:
-            return {"enumerate": "parallel"}
-        return {}
-
-    return poutine.infer_config(model, config)
-
-
 class VariationalBackend(Backend):
     """Shared ``fit`` of svi / meanfield / iwae / renyi: subclasses implement :meth:`plan`."""
 
@@ -114,41 +83,24 @@ class VariationalBackend(Backend):
              guide_trace: poutine.Trace) -> VIPlan:
         """Choose the ELBO (and refuse models the method cannot fit)."""
 
-    def fit(self, problem: Problem):
+    def fit(self, problem: Problem) -> Outcome:
         """Fit once, or ``n_init`` times with seeds ``seed, seed + 1, ...`` keeping the lowest final smoothed loss.
 
-        A restart whose loss turns NaN is dropped with an :class:`~ppl_lvm.errors.InferenceWarning` (its
-        ``FitError`` is raised only when every restart fails). Networks registered with ``lvm.module`` are trained in
-        place, so their restarts continue from the weights the previous restart reached: restarts are meant for
-        models with a few global unknowns (mixtures, chains), where local optima differ.
+        Restarts run through :func:`~ppl_lvm.backends.restarts.run_restarts` (a restart whose loss turns NaN is
+        dropped with an :class:`~ppl_lvm.errors.InferenceWarning`; its ``FitError`` is raised only when every restart
+        fails). Networks registered with ``lvm.module`` are trained in place, so their restarts continue from the
+        weights the previous restart reached: restarts are meant for models with a few global unknowns (mixtures,
+        chains), where local optima differ.
         """
-        from ..fit import smoothed_final_loss
-
         loop, method = self.parse_options(problem.options)
-        if loop.n_init == 1:
-            return self._fit_once(problem, loop, method)
-        fits, failures = [], []
-        for restart in range(loop.n_init):
-            options = dataclasses.replace(loop, seed=int(loop.seed) + restart)
-            try:
-                fits.append(self._fit_once(problem, options, method))
-                if fits[-1].interrupted:  # Ctrl-C ends the restarts too
-                    break
-            except FitError as err:
-                failures.append(err)
-                warnings.warn(f"restart {restart} (seed {options.seed}) of {self.name} failed and is dropped: {err}",
-                              InferenceWarning, stacklevel=4)
-        if not fits:
-            raise failures[-1]
-        scores = [smoothed_final_loss(f.losses, loop.smoothing) for f in fits]
-        scores = [s if math.isfinite(s) else math.inf for s in scores]
-        best = fits[min(range(len(fits)), key=scores.__getitem__)]
-        best.restarts = fits
-        return best
+
+        def fit_once(restart: int, seed: int) -> Outcome:
+            return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method)
+
+        return run_restarts(fit_once, n_init=loop.n_init, seed=int(loop.seed), name=self.name,
+                            score=lambda o: -smoothed_final_loss(o.losses, loop.smoothing))
 
     def _fit_once(self, problem: Problem, loop: FitOptions, method: dict):
-        from ..result import Result
-
         pyro.set_rng_seed(int(loop.seed))
         kwargs = dict(problem.data.kwargs)
         device_ctx: Any = contextlib.nullcontext()
@@ -160,7 +112,9 @@ class VariationalBackend(Backend):
             state = clone_param_state(problem.init_state)
         else:
             state = {"params": {}, "constraints": {}}
-        spec = problem.guide if problem.guide is not None else self.default_guide
+        spec = problem.guide
+        if spec is None and problem.model.user_guide is None:  # the declared guide wins
+            spec = self.default_guide
         with device_ctx, pyro.get_param_store().scope(state) as state:
             guide, guide_name = build_guide(spec, problem.model, problem.structure)
             gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
@@ -177,13 +131,34 @@ class VariationalBackend(Backend):
                     method=self.name,
                 )
             except FitError as err:
-                err.result = Result.from_fit(
-                    problem, self.name, plan, loop, method, pyro.get_param_store().get_state(),
+                err.outcome = self._outcome(
+                    problem, plan, loop, method, pyro.get_param_store().get_state(),
                     {"losses": [], "steps": err.step or 0, "converged": False, "interrupted": True},
                 )
                 raise
             final_state = clone_param_state(pyro.get_param_store().get_state())
-        return Result.from_fit(problem, self.name, plan, loop, method, final_state, history)
+        return self._outcome(problem, plan, loop, method, final_state, history)
+
+    def _outcome(self, problem: Problem, plan: VIPlan, loop: FitOptions, method: dict, state: dict,
+                 history: dict) -> Outcome:
+        options = {k: v for k, v in vars(loop).items() if k not in ("callbacks",) and not callable(v)}
+        options.update(method)
+        return Outcome(
+            method=self.name,
+            losses=np.asarray(history["losses"], dtype=float),
+            converged=bool(history["converged"]),
+            steps=int(history["steps"]),
+            seed=int(loop.seed),
+            guide_name=plan.guide_name,
+            model=problem.model,
+            guide=plan.guide,
+            data=problem.data,
+            structure=problem.structure,
+            param_state=state,
+            options=options,
+            enumerated=list(plan.enumerated),
+            interrupted=bool(history["interrupted"]),
+        )
 
     def _minibatch(self, problem: Problem, loop: FitOptions, plan: VIPlan, gtrace: poutine.Trace):
         if loop.batch_size is None:
@@ -193,11 +168,9 @@ class VariationalBackend(Backend):
         if not data or not observed:
             raise ValueError("batch_size needs data: the model has no observed data arguments")
         n = next(iter(data.values())).shape[0]
-        plate = next(
-            (p for p in problem.structure.plates.values() if p.size == n and all(p.name in s.plates for s in observed)),
-            None,
-        )
-        if plate is None:
+        name = problem.structure.data_plate
+        plate = problem.structure.plates[name] if name is not None else None
+        if plate is None or plate.size != n:
             raise UnsupportedModelError(
                 f"batch_size={loop.batch_size} needs a plate of size {n} (the number of data rows) around every "
                 "observed site; wrap the likelihood in `with lvm.plate(N) as data:`"
@@ -217,10 +190,10 @@ class VariationalBackend(Backend):
 
 
 def local_and_global(structure: ModelStructure, gtrace: poutine.Trace) -> tuple[str | None, list[str]]:
-    """The data plate (the plate around every observed site), and guide sites outside it (global latents)."""
-    observed = structure.observed_sites
-    common = set.intersection(*(set(s.plates) for s in observed)) if observed else set()
-    data_plate = next(iter(sorted(common)), None)
+    """The data plate (:attr:`ModelStructure.data_plate`), and the guide sites outside it (global latents)."""
+    data_plate = structure.data_plate
+    if data_plate is None:
+        return None, []
     global_sites = [
         name
         for name, node in gtrace.nodes.items()
@@ -228,6 +201,4 @@ def local_and_global(structure: ModelStructure, gtrace: poutine.Trace) -> tuple[
         and not site_is_subsample(node)
         and data_plate not in [f.name for f in node["cond_indep_stack"]]
     ]
-    if data_plate is None:
-        global_sites = []
     return data_plate, global_sites

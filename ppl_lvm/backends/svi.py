@@ -12,7 +12,8 @@ import pyro.poutine as poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from ..fit import FitOptions
-from .base import Problem, VariationalBackend, VIPlan, enumerating
+from ..handlers import enumerating
+from .base import Problem, VariationalBackend, VIPlan
 
 
 def discrete_not_in_guide(problem: Problem, guide_trace: poutine.Trace) -> list[str]:

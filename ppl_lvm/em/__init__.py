@@ -1,6 +1,5 @@
-"""Exact-enumeration EM: closed-form kernels (mixtures, hidden Markov chains), the generic route, the result."""
+"""Exact-enumeration EM: closed-form kernels (mixtures, hidden Markov chains) and the generic route."""
 
-from .mixture import EMDegeneracyWarning
-from .result import EMResult
+from ..errors import EMDegeneracyWarning
 
-__all__ = ["EMDegeneracyWarning", "EMResult"]
+__all__ = ["EMDegeneracyWarning"]

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 
-from ..errors import PplLvmWarning
+from ..errors import EMDegeneracyWarning
 from .convergence import ConvergenceMonitor
 
 __all__ = [
@@ -34,17 +34,6 @@ __all__ = [
     "mixture_n_parameters",
     "weights_m_step",
 ]
-
-
-class EMDegeneracyWarning(PplLvmWarning):
-    """A component or state became degenerate during EM.
-
-    Raised (as a warning) when a component receives no responsibility, when a
-    covariance matrix is singular and needed extra jitter, or when a row of a
-    transition matrix has no expected transitions.  The fit continues with the
-    repaired parameters; the warning tells the user their model has more
-    components than the data supports (or the data has duplicates).
-    """
 
 
 Params = dict[str, torch.Tensor]

@@ -45,5 +45,4 @@ def n_data_points(pattern: Any, per_point: torch.Tensor | None, structure: Any) 
         return int(pattern.lengths.sum())
     if per_point is not None:
         return int(per_point.numel())
-    observed = structure.observed_sites
-    return int(observed[0].batch_shape[0]) if observed and observed[0].batch_shape else 1
+    return int(structure.n_data or 1)

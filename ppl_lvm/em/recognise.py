@@ -28,8 +28,9 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions import constraints
 
-from ..model import Model, ModelStructure
+from ..model import Model
 from ..runtime import run_scope
+from ..structure import ModelStructure
 from .families import Bernoulli, Categorical, Gaussian, Poisson
 from .patterns import HMMPattern, MixturePattern
 

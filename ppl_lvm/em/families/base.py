@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from ..mixture import EMDegeneracyWarning
+from ...errors import EMDegeneracyWarning
 
 Params = dict[str, torch.Tensor]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from ...errors import EMDegeneracyWarning
 from ..convergence import ConvergenceMonitor
-from ..mixture import EMDegeneracyWarning
 from .estep import e_step
 from .mstep import _store_params, generic_m_step
 from .size import DEFAULT_MAX_BYTES, check_enumeration_size

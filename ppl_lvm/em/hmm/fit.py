@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from ...errors import EMDegeneracyWarning
 from ..convergence import ConvergenceMonitor
-from ..mixture import EMDegeneracyWarning, EmissionFamily
+from ..mixture import EmissionFamily
 from .estep import hmm_e_step
 from .layout import _Buckets
 

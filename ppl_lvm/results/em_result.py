@@ -1,40 +1,25 @@
-"""The result of an EM fit: point estimates, the exact log-likelihood and its history, responsibilities."""
+"""The result of an EM fit (an :class:`~ppl_lvm.outcome.EMOutcome` with its queries as methods): point estimates, the exact log-likelihood and its history, responsibilities."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from pyro.distributions import constraints
 
+from .. import arviz_export, diagnostics
 from ..data import to_tensor
-from ..guides import empty_guide
-from ..result import Result
+from ..em.hmm import viterbi
+from ..em.mixture import mixture_log_likelihood
+from ..outcome import EMOutcome
+from .result import Result
 
-__all__ = ["EMResult", "count_free_parameters"]
-
-
-def _free_size(value: torch.Tensor, constraint: Any) -> int:
-    """Free (unconstrained) dimensions of one parameter, as BIC counts them."""
-    if constraint is constraints.simplex:
-        return value.numel() - value.numel() // value.shape[-1]
-    if constraint in (constraints.lower_cholesky, constraints.positive_definite, constraints.corr_cholesky):
-        d = value.shape[-1]
-        per = d * (d + 1) // 2 if constraint is not constraints.corr_cholesky else d * (d - 1) // 2
-        return per * (value.numel() // (d * d))
-    return value.numel()
-
-
-def count_free_parameters(params: dict[str, torch.Tensor], constraint_of: dict[str, Any]) -> int:
-    """Number of free parameters: simplex rows lose one, Cholesky factors count their lower triangle."""
-    return sum(_free_size(v, constraint_of.get(k, constraints.real)) for k, v in params.items())
+__all__ = ["EMResult"]
 
 
 @dataclass
-class EMResult(Result):
+class EMResult(Result, EMOutcome):
     """What ``infer(..., method="em")`` returns.
 
     Attributes
@@ -52,64 +37,6 @@ class EMResult(Result):
     closed_form : bool
         Whether the closed-form kernels ran (a recognised mixture) or the generic route.
     """
-
-    log_likelihood: float = math.nan
-    history: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    n_iter: int = 0
-    responsibilities: dict[str, torch.Tensor] = field(default_factory=dict)
-    log_likelihood_per_point: torch.Tensor | None = None
-    closed_form: bool = False
-    n_parameters: int = 0
-    n_samples: int = 0
-    pattern: Any = None
-
-    @classmethod
-    def from_em(cls, problem: Any, opts: Any, state: dict, run: Any, pattern: Any) -> EMResult:
-        if pattern is not None and hasattr(pattern, "trans"):
-            n = int(pattern.lengths.sum())
-        elif run.per_point is not None:
-            n = int(run.per_point.numel())
-        else:  # the size of the data plate around the observations
-            observed = problem.structure.observed_sites
-            n = observed[0].batch_shape[0] if observed and observed[0].batch_shape else 1
-        history = np.asarray(run.history, dtype=float)
-        result = cls(
-            method="em",
-            params={},
-            losses=-history * max(n, 1),
-            converged=bool(run.converged),
-            steps=int(run.n_iter),
-            seed=int(opts.seed),
-            guide_name="none (all latents enumerated)",
-            model=problem.model,
-            guide=empty_guide,
-            data=problem.data,
-            structure=problem.structure,
-            param_state=state,
-            options={k: v for k, v in vars(opts).items() if k != "callbacks" and not isinstance(v, dict)},
-            enumerated=[s.name for s in problem.structure.discrete_latents],
-            log_likelihood=float(run.log_likelihood),
-            history=history,
-            n_iter=int(run.n_iter),
-            responsibilities=dict(run.responsibilities),
-            interrupted=bool(run.interrupted),
-            log_likelihood_per_point=run.per_point,
-            closed_form=pattern is not None,
-            n_samples=n,
-            pattern=pattern,
-        )
-        result.params = result._constrained_params()
-        if pattern is not None and hasattr(pattern, "trans"):
-            from .hmm import hmm_n_parameters
-
-            result.n_parameters = int(hmm_n_parameters(pattern.family, pattern.to_kernel(result.params)))
-        elif pattern is not None:
-            from .mixture import mixture_n_parameters
-
-            result.n_parameters = int(mixture_n_parameters(pattern.family, pattern.to_kernel(result.params)))
-        else:
-            result.n_parameters = count_free_parameters(result.params, state["constraints"])
-        return result
 
     @property
     def extra(self) -> dict:
@@ -130,9 +57,7 @@ class EMResult(Result):
 
     def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
         """Point estimates, responsibilities and history as ArviZ groups; see :mod:`ppl_lvm.arviz_export`."""
-        from ..arviz_export import to_inference_data
-
-        return to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
+        return arviz_export.to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
 
     def summary(self, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
         """The point estimates, one row per scalar coordinate of each parameter (column ``mean``, ``kind="param"``).
@@ -140,9 +65,7 @@ class EMResult(Result):
         ``DataFrame.attrs`` holds ``log_likelihood``, ``bic``, ``aic``, ``n_parameters``, ``n_samples``, ``n_iter``
         and ``converged``. ``num_samples`` and ``seed`` are accepted for symmetry with :meth:`Result.summary`.
         """
-        from ..diagnostics import summarize
-
-        return summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
+        return diagnostics.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
 
     # ------------------------------------------------------------------ model selection
     def bic(self) -> float:
@@ -167,15 +90,11 @@ class EMResult(Result):
 
     def score_samples(self, x: Any) -> torch.Tensor:
         """log p(x_i) of every row of new data under the fitted mixture."""
-        from .mixture import mixture_log_likelihood
-
         pattern, data, params = self._kernel_inputs(x)
         return mixture_log_likelihood(data, pattern.family, params)[0]
 
     def predict_proba(self, x: Any) -> torch.Tensor:
         """Posterior component probabilities p(z_i = k | x_i) of new data, shape ``(N, K)``."""
-        from .mixture import mixture_log_likelihood
-
         pattern, data, params = self._kernel_inputs(x)
         return mixture_log_likelihood(data, pattern.family, params)[1]
 
@@ -204,8 +123,6 @@ class EMResult(Result):
         """
         pattern = self.pattern
         if pattern is not None and hasattr(pattern, "trans"):
-            from .hmm import viterbi
-
             params = pattern.family.complete_params(pattern.to_kernel(self.params))
             log_emission = pattern.family.log_prob(pattern.data, params)
             _, states = viterbi(log_emission, [int(v) for v in pattern.lengths], params["startprob"],

@@ -1,0 +1,89 @@
+"""What a backend receives: the model, the bound and checked data, the structure, the guide and the options.
+
+:func:`make_problem` is the one path from a user's call (``lvm.infer``, ``Result.fit_more``) to a backend: it
+binds and checks the data, validates the options before the (possibly slow) prototype run, and converts integer
+data that feed a continuous likelihood once, with one warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..data import BoundData, bind_data
+from ..errors import DataError, DataWarning
+from ..model import Model, check_model
+from ..structure import ModelStructure
+
+__all__ = ["OPTION_HINTS", "Problem", "make_problem"]
+
+# options that belong to another method: the error says which
+OPTION_HINTS = {
+    "free_bits": "free_bits floors the analytic KL per latent dimension, which needs method='meanfield'",
+    "n_components": "the number of components is an argument of the model: pass it in data, e.g. {'x': x, 'K': 3}",
+}
+
+
+@dataclass
+class Problem:
+    """Everything :func:`ppl_lvm.infer` hands a backend."""
+
+    model: Model
+    data: BoundData
+    structure: ModelStructure
+    method: str
+    guide: Any = None
+    init_state: dict | None = None  # a parameter-store state to start from (fitting further)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]) -> ModelStructure:
+    """Inspect the model; integer data feeding a continuous likelihood are converted once, with one warning."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        structure = model.inspect(**kwargs)
+    for w in caught:
+        if not issubclass(w.category, DataWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    converted = []
+    for site in structure.observed_sites:
+        value = kwargs.get(site.argument) if site.argument else None
+        if isinstance(value, torch.Tensor) and not value.is_floating_point() and not site.discrete:
+            kwargs[site.argument] = value.to(torch.get_default_dtype())
+            converted.append(f"'{site.argument}' (site '{site.name}', {site.location})")
+    if converted:
+        warnings.warn(
+            f"integer data given to a continuous likelihood were converted to {torch.get_default_dtype()}: "
+            + ", ".join(converted),
+            DataWarning,
+            stacklevel=4,
+        )
+    elif any(issubclass(w.category, DataWarning) for w in caught):
+        for w in caught:
+            if issubclass(w.category, DataWarning):
+                warnings.warn(w.message, DataWarning, stacklevel=4)
+    bound.kwargs = kwargs
+    return structure
+
+
+def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init_state: dict | None = None,
+                 options: dict[str, Any] | None = None) -> Problem:
+    """Check ``model``, ``data`` and ``options`` for ``backend`` and bundle them as a :class:`Problem`."""
+    options = dict(options or {})
+    model = check_model(model)
+    bound = bind_data(model, data)
+    kwargs = dict(bound.kwargs)
+    missing = [
+        name
+        for name, p in model.signature.parameters.items()
+        if p.default is p.empty and name not in kwargs and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    if missing:
+        raise DataError(f"{model.__name__}() needs argument(s) {missing}; pass them in data (a dict by name)")
+    backend.parse_options(options)  # before the (possibly slow) prototype run
+    structure = _convert_integer_data(model, bound, kwargs)
+    return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,
+                   init_state=init_state, options=options)

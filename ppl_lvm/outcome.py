@@ -1,0 +1,126 @@
+"""What an engine hands back: the fitted state and its history, as plain values.
+
+Engines (``ppl_lvm.backends``, ``ppl_lvm.em``) return an :class:`Outcome`; the results layer
+(:mod:`ppl_lvm.results`) builds the user-facing :class:`~ppl_lvm.Result` from it. The layers between them
+(posterior draws, diagnostics, export) read outcomes and dispatch on their type, never on a method's name.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from .data import BoundData
+from .model import Model, ModelStructure
+
+__all__ = ["EMOutcome", "Outcome"]
+
+
+@dataclass
+class Outcome:
+    """A finished fit of a gradient method (or the common part of any fit).
+
+    Attributes
+    ----------
+    method : str
+        The method name the fit ran under.
+    losses : ndarray
+        The loss at every step (for EM: minus the total log-likelihood at every iteration).
+    converged : bool
+        Whether the fit settled by its method's rule.
+    steps : int
+        Steps (EM: iterations) taken.
+    seed : int
+        The seed the fit used.
+    guide_name : str
+        Which guide was used.
+    model, guide, data, structure
+        The compiled model, the guide callable, the bound data and the model's structure.
+    param_state : dict
+        The Pyro parameter-store state at the end of the fit.
+    options : dict
+        The options the fit ran with (after validation and defaults).
+    enumerated : list of str
+        Discrete latent sites summed out exactly.
+    interrupted : bool
+        Whether Ctrl-C ended the fit (or its restarts) early.
+    restarts : list
+        Every restart when ``n_init > 1`` (this fit included, in the order run); empty for a single fit.
+    """
+
+    method: str
+    losses: np.ndarray
+    converged: bool
+    steps: int
+    seed: int
+    guide_name: str
+    model: Model | None
+    guide: Any
+    data: BoundData
+    structure: ModelStructure | None
+    param_state: dict[str, Any]
+    options: dict[str, Any] = field(default_factory=dict)
+    enumerated: list[str] = field(default_factory=list)
+    interrupted: bool = False
+    restarts: list[Any] = field(default_factory=list, repr=False)
+    #: answers computed once per fit by the layers above (whether draws vectorise, replayed draws); not saved
+    cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False, init=False)
+
+    @contextmanager
+    def activated(self) -> Iterator[None]:
+        """Make this fit's parameters the live Pyro parameter store (restored on exit)."""
+        with pyro.get_param_store().scope(self.param_state):
+            yield
+
+    def constrained_params(self) -> dict[str, torch.Tensor]:
+        """Every parameter of the fit by name, constrained, detached copies."""
+        with self.activated():
+            store = pyro.get_param_store()
+            return {name: store[name].detach().clone() for name in list(store.keys())}
+
+    @property
+    def final_loss(self) -> float:
+        """The last loss, or NaN for a fit without steps."""
+        return float(self.losses[-1]) if len(self.losses) else math.nan
+
+
+@dataclass
+class EMOutcome(Outcome):
+    """A finished exact-enumeration EM fit: the point estimate and the exact log-likelihood.
+
+    Attributes
+    ----------
+    log_likelihood : float
+        Exact log p(x) at the final parameters (every latent summed out).
+    history : ndarray
+        Mean (per data point) log-likelihood at each iteration's E-step.
+    n_iter : int
+        Iterations of this fit.
+    responsibilities : dict of str -> Tensor
+        Posterior probabilities of each discrete latent site.
+    log_likelihood_per_point : Tensor, optional
+        log p(x_i) for every data point, when the data sit in one plate.
+    closed_form : bool
+        Whether the closed-form kernels ran (a recognised mixture or chain) or the generic route.
+    n_parameters, n_samples : int
+        Free parameters and data points, as BIC counts them.
+    pattern : object, optional
+        The recognised mixture or chain (``None`` on the generic route).
+    """
+
+    log_likelihood: float = math.nan
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_iter: int = 0
+    responsibilities: dict[str, torch.Tensor] = field(default_factory=dict)
+    log_likelihood_per_point: torch.Tensor | None = None
+    closed_form: bool = False
+    n_parameters: int = 0
+    n_samples: int = 0
+    pattern: Any = None

@@ -1,0 +1,8 @@
+"""User-facing results, built from the engines' outcomes: :class:`Result`, :class:`EMResult`, :func:`load`."""
+
+from .build import build_result, fit_result
+from .em_result import EMResult
+from .load import load
+from .result import Result
+
+__all__ = ["EMResult", "Result", "build_result", "fit_result", "load"]

@@ -1,0 +1,82 @@
+"""``lvm.load``: a result file back into a result (the file is read by :mod:`ppl_lvm.io`, never unpickled)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data import BoundData
+from ..guides import GUIDES, build_guide, empty_guide
+from ..io import read_result_file
+from ..model import check_model
+from ..outcome import EMOutcome, Outcome
+from .build import build_result
+
+__all__ = ["load"]
+
+
+def load(path: str, model: Any = None, guide: Any = None) -> Any:
+    """Load a result written by :meth:`Result.save`.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    model : Model, optional
+        The model the result was fitted with; needed for posterior queries and further fitting.
+    guide : callable, optional
+        The user guide, when the fit used one (built-in guides are rebuilt by name).
+
+    Raises
+    ------
+    PplLvmError
+        If the file is not a ppl_lvm result, or holds anything but plain data (it is never unpickled as code).
+    """
+    meta, payload = read_result_file(path)
+    kwargs = dict(payload["data"]) | meta.get("data_other", {})
+    data = BoundData((), kwargs, meta.get("coords", {}))
+    em = meta["method"] == "em"
+    structure = None
+    guide_obj = guide
+    if model is not None:
+        model = check_model(model)
+        structure = model.inspect(**kwargs)
+        if guide_obj is None and em:
+            guide_obj = empty_guide
+        elif guide_obj is None:
+            spec = meta["guide_name"] if meta["guide_name"] in GUIDES else None
+            with torch.no_grad():
+                guide_obj, _ = build_guide(spec, model, structure)
+    cls, fields = Outcome, {}
+    extra = meta.get("extra") or {}
+    if em:
+        cls = EMOutcome
+        fields = {
+            "log_likelihood": float(extra.get("log_likelihood", float("nan"))),
+            "history": np.asarray(extra.get("history", []), dtype=float),
+            "n_iter": int(extra.get("n_iter", meta["steps"])),
+            "n_parameters": int(extra.get("n_parameters", 0)),
+            "n_samples": int(extra.get("n_samples", 0)),
+            "closed_form": bool(extra.get("closed_form", False)),
+        }
+    common = dict(method=meta["method"], guide_name=meta["guide_name"], model=model, data=data, structure=structure,
+                  options=meta["options"], enumerated=meta["enumerated"], **fields)
+    kept = cls(losses=payload["losses"].numpy(), converged=meta["converged"], steps=meta["steps"], seed=meta["seed"],
+               guide=guide_obj, param_state=payload["state"], interrupted=meta["interrupted"], **common)
+    restarts = []
+    for entry in payload["restarts"]:
+        info = entry["info"]
+        if info["kept"]:
+            restarts.append(kept)
+            continue
+        other_guide = guide_obj
+        if guide is None and model is not None and not em and meta["guide_name"] in GUIDES:
+            with torch.no_grad():  # each restart had its own guide object
+                other_guide, _ = build_guide(meta["guide_name"], model, structure)
+        restarts.append(cls(losses=entry["losses"].numpy(), converged=info["converged"], steps=info["steps"],
+                            seed=info["seed"], guide=other_guide, param_state=entry["state"],
+                            interrupted=info["interrupted"], **common))
+    kept.restarts = restarts
+    return build_result(kept)
