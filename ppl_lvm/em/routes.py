@@ -144,12 +144,13 @@ def jitter_state(state: dict, seed: int) -> dict:
     The noise comes from ``torch.Generator().manual_seed(seed)``, parameters in name order, so a seed fixes it.
     """
     generator = torch.Generator().manual_seed(int(seed))
-    out = clone_param_state(state)
-    for name in sorted(out["params"]):
-        value = out["params"][name]
-        noise = torch.randn(value.shape, generator=generator, dtype=torch.float64)
-        out["params"][name] = (value.detach() + noise.to(value.dtype)).detach()
-    return out
+    moved = {}
+    for name in sorted(state["params"]):
+        value = state["params"][name]
+        if value.is_floating_point():
+            value = value.detach() + torch.randn(value.shape, generator=generator, dtype=torch.float64).to(value.dtype)
+        moved[name] = value
+    return clone_param_state({"params": moved, "constraints": state["constraints"]})  # trainable leaves again
 
 
 def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options: dict,
