@@ -10,6 +10,7 @@ import pyro.distributions as dist
 from pyro.distributions import constraints
 
 from . import alignment, backends
+from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
 from .errors import (
@@ -32,8 +33,6 @@ from .model import Guide, Model, guide, model
 from .primitives import deterministic, latent, markov, module, observe, param, plate
 from .results import EMResult, Result, load
 from .structure import ModelStructure
-
-__version__ = "0.1.0"
 
 __all__ = [
     "AmortizedNormal",

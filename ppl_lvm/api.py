@@ -21,7 +21,7 @@ def infer(
     init: Any = None,
     **options: Any,
 ):
-    """Fit ``model`` to ``data`` with ``method`` and return a :class:`~ppl_lvm.result.Result`.
+    """Fit ``model`` to ``data`` with ``method`` and return a :class:`~ppl_lvm.results.Result`.
 
     Parameters
     ----------

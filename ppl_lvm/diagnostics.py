@@ -464,7 +464,7 @@ def _param_rows(result: Any, names: list[str], columns: list[str]) -> Any:
 
 
 def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
-    """The table of :meth:`ppl_lvm.result.Result.summary` (and of ``EMResult.summary``)."""
+    """The table of :meth:`ppl_lvm.results.Result.summary` (and of ``EMResult.summary``)."""
     import pandas as pd
 
     from .arviz_export import SUMMARY_COLUMNS, summarize_draws

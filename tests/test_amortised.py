@@ -26,6 +26,17 @@ def vae_guide(x):
     return z
 
 
+@pytest.fixture(autouse=True)
+def fresh_networks():
+    """The module's networks are trained in place: each test starts them from the same initialisation, whatever
+    ran before it on the same worker."""
+    torch.manual_seed(0)
+    for net in (decoder, encoder):
+        for layer in net.modules():
+            if layer is not net and hasattr(layer, "reset_parameters"):
+                layer.reset_parameters()
+
+
 @pytest.fixture
 def binary_data():
     g = torch.Generator().manual_seed(0)

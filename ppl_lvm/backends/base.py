@@ -50,9 +50,15 @@ class Backend(ABC):
         method = {k: v for k, v in options.items() if k in self.method_options}
         return loop, method
 
+    def options_of(self, problem: Problem) -> tuple[Any, dict[str, Any]]:
+        """The problem's options as parsed by :meth:`parse_options` (once, in :func:`make_problem`)."""
+        if problem.parsed_options is None:  # a Problem built by hand
+            problem.parsed_options = self.parse_options(problem.options)
+        return problem.parsed_options
+
     @abstractmethod
     def fit(self, problem: Problem):
-        """Fit ``problem`` and return a :class:`~ppl_lvm.result.Result`."""
+        """Fit ``problem`` and return an :class:`~ppl_lvm.outcome.Outcome` (``lvm.infer`` builds the result from it)."""
 
 
 @dataclass
@@ -92,7 +98,7 @@ class VariationalBackend(Backend):
         weights the previous restart reached: restarts are meant for models with a few global unknowns (mixtures,
         chains), where local optima differ.
         """
-        loop, method = self.parse_options(problem.options)
+        loop, method = self.options_of(problem)
 
         def fit_once(restart: int, seed: int) -> Outcome:
             return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method)

@@ -12,7 +12,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._console import REPORT_FILE, _record_warnings, _say, _warn, _warning_lines
+import torch
+
+from ..api import infer
+from ..datasets import binarized_digits, iris
+from ..diagnostics import ACTIVE_UNIT_THRESHOLD, Diagnosis
+from ..models.mixtures import gaussian_mixture
+from ..models.vae import VAE
+from ..report import Report, add_result, selection_table
+from ..report.page import _fmt
+from .console import REPORT_FILE, _record_warnings, _say, _warn, _warning_lines
 
 __all__ = ["run_demo", "DEMO_KS", "DEMO_REG_COVAR", "DEMO_LADDER", "DEMO_LADDER_FAST"]
 
@@ -27,8 +36,6 @@ DEMO_LADDER_FAST = (1, 10)
 
 def _format_table(frame: Any, best: Any) -> str:
     """A DataFrame as aligned text, the best row marked with '*'."""
-    from .report import _fmt
-
     cells = [[str(frame.index.name or "")] + [str(c) for c in frame.columns]]
     for label, row in frame.iterrows():
         cells.append([f"{label}{' *' if label == best else ''}"] + [_fmt(v) for v in row.tolist()])
@@ -42,10 +49,6 @@ def _vae_diagnosis(vae: Any, fit: Any, x_train: Any, x_test: Any, ladder: Sequen
 
     ``result.diagnose()`` bounds the data the VAE was trained on; the demo judges it on held-out images instead.
     """
-    import torch
-
-    from .diagnostics import ACTIVE_UNIT_THRESHOLD, Diagnosis
-
     bounds = {k: float(vae.log_likelihood(x_test, num_particles=k, seed=0).mean()) for k in ladder}
     loc, scale = vae.encode(x_train)
     variance = loc.double().var(0).numpy()
@@ -57,14 +60,6 @@ def _vae_diagnosis(vae: Any, fit: Any, x_train: Any, x_test: Any, ladder: Sequen
 
 def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -> Path:
     """The main job on built-in data; returns the report's path (see ``ppl-lvm demo --help``)."""
-    import torch
-
-    import ppl_lvm as lvm
-
-    from .datasets import binarized_digits, iris
-    from .models.mixtures import gaussian_mixture
-    from .report import Report, add_result, selection_table
-
     start = time.perf_counter()
     report = Report("ppl_lvm demo", subtitle="Gaussian mixtures on iris by EM (K by BIC) and a VAE on digits by IWAE"
                     + (" - fast mode: tiny budgets, numbers not meaningful" if fast else ""))
@@ -77,8 +72,8 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
         f"{n_init} restarts each")
     catcher, caught = _record_warnings()
     try:
-        fits = {f"K={k}": lvm.infer(gaussian_mixture, {"x": x, "K": k}, method="em", n_init=n_init, seed=0,
-                                    reg_covar=DEMO_REG_COVAR) for k in DEMO_KS}
+        fits = {f"K={k}": infer(gaussian_mixture, {"x": x, "K": k}, method="em", n_init=n_init, seed=0,
+                                reg_covar=DEMO_REG_COVAR) for k in DEMO_KS}
     finally:
         catcher.__exit__(None, None, None)
     em_warnings = _warning_lines(caught)
@@ -86,12 +81,12 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
     best = table["BIC"].idxmin()
     say(_format_table(table, best))
     chosen = fits[best]
-    from sklearn.metrics import adjusted_rand_score
+    from sklearn.metrics import adjusted_rand_score  # scikit-learn is slow to import and only the demo needs it
 
     ari = adjusted_rand_score(species.numpy(), chosen.map_assignments()["z"].numpy())
     say(f"BIC chooses {best}; its clusters agree with the 3 species at adjusted Rand index {ari:.2f} "
         f"(EM: {time.perf_counter() - start:.1f} s)")
-    import pandas as pd
+    import pandas as pd  # pandas is slow to import and only tables need it
 
     components = pd.DataFrame(chosen.params["locs"].numpy(), columns=[n.replace(" (cm)", "") for n in names])
     components.insert(0, "weight", chosen.params["weights"].numpy())
@@ -105,8 +100,6 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
                       "perfect agreement, 0 is chance). Versicolor and virginica overlap, so BIC may merge them."])
 
     # ---- part 2: a VAE on binarised digits, trained with the IWAE bound
-    from .models.vae import VAE
-
     t_vae = time.perf_counter()
     split = binarized_digits(seed=0)
     torch.manual_seed(0)
@@ -117,8 +110,8 @@ def run_demo(out: Path, fast: bool = False, say: Callable[[str], None] = _say) -
     say(f"VAE 64-128-128-2 (Bernoulli decoder) trained with IWAE (K={particles}) for {steps} steps, batches of 100")
     catcher, caught = _record_warnings()
     try:
-        vae_fit = lvm.infer(vae.model, split.x_train, method="iwae", guide=vae.guide, batch_size=100, lr=1e-3,
-                            steps=steps, num_particles=particles, seed=0)
+        vae_fit = infer(vae.model, split.x_train, method="iwae", guide=vae.guide, batch_size=100, lr=1e-3,
+                        steps=steps, num_particles=particles, seed=0)
     finally:
         catcher.__exit__(None, None, None)
     vae_warnings = _warning_lines(caught)

@@ -1,4 +1,4 @@
-"""Console output shared by the ``ppl-lvm`` commands (:mod:`ppl_lvm.cli`) and the demo (:mod:`ppl_lvm.demo`)."""
+"""Console output shared by the ``ppl-lvm`` commands (:mod:`ppl_lvm.cli`) and the demo (:mod:`ppl_lvm.cli.demo`)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,155 @@
+"""The commands ``ppl-lvm fit``, ``ppl-lvm report`` and ``ppl-lvm demo``, and the files of a fit folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._version import __version__
+from ..api import infer, methods
+from ..arviz_export import save_netcdf
+from ..report import build_report
+from ..results import load
+from .console import PROG, _record_warnings, _say, _warn, _warning_lines
+from .demo import run_demo
+from .inputs import CLIError, _split_spec, bind_file_data, load_guide, load_model, load_table, parse_assignments
+
+MANIFEST = "fit.json"
+RESULT_FILE = "result.pt"
+NETCDF_FILE = "posterior.nc"
+SUMMARY_FILE = "summary.csv"
+RESPONSIBILITIES_FILE = "responsibilities.npz"
+MANIFEST_FORMAT = 1
+
+
+# ---------------------------------------------------------------------------------------------------- fitting
+def _save_fit(result: Any, out: Path, manifest: dict[str, Any], fit_warnings: list[str], title: str) -> dict[str, Path]:
+    """Write result, netCDF, summary, responsibilities and the report into ``out``; return the paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"result": out / RESULT_FILE, "netcdf": out / NETCDF_FILE, "summary": out / SUMMARY_FILE}
+    result.save(str(paths["result"]))
+    responsibilities = getattr(result, "responsibilities", None)
+    if responsibilities:
+        paths["responsibilities"] = out / RESPONSIBILITIES_FILE
+        np.savez(paths["responsibilities"], **{k: v.detach().cpu().numpy() for k, v in responsibilities.items()})
+    manifest = {**manifest, "warnings": fit_warnings, "files": {k: p.name for k, p in paths.items()}}
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        save_netcdf(result.to_arviz(), str(paths["netcdf"]))
+        summary = result.summary()
+        summary.to_csv(paths["summary"])
+        paths["report"] = build_report(result, out, title=title, fit_warnings=fit_warnings, summary=summary)
+    for line in _warning_lines(caught):
+        _warn(line)
+    return paths
+
+
+def _fit_title(manifest: dict[str, Any]) -> str:
+    parsed = _split_spec(manifest["model"])
+    model = parsed[1] if parsed else manifest["model"]
+    return f"{model} on {Path(manifest['data']).name} ({manifest['method']})"
+
+
+def cmd_fit(ns: argparse.Namespace) -> int:
+    options = parse_assignments(ns.option, "--option")
+    args = parse_assignments(ns.arg, "--arg")
+    columns = [c.strip() for c in ns.columns.split(",")] if ns.columns else None
+    if columns is not None and (not all(columns) or len(set(columns)) != len(columns)):
+        raise CLIError(f"--columns expects distinct names separated by commas, got {ns.columns!r}")
+    data_path = Path(ns.data)
+    if ns.method not in methods():
+        raise CLIError(f"unknown method {ns.method!r}; choose one of: {', '.join(methods())}")
+    model, entry, model_spec = load_model(ns.model)
+    guide, guide_spec = load_guide(ns.guide)
+    loaded, labels = load_table(data_path, columns, ns.key)
+    data = bind_file_data(model, entry, loaded, labels, args, data_path)
+    out = Path(ns.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "ppl_lvm": __version__,
+        "model": model_spec,
+        "guide": guide_spec,
+        "data": str(data_path.resolve()),
+        "columns": columns,
+        "key": ns.key,
+        "method": ns.method,
+        "options": {item.partition("=")[0].strip(): item.partition("=")[2].strip() for item in ns.option or ()},
+        "args": {item.partition("=")[0].strip(): item.partition("=")[2].strip() for item in ns.arg or ()},
+    }
+    first = next(iter(data))
+    shape = "x".join(str(s) for s in getattr(data[first], "shape", ()))
+    _say(f"fitting {model.__name__} to {data_path.name} ({first}: {shape}) with method {ns.method!r} "
+         "(Ctrl-C stops and saves the fit so far)")
+    start = time.perf_counter()
+    catcher, caught = _record_warnings()
+    try:
+        kwargs = {"guide": guide} if guide is not None else {}
+        result = infer(model, data, method=ns.method, **kwargs, **options)
+    except KeyboardInterrupt:  # EM, or setup before the loop: no result exists yet
+        print(f"{PROG}: interrupted before the fit produced a result; nothing was saved", file=sys.stderr)
+        return 130
+    finally:
+        catcher.__exit__(None, None, None)
+    fit_warnings = _warning_lines(caught)
+    for line in fit_warnings:
+        _warn(line)
+    elapsed = time.perf_counter() - start
+    if result.interrupted:
+        _say(f"interrupted after {elapsed:.1f} s at step {result.steps}; saving the fit so far")
+    else:
+        _say(f"fitted in {elapsed:.1f} s: {result!r}")
+    paths = _save_fit(result, out, manifest, fit_warnings, _fit_title(manifest))
+    if result.interrupted:
+        print(f"{PROG}: interrupted: the fit so far ({result.steps} steps) was saved to {out}", file=sys.stderr)
+    for kind, path in paths.items():
+        _say(f"  {kind:<16} {path}")
+    return 130 if result.interrupted else 0
+
+
+def cmd_report(ns: argparse.Namespace) -> int:
+    folder = Path(ns.dir)
+    manifest_path = folder / MANIFEST
+    if not folder.is_dir():
+        raise CLIError(f"{folder} is not a directory; give the --out folder of `ppl-lvm fit`")
+    if not manifest_path.is_file():
+        raise CLIError(f"{folder} has no {MANIFEST}; give the --out folder of `ppl-lvm fit`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CLIError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT or "model" not in manifest:
+        raise CLIError(f"{manifest_path} is not a ppl-lvm fit manifest (format {MANIFEST_FORMAT})")
+    model, _, _ = load_model(manifest["model"])
+    guide, _ = load_guide(manifest.get("guide"))
+    result_path = folder / manifest.get("files", {}).get("result", RESULT_FILE)
+    if not result_path.is_file():
+        raise CLIError(f"{result_path} is missing; rerun `ppl-lvm fit`")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        result = load(str(result_path), model=model, guide=guide if callable(guide) else None)
+        resp_path = folder / RESPONSIBILITIES_FILE
+        if hasattr(result, "responsibilities") and not result.responsibilities and resp_path.is_file():
+            with np.load(resp_path, allow_pickle=False) as saved:
+                result.responsibilities = {k: torch.from_numpy(saved[k]) for k in saved.files}
+        path = build_report(result, folder, title=_fit_title(manifest), fit_warnings=manifest.get("warnings", []))
+    for line in _warning_lines(caught):
+        _warn(line)
+    _say(f"report: {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- demo
+def cmd_demo(ns: argparse.Namespace) -> int:
+    run_demo(Path(ns.out), fast=ns.fast)
+    return 0

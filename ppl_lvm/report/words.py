@@ -1,0 +1,124 @@
+"""What the numbers of a fit mean, in plain words: convergence, the diagnosis, the choice among candidate models."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..diagnostics import KHAT_BAD
+from ..outcome import EMOutcome
+
+
+# ---------------------------------------------------------------------------------------------------- plain words
+def _is_em(result: Any) -> bool:
+    return isinstance(result, EMOutcome)
+
+
+def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any, Any] | None = None,
+                    fit_warnings: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """What the numbers mean, as ``(level, sentence)`` with level ``ok``, ``warn`` or ``bad``."""
+    out: list[tuple[str, str]] = []
+    if result.interrupted:
+        out.append(("warn", f"The fit was interrupted after {result.steps} steps; the parameters are those reached "
+                            "so far, not a converged fit."))
+    if _is_em(result):
+        max_iter = result.options.get("max_iter")
+        if result.converged:
+            out.append(("ok", f"EM converged after {result.n_iter} iterations (the mean log-likelihood changed by "
+                              f"less than tol={result.options.get('tol')})."))
+        elif not result.interrupted:
+            out.append(("warn", f"EM stopped at max_iter={max_iter} before converging: raise max_iter or tol."))
+        n = max(result.n_samples, 1)
+        out.append(("ok", f"Exact log-likelihood {result.log_likelihood:.2f} ({result.log_likelihood / n:.3f} per "
+                          f"data point, every latent summed out); BIC {result.bic():.1f} and AIC {result.aic():.1f} "
+                          f"with {result.n_parameters} free parameters and {result.n_samples} data points."))
+        out.append(("ok", "M-steps in closed form (a recognised model)." if result.closed_form else
+                    "Generic route: exact E-step, numerical M-step accepted only when it improves the bound."))
+        resp = _mixture_responsibilities(result)
+        if resp is not None:
+            probs = resp.max(1)
+            counts = np.bincount(resp.argmax(1), minlength=resp.shape[1])
+            uncertain = int((probs < 0.9).sum())
+            out.append(("ok", f"Hard assignments per component: {', '.join(str(int(c)) for c in counts)}; "
+                              f"{uncertain} of {len(probs)} points ({100 * uncertain / len(probs):.1f}%) have no "
+                              "component with posterior probability >= 0.9."))
+            empty = [k for k, c in enumerate(counts) if c == 0]
+            if empty:
+                out.append(("warn", f"Component(s) {empty} hold no point outright: fewer components may do."))
+    else:
+        if result.converged:
+            out.append(("ok", f"The smoothed loss settled after {result.steps} steps."))
+        elif not result.interrupted:
+            out.append(("warn", f"The smoothed loss was still moving after {result.steps} steps: fit longer "
+                                "(more steps) for a settled result."))
+        out.append(("ok", f"Final bound (negative loss, last 10% of steps): {result.elbo:.4g} by {result.method} "
+                          f"(guide: {result.guide_name})."))
+    if diagnosis is not None:
+        out += _diagnosis_words(diagnosis)
+    if candidates:
+        out += _selection_words(candidates)
+    for line in fit_warnings:
+        out.append(("warn", f"Warning during the fit: {line}"))
+    return out
+
+
+def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
+    out = []
+    if d.khat is not None and not math.isnan(d.khat):
+        verdict = d.khat_verdict
+        meaning = {"good": "the guide covers the posterior well",
+                   "ok": "usable, but importance-sampling estimates converge slowly",
+                   "bad": "the importance ratios are heavy-tailed: the ELBO and summaries from the guide are "
+                          "unreliable"}[verdict]
+        where = ""
+        if getattr(d, "khat_kind", None) == "per point":
+            n_points = len(d.khat_points)
+            n_bad = int(round(d.share_of_points_above(KHAT_BAD) * n_points))
+            where = f", the largest over the {n_points} data points; {n_bad} of them above 0.7"
+        out.append(("ok" if verdict == "good" else "warn" if verdict == "ok" else "bad",
+                    f"Pareto k-hat {d.khat:.2f} ({verdict}{where}: {meaning}; < 0.5 good, <= 0.7 ok)."))
+    rungs = d.ladder
+    if len(rungs) > 1:
+        first, last = rungs[0], rungs[-1]
+        out.append(("ok", f"Bound ladder: {first[0]} {first[1]:.2f} up to {last[0]} {last[1]:.2f}; the gap "
+                          f"{last[1] - first[1]:.2f} nats is what the ELBO leaves on the table."))
+    for name, active in d.active_units.items():
+        total = len(d.mean_variance[name])
+        level = "bad" if active == 0 else "ok"
+        out.append((level, f"Local latent '{name}': {active} of {total} dimensions are active (their posterior mean "
+                           "varies across data points); inactive ones carry no information about the data."))
+    if d.khat is not None and d.khat > KHAT_BAD and d.active_units and getattr(d, "khat_kind", None) != "per point":
+        out.append(("ok", "With one latent per data point, k-hat measures the importance ratio of all data points "
+                          "jointly, whose tail grows with the number of points: read it together with the per-point "
+                          "bounds of the ladder."))
+    for message in d.messages:
+        out.append(("bad", message))
+    return out
+
+
+def _selection_words(candidates: Mapping[Any, Any]) -> list[tuple[str, str]]:
+    bics = {label: fit.bic() for label, fit in candidates.items()}
+    ranked = sorted(bics, key=bics.get)
+    best = ranked[0]
+    text = f"BIC chooses {best} (BIC {bics[best]:.1f})"
+    if len(ranked) > 1:
+        gap = bics[ranked[1]] - bics[best]
+        strength = "strong" if gap > 10 else "positive" if gap > 2 else "weak"
+        text += f"; the runner-up {ranked[1]} is {gap:.1f} higher ({strength} evidence, Kass and Raftery)"
+    aics = {label: fit.aic() for label, fit in candidates.items()}
+    best_aic = min(aics, key=aics.get)
+    text += "." if best_aic == best else f"; AIC, which penalises parameters less, prefers {best_aic}."
+    return [("ok", text)]
+
+
+# ---------------------------------------------------------------------------------------------------- mixtures
+def _mixture_responsibilities(result: Any) -> np.ndarray | None:
+    resp = getattr(result, "responsibilities", None) or {}
+    if len(resp) != 1:
+        return None
+    (value,) = resp.values()
+    value = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=float)
+    return value if value.ndim == 2 else None
