@@ -10,7 +10,7 @@ import torch
 
 from ..data import to_tensor
 from ..diagnostics import _local_sites
-from ..em._generic import e_step, site_marginal
+from ..em.generic import e_step, site_marginal
 from ..runtime import run_scope
 from ._figure import _axes, _check_result, _data_argument, _finish, _is_em, _numpy, _pyplot
 

@@ -11,10 +11,10 @@ from em_helpers import make_gmm_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ppl_lvm.em._families import Bernoulli, Categorical, Gaussian, Poisson
-from ppl_lvm.em._hmm import fit_hmm
-from ppl_lvm.em._init import initialize_hmm, initialize_mixture
-from ppl_lvm.em._mixture import EMDegeneracyWarning, fit_mixture
+from ppl_lvm.em.families import Bernoulli, Categorical, Gaussian, Poisson
+from ppl_lvm.em.hmm import fit_hmm
+from ppl_lvm.em.init import initialize_hmm, initialize_mixture
+from ppl_lvm.em.mixture import EMDegeneracyWarning, fit_mixture
 
 
 def _assert_monotone(history, rel=1e-9):
@@ -221,7 +221,7 @@ def test_unseen_category_gives_finite_responsibilities():
         "weights": torch.tensor([0.5, 0.5], dtype=torch.float64),
         "probs": torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64),
     }
-    from ppl_lvm.em._mixture import mixture_log_likelihood
+    from ppl_lvm.em.mixture import mixture_log_likelihood
 
     ll, resp = mixture_log_likelihood(torch.tensor([0, 2, 1]), fam, params)
     assert not torch.isnan(resp).any()
