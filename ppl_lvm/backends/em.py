@@ -177,7 +177,7 @@ class EMBackend(Backend):
 
     def fit(self, problem: Problem) -> EMOutcome:
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
-        opts, _ = self.parse_options(problem.options)
+        opts, _ = self.options_of(problem)
         structure = problem.structure
         _check_enumerable(structure)
         kwargs = dict(problem.data.kwargs)
