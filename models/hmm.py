@@ -56,7 +56,14 @@ def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return padded, lengths
 
 
-def _check_sequences(x, lengths, ndim: int, name: str, expected: str) -> None:
+def _check_k(K, name: str, what: str) -> None:
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"{name}: K must be a positive integer (the number of {what}), got {K!r}"
+                         + ("; pass K=int(...)" if isinstance(K, str) else ""))
+
+
+def _check_sequences(x, lengths, ndim: int, name: str, expected: str, K) -> None:
+    _check_k(K, name, "hidden states")
     if not isinstance(x, torch.Tensor) or x.dim() != ndim:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: x must be a tensor of shape {expected}, got {shape}; "
@@ -100,7 +107,7 @@ def gaussian_hmm(x: torch.Tensor, lengths: torch.Tensor | None = None, K: int = 
     >>> bool((fit.params["locs"].max() - fit.params["locs"].min() - 4.0).abs() < 1.0)
     True
     """
-    _check_sequences(x, lengths, 3, "gaussian_hmm", "(B, T, D) floats")
+    _check_sequences(x, lengths, 3, "gaussian_hmm", "(B, T, D) floats", K)
     n_seq, n_steps, d = x.shape
     if lengths is None:
         lengths = torch.full((n_seq,), n_steps)
@@ -146,7 +153,7 @@ def categorical_hmm(x: torch.Tensor, lengths: torch.Tensor | None = None, K: int
     >>> path.shape, bool((path[:, :3] != path[:, 3:6]).all())
     (torch.Size([3, 12]), True)
     """
-    _check_sequences(x, lengths, 2, "categorical_hmm", "(B, T) integer symbols")
+    _check_sequences(x, lengths, 2, "categorical_hmm", "(B, T) integer symbols", K)
     n_seq, n_steps = x.shape
     if lengths is None:
         lengths = torch.full((n_seq,), n_steps)
@@ -180,7 +187,7 @@ def gaussian_hmm_vectorized(x: torch.Tensor, K: int = 3) -> None:
     >>> fit.closed_form, path.shape, bool((path[:, :5] != path[:, 5:10]).all())
     (True, torch.Size([3, 30]), True)
     """
-    _check_sequences(x, None, 3, "gaussian_hmm_vectorized", "(B, T, D) floats")
+    _check_sequences(x, None, 3, "gaussian_hmm_vectorized", "(B, T, D) floats", K)
     n_seq, n_steps, d = x.shape
     start = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     trans = lvm.param(lambda: torch.full((K, K), 1.0 / K), constraint=constraints.simplex)

@@ -21,7 +21,14 @@ def _spread_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x[torch.linspace(0, len(x) - 1, k).long()].clone()
 
 
-def _check_rows(x, name: str) -> None:
+def _check_k(K, name: str, what: str) -> None:
+    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
+        raise ValueError(f"{name}: K must be a positive integer (the number of {what}), got {K!r}"
+                         + ("; pass K=int(...)" if isinstance(K, str) else ""))
+
+
+def _check_rows(x, name: str, K) -> None:
+    _check_k(K, name, "components")
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: x must be a tensor of shape (N, D), got {shape}; reshape 1-d data with x[:, None]")
@@ -47,7 +54,7 @@ def gaussian_mixture(x: torch.Tensor, K: int = 3, covariance_type: str = "full")
     >>> fit.closed_form, fit.responsibilities["z"].shape
     (True, torch.Size([100, 2]))
     """
-    _check_rows(x, "gaussian_mixture")
+    _check_rows(x, "gaussian_mixture", K)
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     d = x.shape[1]
@@ -99,7 +106,7 @@ def bernoulli_mixture(x: torch.Tensor, K: int = 3) -> None:
     >>> bool((learned - probs).abs().max() < 0.15)
     True
     """
-    _check_rows(x, "bernoulli_mixture")
+    _check_rows(x, "bernoulli_mixture", K)
     d = x.shape[1]
     weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     probs = lvm.param(lambda: 0.25 + 0.5 * torch.rand(K, d), constraint=constraints.unit_interval)
@@ -132,7 +139,7 @@ def poisson_mixture(x: torch.Tensor, K: int = 3) -> None:
     >>> fit.closed_form, bool(((learned - rates).abs() / rates).max() < 0.3)
     (True, True)
     """
-    _check_rows(x, "poisson_mixture")
+    _check_rows(x, "poisson_mixture", K)
     d = x.shape[1]
     weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     rates = lvm.param(lambda: x.float().mean(0).expand(K, d) * (0.5 + torch.rand(K, d)), constraint=constraints.positive)

@@ -48,12 +48,22 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         tensor = value.detach()  # data simulated from a model may still carry its autograd graph
     else:
+        dtypes = getattr(value, "dtypes", None)
+        if hasattr(dtypes, "items"):  # a DataFrame: name the columns that are not numbers
+            text = [str(c) for c, t in dtypes.items() if getattr(t, "kind", "O") not in "biuf"]
+            if text:
+                raise DataError(f"data '{name}' has non-numeric column(s) {text}; drop them or encode categories as "
+                                "integers (e.g. frame[col].astype('category').cat.codes)")
         if hasattr(value, "to_numpy"):  # pandas Series / DataFrame
             value = value.to_numpy()
         try:
             array = np.asarray(value)
         except Exception as exc:  # noqa: BLE001 - any failure means "not array-like"
-            raise DataError(f"data '{name}' cannot be converted to an array: {exc}") from exc
+            hint = ""
+            if "inhomogeneous" in str(exc):
+                hint = (" (rows of different lengths: pad them to one length and pass the lengths, e.g. "
+                        "ppl_lvm.models.hmm.pad_sequences(sequences) for sequences of different lengths)")
+            raise DataError(f"data '{name}' cannot be converted to an array{hint}: {exc}") from exc
         if array.dtype == object or array.dtype.kind in "USMmV":
             raise DataError(
                 f"data '{name}' has non-numeric dtype {array.dtype}; select numeric columns or encode "
@@ -61,6 +71,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
             )
         # a copy: pandas hands out read-only views, and the data must not alias the caller's array
         tensor = torch.from_numpy(np.array(array, copy=True, order="C"))
+    if tensor.dim() > 0 and tensor.numel() == 0:
+        raise DataError(f"data '{name}' is empty (shape {tuple(tensor.shape)}); pass at least one data point")
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.long)
     if tensor.is_floating_point():

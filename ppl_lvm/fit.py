@@ -105,6 +105,17 @@ class FitOptions:
         return [f.name for f in fields(cls)]
 
     def validate(self) -> None:
+        if self.device is not None:
+            try:
+                device = torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise ValueError(f"device={self.device!r} is not a torch device ({exc}); e.g. 'cpu' or 'cuda:0'") from exc
+            available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
+            if available is not None and not available():
+                raise ValueError(f"device={self.device!r}, but this torch build or machine has no {device.type.upper()} "
+                                 f"device (torch.{device.type}.is_available() is False); use device='cpu' or leave "
+                                 "device unset")
+
         def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
             if value is None and allow_none:
                 return

@@ -90,8 +90,15 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
             else:
                 # broadcasting that grows both sides (e.g. (N, 1) against (N,)) is almost always a bug
                 problem = joint != value_batch and joint != batch
+        if value.numel() == 0:
+            raise ModelCheckError(
+                f"observed value is empty (shape {_shape(value.shape)}); pass at least one data point",
+                site=name, location=resolved.location,
+            )
         if not problem:
             _check_plates(name, value, len(event), resolved)
+            _check_no_broadcast(name, fn, value, len(event), resolved)
+            _check_support(name, fn, value, resolved)
         if problem:
             raise ModelCheckError(
                 f"observed value has shape {_shape(value.shape)}, but {distribution_name(fn)} has batch_shape "
@@ -119,6 +126,70 @@ def _check_plates(name: str, value: torch.Tensor, event_dim: int, resolved: Reso
                 site=name,
                 location=resolved.location,
             )
+
+
+def _check_no_broadcast(name: str, fn: Any, value: torch.Tensor, event_dim: int, resolved: ResolvedName) -> None:
+    """Refuse a value dim that neither a plate nor the distribution's parameters account for.
+
+    Such a dim broadcasts against the plates: data of shape (N, 1) under ``lvm.plate(N)`` would give N x N
+    likelihood terms instead of N.
+    """
+    batch = tuple(value.shape[: value.dim() - event_dim])
+    fn_batch = tuple(fn.batch_shape)
+    plates = {frame.dim: frame for frame in pyro.poutine.runtime._PYRO_STACK
+              if isinstance(frame, pyro.poutine.plate_messenger.PlateMessenger) and frame.dim is not None}
+    for position in range(-len(batch), 0):
+        size = batch[position]
+        if size == 1 or position in plates:
+            continue
+        if len(fn_batch) >= -position and fn_batch[position] == size:
+            continue
+        if not plates:
+            continue  # no plate to broadcast against: the distribution's batch shape check above applies
+        around = ", ".join(f"'{f.name}' (size {f.subsample_size}, dim {d})" for d, f in sorted(plates.items()))
+        squeezed = tuple(d for d in value.shape if d != 1)
+        raise ModelCheckError(
+            f"observed value has shape {_shape(value.shape)}: its dim {position} (size {size}) is neither a plate's "
+            f"dim nor a dim of {distribution_name(fn)}'s parameters, so it would broadcast against the plates "
+            f"around it ({around}) into more likelihood terms than data points. Fix: give a value whose dims match "
+            f"the plates (e.g. shape {_shape(squeezed)}: x.squeeze() or x.reshape(...)), or .to_event(n) when the "
+            "trailing dims belong to one observation.",
+            site=name, location=resolved.location,
+        )
+
+
+def _check_support(name: str, fn: Any, value: torch.Tensor, resolved: ResolvedName) -> None:
+    """Refuse observed values outside the distribution's support: how many, the first positions and values."""
+    support = getattr(fn, "support", None)
+    if support is None:
+        return
+    try:
+        ok = support.check(value)
+    except (RuntimeError, ValueError, TypeError):
+        return  # supports that cannot check this value are left to the distribution's own validation
+    if bool(ok.all()):
+        return
+    bad = torch.nonzero(~ok.expand(value.shape[: ok.dim()]) if ok.dim() else ~ok.reshape(1))
+    shown = bad[:3].tolist()
+    event = value.dim() - ok.dim()
+    values = [value[tuple(i)].tolist() if event else float(value[tuple(i)]) for i in shown] if ok.dim() else []
+    where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
+    raise ModelCheckError(
+        f"{int((~ok).sum())} of {ok.numel()} observed values lie outside the support of {distribution_name(fn)} "
+        f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories as "
+        "0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
+        site=name, location=resolved.location,
+    )
+
+
+def _support_text(support: Any) -> str:
+    while type(support).__name__ == "_IndependentConstraint":
+        support = support.base_constraint
+    names = {"_Boolean": "0 or 1", "_IntegerGreaterThan": "integers >= {lower_bound}",
+             "_IntegerInterval": "integers {lower_bound}..{upper_bound}", "_Simplex": "a probability vector",
+             "_GreaterThan": "> {lower_bound}", "_Interval": "between {lower_bound} and {upper_bound}"}
+    text = names.get(type(support).__name__, repr(support))
+    return text.format(**{k: getattr(support, k) for k in ("lower_bound", "upper_bound") if hasattr(support, k)})
 
 
 def distribution_name(fn: Any) -> str:
