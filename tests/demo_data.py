@@ -30,11 +30,13 @@ def two_clusters(n=12, seed=0, shift=3.0):
     return x.to(torch.get_default_dtype())
 
 
-def univariate_groups(sizes=(150, 100), locs=(-2.5, 2.0), scales=(1.0, 0.7), seed=0, dtype=None):
-    """A one-dimensional mixture, ordered by group: ``sizes[k]`` draws of ``scales[k] * N(0, 1) + locs[k]``."""
+def normal_groups(sizes=(150, 100), locs=(-2.5, 2.0), scales=(1.0, 0.7), seed=0, dtype=None, d=None):
+    """A mixture ordered by group: ``sizes[k]`` draws of ``scales[k] * N(0, I) + locs[k]``, one-dimensional (shape
+    (n,)) when ``d`` is None, else rows of ``d`` columns (shape (n, d))."""
     g = torch.Generator().manual_seed(seed)
     groups = zip(sizes, locs, scales, strict=True)
-    return torch.cat([s * torch.randn(n, generator=g, dtype=dtype) + m for n, m, s in groups])
+    shape = (lambda n: (n,)) if d is None else (lambda n: (n, d))
+    return torch.cat([s * torch.randn(shape(n), generator=g, dtype=dtype) + m for n, m, s in groups])
 
 
 def labelled_clusters(centers, n, seed=0, scale=1.0):

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from demo_data import labelled_clusters, univariate_groups
+from demo_data import labelled_clusters, normal_groups
 from sklearn.datasets import load_iris, load_wine
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
@@ -81,7 +81,7 @@ def test_a_plainly_written_user_gmm_gets_the_closed_form(float64):
             c = lvm.latent(dist.Categorical(w))
             lvm.observe(dist.Normal(mu[c], sd[c]), data)
 
-    data = univariate_groups((200, 100), locs=(-3.0, 2.0), scales=(1.0, 0.5), seed=0)
+    data = normal_groups((200, 100), locs=(-3.0, 2.0), scales=(1.0, 0.5), seed=0)
     fit = lvm.infer(my_gmm, data, method="em", init_params="params", max_iter=200, tol=1e-10)
     assert fit.closed_form and fit.converged and _is_monotone(fit.history)
     order = torch.argsort(fit.params["mu"])

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from demo_data import univariate_groups
+from demo_data import normal_groups
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -50,7 +50,7 @@ def log_scale_gmm(x, K=2):
 
 
 def _two_clusters(seed=0):
-    return univariate_groups((150, 100), locs=(-2.5, 2.0), scales=(1.0, 0.7), seed=seed, dtype=torch.float64)
+    return normal_groups((150, 100), locs=(-2.5, 2.0), scales=(1.0, 0.7), seed=seed, dtype=torch.float64)
 
 
 def _quiet(*args, **kwargs):
