@@ -28,7 +28,7 @@ from ppl_lvm.em.mixture import fit_mixture
 
 
 def make_gmm_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    """k correlated Gaussian clusters (same generator as tests/em)."""
+    """k correlated Gaussian clusters (same generator as tests/demo_data.py: correlated_clusters)."""
     rng = np.random.default_rng(seed)
     centers = rng.normal(size=(k, d)) * 3
     parts = [rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c for c in centers]

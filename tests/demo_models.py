@@ -1,4 +1,4 @@
-"""Models with known answers, shared by the tests."""
+"""Models with known answers, shared by the tests (the data they are fitted to are in ``demo_data.py``)."""
 
 import math
 
@@ -56,6 +56,18 @@ def gmm_map(x, K=3):
         z = lvm.latent(dist.Categorical(weights))
         lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x)
 
+
+
+@lvm.model
+def loc_gmm(x, K=2):
+    """Unit-variance mixture: normal priors on the means (the guide's latents), weights a parameter, z enumerated."""
+    d = x.shape[1]
+    weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
+    with lvm.plate(K, name="components"):
+        locs = lvm.latent(dist.Normal(torch.zeros(d), 10.0).to_event(1))
+    with lvm.plate(len(x)):
+        z = lvm.latent(dist.Categorical(weights))
+        lvm.observe(dist.Normal(locs[z], 1.0).to_event(1), x)
 
 class Encoder(torch.nn.Module):
     """An amortised encoder x -> (loc, scale) of q(z | x): linear, or one tanh layer of ``hidden`` units."""

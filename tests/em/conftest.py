@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from em_helpers import make_gmm_data
+from demo_data import correlated_clusters
 
 
 @pytest.fixture(autouse=True)
@@ -50,4 +50,4 @@ def wine() -> np.ndarray:
 @pytest.fixture(scope="session")
 def big_gmm_data() -> np.ndarray:
     """N = 100k, D = 5, five correlated clusters (the benchmark's data)."""
-    return make_gmm_data(100_000, 5, 5, seed=0)
+    return correlated_clusters(100_000, 5, 5, seed=0)

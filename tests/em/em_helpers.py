@@ -9,13 +9,6 @@ import numpy as np
 import torch
 
 
-def make_gmm_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    centers = rng.normal(size=(k, d)) * 3
-    parts = [rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c for c in centers]
-    return np.concatenate(parts)
-
-
 def sklearn_init(X: np.ndarray, k: int, covariance_type: str, seed: int = 0) -> dict:
     """Initial parameters shared by sklearn and our EM (one sklearn EM step
     from random_from_data responsibilities, on at most 2000 points)."""

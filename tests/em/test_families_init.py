@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from em_helpers import as_np, make_gmm_data
+from demo_data import correlated_clusters
+from em_helpers import as_np
 from torch import distributions as D
 
 from ppl_lvm.em.families import Bernoulli, Categorical, Gaussian, Poisson, get_family
@@ -153,7 +154,7 @@ def test_mixture_e_step_logsumexp():
 
 
 def test_kmeans_plusplus_deterministic_and_spread():
-    X = torch.as_tensor(make_gmm_data(2000, 2, 4, seed=1))
+    X = torch.as_tensor(correlated_clusters(2000, 2, 4, seed=1))
     c1, i1 = kmeans_plusplus(X, 4, make_generator(3))
     c2, i2 = kmeans_plusplus(X, 4, make_generator(3))
     assert torch.equal(i1, i2) and torch.equal(c1, c2)
@@ -168,7 +169,7 @@ def test_kmeans_plusplus_identical_points():
 
 @pytest.mark.parametrize("init", ["kmeans", "k-means++", "random", "random_from_data"])
 def test_initialize_mixture_deterministic(init):
-    X = torch.as_tensor(make_gmm_data(500, 3, 3, seed=2))
+    X = torch.as_tensor(correlated_clusters(500, 3, 3, seed=2))
     a = initialize_mixture(X, Gaussian("full"), 3, init, seed=7)
     b = initialize_mixture(X, Gaussian("full"), 3, init, seed=7)
     assert a.keys() == b.keys()
@@ -185,7 +186,7 @@ def test_random_responsibilities_rows_sum_to_one():
 def test_params_from_responsibilities_matches_sklearn():
     from sklearn.mixture._gaussian_mixture import _estimate_gaussian_parameters
 
-    X = make_gmm_data(300, 3, 3, seed=3)
+    X = correlated_clusters(300, 3, 3, seed=3)
     resp = random_responsibilities(300, 3, make_generator(0))
     for ct in ["full", "diag", "spherical", "tied"]:
         ours = params_from_responsibilities(torch.as_tensor(X), Gaussian(ct), resp)

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from demo_data import labelled_clusters, normal_groups
 from sklearn.datasets import load_iris, load_wine
 from sklearn.mixture import GaussianMixture
 from sklearn.preprocessing import StandardScaler
@@ -80,8 +81,7 @@ def test_a_plainly_written_user_gmm_gets_the_closed_form(float64):
             c = lvm.latent(dist.Categorical(w))
             lvm.observe(dist.Normal(mu[c], sd[c]), data)
 
-    g = torch.Generator().manual_seed(0)
-    data = torch.cat([torch.randn(200, generator=g) - 3, 0.5 * torch.randn(100, generator=g) + 2])
+    data = normal_groups((200, 100), locs=(-3.0, 2.0), scales=(1.0, 0.5), seed=0)
     fit = lvm.infer(my_gmm, data, method="em", init_params="params", max_iter=200, tol=1e-10)
     assert fit.closed_form and fit.converged and _is_monotone(fit.history)
     order = torch.argsort(fit.params["mu"])
@@ -109,9 +109,7 @@ def test_bernoulli_and_poisson_mixtures_are_monotone_and_recover_components(floa
 
 
 def test_bic_picks_the_true_number_of_components(float64):
-    rng = np.random.default_rng(3)
-    centres = np.array([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]])
-    x = centres[rng.integers(0, 3, 600)] + rng.normal(size=(600, 2))
+    x = labelled_clusters([[-6.0, 0.0], [0.0, 6.0], [6.0, 0.0]], 600, seed=3)
     bics = {k: lvm.infer(gaussian_mixture, {"x": x, "K": k, "covariance_type": "full"}, method="em",
                          n_init=2, max_iter=200).bic() for k in range(1, 7)}
     assert min(bics, key=bics.get) == 3

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from em_helpers import make_gmm_data
+from demo_data import correlated_clusters
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,7 @@ def _data(kind: str, seed: int):
     g = torch.Generator().manual_seed(seed)
     n = 400
     if kind in ("full", "diag"):
-        return torch.as_tensor(make_gmm_data(n, 3, 4, seed)), Gaussian(kind)
+        return torch.as_tensor(correlated_clusters(n, 3, 4, seed)), Gaussian(kind)
     if kind == "bernoulli":
         p = torch.rand(3, 8, generator=g)
         z = torch.randint(3, (n,), generator=g)
@@ -170,7 +170,7 @@ def test_more_components_than_distinct_points(ct):
 
 @pytest.mark.parametrize("ct", ["full", "diag", "spherical", "tied"])
 def test_component_with_no_data(ct):
-    X = torch.as_tensor(make_gmm_data(300, 2, 2, seed=3))
+    X = torch.as_tensor(correlated_clusters(300, 2, 2, seed=3))
     params = initialize_mixture(X, Gaussian(ct), 3, "kmeans", seed=0)
     params["means"] = params["means"].clone()
     params["means"][2] = torch.tensor([1e4, 1e4], dtype=torch.float64)
@@ -230,7 +230,7 @@ def test_unseen_category_gives_finite_responsibilities():
 
 
 def test_hmm_state_never_visited():
-    X = torch.as_tensor(make_gmm_data(200, 1, 2, seed=4))
+    X = torch.as_tensor(correlated_clusters(200, 1, 2, seed=4))
     params = initialize_hmm(X, Gaussian("diag"), 3, "kmeans", seed=0)
     params["means"] = params["means"].clone()
     params["means"][2] = 1e4

@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from demo_data import normal_groups
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -49,9 +50,7 @@ def log_scale_gmm(x, K=2):
 
 
 def _two_clusters(seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return torch.cat([torch.randn(150, generator=g, dtype=torch.float64) - 2.5,
-                      0.7 * torch.randn(100, generator=g, dtype=torch.float64) + 2.0])
+    return normal_groups((150, 100), locs=(-2.5, 2.0), scales=(1.0, 0.7), seed=seed, dtype=torch.float64)
 
 
 def _quiet(*args, **kwargs):

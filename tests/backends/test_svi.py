@@ -3,6 +3,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from demo_data import labelled_clusters
 from demo_models import gmm_map, normal_normal, normal_normal_posterior
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from scipy.special import logsumexp
@@ -78,10 +79,7 @@ def test_meanfield_refuses_discrete_latents():
 
 
 def _three_clusters(n=300, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = np.array([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]])
-    labels = rng.integers(0, 3, size=n)
-    return centres[labels] + rng.normal(scale=[0.8, 0.5], size=(n, 2))
+    return labelled_clusters([[-4.0, 0.0], [0.0, 4.0], [4.0, -1.0]], n, seed=seed, scale=[0.8, 0.5])
 
 
 def _mixture_loglik(x, weights, locs, scales):

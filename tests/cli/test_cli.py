@@ -18,7 +18,7 @@ from ppl_lvm.arviz_export import load_netcdf
 from ppl_lvm.cli import CLIError, main, parse_assignments
 from ppl_lvm.models.mixtures import gaussian_mixture
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 USER_MODELS = '''
 import torch

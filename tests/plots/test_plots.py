@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from demo_data import ppca_data, two_clusters  # noqa: E402
 from demo_models import Encoder, gmm_map, ppca, ppca_log_marginal  # noqa: E402
 from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -36,19 +37,6 @@ def _close_figures():
     plt.close("all")
 
 
-def _two_clusters(n=12, seed=0, shift=3.0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.cat([torch.randn(n, 2, generator=g) - shift, torch.randn(n, 2, generator=g) + shift])
-    return x.to(torch.get_default_dtype())
-
-
-def _ppca_data(n=20, d=5, q=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    W = torch.randn(d, q, generator=g)
-    z = torch.randn(n, q, generator=g)
-    return (z @ W.T + 0.5 * torch.randn(n, d, generator=g)).to(torch.get_default_dtype())
-
-
 @lvm.model
 def mixture(x, K=2):
     """The README's mixture: parameters only, z summed out exactly."""
@@ -66,9 +54,9 @@ def fits():
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        x = _two_clusters()
-        close = _two_clusters(shift=1.0)  # overlapping clusters: uncertain assignments
-        xp = _ppca_data()
+        x = two_clusters()
+        close = two_clusters(shift=1.0)  # overlapping clusters: uncertain assignments
+        xp = ppca_data()
         smoothed = []
         out = {
             "x": x,
@@ -137,7 +125,7 @@ def test_plot_loss_uses_a_log_axis_only_for_positive_losses_spanning_a_decade(fi
 
 
 def test_plot_loss_draws_the_other_restarts_behind_the_kept_fit(float64):
-    x = _two_clusters(n=6)
+    x = two_clusters(n=6)
     fit = lvm.infer(mixture, x, method="svi", steps=15, lr=0.05, seed=0, n_init=3, smoothing=5)
     ax = plots.plot_loss(fit).axes[0]
     others = [r for r in fit.restarts if r is not fit]
@@ -260,7 +248,7 @@ def test_plot_khat_draws_into_a_given_axes_and_refuses_what_has_no_ratios(fits):
 
 
 def test_plot_khat_refuses_a_guide_without_density():
-    x = _ppca_data()
+    x = ppca_data()
     fit = lvm.infer(ppca, x, method="svi", guide="delta", steps=3, seed=0)
     with pytest.raises(ValueError, match="has no density for its draws"):
         plots.plot_khat(fit, num_batches=1, num_samples=25)
@@ -432,7 +420,7 @@ def test_plot_latent_space_refuses_what_it_cannot_show(fits, float64):
         plots.plot_latent_space(fits["ppca"], labels=[0, 1])
     with pytest.raises(ValueError, match="cannot encode new rows"):
         plots.plot_latent_space(fits["ppca"], x=fits["xp"])
-    x = _ppca_data(n=10)
+    x = ppca_data(n=10)
     one_dim = lvm.infer(ppca, {"x": x, "q": 1}, method="svi", steps=2, seed=0)
     with pytest.raises(ValueError, match="latent_dim 1: a 2-D latent space needs at least two dimensions"):
         plots.plot_latent_space(one_dim)

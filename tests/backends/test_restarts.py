@@ -5,13 +5,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from demo_data import THREE_CENTERS, clusters
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 from ppl_lvm.diagnostics import RHAT_BAD, DiagnosticWarning
 from ppl_lvm.fit import smoothed_final_loss
 
-CENTERS = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]])
 PER_CLUSTER = 10
 # a decaying learning rate (0.1 * 0.97^step) so that restarts in one optimum end at the same q, not jittering around it
 FIT = dict(method="svi", steps=100, lr=0.1, optimizer="clippedadam", optim_args={"lrd": 0.97})
@@ -39,8 +39,7 @@ def bayes_gmm_guide(x, starts, K=3):
 
 
 def three_clusters():
-    g = torch.Generator().manual_seed(0)
-    return torch.cat([torch.randn(PER_CLUSTER, 2, generator=g, dtype=torch.float64) + c for c in CENTERS.double()])
+    return clusters(THREE_CENTERS, PER_CLUSTER)
 
 
 @pytest.fixture(scope="module")

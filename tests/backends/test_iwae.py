@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 import torch
+from demo_data import ppca_data as simulate_ppca
 from demo_models import Encoder, gmm_map, normal_normal, ppca, ppca_log_marginal
 
 import ppl_lvm as lvm
@@ -9,10 +10,7 @@ from ppl_lvm import constraints, dist
 
 @pytest.fixture
 def ppca_data():
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(5, 2, generator=g, dtype=torch.float64)
-    z = torch.randn(200, 2, generator=g, dtype=torch.float64)
-    return z @ W.T + 0.5 * torch.randn(200, 5, generator=g, dtype=torch.float64)
+    return simulate_ppca(200, dtype=torch.float64)
 
 
 def test_ppca_bound_ladder_elbo_le_iwae_k_le_exact(ppca_data, float64):
