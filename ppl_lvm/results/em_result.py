@@ -67,6 +67,13 @@ class EMResult(Result, EMOutcome):
         """
         return diagnostics.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
 
+    def fit_more(self, **options: Any) -> EMResult:
+        """Continue EM from these parameters (``init_params="params"``, one restart) for ``max_iter`` more iterations.
+
+        The same model, data and options; any option given here overrides the stored one.
+        """
+        return super().fit_more(**{"init_params": "params", **options})
+
     # ------------------------------------------------------------------ model selection
     def bic(self) -> float:
         """Bayesian information criterion ``-2 log L + p log N`` (lower is better)."""

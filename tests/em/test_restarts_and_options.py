@@ -183,3 +183,20 @@ def test_closed_form_and_generic_routes_share_one_convergence_rule(seed, tol, fl
     for fit in (closed, generic):
         changes = np.abs(np.diff(fit.history))
         assert changes[-1] < tol and np.all(changes[:-1] >= tol)
+
+
+def test_fit_more_continues_from_the_fitted_parameters(float64):
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(100, 2, generator=g) + 3, torch.randn(100, 2, generator=g) - 3,
+                   0.5 * torch.randn(100, 2, generator=g)])
+    data = {"x": x, "K": 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", lvm.ConvergenceWarning)  # a few iterations on purpose
+        two = lvm.infer(gaussian_mixture, data, method="em", max_iter=2, init_params="random")
+        more = two.fit_more(max_iter=2)
+        four = lvm.infer(gaussian_mixture, data, method="em", max_iter=4, init_params="random")
+    # 2 + 2 iterations from one start are the 4 iterations of one run (seen: equal to 3e-16 relative); a refit from
+    # the stored initialisation would give the 2-iteration value again
+    assert more.log_likelihood > two.log_likelihood + 1.0
+    assert more.log_likelihood == pytest.approx(four.log_likelihood, rel=1e-10)
+    assert more.options["init_params"] == "params"
