@@ -11,6 +11,7 @@ from typing import Any
 import pyro.poutine as poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
+from ..em.generic.size import check_enumeration_size
 from ..fit import FitOptions
 from ..handlers import enumerating
 from .base import Problem, VariationalBackend, VIPlan
@@ -34,6 +35,10 @@ class SVIBackend(VariationalBackend):
         if enumerated:
             elbo = TraceEnum_ELBO(strict_enumeration_warning=False, **common)
             model = enumerating(problem.model, enumerated)
+            check_enumeration_size(  # refused before allocating, as method='em' does
+                model, problem.data.kwargs, nesting, route=f"method {self.name!r}",
+                advice="Sample those latents in the guide instead of enumerating them, decouple them (pyro.markov for "
+                       "chains, plates for independent ones), or reduce their number of states")
         else:
             elbo = Trace_ELBO(**common)
             model = problem.model

@@ -143,7 +143,10 @@ def estimate_enumeration_bytes(model: Callable, kwargs: dict[str, Any], max_plat
 
 
 def check_enumeration_size(
-    model: Callable, kwargs: dict[str, Any], max_plate_nesting: int, max_bytes: int | None = DEFAULT_MAX_BYTES
+    model: Callable, kwargs: dict[str, Any], max_plate_nesting: int, max_bytes: int | None = DEFAULT_MAX_BYTES,
+    route: str = "exact EM",
+    advice: str = ("Decouple the discrete latents (pyro.markov for chains, plates for independent ones), reduce "
+                   "their number of states, or fit with method='svi'"),
 ) -> int:
     """Raise :class:`~ppl_lvm.errors.UnsupportedModelError` if the E-step would need more than ``max_bytes``.
 
@@ -161,8 +164,7 @@ def check_enumeration_size(
             else f"{report.largest_shape[0]:.3g} entries at site '{report.largest_site}'"
         )
         raise UnsupportedModelError(
-            f"exact EM: enumerating sites {sites} jointly {what} ~{_format_bytes(report.bytes)} ({shape}); the limit "
-            f"is {_format_bytes(max_bytes)}. Decouple the discrete latents (pyro.markov for chains, plates for "
-            "independent ones), reduce their number of states, or fit with method='svi'"
+            f"{route}: enumerating sites {sites} jointly {what} ~{_format_bytes(report.bytes)} ({shape}); the limit "
+            f"is {_format_bytes(max_bytes)}. {advice}"
         )
     return report.bytes
