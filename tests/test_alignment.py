@@ -7,7 +7,7 @@ import torch
 from demo_models import ppca
 
 import ppl_lvm as lvm
-from ppl_lvm.alignment import (
+from ppl_lvm.posterior.alignment import (
     align_draws,
     align_result,
     component_axes,
