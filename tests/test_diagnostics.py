@@ -11,9 +11,9 @@ from scipy.special import logsumexp
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
+from ppl_lvm.diagnostics import KHAT_BAD, DiagnosticWarning, diagnose
 from ppl_lvm.posterior.draws import importance_log_weights
 from ppl_lvm.posterior.stats import psis_khat, psis_khat_points
-from ppl_lvm.diagnostics import KHAT_BAD, DiagnosticWarning, diagnose
 
 KHAT_WARNING = r"Pareto k-hat = \d+\.\d+ > 0\.7 \((per data point|joint).*: .*Fit longer.*richer guide.*method='iwae'"
 

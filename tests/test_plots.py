@@ -21,12 +21,12 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import constraints, dist, plots  # noqa: E402
-from ppl_lvm.posterior.arviz_compat import az as _az  # noqa: E402
-from ppl_lvm.posterior.draws import importance_log_weights  # noqa: E402
-from ppl_lvm.posterior.stats import psis_khat  # noqa: E402
 from ppl_lvm.diagnostics import diagnose  # noqa: E402
 from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
+from ppl_lvm.posterior.arviz_compat import az as _az  # noqa: E402
+from ppl_lvm.posterior.draws import importance_log_weights  # noqa: E402
+from ppl_lvm.posterior.stats import psis_khat  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -174,7 +174,7 @@ class Result(Outcome):
         merged.update(options)
         guide = self.guide_name if self.guide_name in GUIDES else self.guide
         backend = get_backend(self.method)
-        problem = make_problem(backend, self._require_model(), dict(self.data.kwargs), guide=guide,
+        problem = make_problem(backend, queries.require_model(self), dict(self.data.kwargs), guide=guide,
                                init_state=clone_param_state(self.param_state), options=merged)
         return fit_into(lambda outcome: type(self), backend, problem)
 
