@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from threadpoolctl import threadpool_limits
 
-from ppl_lvm.em._families import Gaussian
-from ppl_lvm.em._hmm import fit_hmm
-from ppl_lvm.em._mixture import fit_mixture
+from ppl_lvm.em.families import Gaussian
+from ppl_lvm.em.hmm import fit_hmm
+from ppl_lvm.em.mixture import fit_mixture
 
 
 def make_gmm_data(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:

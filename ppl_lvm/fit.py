@@ -8,7 +8,9 @@ NaN detection that keeps the best parameters, and Ctrl-C that returns what was r
 from __future__ import annotations
 
 import math
+import re
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -22,7 +24,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
-from .errors import ConvergenceWarning, FitError, PplLvmWarning
+from .errors import ConvergenceWarning, FitError, PplLvmError, PplLvmWarning
 from .runtime import FitContext, fit_scope
 
 __all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS", "smoothed_final_loss", "smoothed_losses"]
@@ -220,6 +222,34 @@ def _snapshot(store: Any, buffer: dict[str, torch.Tensor] | None = None) -> dict
     return buffer
 
 
+def _library_file(filename: str) -> bool:
+    """Whether a traceback frame is inside torch, Pyro, ppl_lvm or the standard library (not the user's code)."""
+    parts = filename.replace("\\", "/").split("/")
+    return any(p in ("torch", "pyro", "ppl_lvm", "contextlib.py", "functools.py") for p in parts) or "python3." in filename
+
+
+def _fault_message(exc: BaseException, step: int, method: str, best_step: int, best: float, store: Any,
+                   options: FitOptions) -> str:
+    """What failed at a step once the parameters had moved: the site, the parameters that ran off, what to try."""
+    text = " ".join(str(e) for e in (exc, exc.__cause__, exc.__context__) if e is not None)
+    site = re.search(r"at site '([^']+)'", text)
+    where = f" at site '{site.group(1)}'" if site else ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _library_file(f.filename)]
+    if frames:
+        where += f" ({frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name}(): {frames[-1].line})"
+    bad = [name for name in store.keys() if not bool(torch.isfinite(store[name].detach()).all())]
+    small = [name for name in store.keys() if store[name].numel() == 1 and "$$$" not in name]
+    running = f"; parameters with non-finite values: {bad}" if bad else ""
+    if not bad and small and len(store.keys()) <= 6:
+        running = "; the parameters were " + ", ".join(f"{n}={float(store[n].detach()):.6g}" for n in small)
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"step {step} of {method} failed{where}: {type(exc).__name__}: {first_line}{running}. The parameters of step "
+        f"{best_step} (smoothed loss {best:.6g}) are kept in the exception's .result and in the parameter store. "
+        f"Try a smaller lr (now {options.lr}), clip_norm=10, or constraints that keep the parameters in their support."
+    )
+
+
 def run_loop(
     *,
     loss_and_grads: Callable[..., float],
@@ -292,7 +322,14 @@ def run_loop(
                 ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
 
                 with poutine.trace(param_only=True) as param_capture:
-                    loss = loss_and_grads(model, guide, **step_kwargs)
+                    try:
+                        loss = loss_and_grads(model, guide, **step_kwargs)
+                    except (ValueError, RuntimeError) as exc:
+                        if step == 1 or isinstance(exc, PplLvmError):
+                            raise  # the model or the guide, not the parameters the fit reached
+                        message = _fault_message(exc, step, method, best_step, best, store, options)
+                        store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
+                        raise FitError(message, step=step) from exc
                 params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
                 loss = float(loss) * loss_scale
                 if not math.isfinite(loss):
@@ -306,13 +343,6 @@ def run_loop(
                         "tighter constraints/priors on the parameters that ran off.",
                         step=step,
                     )
-                if loss_scale != 1.0:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad.mul_(loss_scale)
-                optim(params)
-                pyro.infer.util.zero_grads(params)
-
                 losses.append(loss)
                 smoothed = loss if step == 1 else (1 - alpha) * smoothed + alpha * loss
                 improved = not math.isfinite(best) or smoothed < best - options.tol * abs(best)
@@ -323,7 +353,14 @@ def run_loop(
                 if smoothed < best:
                     best = smoothed
                     best_step = step
-                    best_state = _snapshot(store, best_state)
+                    best_state = _snapshot(store, best_state)  # the parameters this loss was computed at
+                if loss_scale != 1.0:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.mul_(loss_scale)
+                optim(params)
+                pyro.infer.util.zero_grads(params)
+
                 if bar is not None:
                     bar.update(1)
                     if step % postfix_every == 0:

@@ -7,8 +7,14 @@ name (with their arguments) and rebuilt from a fixed table.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import pickle
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +25,7 @@ from .errors import PplLvmError
 
 __all__ = ["FORMAT_VERSION", "read_result_file", "save_result"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: checksums of every tensor and of the metadata; 1 (no checksums) still loads
 
 _SIMPLE = {
     "real": constraints.real,
@@ -102,6 +108,9 @@ def save_result(result: Any, path: str) -> None:
         "coords": result.data.coords,
         "extra": _jsonable(getattr(result, "extra", {}) or {}),
     }
+    if result.structure is not None:  # what a model must have to take these parameters back
+        meta["model_params"] = result.structure.model_param_names(state["params"])
+        meta["latent_sites"] = [s.name for s in result.structure.latent_sites]
     payload = {
         "meta": json.dumps(meta),
         "params": {k: v.detach().cpu().clone() for k, v in state["params"].items()},
@@ -121,7 +130,84 @@ def save_result(result: Any, path: str) -> None:
             }
             for r in result.restarts
         ]
-    torch.save(payload, path)
+    payload["checksums"] = json.dumps(_checksums(payload))
+    _write_atomically(payload, _checked_target(path))
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of a tensor's dtype, shape and bytes, or of a string."""
+    h = hashlib.sha256()
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    else:
+        h.update(str(value).encode())
+    return h.hexdigest()
+
+
+def _leaves(payload: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every stored tensor and string of a payload by path (``params/W``, ``restarts/1/losses``, ...)."""
+    if isinstance(payload, dict):
+        for key in sorted(payload):
+            if prefix == "" and key in ("checksums", "state"):
+                continue
+            yield from _leaves(payload[key], f"{prefix}{key}/")
+    elif isinstance(payload, (list, tuple)):
+        for i, item in enumerate(payload):
+            yield from _leaves(item, f"{prefix}{i}/")
+    else:
+        yield prefix.rstrip("/"), payload
+
+
+def _checksums(payload: dict) -> dict[str, str]:
+    return {path: _digest(value) for path, value in _leaves(payload)}
+
+
+def _checked_target(path: Any) -> Path:
+    """``path`` as a file that can be written, or a clear error before anything is written."""
+    target = Path(path)
+    if target.is_dir():
+        raise PplLvmError(f"cannot save to {target}: it is a folder; give a file name such as {target / 'result.pt'}")
+    parent = target.parent
+    if parent.exists() and not parent.is_dir():
+        raise PplLvmError(f"cannot save to {target}: {parent} is a file, not a folder")
+    if not parent.exists():
+        raise PplLvmError(f"cannot save to {target}: the folder {parent} does not exist; create it first "
+                          "(os.makedirs) or choose another path")
+    return target
+
+
+def _write_atomically(payload: dict, target: Path) -> None:
+    """Write to a temporary file beside ``target``, then rename: a crash never leaves half a file."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            torch.save(payload, stream)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _verify(payload: dict, path: Any) -> None:
+    """Compare every stored tensor and the metadata with the checksums written beside them."""
+    try:
+        meta = json.loads(payload["meta"])
+        expected = json.loads(payload["checksums"]) if "checksums" in payload else None
+    except (TypeError, ValueError) as exc:
+        raise PplLvmError(f"{path} is damaged or not a ppl_lvm result (unreadable metadata: {exc})") from exc
+    if expected is None:
+        if meta.get("format", 1) >= 2:
+            raise PplLvmError(f"{path} is damaged or not a ppl_lvm result (its checksums are missing)")
+        return  # format 1 files were written before checksums
+    actual = _checksums(payload)
+    changed = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+    if changed:
+        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+        raise PplLvmError(f"{path} is damaged or not a ppl_lvm result: {shown} differ from the checksums written "
+                          "with the file; it was not loaded")
 
 
 def read_result_file(path: str) -> tuple[dict, dict]:
@@ -142,9 +228,10 @@ def read_result_file(path: str) -> tuple[dict, dict]:
             f"{path} holds objects other than plain data and was refused without running them ({exc})"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - corrupt or foreign files
-        raise PplLvmError(f"{path} is not a readable ppl_lvm result: {exc}") from exc
+        raise PplLvmError(f"{path} is damaged or not a ppl_lvm result (it cannot be read: {exc})") from exc
     if not isinstance(payload, dict) or "meta" not in payload:
-        raise PplLvmError(f"{path} is not a ppl_lvm result file")
+        raise PplLvmError(f"{path} is damaged or not a ppl_lvm result (no metadata)")
+    _verify(payload, path)
     meta = json.loads(payload["meta"])
     payload = dict(payload)
     payload["state"] = {

@@ -5,6 +5,7 @@ import torch
 from demo_models import normal_normal
 
 import ppl_lvm as lvm
+from ppl_lvm import dist
 
 
 def test_progress_bar_shows_the_running_loss(monkeypatch):
@@ -52,3 +53,19 @@ def test_ready_made_models_are_importable_as_ppl_lvm_models():
     import ppl_lvm.models
 
     assert ppl_lvm.models.__file__.endswith("__init__.py")
+
+
+def test_a_parameter_leaving_its_support_mid_fit_keeps_the_fit():
+    @lvm.model
+    def scale_only(x):
+        s = lvm.param(torch.tensor(1.0))  # unconstrained on purpose: one large SGD step takes it below zero
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Normal(0.0, s), x)
+
+    x = 0.01 * torch.randn(50, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(lvm.FitError, match=r"step 2 of svi failed \(.*test_fit_loop\.py:\d+ in scale_only\(\): "
+                       r"lvm\.observe\(dist\.Normal\(0\.0, s\), x\)\): ValueError: Expected parameter scale.*the "
+                       r"parameters were s=-23\.99.*kept in the exception's \.result") as info:
+        lvm.infer(scale_only, x, method="svi", steps=100, lr=0.5, optimizer="sgd", seed=0)
+    assert info.value.step == 2
+    assert float(info.value.result.params["s"]) == 1.0  # the parameters the last finite loss was computed at

@@ -1,11 +1,13 @@
 import os
 import pickle
+import re
 
 import pytest
 import torch
 from demo_models import normal_normal
 
 import ppl_lvm as lvm
+from ppl_lvm import dist
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def test_a_file_crafted_to_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.lvm"
     with open(path, "wb") as f:
         pickle.dump({"meta": "{}", "params": Exploit()}, f)
-    with pytest.raises(lvm.PplLvmError, match="refused without running them|not a readable ppl_lvm result"):
+    with pytest.raises(lvm.PplLvmError, match="refused without running them|damaged or not a ppl_lvm result"):
         lvm.load(path)
     assert not marker.exists()
 
@@ -78,3 +80,51 @@ def test_an_em_result_round_trips_with_its_log_likelihood_and_bic(tmp_path):
         assert torch.equal(loaded.params[name], value)
     # the exact log-likelihood recomputed from the loaded parameters by enumeration
     assert lvm.Result.log_evidence(loaded) == pytest.approx(fit.log_likelihood, rel=1e-5)
+
+
+def test_a_file_with_one_flipped_byte_in_a_tensor_is_refused(fitted, tmp_path):
+    path = tmp_path / "fit.pt"
+    fitted.save(str(path))
+    payload = torch.load(path, weights_only=True)
+    name = next(iter(payload["params"]))
+    flat = payload["params"][name].reshape(-1).view(torch.uint8)
+    flat[0] ^= 1  # what a damaged disk or transfer does: one bit of one stored number
+    torch.save(payload, path)
+    with pytest.raises(lvm.PplLvmError, match=rf"damaged or not a ppl_lvm result: params/{re.escape(name)} differ"):
+        lvm.load(str(path), model=fitted.model)
+
+
+def test_changed_metadata_is_refused(fitted, tmp_path):
+    path = tmp_path / "fit.pt"
+    fitted.save(str(path))
+    payload = torch.load(path, weights_only=True)
+    payload["meta"] = payload["meta"].replace('"steps": ', '"steps": 1')
+    torch.save(payload, path)
+    with pytest.raises(lvm.PplLvmError, match=r"damaged or not a ppl_lvm result: meta differ"):
+        lvm.load(str(path))
+
+
+def test_save_checks_the_target_and_leaves_nothing_behind(fitted, tmp_path):
+    with pytest.raises(lvm.PplLvmError, match=r"the folder .*missing does not exist; create it first"):
+        fitted.save(str(tmp_path / "missing" / "fit.pt"))
+    (tmp_path / "plain").write_text("x")
+    with pytest.raises(lvm.PplLvmError, match=r"plain is a file, not a folder"):
+        fitted.save(str(tmp_path / "plain" / "fit.pt"))
+    with pytest.raises(lvm.PplLvmError, match=r"it is a folder; give a file name"):
+        fitted.save(str(tmp_path))
+    fitted.save(str(tmp_path / "fit.pt"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.pt", "plain"]  # no temporary file left
+
+
+def test_loading_into_a_model_with_other_parameters_lists_both(fitted, tmp_path):
+    path = tmp_path / "fit.pt"
+    fitted.save(str(path))
+
+    @lvm.model
+    def other(x):
+        center = lvm.param(torch.tensor(0.0))
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Normal(center, 1.0), x)
+
+    with pytest.raises(lvm.PplLvmError, match=r"saved from a model with parameters \[.*\], but other\(\) has \['center'\]"):
+        lvm.load(str(path), model=other)

@@ -56,3 +56,25 @@ def test_plate_size_mismatch_names_site_and_line():
 
     with pytest.raises(lvm.ModelCheckError, match=r"site .x. \(.*test_structure\.py:\d+.*size 7 at dim -1, but that dim belongs to plate .10. of size 10"):
         m.inspect(torch.zeros(7))
+
+
+def test_the_structure_alone_answers_data_plate_and_local_or_global():
+    x = torch.randn(20, 2)
+    s = gmm_map.inspect(x)
+    assert s.data_plate == "len(x)" and s.n_data == 20
+    assert [v.name for v in s.local_latents] == ["z"]
+    assert {v.name for v in s.global_latents} == {"weights", "locs", "scales"}
+    assert s.is_local("x") and not s.is_local("locs")
+    p = ppca.inspect(torch.randn(5, 3))
+    assert [v.name for v in p.local_continuous_latents] == ["z"] and p.global_latents == []
+    assert p.model_param_names() == ["W", "mu", "sigma"] and p.model_param_names({"W"}) == ["W"]
+
+
+def test_a_model_without_observations_has_no_data_plate():
+    @lvm.model
+    def prior_only():
+        with lvm.plate(4):
+            u = lvm.latent(dist.Normal(0.0, 1.0))  # noqa: F841 - names the site
+
+    s = prior_only.inspect()
+    assert s.data_plate is None and s.n_data is None and s.local_latents == []

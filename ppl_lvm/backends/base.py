@@ -24,6 +24,7 @@ from ..guides import build_guide, empty_guide
 from ..outcome import Outcome
 from ..runtime import clone_param_state, run_scope
 from ..structure import ModelStructure
+from .guide_check import check_guide
 from .problem import OPTION_HINTS, Problem
 from .restarts import run_restarts
 
@@ -49,6 +50,12 @@ class Backend(ABC):
         loop.validate()
         method = {k: v for k, v in options.items() if k in self.method_options}
         return loop, method
+
+    def options_of(self, problem: Problem) -> tuple[Any, dict[str, Any]]:
+        """The problem's options as parsed by :meth:`parse_options` (once, in :func:`make_problem`)."""
+        if problem.parsed_options is None:  # a Problem built by hand
+            problem.parsed_options = self.parse_options(problem.options)
+        return problem.parsed_options
 
     @abstractmethod
     def fit(self, problem: Problem):
@@ -92,7 +99,7 @@ class VariationalBackend(Backend):
         weights the previous restart reached: restarts are meant for models with a few global unknowns (mixtures,
         chains), where local optima differ.
         """
-        loop, method = self.parse_options(problem.options)
+        loop, method = self.options_of(problem)
 
         def fit_once(restart: int, seed: int) -> Outcome:
             return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method)
@@ -118,6 +125,7 @@ class VariationalBackend(Backend):
         with device_ctx, pyro.get_param_store().scope(state) as state:
             guide, guide_name = build_guide(spec, problem.model, problem.structure)
             gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
+            check_guide(problem.structure, gtrace, guide, guide_name)
             plan = self.plan(problem, loop, method, guide, guide_name, gtrace)
             minibatch = self._minibatch(problem, loop, plan, gtrace)
             try:

@@ -1,20 +1,23 @@
 """``method="em"``: exact-enumeration expectation-maximisation.
 
 Every latent must be discrete with finite support; it is summed out exactly. When the model is a finite mixture of
-a recognised emission family (see :mod:`ppl_lvm.em._recognize`) the E- and M-steps run in the closed-form kernels
+a recognised emission family (see :mod:`ppl_lvm.em.recognise`) the E- and M-steps run in the closed-form kernels
 of :mod:`ppl_lvm.em` (scikit-learn's numbers, faster); any other enumerable model runs the generic route of
-:mod:`ppl_lvm.em._generic`: an exact E-step by contracting the enumerated trace and a numerical M-step that is
+:mod:`ppl_lvm.em.generic`: an exact E-step by contracting the enumerated trace and a numerical M-step that is
 accepted only when it raises the expected complete-data log-likelihood (generalised EM), so the log-likelihood
 never decreases either way.
+
+Both routes fit through the one restart loop, :func:`~ppl_lvm.backends.restarts.run_restarts`: each restart
+returns its own :class:`~ppl_lvm.outcome.EMOutcome` (all kept in ``restarts``), the one with the highest exact
+log-likelihood is returned. How each route starts is said in :mod:`ppl_lvm.em.routes`.
 """
 
 from __future__ import annotations
 
 import math
 import sys
-import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -22,18 +25,23 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..em._hmm import hmm_n_parameters
-from ..em._mixture import mixture_n_parameters
-from ..em.parameters import count_free_parameters
-from ..errors import ConvergenceWarning, DataError, InferenceWarning, UnsupportedModelError
-from ..guides import empty_guide
+from ..em.generic import check_enumeration_size
+from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
+from ..em.routes import closed_form_fit, em_outcome, generic_fit
+from ..errors import DataError, UnsupportedModelError
+from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state
 from .base import Backend, Problem
+from .restarts import run_restarts
 
 __all__ = ["EM", "EMOptions"]
 
+#: the starts of the closed-form route (recognised mixtures and chains); "params" also serves the generic route
 INITS = ("k-means++", "kmeans", "random", "random_from_data", "params")
+#: the starts of the generic route (see :mod:`ppl_lvm.em.routes`)
+GENERIC_INITS = ("params", "random")
+DEFAULT_INIT = {"closed form": "k-means++", "generic": "params"}
 
 
 @dataclass
@@ -45,16 +53,23 @@ class EMOptions:
     max_iter : int
         Maximum EM iterations per restart.
     tol : float
-        Stop when the mean (per data point) log-likelihood changes by less than ``tol``.
+        Stop, converged, when the mean (per data point) log-likelihood changes by less than ``tol`` (the rule of
+        :mod:`ppl_lvm.em.convergence`, the same on every route).
     n_init : int
-        Independent restarts; the one with the highest log-likelihood is kept.
-    init_params : str or dict
-        ``"k-means++"`` (default), ``"kmeans"``, ``"random"`` (random responsibilities), ``"random_from_data"``,
-        ``"params"`` (the initial values written in the model's ``lvm.param`` calls), or a dict of initial
-        values by parameter name.
+        Independent restarts; all are kept (``result.restarts``), the one with the highest log-likelihood is
+        returned.
+    init_params : str or dict, optional
+        How each restart starts. ``None`` (default): the route's default, ``"k-means++"`` for a recognised mixture
+        or chain, ``"params"`` for the generic route. Recognised models: ``"k-means++"``, ``"kmeans"``,
+        ``"random"`` (random responsibilities), ``"random_from_data"``, ``"params"`` (the initial values written
+        in the model's ``lvm.param`` calls). The generic route: ``"params"`` (restart 0 from the model's values,
+        later restarts from random starts around them) or ``"random"`` (every restart from a random start); the
+        data-seeded starts are refused there. Either route: a dict of initial values by parameter name (used like
+        ``"params"``). ``result.options`` records the start actually used (``"dict"`` for a dict).
     reg_covar : float, optional
         Added to covariance diagonals (Gaussian emissions, scikit-learn's ``reg_covar``, default 1e-6); for
-        discrete emissions the floor of probabilities.
+        discrete emissions the floor of probabilities. Refused on the generic route, which has no covariance to
+        regularise.
     seed : int
         Seed of the initialisation (restart r uses ``seed + r``).
     progress : bool, optional
@@ -68,7 +83,7 @@ class EMOptions:
     max_iter: int = 100
     tol: float = 1e-3
     n_init: int = 1
-    init_params: str | dict = "k-means++"
+    init_params: str | dict | None = None
     reg_covar: float | None = None
     seed: int = 0
     progress: bool | None = None
@@ -88,58 +103,83 @@ class EMOptions:
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
         if self.reg_covar is not None and (not isinstance(self.reg_covar, (int, float)) or self.reg_covar < 0):
             raise ValueError(f"reg_covar must be a number >= 0, got {self.reg_covar!r}")
-        if not isinstance(self.init_params, dict) and self.init_params not in INITS:
-            raise ValueError(f"unknown init_params {self.init_params!r}; choose one of {list(INITS)} or pass a dict of values")
+        init = self.init_params
+        if init is not None and not isinstance(init, dict) and init not in INITS:
+            raise ValueError(f"unknown init_params {init!r}; choose one of {list(INITS)} or pass a dict of values")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
+    def for_route(self, route: str, default_reg: float | None = None) -> dict[str, Any]:
+        """The options as the route runs them (``"closed form"`` or ``"generic"``): defaults filled, refusals raised.
 
-@dataclass
-class _Run:
-    history: list[float]
-    converged: bool
-    n_iter: int
-    state: dict
-    log_likelihood: float
-    per_point: torch.Tensor | None = None
-    responsibilities: dict = field(default_factory=dict)
-    interrupted: bool = False
+        Returns the plain record kept in ``outcome.options``: ``init_params`` is the start actually used
+        (``"dict"`` for a dict of values), ``reg_covar`` the regularisation actually used (``None`` on the generic
+        route).
+        """
+        init = self.init_params
+        if route == "generic":
+            if isinstance(init, str) and init not in GENERIC_INITS:
+                raise UnsupportedModelError(
+                    f"init_params={init!r} seeds the components of a recognised mixture or chain from its data "
+                    "matrix; this model runs the generic EM route (it is not a recognised mixture or chain), which "
+                    "has no such matrix to seed from. Use init_params='params' (the model's lvm.param values, the "
+                    "default), 'random' (random starts around them) or a dict of initial values."
+                )
+            if self.reg_covar is not None:
+                raise UnsupportedModelError(
+                    f"reg_covar={self.reg_covar!r} regularises the covariances of a recognised Gaussian mixture or "
+                    "chain; this model runs the generic EM route, whose numerical M-step has no covariance to "
+                    "regularise. Drop reg_covar, or write a prior into the model (lvm.factor) to regularise it."
+                )
+        record = {k: v for k, v in vars(self).items() if k != "callbacks"}
+        record["init_params"] = "dict" if isinstance(init, dict) else (init or DEFAULT_INIT[route])
+        if route != "generic":
+            record["reg_covar"] = float(default_reg if self.reg_covar is None else self.reg_covar)
+        return record
 
 
 def _progress_bar(enabled: bool | None, total: int, desc: str):
     show = enabled if enabled is not None else sys.stderr.isatty()
     if not show:
         return None
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # lazy: only a shown progress bar needs it (tqdm.auto may import ipywidgets)
 
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
 
 
-def _copy_state(store: Any) -> dict:
-    return clone_param_state(store.get_state())
+def _check_enumerable(structure: Any) -> None:
+    for site in structure.continuous_latents:
+        raise UnsupportedModelError(
+            f"method 'em' needs every latent to be discrete with finite support, but '{site.name}' "
+            f"({site.location}) is a continuous {site.distribution}. Fit this model with method='svi' or "
+            "method='iwae', or make the site a parameter (lvm.param) for maximum likelihood."
+        )
+    for site in structure.discrete_latents:
+        if not site.enumerable:
+            raise UnsupportedModelError(
+                f"method 'em' cannot enumerate '{site.name}' ({site.location}): {site.distribution} has no "
+                "finite support. Use a Categorical/Bernoulli latent, or method='svi'."
+            )
+
+
+def _write_init_values(store: Any, values: dict) -> None:
+    unknown = sorted(set(values) - set(store.keys()))
+    if unknown:
+        raise ValueError(f"init_params has unknown parameter(s) {unknown}; the model's are {sorted(store.keys())}")
+    for name, value in values.items():
+        # a copy: the store makes its tensors trainable leaves, the caller's must stay untouched
+        store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
 
 
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
 
-    def fit(self, problem: Problem):
-        from ..em._recognize import recognise_discrete_hmm, recognise_hmm, recognise_mixture
-
-        opts, _ = self.parse_options(problem.options)
+    def fit(self, problem: Problem) -> EMOutcome:
+        """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
+        opts, _ = self.options_of(problem)
         structure = problem.structure
-        for site in structure.continuous_latents:
-            raise UnsupportedModelError(
-                f"method 'em' needs every latent to be discrete with finite support, but '{site.name}' "
-                f"({site.location}) is a continuous {site.distribution}. Fit this model with method='svi' or "
-                "method='iwae', or make the site a parameter (lvm.param) for maximum likelihood."
-            )
-        for site in structure.discrete_latents:
-            if not site.enumerable:
-                raise UnsupportedModelError(
-                    f"method 'em' cannot enumerate '{site.name}' ({site.location}): {site.distribution} has no "
-                    "finite support. Use a Categorical/Bernoulli latent, or method='svi'."
-                )
+        _check_enumerable(structure)
         kwargs = dict(problem.data.kwargs)
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
         with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
@@ -147,177 +187,57 @@ class EMBackend(Backend):
             poutine.trace(problem.model).get_trace(**kwargs)  # creates every lvm.param
             store = pyro.get_param_store()
             if isinstance(opts.init_params, dict):
-                unknown = sorted(set(opts.init_params) - set(store.keys()))
-                if unknown:
-                    raise ValueError(f"init_params has unknown parameter(s) {unknown}; the model's are {sorted(store.keys())}")
-                for name, value in opts.init_params.items():
-                    # a copy: the store makes its tensors trainable leaves, the caller's must stay untouched
-                    store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
-            initial = _copy_state(store)
+                _write_init_values(store, opts.init_params)
+            initial = clone_param_state(store.get_state())
             pattern = None
             for recognise in (recognise_mixture, recognise_hmm, recognise_discrete_hmm):
                 pattern = recognise(problem.model, kwargs, structure)
                 if pattern is not None:
                     break
+            bar = None
+
+            def callback(i: int, ll: float) -> bool:
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
+                return any(bool(cb(i, ll)) for cb in opts.callbacks)
+
             if pattern is not None:
-                best = self._fit_closed_form(pattern, kwargs, opts, initial)
+                options, run = self._closed_form(pattern, kwargs, opts, initial, callback)
             else:
-                best = self._fit_generic(problem, kwargs, opts, initial)
-            store.set_state(best.state)
-            final_state = _copy_state(store)
-        if not best.converged:
-            warnings.warn(
-                f"EM did not converge in {opts.max_iter} iterations (best of {opts.n_init} restart(s)); the last "
-                f"change of the mean log-likelihood was above tol={opts.tol}. Increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
-        return _em_outcome(problem, opts, final_state, best, pattern)
+                options, run = self._generic(problem, kwargs, opts, initial, callback)
+            bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em" if pattern else "em (generic)")
 
-    # ------------------------------------------------------------------ closed-form mixtures and chains
-    def _fit_closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
-        """Restarts of the closed-form kernels: ``fit_mixture`` for mixtures, Baum-Welch for chains."""
-        from ..em._hmm import fit_hmm, hmm_e_step
-        from ..em._init import initialize_hmm, initialize_mixture
-        from ..em._mixture import fit_mixture, mixture_log_likelihood
+            def fit_once(restart: int, seed: int) -> EMOutcome:
+                return em_outcome(problem, options, seed, run(restart, seed), pattern)
 
+            try:
+                return run_restarts(fit_once, n_init=opts.n_init, seed=int(opts.seed), name="EM",
+                                    score=lambda o: o.log_likelihood)
+            finally:
+                if bar is not None:
+                    bar.close()
+
+    # ------------------------------------------------------------------ the two routes
+    def _closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
+        """Recognised mixtures (``fit_mixture``) and chains (Baum-Welch)."""
         chain = hasattr(pattern, "trans")
-        family = pattern.family
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         n, k = x.shape[0], pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")
             raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
-        lengths = [int(v) for v in pattern.lengths] if chain else None
-        reg = family.default_reg if opts.reg_covar is None else float(opts.reg_covar)
-        cache = family.precompute(x)
-        # the chain kernel reports total log-likelihoods (hmmlearn's convention); ours are per observation
-        per = float(n) if chain else 1.0
-        initialize = initialize_hmm if chain else initialize_mixture
-        store = pyro.get_param_store()
-        best: _Run | None = None
-        bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em")
+        options = opts.for_route("closed form", pattern.family.default_reg)
+        cache = pattern.family.precompute(x)
+        return options, closed_form_fit(pattern, x, cache, initial, options, callback)
 
-        def callback(i: int, ll: float, params: Any) -> bool:
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loglik=f"{ll / per:.6g}", refresh=False)
-            return any(bool(cb(i, ll / per)) for cb in opts.callbacks)
-
-        try:
-            for restart in range(opts.n_init):
-                if opts.init_params == "params" or isinstance(opts.init_params, dict):
-                    store.set_state(clone_param_state(initial))
-                    init_params = family.complete_params(pattern.to_kernel(store))
-                else:
-                    init_params = initialize(x, family, k, opts.init_params, seed=int(opts.seed) + restart,
-                                             reg=reg, cache=cache)
-                if chain:
-                    fit = fit_hmm(x, lengths, family, init_params, max_iter=opts.max_iter, tol=opts.tol * per,
-                                  reg=reg, cache=cache, callback=callback)
-                    e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
-                                   fit.params["transmat"])
-                    per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
-                else:
-                    fit = fit_mixture(x, family, init_params, max_iter=opts.max_iter, tol=opts.tol, reg=reg,
-                                      cache=cache, callback=callback)
-                    per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
-                total = float(per_point.sum())
-                if best is None or total > best.log_likelihood:
-                    store.set_state(clone_param_state(initial))
-                    pattern.to_model(fit.params, store)
-                    best = _Run([h / per for h in fit.history], fit.converged, fit.n_iter, _copy_state(store),
-                                total, per_point.clone(), {pattern.latent: resp.clone()})
-        except KeyboardInterrupt:
-            if best is None:
-                raise
-            best.interrupted = True
-            warnings.warn(f"EM interrupted (Ctrl-C) during restart {restart + 1} of {opts.n_init}; the best finished "
-                          "restart is kept", InferenceWarning, stacklevel=4)
-        finally:
-            if bar is not None:
-                bar.close()
-        return best
-
-    # ------------------------------------------------------------------ any enumerable model
-    def _fit_generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict) -> _Run:
-        from ..em import _generic
-
-        if not isinstance(opts.init_params, dict) and opts.init_params not in ("params", "k-means++"):
-            raise UnsupportedModelError(
-                f"init_params={opts.init_params!r} is available for recognised mixtures only; this model runs the generic EM "
-                "route, which starts from the model's own lvm.param values (init_params='params' or a dict)."
-            )
-        from ..handlers import enumerating
-
+    def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
+        """Any other enumerable model: exact E-step by contraction, numerical (generalised) M-step."""
+        options = opts.for_route("generic")
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
-        nesting = structure.max_plate_nesting
-        store = pyro.get_param_store()
-        bar = _progress_bar(opts.progress, opts.max_iter, "em (generic)")
-
-        def callback(i: int, ll: float) -> bool:
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-            return any(bool(cb(i, ll)) for cb in opts.callbacks)
-
-        try:
-            store.set_state(clone_param_state(initial))
-            out = _generic.fit_generic_em(model, kwargs, nesting, max_iter=opts.max_iter, tol=opts.tol,
-                                          callback=callback, max_bytes=opts.max_bytes)
-        finally:
-            if bar is not None:
-                bar.close()
-        e_step = out["e_step"]
-        per_point = getattr(e_step, "log_likelihood_per_point", None)
-        responsibilities = _generic.site_marginals(e_step, structure)
-        return _Run(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), _copy_state(store),
-                    float(e_step.log_likelihood), per_point, responsibilities)
-
-
-def _em_outcome(problem: Problem, opts: EMOptions, state: dict, run: _Run, pattern: Any) -> EMOutcome:
-    """The outcome of the kept fit: history, exact log-likelihood, responsibilities and the BIC counts."""
-    chain = pattern is not None and hasattr(pattern, "trans")
-    if chain:
-        n = int(pattern.lengths.sum())
-    elif run.per_point is not None:
-        n = int(run.per_point.numel())
-    else:  # the size of the data plate around the observations
-        n = problem.structure.n_data or 1
-    history = np.asarray(run.history, dtype=float)
-    outcome = EMOutcome(
-        method="em",
-        losses=-history * max(n, 1),
-        converged=bool(run.converged),
-        steps=int(run.n_iter),
-        seed=int(opts.seed),
-        guide_name="none (all latents enumerated)",
-        model=problem.model,
-        guide=empty_guide,
-        data=problem.data,
-        structure=problem.structure,
-        param_state=state,
-        options={k: v for k, v in vars(opts).items() if k != "callbacks" and not isinstance(v, dict)},
-        enumerated=[s.name for s in problem.structure.discrete_latents],
-        interrupted=bool(run.interrupted),
-        log_likelihood=float(run.log_likelihood),
-        history=history,
-        n_iter=int(run.n_iter),
-        responsibilities=dict(run.responsibilities),
-        log_likelihood_per_point=run.per_point,
-        closed_form=pattern is not None,
-        n_samples=n,
-        pattern=pattern,
-    )
-    params = outcome.constrained_params()
-    if chain:
-        outcome.n_parameters = int(hmm_n_parameters(pattern.family, pattern.to_kernel(params)))
-    elif pattern is not None:
-        outcome.n_parameters = int(mixture_n_parameters(pattern.family, pattern.to_kernel(params)))
-    else:
-        outcome.n_parameters = count_free_parameters(params, state["constraints"])
-    return outcome
+        check_enumeration_size(model, kwargs, structure.max_plate_nesting, opts.max_bytes)  # once, not per restart
+        return options, generic_fit(model, kwargs, structure, initial, options, callback)
 
 
 EM = EMBackend()

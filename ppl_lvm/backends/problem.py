@@ -38,6 +38,8 @@ class Problem:
     guide: Any = None
     init_state: dict | None = None  # a parameter-store state to start from (fitting further)
     options: dict[str, Any] = field(default_factory=dict)
+    #: ``backend.parse_options(options)``, validated once by :func:`make_problem` (the backend reads it from here)
+    parsed_options: tuple[Any, dict[str, Any]] | None = None
 
 
 def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]) -> ModelStructure:
@@ -83,7 +85,7 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
     ]
     if missing:
         raise DataError(f"{model.__name__}() needs argument(s) {missing}; pass them in data (a dict by name)")
-    backend.parse_options(options)  # before the (possibly slow) prototype run
+    parsed = backend.parse_options(options)  # before the (possibly slow) prototype run
     structure = _convert_integer_data(model, bound, kwargs)
     return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,
-                   init_state=init_state, options=options)
+                   init_state=init_state, options=options, parsed_options=parsed)

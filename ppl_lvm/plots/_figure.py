@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..outcome import EMOutcome
 from ..results import Result
 
 FIGSIZE = (6.0, 4.0)
@@ -60,7 +61,7 @@ def _check_result(result: Any, what: str) -> None:
 
 
 def _is_em(result: Any) -> bool:
-    return getattr(result, "method", None) == "em"
+    return isinstance(result, EMOutcome)
 
 
 def _numpy(value: Any) -> np.ndarray:

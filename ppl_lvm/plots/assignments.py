@@ -9,7 +9,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..data import to_tensor
-from ..em._generic import e_step, site_marginal
+from ..em.generic import e_step, site_marginal
 from ..runtime import run_scope
 from ._figure import _axes, _check_result, _data_argument, _finish, _is_em, _numpy, _pyplot
 

@@ -9,11 +9,12 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import KHAT_BAD
+from ..outcome import EMOutcome
 
 
 # ---------------------------------------------------------------------------------------------------- plain words
 def _is_em(result: Any) -> bool:
-    return getattr(result, "method", None) == "em"
+    return isinstance(result, EMOutcome)
 
 
 def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any, Any] | None = None,

@@ -10,8 +10,8 @@ import torch
 
 from .. import arviz_export, summary
 from ..data import to_tensor
-from ..em._hmm import viterbi
-from ..em._mixture import mixture_log_likelihood
+from ..em.hmm import viterbi
+from ..em.mixture import mixture_log_likelihood
 from ..outcome import EMOutcome
 from .result import Result
 

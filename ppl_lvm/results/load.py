@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..data import BoundData
+from ..errors import PplLvmError
 from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
 from ..model import check_model
@@ -15,6 +16,20 @@ from ..outcome import EMOutcome, Outcome
 from .build import build_result
 
 __all__ = ["load"]
+
+
+def _check_same_sites(meta: dict, structure: Any, model: Any, path: str) -> None:
+    """Refuse a model whose parameters or latent sites differ from those the file was saved with."""
+    for key, what, expected in (
+        ("model_params", "parameters", structure.model_param_names()),
+        ("latent_sites", "latent sites", [s.name for s in structure.latent_sites]),
+    ):
+        saved = meta.get(key)
+        if saved is not None and sorted(saved) != sorted(expected):
+            raise PplLvmError(
+                f"{path} was saved from a model with {what} {sorted(saved)}, but {model.__name__}() has "
+                f"{sorted(expected)}; load it with the model it was fitted with"
+            )
 
 
 def load(path: str, model: Any = None, guide: Any = None) -> Any:
@@ -43,6 +58,7 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
     if model is not None:
         model = check_model(model)
         structure = model.inspect(**kwargs)
+        _check_same_sites(meta, structure, model, path)
         if guide_obj is None and em:
             guide_obj = empty_guide
         elif guide_obj is None:

@@ -8,8 +8,8 @@ import torch
 from em_helpers import as_np, make_gmm_data
 from torch import distributions as D
 
-from ppl_lvm.em._families import Bernoulli, Categorical, Gaussian, Poisson, get_family
-from ppl_lvm.em._init import (
+from ppl_lvm.em.families import Bernoulli, Categorical, Gaussian, Poisson, get_family
+from ppl_lvm.em.init import (
     initialize_hmm,
     initialize_mixture,
     kmeans_plusplus,
@@ -17,7 +17,7 @@ from ppl_lvm.em._init import (
     params_from_responsibilities,
     random_responsibilities,
 )
-from ppl_lvm.em._mixture import mixture_e_step, weights_m_step
+from ppl_lvm.em.mixture import mixture_e_step, weights_m_step
 
 F64 = torch.float64
 

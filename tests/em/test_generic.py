@@ -1,4 +1,4 @@
-"""Generic exact EM (ppl_lvm.em._generic): exactness against brute force, speed on chains, monotonicity."""
+"""Generic exact EM (ppl_lvm.em.generic): exactness against brute force, speed on chains, monotonicity."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pyro.poutine.util import site_is_subsample
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
-from ppl_lvm.em._generic import (
+from ppl_lvm.em.generic import (
     e_step,
     estimate_enumeration_bytes,
     expected_complete_log_likelihood,

@@ -11,8 +11,8 @@ from em_helpers import as_np, rel_err, sklearn_init
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 
-from ppl_lvm.em._families import Gaussian
-from ppl_lvm.em._mixture import fit_mixture, mixture_log_likelihood, mixture_n_parameters
+from ppl_lvm.em.families import Gaussian
+from ppl_lvm.em.mixture import fit_mixture, mixture_log_likelihood, mixture_n_parameters
 
 COV_TYPES = ["full", "diag", "spherical", "tied"]
 
@@ -126,7 +126,7 @@ def test_tolerance_convention(iris):
 
 @pytest.mark.parametrize("ct", COV_TYPES)
 def test_bic_aic_match_sklearn(iris, ct):
-    from ppl_lvm.em._mixture import aic, bic
+    from ppl_lvm.em.mixture import aic, bic
 
     init = sklearn_init(iris, 3, ct)
     ref = _sklearn_fit(iris, 3, ct, init, max_iter=5)

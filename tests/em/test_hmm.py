@@ -11,8 +11,8 @@ import torch
 from em_helpers import as_np, rel_err
 from hmmlearn.hmm import CategoricalHMM, GaussianHMM
 
-from ppl_lvm.em._families import Categorical, Gaussian
-from ppl_lvm.em._hmm import (
+from ppl_lvm.em.families import Categorical, Gaussian
+from ppl_lvm.em.hmm import (
     fit_hmm,
     forward_backward,
     hmm_e_step,
@@ -266,7 +266,7 @@ def test_n_parameters_matches_hmmlearn(ct):
 def test_poisson_hmm_matches_hmmlearn():
     from hmmlearn.hmm import PoissonHMM
 
-    from ppl_lvm.em._families import Poisson
+    from ppl_lvm.em.families import Poisson
 
     rng = np.random.default_rng(9)
     lengths = [60, 25, 90]

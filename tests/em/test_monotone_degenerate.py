@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from em_helpers import make_gmm_data
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ppl_lvm.em._families import Bernoulli, Categorical, Gaussian, Poisson
-from ppl_lvm.em._hmm import fit_hmm
-from ppl_lvm.em._init import initialize_hmm, initialize_mixture
-from ppl_lvm.em._mixture import EMDegeneracyWarning, fit_mixture
+from ppl_lvm.em.families import Bernoulli, Categorical, Gaussian, Poisson
+from ppl_lvm.em.hmm import fit_hmm
+from ppl_lvm.em.init import initialize_hmm, initialize_mixture
+from ppl_lvm.em.mixture import EMDegeneracyWarning, fit_mixture
 
 
 def _assert_monotone(history, rel=1e-9):
@@ -75,6 +75,7 @@ def test_hmm_monotone(kind):
     k=st.integers(1, 5),
     kind=st.sampled_from(["full", "diag", "spherical", "tied", "bernoulli", "poisson", "categorical", "hmm"]),
 )
+@example(seed=3880970, n=5, d=1, k=2, kind="tied")  # loses 1.4e-10 per point to reg_covar (see record)
 def test_monotone_property(seed, n, d, k, kind):
     """Random data, sizes and seeds: EM is monotone and NaN-free."""
     rng = np.random.default_rng(seed)
@@ -91,21 +92,22 @@ def test_monotone_property(seed, n, d, k, kind):
         X = torch.as_tensor(rng.integers(0, d + 1, size=n))
         fam = Categorical(d + 1)
     gaussian = isinstance(fam, Gaussian)
-    collapsed: list[bool] = []
+    slack: list[float] = []
 
     def record(n_iter, ll, params):
-        # A component (nearly) collapsed onto a point has variance ~ reg_covar; there
-        # the sklearn-style M-step (covariance + reg_covar) is not the exact
-        # maximiser and EM may lose O(reg_covar).  Flag those steps.
+        # With reg_covar the M-step returns covariance + reg_covar, which maximises the penalised, not the plain,
+        # likelihood: a step may lose up to about (reg / variance)^2 per point (second order in the perturbation).
+        # Example: seed 3880970, n=5, d=1, k=2, tied: variance 0.026, loss 1.4e-10 per point, (reg/var)^2 1.5e-9.
+        # A component collapsed onto a point (variance ~ reg) makes this slack large, as it should.
         if gaussian:
             var = params["covariances"]
             if var.ndim == 3:
                 var = torch.diagonal(var, dim1=-2, dim2=-1)
             elif var.ndim == 2 and fam.covariance_type == "tied":
                 var = torch.diagonal(var)
-            collapsed.append(bool((var < 1e4 * fam.default_reg).any()))
+            slack.append(float((fam.default_reg / var.min()) ** 2))
         else:
-            collapsed.append(False)
+            slack.append(0.0)
         return False
 
     with warnings.catch_warnings():
@@ -130,9 +132,8 @@ def test_monotone_property(seed, n, d, k, kind):
             res = fit_mixture(X, fam, params, max_iter=15, tol=0.0, callback=record)
     h = np.asarray(res.history)
     assert np.all(np.isfinite(h))
-    for j in range(len(h) - 1):
-        if not collapsed[j]:  # collapsed[j] describes the parameters scored by h[j + 1]
-            assert h[j + 1] >= h[j] - 1e-9 * abs(h[j]) - 1e-12, (j, h)
+    for j in range(len(h) - 1):  # slack[j] describes the parameters scored by h[j + 1]
+        assert h[j + 1] >= h[j] - 1e-9 * abs(h[j]) - 1e-12 - slack[j], (j, h)
     for value in res.params.values():
         assert not torch.isnan(value).any()
 
@@ -221,7 +222,7 @@ def test_unseen_category_gives_finite_responsibilities():
         "weights": torch.tensor([0.5, 0.5], dtype=torch.float64),
         "probs": torch.tensor([[0.5, 0.5, 0.0], [0.5, 0.5, 0.0]], dtype=torch.float64),
     }
-    from ppl_lvm.em._mixture import mixture_log_likelihood
+    from ppl_lvm.em.mixture import mixture_log_likelihood
 
     ll, resp = mixture_log_likelihood(torch.tensor([0, 2, 1]), fam, params)
     assert not torch.isnan(resp).any()

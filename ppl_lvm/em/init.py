@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from ._families import Categorical
+from .families import Categorical
 
 __all__ = [
     "initialize_hmm",

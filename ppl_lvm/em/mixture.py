@@ -1,6 +1,6 @@
 """Exact EM for finite mixtures: E-step, weights M-step and the fitting loop.
 
-The emission family (see :mod:`ppl_lvm.em._families`) supplies the per-component
+The emission family (see :mod:`ppl_lvm.em.families`) supplies the per-component
 log densities and the weighted M-step; this module only handles the mixing
 weights, the responsibilities and the loop.  Conventions follow
 ``sklearn.mixture.GaussianMixture`` so results can be compared number for
@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import EMDegeneracyWarning
+from .convergence import ConvergenceMonitor
 
 __all__ = [
     "EMDegeneracyWarning",
@@ -214,11 +215,11 @@ def fit_mixture(
         Emission family instance, e.g. ``Gaussian("full")``.
     init_params : dict of torch.Tensor
         Initial parameters: ``"weights"`` (K,) plus the family's parameters
-        (see :func:`ppl_lvm.em._init.initialize_mixture`).
+        (see :func:`ppl_lvm.em.init.initialize_mixture`).
     max_iter : int, default 100
     tol : float, default 1e-3
         Stop when the mean log-likelihood changes by less than ``tol``
-        (absolute change, as sklearn).
+        (absolute change, as sklearn; see :mod:`ppl_lvm.em.convergence`).
     reg : float, optional
         Family regularisation (Gaussian: ``reg_covar``; discrete families:
         probability clamp); defaults to ``family.default_reg``.
@@ -240,24 +241,25 @@ def fit_mixture(
     if "weights" not in params:
         raise ValueError("init_params must contain 'weights'")
     result = MixtureFitResult(params=params)
-    lower_bound = -math.inf
+    monitor = ConvergenceMonitor(tol)
     for n_iter in range(1, max_iter + 1):
-        prev = lower_bound
         lp = family.log_prob(X, params, cache=cache)
         ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
         lower_bound = float(ll.mean())
         new_params = family.m_step(X, resp, params, reg, cache=cache)
         new_params["weights"] = weights_m_step(resp.sum(dim=0))
         params = new_params
-        result.history.append(lower_bound)
         result.n_iter = n_iter
         if math.isnan(lower_bound):  # pragma: no cover - defensive
+            monitor.history.append(lower_bound)
             warnings.warn("EM produced a NaN log-likelihood", EMDegeneracyWarning, stacklevel=2)
             break
+        converged = monitor.report(lower_bound)
         if callback is not None and callback(n_iter, lower_bound, params):
             break
-        if abs(lower_bound - prev) < tol:
-            result.converged = True
+        if converged:
             break
     result.params = params
+    result.history = monitor.history
+    result.converged = monitor.converged
     return result

@@ -1,3 +1,6 @@
+"""``lvm.infer(..., method="em")`` on hidden Markov models written with ``lvm.markov``: agreement with hmmlearn, monotonicity,
+restarts (the kernels themselves are tested in test_hmm.py)."""
+
 import warnings
 
 import numpy as np
@@ -56,7 +59,7 @@ def test_gaussian_hmm_matches_hmmlearn_iteration_by_iteration(float64):
                                ref.predict_proba(x, LENGTHS), atol=1e-6)
 
 
-def test_categorical_hmm_matches_hmmlearn(float64):
+def test_categorical_hmm_fitted_through_infer_matches_hmmlearn(float64):
     rng = np.random.default_rng(1)
     seqs = [rng.integers(0, 4, size=n) for n in LENGTHS]
     x = np.concatenate(seqs)[:, None]

@@ -1,3 +1,7 @@
+"""``lvm.infer(..., method="em")`` on mixtures: agreement with scikit-learn, discrete families, BIC, restarts and
+Ctrl-C, options, the generic route (the kernels themselves are tested in test_gmm_vs_sklearn.py and
+test_families_init.py)."""
+
 import warnings
 
 import numpy as np
@@ -158,7 +162,7 @@ def test_em_errors_name_the_problem(float64):
         with lvm.plate(len(x)):
             lvm.observe(dist.Normal(mu, 1.0), x)
 
-    with pytest.raises(lvm.UnsupportedModelError, match=r"'mu' \(.*test_em\.py:\d+.*\) is a continuous Normal\. Fit this model with method='svi' or method='iwae'"):
+    with pytest.raises(lvm.UnsupportedModelError, match=r"'mu' \(.*test_infer_mixture\.py:\d+.*\) is a continuous Normal\. Fit this model with method='svi' or method='iwae'"):
         lvm.infer(continuous, torch.randn(10), method="em")
     bad = torch.randn(10, 2)
     bad[4, 1] = float("nan")

@@ -1,0 +1,174 @@
+"""Covariance estimates and precision Cholesky factors of the Gaussian family (scikit-learn's formulas)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import _warn
+
+# Cancellation guard for the moment (expanded-square) formulation: when the raw
+# second moment exceeds the variance by this factor more than ~8 of the 16
+# significant digits are lost, so that component is recomputed with the
+# two-pass (centred) formula instead.
+_CANCELLATION_RATIO = 1e8
+
+
+def moment_covariances(
+    ct: str,
+    xc: torch.Tensor,
+    resp: torch.Tensor,
+    nk: torch.Tensor,
+    mu: torch.Tensor,
+    s_quad: torch.Tensor | None,
+    cache: dict,
+    reg: float,
+) -> torch.Tensor:
+    """Covariances (plus ``reg``) from the moment statistics ``s_quad``, two-pass where they cancel.
+
+    ``s_quad`` is ``resp.T @ q(xc)`` (the quadratic block of the design matrix) or None for the direct
+    strategy, which always uses the two-pass formula.
+    """
+    k, d = mu.shape
+    if s_quad is None:
+        return _two_pass_covariances(xc, resp, nk, mu, ct, reg)
+    if ct in ("full", "tied"):
+        iu = cache["triu"]
+        second = torch.empty((k, d, d), dtype=mu.dtype)
+        second[:, iu[0], iu[1]] = s_quad
+        second[:, iu[1], iu[0]] = s_quad
+        if ct == "tied":
+            total = nk.sum()
+            raw = second.sum(0) / total
+            cov = raw - (nk[:, None, None] * (mu.unsqueeze(2) * mu.unsqueeze(1))).sum(0) / total
+            if _cancels(torch.diagonal(raw), torch.diagonal(cov), reg).any():
+                return _two_pass_covariances(xc, resp, nk, mu, ct, reg)
+        else:
+            raw = second / nk[:, None, None]
+            cov = raw - mu.unsqueeze(2) * mu.unsqueeze(1)
+            bad = _cancels(torch.diagonal(raw, dim1=-2, dim2=-1), torch.diagonal(cov, dim1=-2, dim2=-1), reg).any(
+                -1
+            )
+            if bool(bad.any()):
+                idx = torch.nonzero(bad).flatten()
+                cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], "full", 0.0)
+        cov.diagonal(dim1=-2, dim2=-1).add_(reg)
+        return cov
+    if ct == "diag":
+        raw = s_quad / nk.unsqueeze(1)
+        cov = raw - mu * mu
+        bad = _cancels(raw, cov, reg).any(-1)
+    else:
+        raw = s_quad[:, 0] / nk
+        cov = (raw - (mu * mu).sum(-1)) / d
+        bad = _cancels(raw, cov * d, reg * d)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).flatten()
+        cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], ct, 0.0)
+    return cov + reg
+
+
+
+def _cancels(raw: torch.Tensor, centred: torch.Tensor, reg: float) -> torch.Tensor:
+    """True where ``centred = raw - mean^2`` lost too many digits to cancellation.
+
+    The rounding error (~eps * raw) only matters relative to the variance that
+    is actually used, ``centred + reg``; a feature that is constant within a
+    component is fine as long as ``reg`` dominates the error.
+    """
+    return raw.abs() > _CANCELLATION_RATIO * (centred.abs() + reg)
+
+
+def _global_covariance(xc: torch.Tensor, ct: str, reg: float) -> torch.Tensor:
+    n, d = xc.shape
+    cov = (xc.T @ xc) / max(n, 1)
+    cov.diagonal().add_(reg)
+    if ct == "full":
+        return cov
+    if ct == "diag":
+        return cov.diagonal().clone()
+    return cov.diagonal().mean()
+
+
+def _two_pass_covariances(
+    xc: torch.Tensor, resp: torch.Tensor, nk: torch.Tensor, mu: torch.Tensor, ct: str, reg: float
+) -> torch.Tensor:
+    """Covariances from centred residuals, sklearn's accurate formulation."""
+    k, d = mu.shape
+    if ct in ("full", "tied"):
+        cov = torch.empty((k, d, d), dtype=xc.dtype)
+        for j in range(k):
+            diff = xc - mu[j]
+            cov[j] = (resp[:, j].unsqueeze(0) * diff.T) @ diff
+        if ct == "tied":
+            out = cov.sum(0) / nk.sum()
+            out.diagonal().add_(reg)
+            return out
+        cov /= nk[:, None, None]
+        cov.diagonal(dim1=-2, dim2=-1).add_(reg)
+        return cov
+    cov = torch.empty((k, d), dtype=xc.dtype)
+    for j in range(k):
+        diff = xc - mu[j]
+        cov[j] = (resp[:, j] @ (diff * diff)) / nk[j]
+    if ct == "spherical":
+        return cov.mean(-1) + reg
+    return cov + reg
+
+
+def _precision_cholesky(
+    cov: torch.Tensor, ct: str, reg: float = 0.0, repair: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """sklearn's ``_compute_precision_cholesky`` (upper-triangular inverse factor).
+
+    With ``repair``, a non-positive-definite covariance gets growing diagonal
+    jitter (with an :class:`EMDegeneracyWarning`) instead of an error.
+    Returns ``(precisions_cholesky, covariances)`` (covariances possibly repaired).
+    """
+    if ct in ("full", "tied"):
+        d = cov.shape[-1]
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if bool((info != 0).any()):
+            if not repair:
+                raise ValueError("Covariance matrix is not positive definite; increase reg_covar")
+            cov = cov.clone()
+            bad = (info != 0) if cov.ndim == 3 else None
+            scale = torch.diagonal(cov, dim1=-2, dim2=-1).abs().mean().clamp_min(1.0)
+            jitter = max(reg, 1e-10) * float(scale)
+            for _ in range(60):
+                target = cov[bad] if bad is not None else cov
+                target = target + jitter * torch.eye(d, dtype=cov.dtype)
+                c2, info2 = torch.linalg.cholesky_ex(target)
+                if bool((info2 == 0).all()):
+                    break
+                jitter *= 10.0
+            if bad is not None:
+                cov[bad] = target
+            else:
+                cov = target
+            chol, info = torch.linalg.cholesky_ex(cov)
+            _warn(f"singular covariance repaired by adding {jitter:.3g} to its diagonal")
+        eye = torch.eye(d, dtype=cov.dtype).expand_as(chol)
+        prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
+        return prec_chol, cov
+    if bool((cov <= 0).any()):
+        if not repair:
+            raise ValueError("Variances must be positive; increase reg_covar")
+        floor = max(reg, 1e-10)
+        _warn(f"non-positive variance replaced by {floor:.3g}")
+        cov = cov.clamp_min(floor)
+    return 1.0 / torch.sqrt(cov), cov
+
+
+def _precision_cholesky_from_precisions(prec: torch.Tensor, ct: str) -> torch.Tensor:
+    """sklearn's ``_compute_precision_cholesky_from_precisions`` (flip trick)."""
+    if ct in ("full", "tied"):
+        flipped = torch.flip(prec, dims=(-2, -1))
+        return torch.flip(torch.linalg.cholesky(flipped), dims=(-2, -1))
+    return torch.sqrt(prec)
+
+
+def _covariances_from_precision_cholesky(prec_chol: torch.Tensor, ct: str) -> torch.Tensor:
+    if ct in ("full", "tied"):
+        prec = prec_chol @ prec_chol.transpose(-1, -2)
+        return torch.linalg.inv(prec)
+    return 1.0 / (prec_chol * prec_chol)

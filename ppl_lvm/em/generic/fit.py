@@ -1,0 +1,109 @@
+"""The generic EM loop: alternate exact E-steps and generalised M-steps until convergence."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from ...errors import EMDegeneracyWarning
+from ..convergence import ConvergenceMonitor
+from .estep import e_step
+from .mstep import _store_params, generic_m_step
+from .size import DEFAULT_MAX_BYTES, check_enumeration_size
+
+__all__ = ["fit_generic_em"]
+
+
+def fit_generic_em(
+    model: Callable,
+    kwargs: dict[str, Any],
+    max_plate_nesting: int,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    callback: Callable[[int, float], Any] | None = None,
+    *,
+    params: list[str] | None = None,
+    max_steps: int = 50,
+    max_bytes: int | None = DEFAULT_MAX_BYTES,
+) -> dict[str, Any]:
+    """Exact (generalised) EM: alternate :func:`e_step` and :func:`generic_m_step` until convergence.
+
+    Parameters
+    ----------
+    model, kwargs, max_plate_nesting
+        As for :func:`e_step`.
+    max_iter : int
+        Maximum number of M-steps.
+    tol : float
+        Convergence when the mean log-likelihood changes by less than ``tol`` (:mod:`ppl_lvm.em.convergence`).
+    callback : callable, optional
+        ``callback(iteration, mean_log_likelihood)`` after each accepted iteration (the value just appended
+        to ``history``); a truthy return value stops the fit (``converged`` is then True only if the
+        tolerance was also met).
+    params : list of str, optional
+        Parameters to optimise (default all of the store).
+    max_steps : int
+        L-BFGS iterations per M-step.
+    max_bytes : int or None
+        Memory limit of the E-step (checked once, before the first E-step).
+
+    Returns
+    -------
+    dict
+        ``history``: list of floats, the log-likelihood of each E-step (the initial one first) divided by the
+        size of the data plate when there is one, else the total; ``converged`` (bool); ``n_iter`` (M-steps
+        run); ``e_step``: the final :class:`EStep` (at the final parameters).
+
+    Notes
+    -----
+    The log-likelihood never decreases: an M-step whose ``Q`` did not increase is rejected (the loop then
+    stops, converged when ``tol > 0``: parameters are at a fixed point of the M-step), and if an accepted M-step lowered the
+    log-likelihood by more than a 1e-9 relative slack the parameters are restored and the loop stops with an
+    :class:`~ppl_lvm.em.mixture.EMDegeneracyWarning`.
+    """
+    check_enumeration_size(model, kwargs, max_plate_nesting, max_bytes)
+    estep = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
+    n = estep.n_data if estep.n_data else 1
+    ll = float(estep.log_likelihood)
+    monitor = ConvergenceMonitor(tol)
+    monitor.report(ll / n)
+    n_iter = 0
+    leaves = _store_params(params)
+    for iteration in range(1, max_iter + 1):
+        snapshot = {k: p.detach().clone() for k, p in leaves.items()}
+        info = generic_m_step(model, kwargs, max_plate_nesting, estep.marginals, params=params, max_steps=max_steps)
+        n_iter = iteration
+        if not info["accepted"]:
+            if info["nan"]:
+                warnings.warn(
+                    f"generic EM: the M-step of iteration {iteration} produced NaN; parameters restored, fit stopped",
+                    EMDegeneracyWarning,
+                    stacklevel=2,
+                )
+            else:
+                monitor.fixed_point()
+            break
+        new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
+        new_ll = float(new.log_likelihood)
+        if not math.isfinite(new_ll) or new_ll < ll - 1e-9 * max(1.0, abs(ll)):
+            with torch.no_grad():
+                for k, p in leaves.items():
+                    p.copy_(snapshot[k])
+            warnings.warn(
+                f"generic EM: iteration {iteration} lowered the log-likelihood ({ll!r} -> {new_ll!r}); "
+                "parameters restored, fit stopped",
+                EMDegeneracyWarning,
+                stacklevel=2,
+            )
+            break
+        estep, ll = new, new_ll
+        converged = monitor.report(ll / n)
+        if callback is not None and bool(callback(iteration, ll / n)):
+            break
+        if converged:
+            break
+    return {"history": monitor.history, "converged": monitor.converged, "n_iter": n_iter, "e_step": estep}

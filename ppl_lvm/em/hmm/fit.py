@@ -1,0 +1,163 @@
+"""Baum-Welch: the closed-form transition M-step, the parameter count and the fitting loop."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ...errors import EMDegeneracyWarning
+from ..convergence import ConvergenceMonitor
+from ..mixture import EmissionFamily
+from .estep import hmm_e_step
+from .layout import _Buckets
+
+__all__ = ["HMMFitResult", "fit_hmm", "hmm_n_parameters", "transitions_m_step"]
+
+Params = dict[str, torch.Tensor]
+
+
+# --------------------------------------------------------------------------- M-step
+
+
+def transitions_m_step(
+    start_sum: torch.Tensor,
+    xi_sum: torch.Tensor,
+    previous: Params | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Closed-form start-probability and transition-matrix updates.
+
+    Rows of ``xi_sum`` with no expected transitions keep their previous values
+    (hmmlearn would leave a zero row) and raise :class:`EMDegeneracyWarning`.
+
+    Returns
+    -------
+    startprob : (K,), transmat : (K, K)
+    """
+    startprob = start_sum / start_sum.sum()
+    row = xi_sum.sum(1, keepdim=True)
+    empty = (row <= 0).squeeze(1)
+    transmat = xi_sum / torch.where(row > 0, row, torch.ones_like(row))
+    if bool(empty.any()):
+        k = xi_sum.shape[0]
+        prev = None if previous is None else previous.get("transmat")
+        transmat = transmat.clone()
+        fallback = prev.to(transmat.dtype) if prev is not None else torch.full((k, k), 1.0 / k, dtype=transmat.dtype)
+        transmat[empty] = fallback[empty]
+        # A sequence set made only of length-1 sequences has no transitions at
+        # all: that is expected, not degenerate.
+        if bool((row > 0).any()):
+            warnings.warn(
+                f"{int(empty.sum())} states have no expected outgoing transitions; "
+                "keeping their previous transition rows",
+                EMDegeneracyWarning,
+                stacklevel=2,
+            )
+    return startprob, transmat
+
+
+def hmm_n_parameters(family: EmissionFamily, params: Params) -> int:
+    """Free parameters: emissions + (K - 1) start + K (K - 1) transitions (hmmlearn)."""
+    k = int(params["transmat"].shape[0])
+    return int(family.n_parameters(params)) + (k - 1) + k * (k - 1)
+
+
+# --------------------------------------------------------------------------- loop
+
+
+@dataclass
+class HMMFitResult:
+    """Outcome of :func:`fit_hmm`.
+
+    Attributes
+    ----------
+    params : dict of torch.Tensor
+        Final parameters (after the last M-step).
+    history : list of float
+        Total log-likelihood (summed over sequences) of each iteration's
+        E-step, i.e. hmmlearn's ``monitor_.history``.
+    converged : bool
+    n_iter : int
+    """
+
+    params: Params
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+
+
+def fit_hmm(
+    X: Any,
+    lengths: Sequence[int] | None,
+    family: EmissionFamily,
+    init_params: Params,
+    max_iter: int = 100,
+    tol: float = 1e-2,
+    reg: float | None = None,
+    *,
+    cache: dict | None = None,
+    method: str = "auto",
+    callback: Any = None,
+) -> HMMFitResult:
+    """Fit an HMM by exact EM (Baum-Welch).
+
+    Parameters
+    ----------
+    X : array-like
+        All sequences concatenated, in the family's data format.
+    lengths : sequence of int, optional
+        Sequence lengths; ``None`` = a single sequence.
+    family : EmissionFamily
+    init_params : dict
+        ``"startprob"`` (K,), ``"transmat"`` (K, K) and the family's parameters.
+    max_iter : int, default 100
+    tol : float, default 1e-2
+        Stop when the total log-likelihood (hmmlearn's units) changes by less
+        than ``tol``; the rule of :mod:`ppl_lvm.em.convergence`.
+    reg : float, optional
+        Family regularisation (default ``family.default_reg``).  Use 0 with
+        hmmlearn's ``covars_prior=0`` for identical numbers.
+    method : {"auto", "scaled", "log", "loop"}
+        Forward-backward implementation (see :func:`hmm_e_step`).
+    callback : callable, optional
+        ``callback(n_iter, log_likelihood, params)``; returning True stops.
+
+    Returns
+    -------
+    HMMFitResult
+    """
+    if reg is None:
+        reg = family.default_reg
+    if cache is None:
+        cache = family.precompute(X)
+    params = family.complete_params(dict(init_params))
+    dtype = next(
+        (v.dtype for v in params.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
+        torch.float64,
+    )
+    params["startprob"] = torch.as_tensor(params["startprob"], dtype=dtype)
+    params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
+    n_total = int(cache["n"])
+    buckets = _Buckets(lengths, n_total)
+    result = HMMFitResult(params=params)
+    monitor = ConvergenceMonitor(tol)
+    for n_iter in range(1, max_iter + 1):
+        log_em = family.log_prob(X, params, cache=cache)
+        stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
+        total = float(stats.log_likelihood.sum())
+        new = family.m_step(X, stats.gamma, params, reg, cache=cache)
+        new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)
+        params = new
+        result.n_iter = n_iter
+        converged = monitor.report(total)
+        if callback is not None and callback(n_iter, total, params):
+            break
+        if converged:
+            break
+    result.params = params
+    result.history = monitor.history
+    result.converged = monitor.converged
+    return result

@@ -1,0 +1,104 @@
+"""What the recogniser found: the sites and parameters of a closed-form mixture or hidden Markov chain.
+
+A pattern converts between the model's parameters (the ``lvm.param`` store) and the closed-form kernels'
+parameter dicts (:mod:`ppl_lvm.em.families`), in both directions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["HMMPattern", "MixturePattern"]
+
+
+@dataclass
+class MixturePattern:
+    """A finite mixture with a closed-form M-step: which site and parameters play which role."""
+
+    latent: str  # the discrete site z
+    observed: str  # the observed site x
+    data_argument: str  # the model argument holding x
+    n_components: int
+    family: Any  # an emission family instance
+    weights: str  # the param holding the mixing weights
+    #: family parameter -> (model param name, how to convert): e.g. {"means": ("locs", "identity")}
+    emission: dict[str, tuple[str, str]]
+    univariate: bool  # x is (N,) and was reshaped to (N, 1) for the kernels
+
+    def data_matrix(self, value: torch.Tensor) -> torch.Tensor:
+        return value.reshape(-1, 1) if self.univariate else value
+
+    # -------------------------------------------------------------- model params <-> kernel params
+    def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
+        out = {"weights": store[self.weights].detach().to(torch.float64)}
+        for key, (name, how) in self.emission.items():
+            value = store[name].detach().to(torch.float64)
+            if self.univariate and value.dim() == 1 and key in ("means", "probs", "rates"):
+                value = value.unsqueeze(-1)
+            if how == "square":
+                value = value**2
+                if self.univariate and key == "covariances" and value.dim() == 1 and self.family.covariance_type == "diag":
+                    value = value.unsqueeze(-1)
+            elif how == "cholesky":
+                value = value @ value.transpose(-1, -2)
+            out[key] = value
+        return out
+
+    def to_model(self, params: dict[str, torch.Tensor], store: Any) -> None:
+        dtype = store[self.weights].dtype
+        store[self.weights] = params["weights"].to(dtype)
+        for key, (name, how) in self.emission.items():
+            value = params[key]
+            if how == "square":
+                value = value.clamp_min(0).sqrt()
+            elif how == "cholesky":
+                value = torch.linalg.cholesky(value)
+            target_shape = store[name].shape
+            store[name] = value.reshape(target_shape).to(dtype)
+
+
+@dataclass
+class HMMPattern:
+    """A hidden Markov chain with a closed-form M-step, read from a model written with ``lvm.markov``."""
+
+    latents: list[str]  # z_0 .. z_{T-1}
+    observed: list[str]  # x_0 .. x_{T-1}
+    n_components: int
+    family: Any
+    start: str
+    trans: str
+    emission: dict[str, tuple[str, str]]
+    univariate: bool
+    lengths: torch.Tensor  # (B,)
+    data: torch.Tensor  # all sequences concatenated, hmmlearn's layout
+    n_steps: int
+
+    @property
+    def latent(self) -> str:
+        """The name under which the state posteriors are reported: the chain's site name without its step."""
+        return self.latents[0].rsplit("_", 1)[0] if self.latents else "states"
+
+    def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
+        mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
+                                 self.univariate)
+        out = mixture.to_kernel(store)
+        out["startprob"] = out.pop("weights")
+        out["transmat"] = store[self.trans].detach().to(torch.float64)
+        return out
+
+    def to_model(self, params: dict[str, torch.Tensor], store: Any) -> None:
+        mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
+                                 self.univariate)
+        mixture.to_model({**params, "weights": params["startprob"]}, store)
+        store[self.trans] = params["transmat"].to(store[self.trans].dtype)
+
+    def pad(self, concatenated: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(sum of lengths, ...) -> (B, T, ...) padded with ``fill`` past each sequence's length."""
+        b = len(self.lengths)
+        out = torch.full((b, self.n_steps) + tuple(concatenated.shape[1:]), fill, dtype=concatenated.dtype)
+        mask = torch.arange(self.n_steps)[None, :] < self.lengths[:, None]
+        out[mask] = concatenated
+        return out

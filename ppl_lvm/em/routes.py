@@ -1,0 +1,177 @@
+"""One EM fit from one start, on each route, returned as an :class:`~ppl_lvm.outcome.EMOutcome`.
+
+``method="em"`` has two routes (:mod:`ppl_lvm.backends.em` picks one and runs the restarts):
+
+* the closed-form route, for a recognised finite mixture or hidden Markov chain: the kernels of
+  :mod:`ppl_lvm.em.mixture` and :mod:`ppl_lvm.em.hmm`, started from :mod:`ppl_lvm.em.init`;
+* the generic route, for any other model whose latents are all enumerable: :func:`ppl_lvm.em.generic.fit_generic_em`.
+
+Starts of the generic route
+---------------------------
+``init_params="params"`` (its default) or a dict: restart 0 starts from the model's ``lvm.param`` values (with the
+dict's values written over them); restart ``r >= 1`` from a random start around them: every unconstrained
+coordinate of every parameter moved by standard normal noise drawn from ``torch.Generator().manual_seed(seed + r)``
+(:func:`jitter_state`). ``init_params="random"``: every restart, restart 0 included, from such a random start.
+
+Every fit warns (:class:`~ppl_lvm.errors.ConvergenceWarning`) when it stopped without meeting the rule of
+:mod:`ppl_lvm.em.convergence`; :func:`~ppl_lvm.backends.restarts.run_restarts` passes on only the kept fit's warning.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyro
+import torch
+
+from ..errors import ConvergenceWarning
+from ..guides import empty_guide
+from ..outcome import EMOutcome
+from ..runtime import clone_param_state
+from .convergence import not_converged_message
+from .generic import fit_generic_em, site_marginals
+from .hmm import fit_hmm, hmm_e_step
+from .init import initialize_hmm, initialize_mixture
+from .mixture import fit_mixture, mixture_log_likelihood
+from .parameters import n_data_points, n_free_parameters
+
+__all__ = ["EMRun", "closed_form_fit", "em_outcome", "generic_fit", "jitter_state"]
+
+GUIDE_NAME = "none (all latents enumerated)"
+
+
+@dataclass
+class EMRun:
+    """What one fit reached, before it becomes an outcome: the model's final state and the kernel's numbers."""
+
+    history: list[float]
+    converged: bool
+    n_iter: int
+    state: dict
+    log_likelihood: float
+    per_point: torch.Tensor | None = None
+    responsibilities: dict = field(default_factory=dict)
+
+
+def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any) -> EMOutcome:
+    """The outcome of one fit: history, exact log-likelihood, responsibilities and the BIC counts."""
+    n = n_data_points(pattern, run.per_point, problem.structure)
+    history = np.asarray(run.history, dtype=float)
+    outcome = EMOutcome(
+        method="em",
+        losses=-history * max(n, 1),
+        converged=bool(run.converged),
+        steps=int(run.n_iter),
+        seed=int(seed),
+        guide_name=GUIDE_NAME,
+        model=problem.model,
+        guide=empty_guide,
+        data=problem.data,
+        structure=problem.structure,
+        param_state=run.state,
+        options=dict(options),
+        enumerated=[s.name for s in problem.structure.discrete_latents],
+        interrupted=False,
+        log_likelihood=float(run.log_likelihood),
+        history=history,
+        n_iter=int(run.n_iter),
+        responsibilities=dict(run.responsibilities),
+        log_likelihood_per_point=run.per_point,
+        closed_form=pattern is not None,
+        n_samples=n,
+        pattern=pattern,
+    )
+    outcome.n_parameters = n_free_parameters(pattern, outcome.constrained_params(), run.state["constraints"])
+    return outcome
+
+
+def _warn_unless_converged(converged: bool, max_iter: int, tol: float, restart: int, seed: int) -> None:
+    if not converged:
+        warnings.warn(f"{not_converged_message(max_iter, tol)} (restart {restart}, seed {seed})", ConvergenceWarning,
+                      stacklevel=3)
+
+
+def closed_form_fit(pattern: Any, x: torch.Tensor, cache: dict, initial: dict, options: dict,
+                    callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
+    """``fit_once(restart, seed) -> EMRun`` of a recognised mixture (``fit_mixture``) or chain (Baum-Welch).
+
+    ``options`` are the resolved options (``init_params`` a string or ``"dict"``, ``reg_covar`` a float);
+    ``callback(iteration, mean_log_likelihood)`` returns True to stop.
+    """
+    chain = hasattr(pattern, "trans")
+    family = pattern.family
+    lengths = [int(v) for v in pattern.lengths] if chain else None
+    init, reg, tol, max_iter = options["init_params"], options["reg_covar"], options["tol"], options["max_iter"]
+    # the chain kernel reports total log-likelihoods (hmmlearn's units); ours are per observation
+    per = float(x.shape[0]) if chain else 1.0
+    initialize = initialize_hmm if chain else initialize_mixture
+    store = pyro.get_param_store()
+
+    def kernel_callback(i: int, ll: float, params: Any) -> bool:
+        return callback(i, ll / per)
+
+    def fit_once(restart: int, seed: int) -> EMRun:
+        store.set_state(clone_param_state(initial))
+        if init in ("params", "dict"):
+            start = family.complete_params(pattern.to_kernel(store))
+        else:
+            start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
+        if chain:
+            fit = fit_hmm(x, lengths, family, start, max_iter=max_iter, tol=tol * per, reg=reg, cache=cache,
+                          callback=kernel_callback)
+            e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
+                           fit.params["transmat"])
+            per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
+        else:
+            fit = fit_mixture(x, family, start, max_iter=max_iter, tol=tol, reg=reg, cache=cache,
+                              callback=kernel_callback)
+            per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
+        pattern.to_model(fit.params, store)
+        _warn_unless_converged(fit.converged, max_iter, tol, restart, seed)
+        return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
+                     float(per_point.sum()), per_point.clone(), {pattern.latent: resp.clone()})
+
+    return fit_once
+
+
+def jitter_state(state: dict, seed: int) -> dict:
+    """A copy of a parameter-store state with every unconstrained coordinate moved by N(0, 1) noise.
+
+    The noise comes from ``torch.Generator().manual_seed(seed)``, parameters in name order, so a seed fixes it.
+    """
+    generator = torch.Generator().manual_seed(int(seed))
+    moved = {}
+    for name in sorted(state["params"]):
+        value = state["params"][name]
+        if value.is_floating_point():
+            value = value.detach() + torch.randn(value.shape, generator=generator, dtype=torch.float64).to(value.dtype)
+        moved[name] = value
+    return clone_param_state({"params": moved, "constraints": state["constraints"]})  # trainable leaves again
+
+
+def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options: dict,
+                callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
+    """``fit_once(restart, seed) -> EMRun`` of the generic route; the starts are those of the module docstring.
+
+    The enumeration size is checked once by the caller, not per restart.
+    """
+    store = pyro.get_param_store()
+    tol, max_iter = options["tol"], options["max_iter"]
+    random_start = options["init_params"] == "random"
+
+    def fit_once(restart: int, seed: int) -> EMRun:
+        jitter = random_start or restart > 0
+        store.set_state(jitter_state(initial, seed) if jitter else clone_param_state(initial))
+        out = fit_generic_em(model, kwargs, structure.max_plate_nesting, max_iter=max_iter, tol=tol,
+                             callback=callback, max_bytes=None)
+        e_step = out["e_step"]
+        _warn_unless_converged(out["converged"], max_iter, tol, restart, seed)
+        return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]),
+                     clone_param_state(store.get_state()), float(e_step.log_likelihood),
+                     e_step.log_likelihood_per_point, site_marginals(e_step, structure))
+
+    return fit_once
