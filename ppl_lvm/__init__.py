@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
-from . import alignment, backends
+from . import backends
 from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
@@ -30,6 +30,7 @@ from .errors import (
 from .fit import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
+from .posterior import alignment
 from .primitives import deterministic, latent, markov, module, observe, param, plate
 from .results import EMResult, Result, load
 from .structure import ModelStructure

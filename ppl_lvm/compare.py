@@ -24,6 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from .outcome import EMOutcome
+from .posterior.draws import loo_inputs
+from .posterior.stats import psis_loo
+from .results import Result
+
 __all__ = ["compare"]
 
 EM_COLUMNS = ["rank", "bic", "d_bic", "aic", "d_aic", "log_likelihood", "n_parameters", "weight"]
@@ -32,26 +37,24 @@ VI_COLUMNS = ["rank", "elpd_loo", "p_loo", "elpd_diff", "weight", "se", "dse", "
 
 
 def _validate(results: Any) -> dict[str, Any]:
-    from .results import Result
-
     if not isinstance(results, dict) or not results:
         raise TypeError("compare expects a non-empty dict {name: result}, e.g. {'K=2': fit2, 'K=3': fit3}")
     for name, result in results.items():
         if not isinstance(result, Result):
             raise TypeError(f"compare: {name!r} is a {type(result).__name__}, not a result of lvm.infer")
-    kinds = {name: result.method == "em" for name, result in results.items()}
+    kinds = {name: isinstance(result, EMOutcome) for name, result in results.items()}
     if len(set(kinds.values())) > 1:
         em = sorted(n for n, k in kinds.items() if k)
         vi = sorted(n for n, k in kinds.items() if not k)
         raise ValueError(
             f"compare cannot rank EM fits {em} together with variational fits {vi}: EM fits are ranked by BIC, "
             "variational fits by PSIS-LOO, and the two scales are not comparable. Compare each group on its own, "
-            "e.g. lvm.compare({k: v for k, v in results.items() if v.method == 'em'})."
+            "e.g. lvm.compare({k: v for k, v in results.items() if isinstance(v, lvm.EMResult)})."
         )
     return results
 
 
-def compare(results: dict[str, Any], num_samples: int = 500, seed: int = 0) -> Any:
+def compare(results: dict[str, Any], num_samples: int = 500, seed: int | None = 0) -> Any:
     """Rank fits of models of the same data: EM fits by BIC, variational fits by PSIS-LOO.
 
     Parameters
@@ -59,9 +62,10 @@ def compare(results: dict[str, Any], num_samples: int = 500, seed: int = 0) -> A
     results : dict of str -> Result
         The fits by name, all EM or all variational, of the same data.
     num_samples : int
-        Draws from each variational fit's guide for LOO (unused for EM).
-    seed : int
-        Seed of the draws.
+        Draws from each variational fit's guide for LOO (unused for EM): the replay pass that ``to_arviz`` and
+        ``diagnose`` read at the same number of draws and seed (500 draws at seed 0 by default, as ``diagnose``).
+    seed : int, optional
+        Seed of the draws (None: each fit's seed).
 
     Returns
     -------
@@ -91,7 +95,7 @@ def compare(results: dict[str, Any], num_samples: int = 500, seed: int = 0) -> A
     results = _validate(results)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 10:
         raise ValueError(f"num_samples must be an integer >= 10, got {num_samples!r}")
-    if next(iter(results.values())).method == "em":
+    if isinstance(next(iter(results.values())), EMOutcome):
         return _compare_em(results)
     return _compare_vi(results, num_samples, seed)
 
@@ -114,9 +118,7 @@ def _compare_em(results: dict[str, Any]) -> Any:
     return table[EM_COLUMNS]
 
 
-def _loo_row(result: Any, num_samples: int, seed: int) -> dict[str, Any]:
-    from .arviz_export import loo_inputs, psis_loo
-
+def _loo_row(result: Any, num_samples: int, seed: int | None) -> dict[str, Any]:
     log_lik, log_weight = loo_inputs(result, num_samples, seed)
     row: dict[str, Any] = {"method": result.method}
     if log_weight is not None and np.all(np.isfinite(log_weight)):
@@ -138,7 +140,7 @@ def _loo_row(result: Any, num_samples: int, seed: int) -> dict[str, Any]:
     return {**row, "elpd_i": loo["elpd_i"]}
 
 
-def _compare_vi(results: dict[str, Any], num_samples: int, seed: int) -> Any:
+def _compare_vi(results: dict[str, Any], num_samples: int, seed: int | None) -> Any:
     import pandas as pd
 
     rows = {}

@@ -15,14 +15,15 @@ Three checks of a variational fit (svi / meanfield / iwae / renyi):
   logsumexp(log w) - log S from the same draws, and the exact log p(x) when known (every latent discrete and
   enumerated, or passed as ``exact=``). Each rung is a lower bound (or, for IS, a consistent estimate) of log p(x).
 * **R-hat across restarts** (fits with ``n_init > 1``): each restart's draws of the global latents are one chain,
-  components aligned to the kept fit (:mod:`ppl_lvm.alignment`); R-hat above 1.05 means the restarts found
+  components aligned to the kept fit (:mod:`ppl_lvm.posterior.alignment`); R-hat above 1.05 means the restarts found
   different local optima, and a :class:`DiagnosticWarning` names the coordinates. R-hat needs spread within each
   restart: for point-estimate guides (``delta``) it is NaN; compare the restarts' final losses instead.
 * **Local latents** (one value per data point, as in PPCA or a VAE): KL(q(z_i | x_i) || p(z_i)) per latent
   dimension averaged over the data, and the active units of Burda et al. 2016 (dimensions whose posterior mean
   E_q[z_d | x_i] varies across the data with variance > 0.01), with a posterior-collapse warning when none is.
 
-All ArviZ calls stay in :mod:`ppl_lvm.arviz_export`.
+Every number comes from the replay pass of :mod:`ppl_lvm.posterior.draws` (the one ``to_arviz`` and
+:func:`ppl_lvm.compare` read at the same number of draws and seed); the statistics from :mod:`ppl_lvm.posterior.stats`.
 """
 
 from __future__ import annotations
@@ -31,22 +32,31 @@ import math
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import pyro
-import pyro.poutine as poutine
-import torch
 
 from .errors import DiagnosticWarning
+from .fit import smoothed_final_loss
+from .outcome import EMOutcome, Outcome
+from .posterior import queries
+from .posterior.alignment import aligned_restart_draws, ordered_restarts
+from .posterior.draws import replay
+from .posterior.local_latents import ACTIVE_UNIT_THRESHOLD, local_latent_stats
+from .posterior.stats import (
+    iwae_from_draws,
+    psis_khat,
+    psis_khat_points,
+    ratios_vary,
+    rhat_across_restarts,
+    row_labels,
+)
 
-__all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "summarize", "KHAT_GOOD", "KHAT_BAD", "RHAT_BAD",
-           "ACTIVE_UNIT_THRESHOLD"]
+__all__ = ["DiagnosticWarning", "Diagnosis", "diagnose", "iwae_from_draws", "rhat_across_restarts", "KHAT_GOOD",
+           "KHAT_BAD", "RHAT_BAD", "ACTIVE_UNIT_THRESHOLD"]
 
 KHAT_GOOD = 0.5
 KHAT_BAD = 0.7
 RHAT_BAD = 1.05
-ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 @dataclass
@@ -71,9 +81,10 @@ class Diagnosis:
     elbo : float
         The ELBO: the mean of log w over those draws (``result.elbo_estimate()`` when log w is unavailable).
     iwae : dict of int -> float
-        IWAE_K for each K of the ladder (empty when unavailable or exact). When the weights factorise over the
-        data points, from the same draws (:func:`iwae_from_draws`: averaged over groups of K draws, a ladder that
-        cannot go down); otherwise ``result.log_evidence(K)``.
+        IWAE_K for each K of the ladder (empty when unavailable or exact). For K <= ``num_samples`` from the same
+        draws (:func:`iwae_from_draws`: averaged over groups of K draws, a ladder that cannot go down), per data
+        point when the weights factorise, on the joint weights otherwise; a larger K (or a guide without a density)
+        by ``result.log_evidence(K)``.
     is_estimate : float or None
         The importance-sampling estimate of log p(x) from all S draws: per data point when the weights factorise
         (sum over i of logsumexp_s log w_is - log S, i.e. IWAE_S), else logsumexp(log w) - log S of the joint
@@ -184,85 +195,8 @@ class Diagnosis:
         return self.table()
 
 
-# ---------------------------------------------------------------------------------------------------- pieces
-def _local_sites(structure: Any) -> list[Any]:
-    """Continuous latent sites with one value per data point: inside a plate that also holds an observation."""
-    observed_plates = {p for s in structure.observed_sites for p in s.plates}
-    return [s for s in structure.continuous_latents if s.plates and set(s.plates) <= observed_plates]
-
-
-def _factorised(fn: Any, shape: tuple[int, ...]) -> Any | None:
-    """The elementwise distribution under ``Independent`` wrappers, when it covers the whole site shape."""
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    if not isinstance(fn, torch.distributions.Distribution) or tuple(fn.event_shape) != ():
-        return None
-    try:
-        return fn.expand(torch.Size(shape)) if tuple(fn.batch_shape) != tuple(shape) else fn
-    except (NotImplementedError, RuntimeError, ValueError):
-        return None
-
-
-def _local_latents(result: Any, num_samples: int, seed: int) -> tuple[dict, dict, dict]:
-    """KL per dimension, Var over data of E_q[z_d], and active units, per local latent site."""
-    from .runtime import run_scope
-
-    structure = result.structure
-    sites = _local_sites(structure)
-    if not sites:
-        return {}, {}, {}
-    kwargs = result.data.kwargs
-    with result.activated(), torch.no_grad(), run_scope(result.guide):
-        result._prepare_guide()
-        pyro.set_rng_seed(seed)
-        guide_trace = poutine.trace(result.guide).get_trace(**kwargs)
-        model = result._enumerating_model()
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(**kwargs)
-    draws = None
-    kl_per_dim, variance, active = {}, {}, {}
-    for info in sites:
-        name, shape = info.name, tuple(info.shape)
-        nb = len(info.batch_shape)
-        q_node, p_node = guide_trace.nodes.get(name), model_trace.nodes.get(name)
-        if q_node is None or p_node is None or q_node["type"] != "sample":
-            continue
-        q = _factorised(q_node["fn"], shape)
-        p = _factorised(p_node["fn"], shape)
-        mean = None
-        try:
-            m = q_node["fn"].mean
-            if tuple(m.shape) == shape and torch.isfinite(m).all():
-                mean = m
-        except NotImplementedError:
-            pass
-        kl = None
-        if q is not None and p is not None:
-            try:
-                kl = torch.distributions.kl_divergence(q, p)
-            except NotImplementedError:
-                kl = None
-        if kl is None or mean is None:
-            if draws is None:
-                draws = result.sample_posterior(num_samples, seed=seed)
-            z = draws[name].to(torch.get_default_dtype())
-            if mean is None:
-                mean = z.mean(0)
-            if kl is None and q is not None and p is not None:  # Monte Carlo, per element
-                kl = (q.log_prob(z) - p.log_prob(z)).mean(0)
-        rows = int(np.prod(shape[:nb])) if nb else 1
-        mean_rows = mean.detach().reshape(rows, -1).cpu().double().numpy()
-        var = mean_rows.var(axis=0, ddof=1) if rows > 1 else np.zeros(mean_rows.shape[1])
-        variance[name] = var
-        active[name] = int((var > ACTIVE_UNIT_THRESHOLD).sum())
-        if kl is not None:
-            kl_per_dim[name] = kl.detach().reshape(rows, -1).cpu().double().numpy().mean(axis=0)
-        else:
-            kl_per_dim[name] = np.full(mean_rows.shape[1], np.nan)
-    return kl_per_dim, variance, active
-
-
-def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1, 10, 100), seed: int = 0,
-             exact: float | None = None, warn: bool = True) -> Diagnosis:
+def diagnose(result: Outcome, num_samples: int = 500, ladder: tuple[int, ...] = (1, 10, 100),
+             seed: int | None = 0, exact: float | None = None, warn: bool = True) -> Diagnosis:
     """VI health of a variational fit: Pareto k-hat, the bound ladder and active units / posterior collapse.
 
     k-hat is computed per data point when every latent is local (the importance weights factorise over the points:
@@ -274,11 +208,14 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
     result : Result
         A variational fit (svi, meanfield, iwae, renyi).
     num_samples : int
-        Draws from the guide for k-hat, the ELBO and the importance-sampling estimate.
+        Draws from the guide for k-hat, the ELBO, the IWAE_K rungs with K <= num_samples and the
+        importance-sampling estimate: one replay pass, the one ``result.to_arviz()`` reads at the same
+        ``num_samples`` and ``seed`` (both default to 500 draws; ``to_arviz``'s seed defaults to the fit's, 0
+        unless ``infer`` was given another, so the two calls share the pass).
     ladder : tuple of int
         The K of the IWAE_K rungs.
-    seed : int
-        Seed of every draw.
+    seed : int, optional
+        Seed of every draw (None: the fit's seed).
     exact : float, optional
         The exact log p(x) at the fitted parameters when known in closed form (e.g. PPCA).
     warn : bool
@@ -286,20 +223,20 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
         > 1.05 and for posterior collapse (the messages are kept in
         ``Diagnosis.messages`` either way).
     """
-    from .arviz_export import importance_log_weights, psis_khat, psis_khat_points, ratios_vary
-
-    if getattr(result, "method", None) == "em":
+    if isinstance(result, EMOutcome):
         raise ValueError("diagnose is for variational fits; an EM fit is exact (see log_likelihood, bic())")
-    if not isinstance(num_samples, int) or num_samples < 2:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
         raise ValueError(f"num_samples must be an integer >= 2, got {num_samples!r}")
     ladder = tuple(ladder)
     if any(not isinstance(k, int) or k < 1 for k in ladder):
         raise ValueError(f"ladder must hold positive integers, got {ladder!r}")
     structure = result.structure
     all_enumerated = not structure.continuous_latents
+    found = replay(result, num_samples, seed)
+    seed = found.seed
 
-    point_w = None if all_enumerated else importance_log_weights(result, num_samples, seed, pointwise=True)
-    log_w = point_w.sum(axis=1) if point_w is not None else importance_log_weights(result, num_samples, seed)
+    point_w = None if all_enumerated else found.point_weights
+    log_w = point_w.sum(axis=1) if point_w is not None else found.log_weight
     khat = is_estimate = khat_kind = khat_points = khat_joint = None
     if log_w is not None:
         elbo = float(np.mean(log_w))
@@ -315,19 +252,20 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
             finite = khat_points[np.isfinite(khat_points)]
             khat, khat_kind = (float(finite.max()) if finite.size else None), "per point"
     else:
-        elbo = result.elbo_estimate(num_particles=min(num_samples, 100), seed=seed)
+        elbo = queries.elbo_estimate(result, num_particles=min(num_samples, 100), seed=seed)
 
     iwae: dict[int, float] = {}
     exact_source = "given" if exact is not None else None
     if all_enumerated:
-        exact, exact_source = result.log_evidence(seed=seed), "enumeration"
-    elif point_w is not None:
-        iwae = iwae_from_draws(point_w, ladder)
-        iwae.update({k: result.log_evidence(num_particles=k, seed=seed) for k in ladder if k not in iwae})
+        exact, exact_source = queries.log_evidence(result, seed=seed), "enumeration"
+    elif point_w is not None or (log_w is not None and not result.enumerated):
+        # from the pass's draws, per point when the weights factorise; K beyond the draws by their own particles
+        iwae = iwae_from_draws(point_w if point_w is not None else log_w[:, None], ladder)
+        iwae.update({k: queries.log_evidence(result, num_particles=k, seed=seed) for k in ladder if k not in iwae})
     elif not result.enumerated:
-        iwae = {k: result.log_evidence(num_particles=k, seed=seed) for k in ladder}
+        iwae = {k: queries.log_evidence(result, num_particles=k, seed=seed) for k in ladder}
 
-    kl, variance, active = _local_latents(result, num_samples, seed)
+    kl, variance, active = local_latent_stats(result.structure, found)
     rhat, restart_losses = _restart_rhat(result, num_samples, seed)
     diagnosis = Diagnosis(khat=khat, num_samples=num_samples, elbo=elbo, khat_kind=khat_kind,
                           khat_points=khat_points, khat_joint=khat_joint, iwae=iwae, is_estimate=is_estimate,
@@ -335,7 +273,7 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
                           kl_per_dim=kl, active_units=active, mean_variance=variance, rhat=rhat,
                           restart_losses=restart_losses)
     high = [(label, value) for name, values in rhat.items()
-            for label, value in zip(_row_labels(name, values.shape), values.reshape(-1), strict=True)
+            for label, value in zip(row_labels(name, values.shape), values.reshape(-1), strict=True)
             if np.isfinite(value) and value > RHAT_BAD]
     if high:
         high.sort(key=lambda item: -item[1])
@@ -374,50 +312,17 @@ def diagnose(result: Any, num_samples: int = 1000, ladder: tuple[int, ...] = (1,
     return diagnosis
 
 
-def iwae_from_draws(point_w: np.ndarray, ladder: tuple[int, ...]) -> dict[int, float]:
-    """IWAE_K for each K of ``ladder`` from one set of per-point log-weights ``point_w`` of shape (S, N).
-
-    The S draws are cut into ``S // K`` groups of K; each group gives the bound sum_i log mean_k w_ik, and the rung
-    is their average (a K larger than S is left out). Averaging over groups lowers the Monte Carlo error of a single
-    IWAE_K evaluation, and when the K divide one another and S (the default 1, 10, 100 with 1000 draws) the groups
-    nest, so the ladder cannot go down: by the concavity of log, the log of a group's mean weight is at least the
-    mean of the logs of its subgroups' mean weights.
-    """
-    draws = point_w.shape[0]
-    rungs = {}
-    for k in ladder:
-        groups = draws // k
-        if groups:
-            w = point_w[: groups * k].reshape(groups, k, -1)
-            rungs[k] = float((np.logaddexp.reduce(w, axis=1) - math.log(k)).sum(-1).mean())
-    return rungs
-
-
-def _restart_rhat(result: Any, num_samples: int, seed: int) -> tuple[dict[str, np.ndarray], list[float]]:
+def _restart_rhat(result: Outcome, num_samples: int, seed: int) -> tuple[dict[str, np.ndarray], list[float]]:
     """R-hat across restarts of every global latent coordinate (aligned draws), and the restarts' final losses."""
-    from .alignment import aligned_restart_draws, ordered_restarts
-    from .fit import smoothed_final_loss
-
-    if len(getattr(result, "restarts", [])) <= 1:
+    if len(result.restarts) <= 1:
         return {}, []
     smoothing = int(result.options.get("smoothing", 50))
     losses = [float(smoothed_final_loss(r.losses, smoothing)) for r in ordered_restarts(result)]
-    names = [n for n in result.global_latent_names() if not result.structure.sites[n].discrete]
+    names = [s.name for s in result.structure.global_latents if not s.discrete]
     if not names:
         return {}, losses
     chains = aligned_restart_draws(result, min(num_samples, 500), seed, names)
     return rhat_across_restarts(chains), losses
-
-
-def rhat_across_restarts(chains: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """``az.rhat`` of ``{name: (restarts, draws, *shape)}``; NaN where no restart has spread (a point estimate,
-    e.g. a ``delta`` guide: R-hat is undefined there, not infinite)."""
-    from .arviz_export import rhat_of_chains
-
-    rhat = rhat_of_chains(chains)
-    for name, values in chains.items():
-        rhat[name] = np.where(np.all(np.ptp(values, axis=1) == 0, axis=0), np.nan, rhat[name])
-    return rhat
 
 
 def _record(diagnosis: Diagnosis, message: str, warn: bool) -> None:
@@ -432,107 +337,3 @@ def _caller_level() -> int:
     while frame is not None and frame.f_globals.get("__name__") in (__name__, "ppl_lvm.results.result", "ppl_lvm.results.em_result"):
         frame, level = frame.f_back, level + 1
     return level
-
-
-# ---------------------------------------------------------------------------------------------------- summary
-def _row_labels(name: str, shape: tuple[int, ...]) -> list[str]:
-    """ArviZ's row labels: ``name`` for a scalar, ``name[i, j]`` per coordinate otherwise."""
-    if not shape:
-        return [name]
-    return [f"{name}[{', '.join(str(i) for i in idx)}]" for idx in np.ndindex(*shape)]
-
-
-def model_param_names(result: Any) -> list[str]:
-    """The model's ``lvm.param`` sites (neither guide parameters nor ``lvm.module`` weights)."""
-    structure = result.structure
-    if structure is None:
-        return [n for n in result.params if "$$$" not in n]
-    return [s.name for s in structure.param_sites if "$$$" not in s.name and s.name in result.params]
-
-
-def _param_rows(result: Any, names: list[str], columns: list[str]) -> Any:
-    import pandas as pd
-
-    rows, labels = [], []
-    for name in names:
-        value = result.params[name].detach().cpu().double().numpy()
-        labels += _row_labels(name, value.shape)
-        rows += [{"mean": float(v)} for v in value.reshape(-1)]
-    frame = pd.DataFrame(rows, index=labels, columns=columns, dtype=float)
-    frame["kind"] = "param"
-    return frame
-
-
-def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
-    """The table of :meth:`ppl_lvm.results.Result.summary` (and of ``EMResult.summary``)."""
-    import pandas as pd
-
-    from .arviz_export import SUMMARY_COLUMNS, summarize_draws
-
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 8:
-        raise ValueError(f"num_samples must be an integer >= 8, got {num_samples!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    params = model_param_names(result)
-    if result.method == "em":
-        latents: list[str] = []
-    else:
-        latents = result.global_latent_names()
-    if var_names is not None:
-        if isinstance(var_names, str):
-            var_names = [var_names]
-        structure = result.structure
-        latent_names = [s.name for s in structure.latent_sites] if structure is not None else []
-        if result.method == "em":
-            latent_names = []
-        known = set(params) | set(latent_names)
-        unknown = [v for v in var_names if v not in known]
-        if unknown:
-            raise ValueError(f"var_names {unknown} are not latent sites or parameters of the model; known: "
-                             f"{sorted(known)}")
-        params = [p for p in params if p in var_names]
-        latents = [v for v in var_names if v in latent_names]
-    if result.method == "em":
-        table = _param_rows(result, params, ["mean"])
-        table.attrs.update(_em_attrs(result))
-        return table
-
-    from .alignment import aligned_restart_draws
-
-    chains = aligned_restart_draws(result, num_samples, seed, latents) if latents else {}
-    best = {n: v[0] for n, v in chains.items()}  # the kept fit is chain 0
-    frames = []
-    if best:
-        frames.append(summarize_draws(best).assign(kind="latent"))
-        frames[0]["r_hat"] = np.nan
-        if len(result.restarts) > 1:
-            rhat = rhat_across_restarts(chains)
-            for name, values in rhat.items():
-                for label, value in zip(_row_labels(name, values.shape), values.reshape(-1), strict=True):
-                    frames[0].loc[label, "r_hat"] = value
-    if params:
-        frames.append(_param_rows(result, params, SUMMARY_COLUMNS))
-    table = pd.concat(frames) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS + ["kind"])
-    table.attrs.update({
-        "method": result.method,
-        "guide": str(result.guide_name),
-        "steps": int(result.steps),
-        "converged": bool(result.converged),
-        "elbo": float(result.elbo),
-        "n_init": max(1, len(result.restarts)),
-        "num_samples": num_samples,
-    })
-    return table
-
-
-def _em_attrs(result: Any) -> dict:
-    return {
-        "method": "em",
-        "log_likelihood": float(result.log_likelihood),
-        "bic": float(result.bic()),
-        "aic": float(result.aic()),
-        "n_parameters": int(result.n_parameters),
-        "n_samples": int(result.n_samples),
-        "n_iter": int(result.n_iter),
-        "converged": bool(result.converged),
-    }

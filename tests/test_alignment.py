@@ -7,7 +7,9 @@ import torch
 from demo_models import ppca
 
 import ppl_lvm as lvm
-from ppl_lvm.alignment import (
+from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
+from ppl_lvm.posterior.alignment import (
     align_draws,
     align_result,
     component_axes,
@@ -16,8 +18,6 @@ from ppl_lvm.alignment import (
     permute,
     relabel,
 )
-from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
-from ppl_lvm.models.mixtures import gaussian_mixture
 
 
 def test_match_components_recovers_a_permutation_of_noisy_components():

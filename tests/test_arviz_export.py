@@ -13,9 +13,10 @@ from sklearn.mixture import GaussianMixture
 from sklearn.mixture._gaussian_mixture import _compute_precision_cholesky
 
 import ppl_lvm as lvm
-from ppl_lvm.arviz_export import _az, load_netcdf, save_netcdf
+from ppl_lvm.arviz_export import load_netcdf, save_netcdf
 from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
 from ppl_lvm.models.mixtures import gaussian_mixture
+from ppl_lvm.posterior.arviz_compat import az as _az
 
 az = _az()
 KHAT_WARNING = r"Estimated shape parameter of Pareto distribution is greater than"

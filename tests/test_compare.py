@@ -9,8 +9,8 @@ from scipy.stats import norm
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
-from ppl_lvm.arviz_export import psis_loo
 from ppl_lvm.models.mixtures import gaussian_mixture
+from ppl_lvm.posterior.stats import psis_loo
 
 CENTERS = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
 

@@ -11,8 +11,9 @@ from scipy.special import logsumexp
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
-from ppl_lvm.arviz_export import importance_log_weights, psis_khat, psis_khat_points
 from ppl_lvm.diagnostics import KHAT_BAD, DiagnosticWarning, diagnose
+from ppl_lvm.posterior.draws import importance_log_weights
+from ppl_lvm.posterior.stats import psis_khat, psis_khat_points
 
 KHAT_WARNING = r"Pareto k-hat = \d+\.\d+ > 0\.7 \((per data point|joint).*: .*Fit longer.*richer guide.*method='iwae'"
 
@@ -77,7 +78,6 @@ def test_khat_below_0_7_after_convergence_without_warning(ppca_fits, float64):
 def test_ppca_bound_ladder_elbo_le_iwae_k_le_exact(ppca_fits, float64):
     from scipy.special import logsumexp
 
-    from ppl_lvm.arviz_export import importance_log_weights
 
     x, _, converged = ppca_fits
     exact = _exact(converged, x)
@@ -310,7 +310,7 @@ def test_khat_of_a_converged_mixture_is_below_0_7_without_warning(converged_gmm,
 
 
 def test_arviz_loo_and_summary_run_without_warnings_on_a_converged_mixture(converged_gmm, float64, caplog):
-    from ppl_lvm.arviz_export import _az
+    from ppl_lvm.posterior.arviz_compat import az as _az
 
     az = _az()
     idata = converged_gmm.to_arviz(num_samples=200, seed=0, chains=2)

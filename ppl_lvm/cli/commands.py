@@ -28,6 +28,7 @@ NETCDF_FILE = "posterior.nc"
 SUMMARY_FILE = "summary.csv"
 RESPONSIBILITIES_FILE = "responsibilities.npz"
 MANIFEST_FORMAT = 1
+DRAWS = 500  # draws from q for the netCDF and the report's diagnosis: one replay pass serves both (seed 0)
 
 
 # ---------------------------------------------------------------------------------------------------- fitting
@@ -44,10 +45,11 @@ def _save_fit(result: Any, out: Path, manifest: dict[str, Any], fit_warnings: li
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
-        save_netcdf(result.to_arviz(), str(paths["netcdf"]))
+        save_netcdf(result.to_arviz(num_samples=DRAWS, seed=0), str(paths["netcdf"]))
         summary = result.summary()
         summary.to_csv(paths["summary"])
-        paths["report"] = build_report(result, out, title=title, fit_warnings=fit_warnings, summary=summary)
+        paths["report"] = build_report(result, out, title=title, fit_warnings=fit_warnings, summary=summary,
+                                       diagnose_samples=DRAWS)
     for line in _warning_lines(caught):
         _warn(line)
     return paths

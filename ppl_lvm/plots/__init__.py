@@ -13,7 +13,7 @@ the figure when given ``path=`` (PNG, or any format matplotlib infers from the s
 :func:`plot_latent_space`      the posterior means E_q[z | x] of a local latent in 2-D (PCA beyond two dimensions)
 =============================  =================================================================================
 
-ArviZ is not called here: k-hat and the importance weights come from :mod:`ppl_lvm.arviz_export`, the ladder from
+ArviZ is not called here: k-hat and the importance weights come from :mod:`ppl_lvm.posterior`, the ladder from
 :mod:`ppl_lvm.diagnostics`.
 
 Examples

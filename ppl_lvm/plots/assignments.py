@@ -9,7 +9,6 @@ import pyro.poutine as poutine
 import torch
 
 from ..data import to_tensor
-from ..diagnostics import _local_sites
 from ..em.generic import e_step, site_marginal
 from ..runtime import run_scope
 from ._figure import _axes, _check_result, _data_argument, _finish, _is_em, _numpy, _pyplot
@@ -116,7 +115,7 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
             raise ValueError(f"the EM result has no responsibilities for site '{info.name}'; it has them for "
                              f"{sorted(result.responsibilities)} (pass site=)")
     else:
-        if x is not None and _local_sites(result.structure):
+        if x is not None and result.structure.local_continuous_latents:
             raise ValueError("new data x: the guide holds the local continuous latents of the fitted rows only; "
                              "plot the fitted data (x=None)")
         kwargs = dict(result.data.kwargs) | {argument: data}

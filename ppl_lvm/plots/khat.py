@@ -7,8 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from ..arviz_export import importance_log_weights, psis_khat, psis_khat_points
 from ..diagnostics import KHAT_BAD, KHAT_GOOD
+from ..posterior.draws import importance_log_weights
+from ..posterior.stats import psis_khat, psis_khat_points
 from ._figure import _axes, _check_result, _finish, _is_em
 
 MIN_BATCH = 25  # draws per k-hat: ArviZ's PSIS returns inf for a tail of fewer than 5 of the largest 20%
@@ -17,7 +18,7 @@ VERDICT_COLOURS = {"good": "tab:green", "ok": "tab:orange", "bad": "tab:red"}
 
 # ---------------------------------------------------------------------------------------------------- k-hat
 def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = None, num_samples: int | None = None,
-              seed: int = 0, per_point: bool = False) -> Any:
+              seed: int | None = 0, per_point: bool = False) -> Any:
     """Pareto k-hat of the importance ratios log p(x, theta) - log q(theta), per batch of draws from the guide.
 
     The draws (discrete local latents summed out, as in the ArviZ export's ``log_weight``) are split into
@@ -38,8 +39,9 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     num_samples : int, optional
         Draws from the guide in all; default ``50 * num_batches``. Each batch needs at least 25 (PSIS fits a
         Pareto tail to the largest 20% of the ratios and gives up with fewer than 5).
-    seed : int
-        Seed of the draws.
+    seed : int, optional
+        Seed of the draws (None: the fit's seed). The importance weights are read from the replay pass of
+        :mod:`ppl_lvm.posterior.draws`, the one ``diagnose`` and ``to_arviz`` read at the same draws and seed.
     per_point : bool
         For a model whose latents are all local (PPCA, a VAE): instead of batches, the k-hat of each data point's
         ratios log p(x_i, z_i) - log q(z_i | x_i) over all ``num_samples`` draws (those of ``result.diagnose()``),
@@ -107,7 +109,7 @@ def plot_khat(result: Any, num_batches: int = 10, ax: Any = None, path: Any = No
     return _finish(fig, created, path)
 
 
-def _plot_khat_points(result: Any, num_samples: int, seed: int, ax: Any, path: Any) -> Any:
+def _plot_khat_points(result: Any, num_samples: int, seed: int | None, ax: Any, path: Any) -> Any:
     point_w = importance_log_weights(result, num_samples, seed, pointwise=True)
     if point_w is None:
         raise ValueError("plot_khat(per_point=True): the importance weights do not factorise over the data points "

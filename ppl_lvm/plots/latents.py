@@ -13,7 +13,7 @@ import torch
 from pyro.infer.autoguide import AutoGuide
 
 from ..data import to_tensor
-from ..diagnostics import _local_sites
+from ..posterior.queries import prepare_guide
 from ..runtime import run_scope
 from ._figure import DPI, _axes, _check_result, _data_argument, _finish, _is_em, _numpy, _pyplot
 
@@ -79,7 +79,7 @@ def plot_posterior(result: Any, var_names: Sequence[str] | str | None = None, ax
     structure = result.structure
     latents = [s.name for s in structure.latent_sites]
     if var_names is None:
-        local = {s.name for s in _local_sites(structure)}
+        local = {s.name for s in structure.local_continuous_latents}
         observed_plates = {p for s in structure.observed_sites for p in s.plates}
         names = [s.name for s in structure.latent_sites
                  if s.name not in local and not (s.discrete and set(s.plates) & observed_plates)]
@@ -155,7 +155,7 @@ def _posterior_means(result: Any, site: str, kwargs: dict | None, num_samples: i
     """E_q[z | x] per data point: the mean of the guide's distribution, else the mean of draws."""
     shape = None
     with result.activated(), torch.no_grad(), run_scope(result.guide):
-        result._prepare_guide()
+        prepare_guide(result)
         pyro.set_rng_seed(seed)
         trace = poutine.trace(result.guide).get_trace(**(kwargs if kwargs is not None else result.data.kwargs))
     node = trace.nodes.get(site)
@@ -213,7 +213,7 @@ def plot_latent_space(result: Any, x: Any = None, labels: Any = None, site: str 
         raise ValueError("plot_latent_space needs a continuous local latent from a variational fit; for the "
                          "discrete assignments of an EM fit use plot_responsibilities")
     structure = result.structure
-    local = {s.name: s for s in _local_sites(structure)}
+    local = {s.name: s for s in structure.local_continuous_latents}
     if site not in local:
         raise ValueError(f"site {site!r} is not a local continuous latent (one value per data point); the model's "
                          f"local continuous latents: {sorted(local)}")

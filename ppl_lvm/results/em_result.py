@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from .. import arviz_export, diagnostics
+from .. import arviz_export, summary
 from ..data import to_tensor
 from ..em.hmm import viterbi
 from ..em.mixture import mixture_log_likelihood
@@ -65,7 +65,7 @@ class EMResult(Result, EMOutcome):
         ``DataFrame.attrs`` holds ``log_likelihood``, ``bic``, ``aic``, ``n_parameters``, ``n_samples``, ``n_iter``
         and ``converged``. ``num_samples`` and ``seed`` are accepted for symmetry with :meth:`Result.summary`.
         """
-        return diagnostics.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
+        return summary.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
 
     def fit_more(self, **options: Any) -> EMResult:
         """Continue EM from these parameters (``init_params="params"``, one restart) for ``max_iter`` more iterations.

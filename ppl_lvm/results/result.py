@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import arviz_export, diagnostics, io
+from .. import arviz_export, diagnostics, io, summary
 from ..backends import get_backend
 from ..backends.problem import make_problem
 from ..errors import FitError
@@ -134,7 +134,7 @@ class Result(Outcome):
         """One row per scalar coordinate of the global latents (draws from q) and of the model's parameters.
 
         Latent rows (``kind = "latent"``) are ``az.summary`` statistics of ``num_samples`` draws from the guide
-        (discrete components aligned to this fit first, see :mod:`ppl_lvm.alignment`); ``r_hat`` is the R-hat across
+        (discrete components aligned to this fit first, see :mod:`ppl_lvm.posterior.alignment`); ``r_hat`` is the R-hat across
         restarts (``n_init > 1``: each restart's draws are one chain), NaN for a single fit. Parameter rows
         (``kind = "param"``, the point estimates of ``lvm.param`` sites) fill ``mean`` only. ``DataFrame.attrs``
         holds the method, guide, steps, convergence and final ELBO.
@@ -153,7 +153,7 @@ class Result(Outcome):
         -------
         pandas.DataFrame
         """
-        return diagnostics.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
+        return summary.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
 
     def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
         """The fit as ArviZ groups (``az.InferenceData``); see :mod:`ppl_lvm.arviz_export`."""
@@ -174,7 +174,7 @@ class Result(Outcome):
         merged.update(options)
         guide = self.guide_name if self.guide_name in GUIDES else self.guide
         backend = get_backend(self.method)
-        problem = make_problem(backend, self._require_model(), dict(self.data.kwargs), guide=guide,
+        problem = make_problem(backend, queries.require_model(self), dict(self.data.kwargs), guide=guide,
                                init_state=clone_param_state(self.param_state), options=merged)
         return fit_into(lambda outcome: type(self), backend, problem)
 

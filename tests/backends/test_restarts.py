@@ -89,7 +89,7 @@ def test_restarts_in_one_optimum_have_rhat_near_one_and_equal_aligned_summaries(
     table = fit.summary(num_samples=200)
     assert table["r_hat"].max() < RHAT_BAD
     # each restart's draws, aligned to the kept fit, have the same means up to optimisation noise (measured 0.094)
-    from ppl_lvm.alignment import aligned_restart_draws
+    from ppl_lvm.posterior.alignment import aligned_restart_draws
 
     chains = aligned_restart_draws(fit, 200, 0, ["locs"])["locs"]
     np.testing.assert_allclose(chains[0].mean(0), chains[1].mean(0), atol=0.15)

@@ -22,10 +22,12 @@ from sklearn.decomposition import PCA  # noqa: E402
 
 import ppl_lvm as lvm  # noqa: E402
 from ppl_lvm import constraints, dist, plots  # noqa: E402
-from ppl_lvm.arviz_export import _az, importance_log_weights, psis_khat  # noqa: E402
 from ppl_lvm.diagnostics import diagnose  # noqa: E402
 from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences  # noqa: E402
 from ppl_lvm.models.mixtures import gaussian_mixture  # noqa: E402
+from ppl_lvm.posterior.arviz_compat import az as _az  # noqa: E402
+from ppl_lvm.posterior.draws import importance_log_weights  # noqa: E402
+from ppl_lvm.posterior.stats import psis_khat  # noqa: E402
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -218,7 +220,7 @@ def test_plot_khat_is_psis_on_batches_of_the_exported_log_weights(fits, tmp_path
 
 
 def test_plot_khat_per_point_is_psis_of_each_points_ratios(fits, tmp_path, float64):
-    from ppl_lvm.arviz_export import psis_khat_points
+    from ppl_lvm.posterior.stats import psis_khat_points
 
     path = tmp_path / "khat_points.png"
     fig = plots.plot_khat(fits["ppca"], num_samples=100, seed=1, per_point=True, path=path)

@@ -28,6 +28,11 @@ import pyro.poutine as poutine
 import torch
 from torch.distributions import transform_to
 
+from ..outcome import EMOutcome
+from ..runtime import run_scope
+from . import queries
+from .draws import replay
+
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
            "aligned_restart_draws", "align_draw_sets", "align_draws", "ordered_restarts", "relabel"]
 
@@ -55,11 +60,15 @@ def component_count(result: Any) -> int | None:
         return None
     if not structure.discrete_latents and not any("HMM" in s.distribution for s in structure.observed_sites):
         return None
-    from .runtime import run_scope
+    if "component_count" not in result.cache:  # one run of the model per fit
+        result.cache["component_count"] = _component_count(result)
+    return result.cache["component_count"]
 
+
+def _component_count(result: Any) -> int | None:
     kwargs = result.data.kwargs
     with result.activated(), torch.no_grad(), torch.random.fork_rng(devices=[]), run_scope(result.guide):
-        result._prepare_guide()
+        queries.prepare_guide(result)
         guide_trace = poutine.trace(result.guide).get_trace(**kwargs)
         trace = poutine.trace(poutine.replay(result.model, trace=guide_trace)).get_trace(**kwargs)
     sizes = set()
@@ -150,9 +159,9 @@ def relabel(labels: Any, perm: np.ndarray) -> Any:
 
 # ---------------------------------------------------------------------------------------------------- results
 def _point_arrays(result: Any) -> dict[str, np.ndarray]:
-    from .diagnostics import model_param_names
-
-    return {n: _numpy(result.params[n]) for n in model_param_names(result)}
+    names = (result.structure.model_param_names(result.params) if result.structure is not None
+             else [n for n in result.params if "$$$" not in n])
+    return {n: _numpy(result.params[n]) for n in names}
 
 
 def align_result(result: Any, reference: Any, names: list[str] | None = None) -> Any:
@@ -171,7 +180,7 @@ def align_result(result: Any, reference: Any, names: list[str] | None = None) ->
     k = component_count(reference)
     if k is None or component_count(result) != k:
         raise ValueError("align_result needs two fits of a model with the same number K of components / states")
-    if result.structure is not None and result.structure.continuous_latents and result.method != "em":
+    if result.structure is not None and result.structure.continuous_latents and not isinstance(result, EMOutcome):
         raise ValueError(
             "align_result permutes parameters; this fit has a guide over continuous latents, whose variational "
             "parameters cannot be permuted in general. Use aligned_restart_draws (draws are aligned instead)."
@@ -281,19 +290,27 @@ def ordered_restarts(result: Any) -> list[Any]:
     return [result] + [r for r in result.restarts if r is not result]
 
 
-def aligned_restart_draws(result: Any, num_samples: int, seed: int, names: list[str]) -> dict[str, np.ndarray]:
+def aligned_restart_draws(result: Any, num_samples: int, seed: int | None, names: list[str]
+                          ) -> dict[str, np.ndarray]:
     """Draws of the global sites ``names`` from each restart's guide, aligned to the kept fit, as chains.
 
     Returns ``{name: (chains, num_samples, *site shape)}`` with the kept fit as chain 0 (one chain without
-    restarts). Discrete latents among ``names`` are relabelled; other arrays carrying K components permuted.
+    restarts). ``seed=None``: each restart's own seed. Discrete latents among ``names`` are relabelled; other
+    arrays carrying K components permuted. A replay pass already made at (num_samples, seed) is read (its guide
+    draws are those of ``guide_draws``); otherwise only the guide runs.
     """
     fits = ordered_restarts(result)
     draws = []
     for fit in fits:
-        sampled = fit.guide_draws(num_samples, seed=seed, names=names)
+        fit_seed = int(fit.seed if seed is None else seed)
+        cached = replay(fit, num_samples, fit_seed) if ("replay", num_samples, fit_seed) in fit.cache else None
+        if cached is not None:
+            sampled = {n: cached.draws[n] for n in names if n in cached.draws}
+        else:
+            sampled = queries.guide_draws(fit, num_samples, seed=fit_seed, names=names)
         missing = [n for n in names if n not in sampled]
         if missing:  # enumerated sites: drawn from their exact conditional by running the model
-            full = fit.sample_posterior(num_samples, seed=seed)
+            full = replay(fit, num_samples, fit_seed).draws
             sampled.update({n: full[n] for n in missing if n in full})
         draws.append({n: _numpy(v) for n, v in sampled.items()})
     draws = align_draw_sets(result, fits, draws)

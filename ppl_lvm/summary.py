@@ -1,0 +1,97 @@
+"""The table of :meth:`ppl_lvm.results.Result.summary` (and of ``EMResult.summary``): ``az.summary`` statistics of
+draws of the global latents from q, R-hat across restarts, and the point estimates of the model's parameters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .outcome import EMOutcome
+from .posterior.alignment import aligned_restart_draws
+from .posterior.stats import SUMMARY_COLUMNS, rhat_across_restarts, row_labels, summarize_draws
+
+__all__ = ["summarize"]
+
+
+def _param_rows(result: Any, names: list[str], columns: list[str]) -> Any:
+    import pandas as pd  # lazy: pandas is needed only for tables
+
+    rows, labels = [], []
+    for name in names:
+        value = result.params[name].detach().cpu().double().numpy()
+        labels += row_labels(name, value.shape)
+        rows += [{"mean": float(v)} for v in value.reshape(-1)]
+    frame = pd.DataFrame(rows, index=labels, columns=columns, dtype=float)
+    frame["kind"] = "param"
+    return frame
+
+
+def _em_attrs(result: EMOutcome) -> dict:
+    return {
+        "method": "em",
+        "log_likelihood": float(result.log_likelihood),
+        "bic": float(result.bic()),
+        "aic": float(result.aic()),
+        "n_parameters": int(result.n_parameters),
+        "n_samples": int(result.n_samples),
+        "n_iter": int(result.n_iter),
+        "converged": bool(result.converged),
+    }
+
+
+def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
+    """One row per scalar coordinate of the global latents (draws from q) and of the model's parameters."""
+    import pandas as pd  # lazy: pandas is needed only for tables
+
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 8:
+        raise ValueError(f"num_samples must be an integer >= 8, got {num_samples!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    structure = result.structure
+    em = isinstance(result, EMOutcome)
+    if structure is None:
+        params = [n for n in result.params if "$$$" not in n]
+    else:
+        params = structure.model_param_names(result.params)
+    latents = [] if em or structure is None else [s.name for s in structure.global_latents]
+    if var_names is not None:
+        if isinstance(var_names, str):
+            var_names = [var_names]
+        latent_names = [s.name for s in structure.latent_sites] if structure is not None and not em else []
+        known = set(params) | set(latent_names)
+        unknown = [v for v in var_names if v not in known]
+        if unknown:
+            raise ValueError(f"var_names {unknown} are not latent sites or parameters of the model; known: "
+                             f"{sorted(known)}")
+        params = [p for p in params if p in var_names]
+        latents = [v for v in var_names if v in latent_names]
+    if em:
+        table = _param_rows(result, params, ["mean"])
+        table.attrs.update(_em_attrs(result))
+        return table
+
+    chains = aligned_restart_draws(result, num_samples, seed, latents) if latents else {}
+    best = {n: v[0] for n, v in chains.items()}  # the kept fit is chain 0
+    frames = []
+    if best:
+        frames.append(summarize_draws(best).assign(kind="latent"))
+        frames[0]["r_hat"] = np.nan
+        if len(result.restarts) > 1:
+            rhat = rhat_across_restarts(chains)
+            for name, values in rhat.items():
+                for label, value in zip(row_labels(name, values.shape), values.reshape(-1), strict=True):
+                    frames[0].loc[label, "r_hat"] = value
+    if params:
+        frames.append(_param_rows(result, params, SUMMARY_COLUMNS))
+    table = pd.concat(frames) if frames else pd.DataFrame(columns=SUMMARY_COLUMNS + ["kind"])
+    table.attrs.update({
+        "method": result.method,
+        "guide": str(result.guide_name),
+        "steps": int(result.steps),
+        "converged": bool(result.converged),
+        "elbo": float(result.elbo),
+        "n_init": max(1, len(result.restarts)),
+        "num_samples": num_samples,
+    })
+    return table
