@@ -27,7 +27,7 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
-from .fit import FitOptions, linear_warmup
+from .fit_options import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment

@@ -101,7 +101,7 @@ def compare(results: dict[str, Any], num_samples: int = 500, seed: int | None = 
 
 
 def _compare_em(results: dict[str, Any]) -> Any:
-    import pandas as pd
+    import pandas as pd  # pandas is imported on first use: import ppl_lvm stays fast
 
     sizes = {name: r.n_samples for name, r in results.items()}
     if len(set(sizes.values())) > 1:
@@ -141,7 +141,7 @@ def _loo_row(result: Any, num_samples: int, seed: int | None) -> dict[str, Any]:
 
 
 def _compare_vi(results: dict[str, Any], num_samples: int, seed: int | None) -> Any:
-    import pandas as pd
+    import pandas as pd  # pandas is imported on first use: import ppl_lvm stays fast
 
     rows = {}
     for name, result in results.items():

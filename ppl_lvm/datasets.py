@@ -39,7 +39,7 @@ class DigitsSplit(NamedTuple):
 
 def _sklearn_datasets():
     try:
-        from sklearn import datasets as sk_datasets
+        from sklearn import datasets as sk_datasets  # scikit-learn is imported on first use: import ppl_lvm stays fast
     except ImportError as err:  # pragma: no cover - scikit-learn is a test dependency
         raise ImportError(
             "ppl_lvm.datasets reads scikit-learn's bundled data sets; install scikit-learn "
@@ -92,6 +92,7 @@ def binarized_digits(test_fraction: float = 0.2, seed: int = 0, threshold: float
             f"threshold must be a number in [0, 1) (pixels are scaled to [0, 1]), got {threshold!r}"
         )
     seed = _check_seed(seed)
+    # scikit-learn is imported on first use: import ppl_lvm stays fast
     from sklearn.model_selection import train_test_split
 
     digits = _sklearn_datasets().load_digits()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import DiagnosticWarning
-from .fit import smoothed_final_loss
+from .fit_options import smoothed_final_loss
 from .outcome import EMOutcome, Outcome
 from .posterior import queries
 from .posterior.alignment import aligned_restart_draws, ordered_restarts

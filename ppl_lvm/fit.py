@@ -12,8 +12,7 @@ import re
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -25,176 +24,19 @@ from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
 from .errors import ConvergenceWarning, FitError, PplLvmError, PplLvmWarning
+from .fit_options import (
+    OPTIMIZERS,
+    FitOptions,
+    FitState,
+    Minibatch,
+    linear_warmup,
+    smoothed_final_loss,
+    smoothed_losses,
+)
 from .runtime import FitContext, fit_scope
 
-__all__ = ["FitOptions", "FitState", "run_loop", "OPTIMIZERS", "smoothed_final_loss", "smoothed_losses"]
-
-OPTIMIZERS = {
-    "adam": pyro.optim.Adam,
-    "clippedadam": pyro.optim.ClippedAdam,
-    "adamw": pyro.optim.AdamW,
-    "sgd": pyro.optim.SGD,
-    "rmsprop": pyro.optim.RMSprop,
-    "adagrad": pyro.optim.Adagrad,
-}
-
-
-@dataclass
-class FitOptions:
-    """Options of the optimisation loop (shared by ``svi``, ``meanfield``, ``iwae`` and ``renyi``).
-
-    Parameters
-    ----------
-    steps : int
-        Maximum number of optimisation steps.
-    lr : float
-        Learning rate of the optimiser.
-    optimizer : str
-        One of ``adam`` (default), ``clippedadam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad``.
-    optim_args : dict
-        Further keyword arguments of the optimiser (e.g. ``{"betas": (0.9, 0.99)}``).
-    clip_norm : float, optional
-        Clip each parameter's gradient norm to this value.
-    num_particles : int
-        Monte Carlo particles per step (for ``iwae``/``renyi`` the number of importance samples K).
-    vectorize_particles : bool
-        Draw the particles in one vectorised pass.
-    batch_size : int, optional
-        Minibatch size over the data plate; the likelihood is scaled by N / batch_size.
-    tol, patience : float, int
-        Early stop when the smoothed loss has not improved by ``tol`` (relative) for ``patience`` steps.
-        ``patience=None`` runs every step and only reports whether the criterion held.
-    smoothing : int
-        Window (in steps) of the exponential moving average of the loss.
-    beta : float or callable
-        Weight of the KL term on continuous latents: a constant (beta-VAE) or ``beta(step) -> float``
-        (warm-up, e.g. :func:`ppl_lvm.linear_warmup`).
-    callbacks : sequence of callables
-        ``callback(state)`` after each step; return ``True`` to stop.
-    progress : bool, optional
-        Show a progress bar; default: only when stderr is a terminal.
-    device : str or torch.device, optional
-        Device for the data and the tensors the model creates.
-    seed : int
-        Seed of Pyro's, torch's and numpy's generators and of the minibatch order.
-    n_init : int
-        Independent restarts with seeds ``seed, seed + 1, ...``; the one with the lowest final smoothed loss is
-        returned and all of them are kept in ``result.restarts``.
-    """
-
-    steps: int = 1000
-    lr: float = 0.01
-    optimizer: str = "adam"
-    optim_args: dict = field(default_factory=dict)
-    clip_norm: float | None = None
-    num_particles: int = 1
-    vectorize_particles: bool = True
-    batch_size: int | None = None
-    tol: float = 1e-4
-    patience: int | None = None
-    smoothing: int = 50
-    beta: float | Callable[[int], float] = 1.0
-    callbacks: Sequence[Callable] = ()
-    progress: bool | None = None
-    device: str | torch.device | None = None
-    seed: int = 0
-    n_init: int = 1
-
-    @classmethod
-    def names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
-    def validate(self) -> None:
-        if self.device is not None:
-            try:
-                device = torch.device(self.device)
-            except (RuntimeError, TypeError) as exc:
-                raise ValueError(f"device={self.device!r} is not a torch device ({exc}); e.g. 'cpu' or 'cuda:0'") from exc
-            available = {"cuda": torch.cuda.is_available, "mps": torch.backends.mps.is_available}.get(device.type)
-            if available is not None and not available():
-                raise ValueError(f"device={self.device!r}, but this torch build or machine has no {device.type.upper()} "
-                                 f"device (torch.{device.type}.is_available() is False); use device='cpu' or leave "
-                                 "device unset")
-
-        def positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-            if value is None and allow_none:
-                return
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-
-        positive_int("steps", self.steps)
-        positive_int("num_particles", self.num_particles)
-        positive_int("smoothing", self.smoothing)
-        positive_int("batch_size", self.batch_size, allow_none=True)
-        positive_int("patience", self.patience, allow_none=True)
-        positive_int("n_init", self.n_init)
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
-        if not isinstance(self.tol, (int, float)) or self.tol < 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
-        if self.clip_norm is not None and (not isinstance(self.clip_norm, (int, float)) or self.clip_norm <= 0):
-            raise ValueError(f"clip_norm must be a positive number, got {self.clip_norm!r}")
-        if self.optimizer.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of {sorted(OPTIMIZERS)}")
-        if not callable(self.beta) and (not isinstance(self.beta, (int, float)) or self.beta < 0):
-            raise ValueError(f"beta must be a number >= 0 or a function of the step, got {self.beta!r}")
-        if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
-        for cb in self.callbacks:
-            if not callable(cb):
-                raise ValueError(f"callbacks must be callables, got {cb!r}")
-
-
-@dataclass
-class FitState:
-    """What a callback sees after each step."""
-
-    step: int
-    loss: float
-    smoothed_loss: float
-    best_loss: float
-    beta: float
-
-
-def smoothed_losses(losses: Sequence[float], smoothing: int) -> np.ndarray:
-    """The exponential moving average of ``losses`` at every step (``alpha = 2 / (smoothing + 1)``), as the loop
-    computes it."""
-    alpha = 2.0 / (smoothing + 1.0)
-    out = np.empty(len(losses), dtype=float)
-    smoothed = math.nan
-    for i, loss in enumerate(losses):
-        smoothed = loss if i == 0 else (1 - alpha) * smoothed + alpha * loss
-        out[i] = smoothed
-    return out
-
-
-def smoothed_final_loss(losses: Sequence[float], smoothing: int) -> float:
-    """The exponential moving average of ``losses`` at the last step (NaN for no steps)."""
-    return float(smoothed_losses(losses, smoothing)[-1]) if len(losses) else math.nan
-
-
-def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[[int], float]:
-    """A KL-weight schedule rising linearly from ``start`` to ``end`` over ``steps`` steps, then constant."""
-    if steps < 1:
-        raise ValueError(f"warm-up steps must be >= 1, got {steps}")
-
-    def schedule(step: int) -> float:
-        return start + (end - start) * min(1.0, step / steps)
-
-    return schedule
-
-
-@dataclass
-class Minibatch:
-    """How one step slices the data: the data plate, its full size, and which arguments are sliced."""
-
-    plate: str
-    size: int
-    batch_size: int
-    arguments: list[str]
-    #: "plate": Pyro scales sites in the subsampled plate; "loss": loss and gradients are scaled (IWAE)
-    scaling: str = "plate"
-
+__all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "linear_warmup", "run_loop", "smoothed_final_loss",
+           "smoothed_losses"]
 
 class KLWeight(Messenger):
     """Weight the log-densities of continuous latent sites (in model and guide alike) by the fit's beta.
@@ -293,7 +135,7 @@ def run_loop(
     progress = options.progress if options.progress is not None else sys.stderr.isatty()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.auto import tqdm  # only when a progress bar is shown
 
         bar = tqdm(total=options.steps, desc=method, leave=True, dynamic_ncols=True)
 

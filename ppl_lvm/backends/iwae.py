@@ -17,7 +17,7 @@ from pyro.infer import RenyiELBO
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import UnsupportedModelError
-from ..fit import FitOptions
+from ..fit_options import FitOptions
 from .base import Problem, VariationalBackend, VIPlan, local_and_global
 
 

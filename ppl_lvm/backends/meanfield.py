@@ -24,7 +24,7 @@ from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, t
 from pyro.poutine.util import site_is_subsample
 
 from ..errors import InferenceWarning, UnsupportedModelError
-from ..fit import FitOptions
+from ..fit_options import FitOptions
 from ..runtime import run_scope
 from .base import Problem, VariationalBackend, VIPlan
 from .svi import discrete_not_in_guide

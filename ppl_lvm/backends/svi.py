@@ -12,7 +12,7 @@ import pyro.poutine as poutine
 from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 
 from ..em.generic.size import check_enumeration_size
-from ..fit import FitOptions
+from ..fit_options import FitOptions
 from ..handlers import enumerating
 from .base import Problem, VariationalBackend, VIPlan
 

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import Diagnosis, diagnose
-from ..fit import smoothed_losses
+from ..fit_options import smoothed_losses
 from ._figure import _axes, _check_result, _finish, _is_em
 
 

@@ -139,7 +139,7 @@ def summarize_draws(draws: dict[str, np.ndarray]) -> Any:
     (with one chain it logs a shape-validation message); their ``r_hat`` is only a check of the sampler and is
     returned as the column ``r_hat`` for the caller to replace.
     """
-    import pandas as pd
+    import pandas as pd  # pandas is imported on first use: import ppl_lvm stays fast
 
     if not draws:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)

@@ -81,14 +81,6 @@ class Result(Outcome):
     def _constrained_params(self) -> dict[str, torch.Tensor]:
         return self.constrained_params()
 
-    def _require_model(self) -> Any:
-        return queries.require_model(self)
-
-    def _prepare_guide(self) -> None:
-        queries.prepare_guide(self)
-
-    def _enumerating_model(self) -> Any:
-        return queries.enumerating_model(self)
 
     # ------------------------------------------------------------------ posterior queries
     def sample_posterior(self, num_samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:

@@ -4,6 +4,7 @@ import numpy as np
 import pyro.poutine as poutine
 import pytest
 import torch
+from demo_data import clusters
 from pyro.infer.autoguide import init_to_value
 from scipy.stats import norm
 
@@ -16,8 +17,7 @@ CENTERS = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 7.0]], dtype=torch.float6
 
 
 def three_clusters(per_cluster=100):
-    g = torch.Generator().manual_seed(0)
-    return torch.cat([torch.randn(per_cluster, 2, generator=g, dtype=torch.float64) + c for c in CENTERS])
+    return clusters(CENTERS, per_cluster)
 
 
 @lvm.model

@@ -6,7 +6,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from demo_models import Encoder, gmm_map, ppca, ppca_log_marginal
+from demo_data import ppca_data, two_clusters
+from demo_models import Encoder, gmm_map, loc_gmm, ppca, ppca_log_marginal
 from scipy.special import logsumexp
 
 import ppl_lvm as lvm
@@ -16,13 +17,6 @@ from ppl_lvm.posterior.draws import importance_log_weights
 from ppl_lvm.posterior.stats import psis_khat, psis_khat_points
 
 KHAT_WARNING = r"Pareto k-hat = \d+\.\d+ > 0\.7 \((per data point|joint).*: .*Fit longer.*richer guide.*method='iwae'"
-
-
-def _ppca_data(n=20):
-    g = torch.Generator().manual_seed(0)
-    W = torch.randn(5, 2, generator=g)
-    z = torch.randn(n, 2, generator=g)
-    return z @ W.T + 0.5 * torch.randn(n, 5, generator=g)
 
 
 def _exact(fit, x):
@@ -40,7 +34,7 @@ def ppca_fits():
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        x = _ppca_data().double()
+        x = ppca_data().double()
         early = lvm.infer(ppca, x, method="svi", steps=5, lr=0.05, seed=0)
         converged = lvm.infer(ppca, x, method="svi", steps=800, lr=0.05, seed=0).fit_more(steps=400, lr=0.005)
         return x, early, converged
@@ -143,7 +137,7 @@ def ignores_z(x, q=2):
 
 @pytest.mark.parametrize("amortised", [False, True], ids=["normal", "amortised"])
 def test_a_decoder_that_ignores_z_has_no_active_units_and_warns_of_collapse(amortised, float64):
-    x = _ppca_data().double()
+    x = ppca_data().double()
     torch.manual_seed(0)
     guide = lvm.AmortizedNormal(Encoder().double(), site="z") if amortised else "normal"
     fit = lvm.infer(ignores_z, x, method="meanfield", guide=guide, steps=300, lr=0.05, seed=0)
@@ -189,8 +183,7 @@ def test_khat_of_a_mixture_sums_the_discrete_assignments_out(float64):
     Measured with 1000 draws (too slow for the suite: the enumerated per-draw joint takes ~25 s): k-hat 5.04 after
     5 steps, 0.61 after 800 steps at lr=0.05 + 400 at 0.005, 0.55 after 1500 + 400.
     """
-    g = torch.Generator().manual_seed(0)
-    x = torch.cat([torch.randn(12, 2, generator=g) - 3.0, torch.randn(12, 2, generator=g) + 3.0]).double()
+    x = two_clusters(12).double()
     fit = lvm.infer(gmm_map, {"x": x, "K": 2}, method="svi", guide="normal", steps=5, lr=0.05, seed=0)
     with pytest.warns(DiagnosticWarning, match=KHAT_WARNING):
         d = fit.diagnose(num_samples=200, ladder=())
@@ -209,8 +202,7 @@ def gmm_svi():
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.cat([torch.randn(12, 2, generator=g) - 3.0, torch.randn(12, 2, generator=g) + 3.0]).double()
+        x = two_clusters(12).double()
         return x, lvm.infer(gmm_map, {"x": x, "K": 2}, method="svi", guide="normal", steps=30, lr=0.05, seed=0)
     finally:
         torch.set_default_dtype(dtype)
@@ -273,18 +265,6 @@ def test_summary_refuses_bad_arguments(gmm_svi):
 
 
 # ---------------------------------------------------------------------------------------------------- converged GMM
-@lvm.model
-def loc_gmm(x, K=2):
-    """Unit-variance mixture: normal priors on the means (the guide's latents), weights a parameter, z enumerated."""
-    d = x.shape[1]
-    weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
-    with lvm.plate(K, name="components"):
-        locs = lvm.latent(dist.Normal(torch.zeros(d), 10.0).to_event(1))
-    with lvm.plate(len(x)):
-        z = lvm.latent(dist.Categorical(weights))
-        lvm.observe(dist.Normal(locs[z], 1.0).to_event(1), x)
-
-
 @pytest.fixture(scope="module")
 def converged_gmm():
     """loc_gmm on two clusters of 30 rows, mean-field normal guide, 300 steps with the learning rate decaying from
@@ -292,8 +272,7 @@ def converged_gmm():
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        g = torch.Generator().manual_seed(0)
-        x = torch.cat([torch.randn(30, 2, generator=g) - 3.0, torch.randn(30, 2, generator=g) + 3.0]).double()
+        x = two_clusters(30).double()
         return lvm.infer(loc_gmm, {"x": x, "K": 2}, method="svi", guide="normal", steps=300, lr=0.05,
                          optimizer="clippedadam", optim_args={"lrd": 0.99}, seed=0)
     finally:
@@ -344,7 +323,7 @@ def test_pointwise_log_weights_sum_to_the_joint_ones(case, ppca_fits, float64):
     elif case == "amortised":
         torch.manual_seed(0)
         guide = lvm.AmortizedNormal(Encoder().double(), site="z")
-        fit = lvm.infer(ppca, _ppca_data().double(), method="svi", guide=guide, steps=20, lr=0.05, seed=0)
+        fit = lvm.infer(ppca, ppca_data().double(), method="svi", guide=guide, steps=20, lr=0.05, seed=0)
     else:
         g = torch.Generator().manual_seed(1)
         x = torch.cat([torch.randn(10, 3, generator=g) - 2, torch.randn(10, 3, generator=g) + 2])
@@ -374,7 +353,7 @@ def exact_ppca_posterior(x, W, mu, sigma):
 
 
 def test_pointwise_log_weights_of_the_exact_posterior_are_log_p_x_i(float64):
-    x = _ppca_data()
+    x = ppca_data()
     W = torch.randn(5, 2, generator=torch.Generator().manual_seed(3))
     data = {"x": x, "W": W, "mu": torch.zeros(5), "sigma": torch.tensor(0.5)}
     fit = lvm.infer(fixed_ppca, data, method="svi", guide=exact_ppca_posterior, steps=1, seed=0)

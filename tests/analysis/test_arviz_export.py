@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from demo_data import normal_groups, two_clusters
 from demo_models import gmm_map, ppca
 from scipy.special import logsumexp
 from scipy.stats import norm
@@ -20,12 +21,6 @@ from ppl_lvm.posterior.arviz_compat import az as _az
 
 az = _az()
 KHAT_WARNING = r"Estimated shape parameter of Pareto distribution is greater than"
-
-
-def _two_clusters(n=12, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.cat([torch.randn(n, 2, generator=g) - 3.0, torch.randn(n, 2, generator=g) + 3.0])
-    return x.to(torch.get_default_dtype())
 
 
 def _flat(variable):
@@ -45,7 +40,7 @@ def svi_idata():
     """An SVI fit (mean-field normal guide, z enumerated) of a small mixture, exported with pandas labels."""
     torch.set_default_dtype(torch.float64)
     try:
-        x = _two_clusters()
+        x = two_clusters()
         frame = pd.DataFrame(x.numpy(), columns=["a", "b"], index=[f"row{i}" for i in range(len(x))])
         fit = lvm.infer(gmm_map, {"x": frame, "K": 2}, method="svi", guide="normal", steps=30, lr=0.05, seed=0)
         return x.numpy(), fit, fit.to_arviz(num_samples=60, seed=3, chains=2)
@@ -58,7 +53,7 @@ def test_svi_log_likelihood_equals_scipy_mixture_density_at_each_draw(guide, flo
     if guide == "normal":
         x, _, idata = svi_idata
     else:
-        x = _two_clusters().numpy()
+        x = two_clusters().numpy()
         fit = lvm.infer(gmm_map, {"x": torch.from_numpy(x), "K": 2}, method="svi", guide=guide, steps=30, lr=0.05,
                         seed=0)
         idata = fit.to_arviz(num_samples=20, seed=1)
@@ -146,8 +141,7 @@ def test_iwae_ppca_log_likelihood_is_the_conditional_density_at_each_drawn_z(flo
 
 
 def test_em_export_matches_scikit_learn(float64, tmp_path):
-    g = torch.Generator().manual_seed(5)
-    x = torch.cat([torch.randn(40, 2, generator=g) - 2.0, 0.5 * torch.randn(30, 2, generator=g) + 2.0])
+    x = normal_groups((40, 30), locs=(-2.0, 2.0), scales=(1.0, 0.5), seed=5, d=2)
     frame = pd.DataFrame(x.numpy(), columns=["u", "v"], index=[f"p{i}" for i in range(len(x))])
     fit = lvm.infer(gaussian_mixture, {"x": frame, "K": 2}, method="em", seed=0)
     idata = fit.to_arviz()

@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from demo_data import THREE_CENTERS, clusters
 from demo_models import ppca
 
 import ppl_lvm as lvm
@@ -57,9 +58,7 @@ def test_relabel_maps_assignments_and_keeps_padding():
 
 
 def _three_clusters(seed=0, n=30):
-    g = torch.Generator().manual_seed(seed)
-    centers = torch.tensor([[-4.0, 0.0], [4.0, 0.0], [0.0, 5.0]], dtype=torch.float64)
-    return torch.cat([torch.randn(n, 2, generator=g, dtype=torch.float64) + c for c in centers])
+    return clusters(THREE_CENTERS, n, seed=seed)
 
 
 def test_em_fits_with_permuted_components_give_identical_aligned_summaries(float64):
