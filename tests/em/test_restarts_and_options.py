@@ -200,3 +200,13 @@ def test_fit_more_continues_from_the_fitted_parameters(float64):
     assert more.log_likelihood > two.log_likelihood + 1.0
     assert more.log_likelihood == pytest.approx(four.log_likelihood, rel=1e-10)
     assert more.options["init_params"] == "params"
+
+
+@pytest.mark.parametrize("covariance_type", ["diag", "full"])
+def test_reg_covar_zero_on_duplicated_points_says_the_likelihood_is_unbounded(float64, covariance_type):
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(50, 2, generator=g), torch.full((10, 2), 3.0)])  # ten identical points
+    with pytest.warns(lvm.EMDegeneracyWarning, match=r"with reg_covar=0 a component can sit on identical points, "
+                      r"where the likelihood is unbounded.*Use reg_covar > 0"):
+        lvm.infer(gaussian_mixture, {"x": x, "K": 3, "covariance_type": covariance_type}, method="em",
+                  reg_covar=0.0, max_iter=200)

@@ -115,6 +115,15 @@ def _two_pass_covariances(
     return cov + reg
 
 
+def _unbounded(reg: float) -> str:
+    """What a repaired covariance means for the numbers a fit reports."""
+    if reg > 0:
+        return ""
+    return ("; with reg_covar=0 a component can sit on identical points, where the likelihood is unbounded: the "
+            "log-likelihood, BIC and AIC of this fit measure the repair, not the data. Use reg_covar > 0 (the "
+            "default is 1e-6) or remove duplicated points")
+
+
 def _precision_cholesky(
     cov: torch.Tensor, ct: str, reg: float = 0.0, repair: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +155,7 @@ def _precision_cholesky(
             else:
                 cov = target
             chol, info = torch.linalg.cholesky_ex(cov)
-            _warn(f"singular covariance repaired by adding {jitter:.3g} to its diagonal")
+            _warn(f"singular covariance repaired by adding {jitter:.3g} to its diagonal" + _unbounded(reg))
         eye = torch.eye(d, dtype=cov.dtype).expand_as(chol)
         prec_chol = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(-1, -2)
         return prec_chol, cov
@@ -154,7 +163,7 @@ def _precision_cholesky(
         if not repair:
             raise ValueError("Variances must be positive; increase reg_covar")
         floor = max(reg, 1e-10)
-        _warn(f"non-positive variance replaced by {floor:.3g}")
+        _warn(f"non-positive variance replaced by {floor:.3g}" + _unbounded(reg))
         cov = cov.clamp_min(floor)
     return 1.0 / torch.sqrt(cov), cov
 
