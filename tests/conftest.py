@@ -3,6 +3,14 @@ import os
 import pyro
 import pytest
 import torch
+from hypothesis import settings
+
+# Property tests draw the same examples on every run (set PPL_LVM_TEST_EXPLORE=1 to draw new ones): a suite that
+# passes on one machine passes on the next. New examples are explored on purpose, and the failures found are kept
+# as explicit @example cases.
+settings.register_profile("fixed", derandomize=True, database=None)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("explore" if os.environ.get("PPL_LVM_TEST_EXPLORE") == "1" else "fixed")
 
 # One thread: on a 2-core machine small tensor ops under a second busy thread run several times slower. To see
 # which tests depend on the floating-point path, run the suite with PPL_LVM_TEST_THREADS=2 and with
