@@ -1,9 +1,15 @@
+import os
+
 import pyro
 import pytest
 import torch
 
-# One thread: on a 2-core machine small tensor ops under a second busy thread run several times slower.
-torch.set_num_threads(1)
+# One thread: on a 2-core machine small tensor ops under a second busy thread run several times slower. To see
+# which tests depend on the floating-point path, run the suite with PPL_LVM_TEST_THREADS=2 and with
+# PPL_LVM_TEST_DETERMINISTIC=1 (torch.use_deterministic_algorithms) too.
+torch.set_num_threads(int(os.environ.get("PPL_LVM_TEST_THREADS", "1")))
+if os.environ.get("PPL_LVM_TEST_DETERMINISTIC") == "1":
+    torch.use_deterministic_algorithms(True)
 
 
 @pytest.fixture(autouse=True)
