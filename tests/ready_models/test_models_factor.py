@@ -70,7 +70,7 @@ def test_closed_forms_agree_with_scikit_learn():
 
 def test_ppca_by_svi_reaches_the_closed_form_maximum():
     x, W_true = _simulate(0.5)
-    fit = lvm.infer(ppca, {"x": x, "q": Q}, method="svi", num_particles=2, seed=0, **_decaying(400, 0.05, 0.1))
+    fit = lvm.infer(ppca, {"x": x, "q": Q}, method="svi", num_particles=2, seed=0, **_decaying(1000, 0.05, 0.1))
     assert fit.guide_name.startswith("user guide")
     W, mu, sigma = fit.params["W"], fit.params["mu"], fit.params["sigma"]
     exact = ppca_log_marginal(x, W, mu, sigma)
@@ -85,10 +85,11 @@ def test_ppca_by_svi_reaches_the_closed_form_maximum():
     print(f"ppca: log p(x) gap to the MLE {best - exact:.3f} nats; |WW^T - WW^T_mle|/|WW^T_mle| {cov_err:.4f}; "
           f"sigma {float(sigma):.4f} vs MLE {float(mle['sigma']):.4f}; largest angle to the true subspace "
           f"{angle_true:.4f} rad")
-    # measured (N=500, D=8, q=2, 400 steps x 2 particles): gap 2.30 nats (0.005 per row); WW^T 0.085 from the
-    # MLE's (which is itself 0.069 from the truth: the likelihood is flat along the large-variance directions);
-    # sigma 0.0032 from the MLE's; largest principal angle to the true subspace 0.014 rad
-    assert 0 <= best - exact < 8.0
+    # measured over fit seeds 0-5 (N=500, D=8, q=2, 1000 steps x 2 particles): gap 0.85-2.84 nats; WW^T 0.043-0.110
+    # from the MLE's (which is itself 0.069 from the truth: the likelihood is flat along the large-variance
+    # directions); sigma 0.0000-0.0059 from the MLE's; largest principal angle to the true subspace 0.012-0.015 rad.
+    # With 400 steps the gap spread over 2.3-8.2 nats: the fit had not settled, and the seed decided the test.
+    assert 0 <= best - exact < 5.0
     assert cov_err < 0.2
     assert abs(float(sigma) - float(mle["sigma"])) < 0.02
     assert angle_true < 0.05
@@ -122,8 +123,9 @@ def test_factor_analysis_by_svi_reaches_the_maximum():
     print(f"fa: WW^T of the MLE vs the truth {mle_err:.4f} relative")
     print(f"fa: log p(x) gap to the MLE {best - exact:.3f} nats; WW^T {cov_err:.4f} relative; psi {psi_err:.4f} "
           f"from the MLE's; largest angle to the true subspace {angle_true:.4f} rad")
-    # measured (N=500, D=8, q=2, 400 steps x 2 particles): gap 2.63 nats; WW^T 0.074 from the MLE's (the MLE is
-    # 0.069 from the truth); psi 0.040 from the MLE's (max abs.); largest angle to the true subspace 0.027 rad.
+    # measured over fit seeds 0-5 (N=500, D=8, q=2, 400 steps x 2 particles): gap 1.26-2.63 nats; WW^T 0.033-0.074
+    # from the MLE's (the MLE is 0.069 from the truth); psi 0.040-0.092 from the MLE's (max abs.); largest angle to
+    # the true subspace 0.027-0.030 rad.
     # (method="meanfield" with the same budget ends 13-15 nats below the maximum: see models/factor.py)
     assert 0 <= best - exact < 8.0
     assert cov_err < 0.2
