@@ -34,7 +34,9 @@ def normal_guide(x):
 @pytest.mark.parametrize("guide", [normal_guide, "normal"])
 def test_svi_recovers_the_conjugate_posterior_within_3_percent(normal_data, guide, float64):
     x = normal_data.double()
-    fit = lvm.infer(normal_normal, x, method="svi", guide=guide, steps=3000, num_particles=8,
+    # over fit seeds 0-4 and both guides: mean within 0.5%, sd within 1.8% (with 8 particles the sd spread reached
+    # 2.8%, too close to the 3% tolerance for a test that must pass on any CPU)
+    fit = lvm.infer(normal_normal, x, method="svi", guide=guide, steps=3000, num_particles=32,
                     optimizer="clippedadam", lr=0.05, optim_args={"lrd": 0.999}, seed=0)
     exact_mean, exact_sd = normal_normal_posterior(x)
     mean, sd = _posterior_of(fit)
@@ -131,7 +133,8 @@ def test_minibatches_scale_the_likelihood(normal_data, float64):
     mini = lvm.infer(normal_normal, x, steps=2000, lr=0.05, num_particles=4, batch_size=10, seed=0)
     exact_mean, exact_sd = normal_normal_posterior(x)
     mean, sd = _posterior_of(mini)
-    # with N/B scaling the minibatch posterior has the full-data width (unscaled it would be sqrt(5) wider)
+    # with N/B scaling the minibatch posterior has the full-data width (unscaled it would be sqrt(5) wider); over fit
+    # seeds 0-4: sd 8.6-13.2% narrow (minibatch noise), mean within 1.0%, ELBOs within 0.2% of each other
     assert sd == pytest.approx(exact_sd, rel=0.25)
     assert mean == pytest.approx(exact_mean, rel=0.05)
     assert full.elbo == pytest.approx(mini.elbo, rel=0.1)
