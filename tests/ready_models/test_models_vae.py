@@ -33,12 +33,14 @@ def test_linear_gaussian_vae_reaches_the_true_generators_held_out_likelihood():
     truth = _exact_log_lik(w, b, torch.full((D,), 0.25), x_test).mean()
     vae = VAE(D, latent_dim=L, hidden=(), likelihood="gaussian")
     start = vae.log_likelihood(x_test, num_particles=1000).mean()
-    lvm.infer(vae.model, x_train, method="svi", guide=vae.guide, lr=0.05, steps=400, seed=0)
+    lvm.infer(vae.model, x_train, method="svi", guide=vae.guide, lr=0.05, steps=800, seed=0)
     linear = vae.decoder.net[0]
     with torch.no_grad():
         fitted = _exact_log_lik(linear.weight, linear.bias, vae.decoder.scale**2, x_test).mean()
     iwae = vae.log_likelihood(x_test, num_particles=1000).mean()
-    # measured (seed 0): truth -7.532, fitted exact -7.544, IWAE_1000 -7.544, before training about -14.6
+    # measured (seed 0): truth -7.532, fitted exact -7.543, before training about -14.6; over seeds 0-4 (network
+    # initialisation and fit): fitted - truth -0.007 to -0.013, |IWAE_1000 - exact| <= 8e-4 (at 400 steps one seed
+    # ended 0.041 below the truth, too close to the tolerance)
     assert start < truth - 5
     assert abs(float(fitted - truth)) < 0.05  # nats per point; the maximum-likelihood gap at N=1000 is ~0.01
     # the estimator: IWAE_1000 with a near-exact Gaussian proposal matches the closed form (measured gap 1e-4)
