@@ -33,7 +33,15 @@ from ..handlers import replay_trace
 from ..outcome import Outcome
 from ..runtime import run_scope
 from . import terms
-from .queries import enumerating_model, guide_vectorizes, prepare_guide, require_model, vectorizes
+from .queries import (
+    check_count,
+    enumerating_model,
+    guide_traces,
+    guide_vectorizes,
+    prepare_guide,
+    require_model,
+    vectorizes,
+)
 
 __all__ = ["Replay", "replay", "importance_log_weights", "pointwise_log_weights", "loo_inputs", "cached_draws"]
 
@@ -64,11 +72,6 @@ class Replay:
         return None if self.log_q is None else self.lp - self.log_q
 
 
-def _check_count(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {value!r}")
-
-
 def _density(fit: Outcome) -> bool:
     name = str(fit.guide_name).lower()
     return "delta" not in name and "map" not in name
@@ -76,7 +79,7 @@ def _density(fit: Outcome) -> bool:
 
 def replay(fit: Outcome, num_samples: int, seed: int | None = None) -> Replay:
     """The pass of ``num_samples`` draws at ``seed`` (default: the fit's seed), computed once per fit."""
-    _check_count(num_samples)
+    check_count("num_samples", num_samples)
     seed = int(fit.seed if seed is None else seed)
     key = ("replay", num_samples, seed)
     if key not in fit.cache:
@@ -89,14 +92,6 @@ def cached_draws(fit: Outcome, num_samples: int, seed: int) -> dict[str, torch.T
     :func:`~ppl_lvm.posterior.queries.guide_draws` at the same S and seed)."""
     found = fit.cache.get(("replay", num_samples, int(seed)))
     return None if found is None else found.draws
-
-
-def _guide_traces(fit: Outcome, s: int, vectorised: bool, nesting: int) -> list[poutine.Trace]:
-    kwargs = fit.data.kwargs
-    if vectorised:
-        with pyro.plate(terms.DRAW_PLATE, s, dim=-(nesting + 1)):
-            return [poutine.trace(fit.guide).get_trace(**kwargs)]
-    return [poutine.trace(fit.guide).get_trace(**kwargs) for _ in range(s)]
 
 
 def _model_trace(fit: Outcome, values: Any, s: int | None, nesting: int) -> poutine.Trace:
@@ -133,16 +128,16 @@ def _run(fit: Outcome, s: int, seed: int) -> Replay:
     with fit.activated(), torch.no_grad(), run_scope(fit.guide):
         prepare_guide(fit)
         pyro.set_rng_seed(seed)
-        guide_traces = _guide_traces(fit, s, vec_guide, nesting)
-        first = guide_traces[0]
+        traced = guide_traces(fit, s, vec_guide)
+        first = traced[0]
         guide_sites = [m for m, nd in first.nodes.items() if nd["type"] == "sample" and m in structure.sites]
-        draws = {m: torch.cat([terms.per_draw(t.nodes[m]["value"], structure.sites[m].shape) for t in guide_traces])
+        draws = {m: torch.cat([terms.per_draw(t.nodes[m]["value"], structure.sites[m].shape) for t in traced])
                  for m in guide_sites}
         replayed = [m for m in guide_sites if m not in enumerated]
 
         # log q (and its per-point terms) from the guide's own traces
         log_q_parts, point_q_parts = [], []
-        for t in guide_traces:
+        for t in traced:
             lq, pq = terms.guide_terms(t, set(replayed), nesting, dim, n) if _density(fit) else (None, None)
             log_q_parts.append(lq)
             point_q_parts.append(pq)

@@ -20,11 +20,14 @@ from ..handlers import enumerating
 from ..model import Model
 from ..outcome import Outcome
 from ..runtime import run_scope
+from .terms import DRAW_PLATE
 
 __all__ = [
+    "check_count",
     "elbo_estimate",
     "enumerating_model",
     "guide_draws",
+    "guide_traces",
     "guide_vectorizes",
     "log_evidence",
     "posterior_predictive",
@@ -42,7 +45,8 @@ def require_model(fit: Outcome) -> Model:
     return fit.model
 
 
-def _check_count(name: str, value: Any) -> None:
+def check_count(name: str, value: Any) -> None:
+    """Refuse a draw or particle count that is not a positive integer."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
@@ -91,13 +95,16 @@ def vectorizes(fit: Outcome) -> bool:
 
 def guide_vectorizes(fit: Outcome) -> bool:
     """Whether the guide alone runs vectorised over a plate of draws (decided once per fit)."""
-    nesting = fit.structure.max_plate_nesting
+    return _vectorizes(fit, "guide", lambda n: guide_traces(fit, n, vectorised=True)[0])
 
-    def run(n: int) -> poutine.Trace:
-        with pyro.plate("_num_samples", n, dim=-(nesting + 1)):
-            return poutine.trace(fit.guide).get_trace(**fit.data.kwargs)
 
-    return _vectorizes(fit, "guide", run)
+def guide_traces(fit: Outcome, num_samples: int, vectorised: bool) -> list[poutine.Trace]:
+    """Traces of the guide for ``num_samples`` draws: one trace under the plate of draws, or one trace per draw."""
+    kwargs = fit.data.kwargs
+    if vectorised:
+        with pyro.plate(DRAW_PLATE, num_samples, dim=-(fit.structure.max_plate_nesting + 1)):
+            return [poutine.trace(fit.guide).get_trace(**kwargs)]
+    return [poutine.trace(fit.guide).get_trace(**kwargs) for _ in range(num_samples)]
 
 
 def _trace_draws(fit: Outcome, num_samples: int | None, predictive: bool) -> poutine.Trace:
@@ -107,7 +114,7 @@ def _trace_draws(fit: Outcome, num_samples: int | None, predictive: bool) -> pou
     with contextlib.ExitStack() as stack:
         first_dim = -(nesting + 1)
         if num_samples is not None:
-            stack.enter_context(pyro.plate("_num_samples", num_samples, dim=-(nesting + 1)))
+            stack.enter_context(pyro.plate(DRAW_PLATE, num_samples, dim=-(nesting + 1)))
             first_dim -= 1
         guide_trace = poutine.trace(fit.guide).get_trace(**kwargs)
         fn = poutine.replay(enumerating_model(fit), trace=guide_trace)
@@ -119,7 +126,7 @@ def _trace_draws(fit: Outcome, num_samples: int | None, predictive: bool) -> pou
 
 
 def _draw(fit: Outcome, num_samples: int, seed: int | None, predictive: bool) -> dict[str, torch.Tensor]:
-    _check_count("num_samples", num_samples)
+    check_count("num_samples", num_samples)
     require_model(fit)
     structure = fit.structure
     wanted = [s.name for s in structure.latent_sites]
@@ -153,10 +160,9 @@ def posterior_predictive(fit: Outcome, num_samples: int = 100, seed: int | None 
 def guide_draws(fit: Outcome, num_samples: int, seed: int | None = None, names: list[str] | None = None
                 ) -> dict[str, torch.Tensor]:
     """Draws of the sites the guide samples (only those in ``names`` when given), ``(num_samples, *site)``."""
-    _check_count("num_samples", num_samples)
+    check_count("num_samples", num_samples)
     require_model(fit)
     structure = fit.structure
-    kwargs = fit.data.kwargs
 
     def wanted(trace: poutine.Trace) -> list[str]:
         return [n for n, node in trace.nodes.items()
@@ -166,11 +172,10 @@ def guide_draws(fit: Outcome, num_samples: int, seed: int | None = None, names: 
         prepare_guide(fit)
         pyro.set_rng_seed(fit.seed if seed is None else seed)
         if guide_vectorizes(fit):
-            with pyro.plate("_num_samples", num_samples, dim=-(structure.max_plate_nesting + 1)):
-                trace = poutine.trace(fit.guide).get_trace(**kwargs)
+            trace = guide_traces(fit, num_samples, vectorised=True)[0]
             return {n: trace.nodes[n]["value"].reshape((num_samples,) + structure.sites[n].shape)
                     for n in wanted(trace)}
-        traces = [poutine.trace(fit.guide).get_trace(**kwargs) for _ in range(num_samples)]
+        traces = guide_traces(fit, num_samples, vectorised=False)
         return {n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])
                 for n in wanted(traces[0])}
 
@@ -185,7 +190,7 @@ def _bound(fit: Outcome, elbo: Any, seed: int | None) -> float:
 
 def elbo_estimate(fit: Outcome, num_particles: int = 100, seed: int | None = None) -> float:
     """A Monte Carlo estimate of the ELBO at the fitted parameters (discrete latents enumerated exactly)."""
-    _check_count("num_particles", num_particles)
+    check_count("num_particles", num_particles)
     nesting = fit.structure.max_plate_nesting
     vectorize = vectorizes(fit)
     if fit.enumerated:
@@ -202,7 +207,7 @@ def log_evidence(fit: Outcome, num_particles: int = 1000, seed: int | None = Non
     Exact (no sampling) when every latent is discrete and enumerated. With continuous latents it is the IWAE
     bound with the guide as proposal: below log p(x), tighter as K grows.
     """
-    _check_count("num_particles", num_particles)
+    check_count("num_particles", num_particles)
     nesting = fit.structure.max_plate_nesting
     if not fit.structure.continuous_latents:
         # exact: nothing is sampled (a model without any latent has nothing to enumerate either)
