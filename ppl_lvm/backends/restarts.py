@@ -64,9 +64,10 @@ def run_restarts(
     restarts are passed on once each; the :class:`~ppl_lvm.errors.ConvergenceWarning` only for the kept fit.
     """
     fits: list[O] = []
-    caught_per_fit: list[list[warnings.WarningMessage]] = []
-    failures: list[FitError] = []
+    convergence: list[list[warnings.WarningMessage]] = []  # per finished fit: only the kept one's are passed on
     others: list[warnings.WarningMessage] = []
+    failures: list[FitError] = []
+    dropped: list[str] = []
     interrupted_at: int | None = None
     for restart in range(n_init):
         with warnings.catch_warnings(record=True) as caught:
@@ -75,37 +76,38 @@ def run_restarts(
                 outcome = fit_once(restart, int(seed) + restart)
             except FitError as err:
                 failures.append(err)
-                others.extend(w for w in caught if not issubclass(w.category, ConvergenceWarning))
-                if n_init > 1:
-                    others.append(warnings.WarningMessage(
-                        InferenceWarning(f"restart {restart} (seed {int(seed) + restart}) of {name} failed and is "
-                                         f"dropped: {err}"), InferenceWarning, __file__, 0))
-                continue
+                dropped.append(f"restart {restart} (seed {int(seed) + restart}) of {name} failed and is dropped: {err}")
+                outcome = None
             except KeyboardInterrupt:
                 if not fits:
                     raise
                 interrupted_at = restart
-                others.extend(w for w in caught if not issubclass(w.category, ConvergenceWarning))
-                break
-        fits.append(outcome)
-        caught_per_fit.append([w for w in caught if issubclass(w.category, ConvergenceWarning)])
+                outcome = None
         others.extend(w for w in caught if not issubclass(w.category, ConvergenceWarning))
+        if interrupted_at is not None:
+            break
+        if outcome is None:
+            continue
+        fits.append(outcome)
+        convergence.append([w for w in caught if issubclass(w.category, ConvergenceWarning)])
         if getattr(outcome, "interrupted", False):  # Ctrl-C inside the fit ends the restarts too
             break
     seen: set = set()
+    _reemit(others, seen)
     if not fits:
-        _reemit([w for w in others if w.category is not InferenceWarning], seen)
         raise failures[-1]
     scores = [float(score(f)) for f in fits]
     scores = [s if math.isfinite(s) else -math.inf for s in scores]
     best_index = max(range(len(fits)), key=scores.__getitem__)
     best = fits[best_index]
-    _reemit(others, seen)
+    if n_init > 1:
+        for message in dropped:
+            warnings.warn(message, InferenceWarning, stacklevel=3)
     if interrupted_at is not None:
         best.interrupted = True
         warnings.warn(f"{name} interrupted (Ctrl-C) during restart {interrupted_at + 1} of {n_init}; the best "
                       "finished restart is kept", InferenceWarning, stacklevel=3)
-    _reemit(caught_per_fit[best_index], seen)
+    _reemit(convergence[best_index], seen)
     if n_init > 1:
         for fit in fits:
             fit.restarts = []
