@@ -13,6 +13,8 @@ import torch
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 
+from ._checks import check_k
+
 __all__ = ["gaussian_hmm", "gaussian_hmm_vectorized", "categorical_hmm", "pad_sequences"]
 
 
@@ -56,14 +58,8 @@ def pad_sequences(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     return padded, lengths
 
 
-def _check_k(K, name: str, what: str) -> None:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"{name}: K must be a positive integer (the number of {what}), got {K!r}"
-                         + ("; pass K=int(...)" if isinstance(K, str) else ""))
-
-
 def _check_sequences(x, lengths, ndim: int, name: str, expected: str, K) -> None:
-    _check_k(K, name, "hidden states")
+    check_k(K, name, "hidden states")
     if not isinstance(x, torch.Tensor) or x.dim() != ndim:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: x must be a tensor of shape {expected}, got {shape}; "

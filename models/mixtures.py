@@ -11,6 +11,8 @@ import torch
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 
+from ._checks import check_k
+
 __all__ = ["gaussian_mixture", "bernoulli_mixture", "poisson_mixture", "COVARIANCE_TYPES"]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical", "tied")
@@ -21,14 +23,8 @@ def _spread_rows(x: torch.Tensor, k: int) -> torch.Tensor:
     return x[torch.linspace(0, len(x) - 1, k).long()].clone()
 
 
-def _check_k(K, name: str, what: str) -> None:
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"{name}: K must be a positive integer (the number of {what}), got {K!r}"
-                         + ("; pass K=int(...)" if isinstance(K, str) else ""))
-
-
 def _check_rows(x, name: str, K) -> None:
-    _check_k(K, name, "components")
+    check_k(K, name, "components")
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
         raise ValueError(f"{name}: x must be a tensor of shape (N, D), got {shape}; reshape 1-d data with x[:, None]")

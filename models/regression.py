@@ -14,6 +14,8 @@ import torch
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 
+from ._checks import check_k
+
 __all__ = ["regression_mixture", "simulate_regression_mixture"]
 
 
@@ -25,8 +27,7 @@ def _check(x, y, K, name: str) -> None:
     if y is not None and (not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],)):
         shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
         raise ValueError(f"{name}: y must be a tensor of shape ({x.shape[0]},), one response per row of x, got {shape}")
-    if isinstance(K, bool) or not isinstance(K, int) or K < 1:
-        raise ValueError(f"{name}: K must be a positive integer (the number of components), got {K!r}")
+    check_k(K, name, "components")
 
 
 def _least_squares(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
