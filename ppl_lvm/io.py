@@ -150,7 +150,7 @@ def _leaves(payload: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """Every stored tensor and string of a payload by path (``params/W``, ``restarts/1/losses``, ...)."""
     if isinstance(payload, dict):
         for key in sorted(payload):
-            if prefix == "" and key in ("checksums", "state"):
+            if prefix == "" and key == "checksums":
                 continue
             yield from _leaves(payload[key], f"{prefix}{key}/")
     elif isinstance(payload, (list, tuple)):

@@ -138,14 +138,14 @@ def _check_no_broadcast(name: str, fn: Any, value: torch.Tensor, event_dim: int,
     fn_batch = tuple(fn.batch_shape)
     plates = {frame.dim: frame for frame in pyro.poutine.runtime._PYRO_STACK
               if isinstance(frame, pyro.poutine.plate_messenger.PlateMessenger) and frame.dim is not None}
+    if not plates:
+        return  # no plate to broadcast against: the distribution's batch shape check above applies
     for position in range(-len(batch), 0):
         size = batch[position]
         if size == 1 or position in plates:
             continue
         if len(fn_batch) >= -position and fn_batch[position] == size:
             continue
-        if not plates:
-            continue  # no plate to broadcast against: the distribution's batch shape check above applies
         around = ", ".join(f"'{f.name}' (size {f.subsample_size}, dim {d})" for d, f in sorted(plates.items()))
         squeezed = tuple(d for d in value.shape if d != 1)
         raise ModelCheckError(

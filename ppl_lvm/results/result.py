@@ -78,9 +78,6 @@ class Result(Outcome):
             f"converged={self.converged}, elbo={self.elbo:.6g}, params=[{names}])"
         )
 
-    def _constrained_params(self) -> dict[str, torch.Tensor]:
-        return self.constrained_params()
-
 
     # ------------------------------------------------------------------ posterior queries
     def sample_posterior(self, num_samples: int = 1000, seed: int | None = None) -> dict[str, torch.Tensor]:
