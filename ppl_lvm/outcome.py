@@ -85,11 +85,6 @@ class Outcome:
             store = pyro.get_param_store()
             return {name: store[name].detach().clone() for name in list(store.keys())}
 
-    @property
-    def final_loss(self) -> float:
-        """The last loss, or NaN for a fit without steps."""
-        return float(self.losses[-1]) if len(self.losses) else math.nan
-
 
 @dataclass
 class EMOutcome(Outcome):
