@@ -27,9 +27,15 @@ signed increase; the two agree unless the log-likelihood falls by more than ``to
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["ConvergenceMonitor", "not_converged_message"]
+from ..errors import EMDegeneracyWarning
+
+__all__ = ["ConvergenceMonitor", "KernelFit", "iterate", "not_converged_message"]
 
 
 @dataclass
@@ -67,6 +73,55 @@ class ConvergenceMonitor:
         A change of 0, the same rule: converged when ``0 < tol``.  Needs a previous report.
         """
         return self.report(self.history[-1])
+
+
+@dataclass
+class KernelFit:
+    """What a closed-form EM loop returns.
+
+    Attributes
+    ----------
+    params : dict of torch.Tensor
+        Final parameters (after the last M-step).
+    history : list of float
+        The value each iteration's E-step reported (before its M-step), in the kernel's units.
+    converged : bool
+        Whether the convergence rule held at the last report.
+    n_iter : int
+        Iterations run.
+    """
+
+    params: dict
+    history: list[float] = field(default_factory=list)
+    converged: bool = False
+    n_iter: int = 0
+
+
+def iterate(step: Callable[[dict], tuple[float, dict]], params: dict, max_iter: int, tol: float | None,
+            callback: Any = None, stop_on_nan: bool = False) -> KernelFit:
+    """The closed-form EM loop: ``value, params = step(params)`` (E-step value, then M-step) under the one rule.
+
+    ``callback(n_iter, value, params)`` returning True stops the loop. With ``stop_on_nan`` a NaN value stops it
+    with an :class:`~ppl_lvm.errors.EMDegeneracyWarning`.
+    """
+    result = KernelFit(params=params)
+    monitor = ConvergenceMonitor(tol)
+    for n_iter in range(1, max_iter + 1):
+        value, params = step(params)
+        result.n_iter = n_iter
+        if stop_on_nan and math.isnan(value):
+            monitor.history.append(value)
+            warnings.warn("EM produced a NaN log-likelihood", EMDegeneracyWarning, stacklevel=3)
+            break
+        converged = monitor.report(value)
+        if callback is not None and callback(n_iter, value, params):
+            break
+        if converged:
+            break
+    result.params = params
+    result.history = monitor.history
+    result.converged = monitor.converged
+    return result
 
 
 def not_converged_message(max_iter: int, tol: float | None, what: str = "EM") -> str:

@@ -13,14 +13,12 @@ M-step, sklearn's ``lower_bounds_``), and convergence is
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..errors import EMDegeneracyWarning
-from .convergence import ConvergenceMonitor
+from .convergence import KernelFit, iterate
 
 __all__ = [
     "EMDegeneracyWarning",
@@ -173,25 +171,7 @@ def mixture_log_likelihood(
     return mixture_e_step(lp, params["weights"].log(), inplace=True)
 
 
-@dataclass
-class MixtureFitResult:
-    """Outcome of :func:`fit_mixture`.
-
-    Attributes
-    ----------
-    params : dict of torch.Tensor
-        Final parameters (after the last M-step), including ``"weights"``.
-    history : list of float
-        Mean per-point log-likelihood of each iteration's E-step (sklearn's
-        ``lower_bounds_``); ``history[-1]`` is sklearn's ``lower_bound_``.
-    converged : bool
-    n_iter : int
-    """
-
-    params: Params
-    history: list[float] = field(default_factory=list)
-    converged: bool = False
-    n_iter: int = 0
+MixtureFitResult = KernelFit  # what fit_mixture returns; history: the mean log-likelihood per point
 
 
 def fit_mixture(
@@ -242,26 +222,12 @@ def fit_mixture(
     params = family.complete_params(dict(init_params))
     if "weights" not in params:
         raise ValueError("init_params must contain 'weights'")
-    result = MixtureFitResult(params=params)
-    monitor = ConvergenceMonitor(tol)
-    for n_iter in range(1, max_iter + 1):
+
+    def step(params: Params) -> tuple[float, Params]:
         lp = family.log_prob(X, params, cache=cache)
         ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
-        lower_bound = float(ll.mean())
         new_params = family.m_step(X, resp, params, reg, cache=cache)
         new_params["weights"] = weights_m_step(resp.sum(dim=0))
-        params = new_params
-        result.n_iter = n_iter
-        if math.isnan(lower_bound):  # pragma: no cover - defensive
-            monitor.history.append(lower_bound)
-            warnings.warn("EM produced a NaN log-likelihood", EMDegeneracyWarning, stacklevel=2)
-            break
-        converged = monitor.report(lower_bound)
-        if callback is not None and callback(n_iter, lower_bound, params):
-            break
-        if converged:
-            break
-    result.params = params
-    result.history = monitor.history
-    result.converged = monitor.converged
-    return result
+        return float(ll.mean()), new_params
+
+    return iterate(step, params, max_iter, tol, callback, stop_on_nan=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ...errors import EMDegeneracyWarning
-from ..convergence import ConvergenceMonitor
+from ..convergence import KernelFit, iterate
 from ..mixture import EmissionFamily
 from .estep import hmm_e_step
 from .layout import _Buckets
@@ -68,25 +67,7 @@ def hmm_n_parameters(family: EmissionFamily, params: Params) -> int:
 # --------------------------------------------------------------------------- loop
 
 
-@dataclass
-class HMMFitResult:
-    """Outcome of :func:`fit_hmm`.
-
-    Attributes
-    ----------
-    params : dict of torch.Tensor
-        Final parameters (after the last M-step).
-    history : list of float
-        Total log-likelihood (summed over sequences) of each iteration's
-        E-step, i.e. hmmlearn's ``monitor_.history``.
-    converged : bool
-    n_iter : int
-    """
-
-    params: Params
-    history: list[float] = field(default_factory=list)
-    converged: bool = False
-    n_iter: int = 0
+HMMFitResult = KernelFit  # what fit_hmm returns; history: the total log-likelihood (hmmlearn's units)
 
 
 def fit_hmm(
@@ -144,22 +125,12 @@ def fit_hmm(
     params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
     n_total = int(cache["n"])
     buckets = _Buckets(lengths, n_total)
-    result = HMMFitResult(params=params)
-    monitor = ConvergenceMonitor(tol)
-    for n_iter in range(1, max_iter + 1):
+
+    def step(params: Params) -> tuple[float, Params]:
         log_em = family.log_prob(X, params, cache=cache)
         stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
-        total = float(stats.log_likelihood.sum())
         new = family.m_step(X, stats.gamma, params, reg, cache=cache)
         new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)
-        params = new
-        result.n_iter = n_iter
-        converged = monitor.report(total)
-        if callback is not None and callback(n_iter, total, params):
-            break
-        if converged:
-            break
-    result.params = params
-    result.history = monitor.history
-    result.converged = monitor.converged
-    return result
+        return float(stats.log_likelihood.sum()), new
+
+    return iterate(step, params, max_iter, tol, callback)
