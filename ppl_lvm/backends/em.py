@@ -52,9 +52,13 @@ class EMOptions:
     ----------
     max_iter : int
         Maximum EM iterations per restart.
-    tol : float
+    tol : float or None
         Stop, converged, when the mean (per data point) log-likelihood changes by less than ``tol`` (the rule of
-        :mod:`ppl_lvm.em.convergence`, the same on every route).
+        :mod:`ppl_lvm.em.convergence`, the same on every route). ``None``: no early stop, every one of the
+        ``max_iter`` iterations runs on every route (only a callback or a failure stops sooner); the fit is then
+        reported not converged, without a ``ConvergenceWarning``. ``n_iter == max_iter``; ``len(history)`` is
+        ``max_iter`` on the closed-form route (each iteration's E-step, before its M-step) and ``max_iter + 1`` on
+        the generic route (the start, then each iteration's result).
     n_init : int
         Independent restarts; all are kept (``result.restarts``), the one with the highest log-likelihood is
         returned.
@@ -81,7 +85,7 @@ class EMOptions:
     """
 
     max_iter: int = 100
-    tol: float = 1e-3
+    tol: float | None = 1e-3
     n_init: int = 1
     init_params: str | dict | None = None
     reg_covar: float | None = None
@@ -99,8 +103,9 @@ class EMOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.tol, (int, float)) or not math.isfinite(self.tol) or self.tol < 0:
-            raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
+        tol = self.tol
+        if tol is not None and (not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0):
+            raise ValueError(f"tol must be a number >= 0, or None to run all max_iter iterations, got {tol!r}")
         if self.reg_covar is not None and (not isinstance(self.reg_covar, (int, float)) or self.reg_covar < 0):
             raise ValueError(f"reg_covar must be a number >= 0, got {self.reg_covar!r}")
         init = self.init_params

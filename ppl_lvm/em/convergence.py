@@ -5,6 +5,16 @@ Rule
 After each E-step the loop reports the log-likelihood it just computed.  The fit has *converged*, and stops, when
 the log-likelihood changed by less than ``tol`` since the previous report: ``abs(history[-1] - history[-2]) <
 tol``.  It is reported converged only then: a fit stopped by ``max_iter``, a callback or an interruption is not.
+An iteration that cannot move the parameters (the generic route's rejected M-step) reports the previous value
+again: a change of 0, judged by the same rule.
+
+``tol=None`` switches the test off: no change stops the loop, every one of the ``max_iter`` iterations runs (only a
+callback, or a failure that warns, such as a NaN, stops it sooner), the fit is reported not converged and no
+``ConvergenceWarning`` is issued (none was asked for).  ``tol=0`` runs every iteration too (no change is below 0)
+but still warns that the fit did not converge.  Iterations and history, per route: the closed-form kernels
+(mixtures, chains) score each iteration's E-step before its M-step, so ``len(history) == n_iter``; the generic
+route scores the start and then each iteration's result, so ``len(history) == n_iter + 1``.  Either way
+``history[i]`` is the log-likelihood after ``i`` M-steps.
 
 Through ``lvm.infer(..., method="em")`` the reported value is always the mean log-likelihood per data point (per
 observation for chains), so ``tol`` means the same on every route.  The kernels keep their reference libraries'
@@ -28,8 +38,9 @@ class ConvergenceMonitor:
 
     Parameters
     ----------
-    tol : float
-        Convergence when the reported value changes by less than ``tol`` (absolute change).
+    tol : float or None
+        Convergence when the reported value changes by less than ``tol`` (absolute change); ``None``: never
+        (every iteration runs).
 
     Attributes
     ----------
@@ -39,24 +50,26 @@ class ConvergenceMonitor:
         Whether the last report met the tolerance.
     """
 
-    tol: float
+    tol: float | None
     history: list[float] = field(default_factory=list)
     converged: bool = False
 
     def report(self, value: float) -> bool:
         """Record ``value``; True when it is within ``tol`` of the previous one (the loop should stop, converged)."""
         self.history.append(float(value))
-        if len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol:
+        if self.tol is not None and len(self.history) >= 2 and abs(self.history[-1] - self.history[-2]) < self.tol:
             self.converged = True
         return self.converged
 
     def fixed_point(self) -> bool:
-        """The loop cannot move (e.g. the generic M-step found no better parameters): a change of 0, same rule."""
-        self.converged = 0.0 < self.tol
-        return self.converged
+        """The loop cannot move (e.g. the generic M-step found no better parameters): the previous value again.
+
+        A change of 0, the same rule: converged when ``0 < tol``.  Needs a previous report.
+        """
+        return self.report(self.history[-1])
 
 
-def not_converged_message(max_iter: int, tol: float, what: str = "EM") -> str:
+def not_converged_message(max_iter: int, tol: float | None, what: str = "EM") -> str:
     """The text of the ConvergenceWarning of a fit that used all ``max_iter`` iterations."""
     return (
         f"{what} did not converge in {max_iter} iterations: the last change of the mean log-likelihood per data "

@@ -199,7 +199,7 @@ def fit_mixture(
     family: EmissionFamily,
     init_params: Params,
     max_iter: int = 100,
-    tol: float = 1e-3,
+    tol: float | None = 1e-3,
     reg: float | None = None,
     *,
     cache: dict | None = None,
@@ -217,9 +217,11 @@ def fit_mixture(
         Initial parameters: ``"weights"`` (K,) plus the family's parameters
         (see :func:`ppl_lvm.em.init.initialize_mixture`).
     max_iter : int, default 100
-    tol : float, default 1e-3
+    tol : float or None, default 1e-3
         Stop when the mean log-likelihood changes by less than ``tol``
-        (absolute change, as sklearn; see :mod:`ppl_lvm.em.convergence`).
+        (absolute change, as sklearn; see :mod:`ppl_lvm.em.convergence`);
+        ``None``: no early stop, all ``max_iter`` iterations run
+        (``n_iter == len(history) == max_iter`` unless a callback stops).
     reg : float, optional
         Family regularisation (Gaussian: ``reg_covar``; discrete families:
         probability clamp); defaults to ``family.default_reg``.

@@ -14,7 +14,7 @@ coordinate of every parameter moved by standard normal noise drawn from ``torch.
 (:func:`jitter_state`). ``init_params="random"``: every restart, restart 0 included, from such a random start.
 
 Every fit warns (:class:`~ppl_lvm.errors.ConvergenceWarning`) when it stopped without meeting the rule of
-:mod:`ppl_lvm.em.convergence`; :func:`~ppl_lvm.backends.restarts.run_restarts` passes on only the kept fit's warning.
+:mod:`ppl_lvm.em.convergence` (not with ``tol=None``, which asks for every iteration, not for convergence); :func:`~ppl_lvm.backends.restarts.run_restarts` passes on only the kept fit's warning.
 """
 
 from __future__ import annotations
@@ -89,8 +89,8 @@ def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any)
     return outcome
 
 
-def _warn_unless_converged(converged: bool, max_iter: int, tol: float, restart: int, seed: int) -> None:
-    if not converged:
+def _warn_unless_converged(converged: bool, max_iter: int, tol: float | None, restart: int, seed: int) -> None:
+    if not converged and tol is not None:  # tol=None asked for every iteration, not for convergence
         warnings.warn(f"{not_converged_message(max_iter, tol)} (restart {restart}, seed {seed})", ConvergenceWarning,
                       stacklevel=3)
 
@@ -121,7 +121,8 @@ def closed_form_fit(pattern: Any, x: torch.Tensor, cache: dict, initial: dict, o
         else:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
         if chain:
-            fit = fit_hmm(x, lengths, family, start, max_iter=max_iter, tol=tol * per, reg=reg, cache=cache,
+            fit = fit_hmm(x, lengths, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
+                          reg=reg, cache=cache,
                           callback=kernel_callback)
             e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
                            fit.params["transmat"])

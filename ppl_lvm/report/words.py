@@ -29,6 +29,8 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
         if result.converged:
             out.append(("ok", f"EM converged after {result.n_iter} iterations (the mean log-likelihood changed by "
                               f"less than tol={result.options.get('tol')})."))
+        elif not result.interrupted and result.options.get("tol", 0) is None:
+            out.append(("ok", f"EM ran all max_iter={max_iter} iterations, as asked (tol=None: no convergence test)."))
         elif not result.interrupted:
             out.append(("warn", f"EM stopped at max_iter={max_iter} before converging: raise max_iter or tol."))
         n = max(result.n_samples, 1)

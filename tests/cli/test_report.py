@@ -144,3 +144,13 @@ def test_page_renders_in_headless_chromium(em_page, tmp_path):
         size, prefix = entry.split(":", 1)
         width, height = map(int, size.split("x"))
         assert width > 0 and height > 0 and prefix == "data:image/png;base64,"
+
+
+def test_the_report_says_when_em_ran_every_iteration_as_asked():
+    from ppl_lvm.models.mixtures import gaussian_mixture
+    from ppl_lvm.report import describe_result
+
+    x = torch.cat([torch.randn(30, 2, generator=torch.Generator().manual_seed(0)) + s for s in (-3.0, 3.0)])
+    fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em", max_iter=3, tol=None)
+    words = [text for _, text in describe_result(fit)]
+    assert "EM ran all max_iter=3 iterations, as asked (tol=None: no convergence test)." in words

@@ -158,7 +158,12 @@ def test_the_monitor_stops_on_an_absolute_change_below_tol():
     monitor = ConvergenceMonitor(tol=0.1)
     assert not monitor.report(-5.0) and not monitor.report(-4.0)
     assert monitor.report(-3.95) and monitor.converged
-    assert not ConvergenceMonitor(tol=0.0).fixed_point()
+    still = ConvergenceMonitor(tol=0.0)
+    still.report(-1.0)
+    assert not still.fixed_point() and still.history == [-1.0, -1.0]  # a change of 0 is not below tol=0
+    assert ConvergenceMonitor(tol=1e-12, history=[-1.0]).fixed_point()
+    never = ConvergenceMonitor(tol=None)
+    assert not never.report(-1.0) and not never.report(-1.0) and not never.fixed_point()  # tol=None: no test
     falling = ConvergenceMonitor(tol=0.1)
     falling.report(-1.0)
     assert not falling.report(-2.0)  # a fall larger than tol is not convergence
@@ -183,6 +188,48 @@ def test_closed_form_and_generic_routes_share_one_convergence_rule(seed, tol, fl
     for fit in (closed, generic):
         changes = np.abs(np.diff(fit.history))
         assert changes[-1] < tol and np.all(changes[:-1] >= tol)
+
+
+def _routes():
+    rng = np.random.default_rng(4)
+    seqs = [torch.tensor(rng.normal(size=(n, 1)) + 3.0 * (np.arange(n) % 30 < 15)[:, None]) for n in (60, 45, 80)]
+    padded, lengths = pad_sequences(seqs)
+    x = _two_clusters()
+    # (model, data, closed form); t_mixture starts at a fixed point of EM (both locations 0), where the generic
+    # M-step is rejected: tol=None must go on through it as well
+    return {"mixture": (gmm, x, True), "chain": (gaussian_hmm, {"x": padded, "lengths": lengths, "K": 2}, True),
+            "generic": (log_scale_gmm, x, False), "generic at a fixed point": (t_mixture, x, False)}
+
+
+@pytest.mark.parametrize("route", ["mixture", "chain", "generic", "generic at a fixed point"])
+def test_tol_none_runs_exactly_max_iter_iterations(route, float64):
+    """tol=None: every one of max_iter iterations, not converged, no ConvergenceWarning, on every route.
+
+    The convention: ``n_iter == max_iter``; ``len(history) == max_iter`` on the closed-form route (each iteration's
+    E-step, before its M-step), ``max_iter + 1`` on the generic route (the start, then each iteration's result).
+    """
+    model, data, closed = _routes()[route]
+    max_iter = 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", lvm.ConvergenceWarning)
+        fit = lvm.infer(model, data, method="em", tol=None, max_iter=max_iter)
+    assert fit.closed_form is closed and fit.options["tol"] is None
+    assert fit.n_iter == max_iter and not fit.converged
+    assert len(fit.history) == (max_iter if closed else max_iter + 1)
+    assert np.all(np.diff(fit.history) >= -1e-9 * np.abs(fit.history[:-1]))
+    # a loose tol stops the same fit early; tol=0 runs every iteration too, but warns that it did not converge
+    early = _quiet(model, data, method="em", tol=1e3, max_iter=max_iter)
+    assert early.converged and early.n_iter < max_iter
+    with pytest.warns(lvm.ConvergenceWarning, match="did not converge"):
+        zero = lvm.infer(model, data, method="em", tol=0.0, max_iter=max_iter)
+    assert zero.n_iter == max_iter and zero.history.tolist() == fit.history.tolist()
+
+
+def test_tol_is_a_number_or_none():
+    with pytest.raises(ValueError, match="tol must be a number >= 0, or None"):
+        lvm.infer(gmm, _two_clusters(), method="em", tol=-1.0)
+    with pytest.raises(ValueError, match="tol must be a number >= 0, or None"):
+        lvm.infer(gmm, _two_clusters(), method="em", tol="none")
 
 
 def test_fit_more_continues_from_the_fitted_parameters(float64):

@@ -128,3 +128,18 @@ def test_loading_into_a_model_with_other_parameters_lists_both(fitted, tmp_path)
 
     with pytest.raises(lvm.PplLvmError, match=r"saved from a model with parameters \[.*\], but other\(\) has \['center'\]"):
         lvm.load(str(path), model=other)
+
+
+def test_a_file_of_format_1_without_checksums_still_loads(fitted, tmp_path):
+    path = tmp_path / "old.pt"
+    fitted.save(str(path))
+    payload = torch.load(path, weights_only=True)
+    del payload["checksums"]
+    payload["meta"] = payload["meta"].replace('"format": 2', '"format": 1')
+    torch.save(payload, path)
+    loaded = lvm.load(str(path), model=fitted.model)
+    assert all(torch.equal(loaded.params[k], v) for k, v in fitted.params.items())
+    payload["meta"] = payload["meta"].replace('"format": 1', '"format": 2')  # a new file whose checksums were cut
+    torch.save(payload, path)
+    with pytest.raises(lvm.PplLvmError, match=r"damaged or not a ppl_lvm result \(its checksums are missing\)"):
+        lvm.load(str(path))

@@ -6,11 +6,13 @@ import torch
 
 from .base import _warn
 
-# Cancellation guard for the moment (expanded-square) formulation: when the raw
-# second moment exceeds the variance by this factor more than ~8 of the 16
-# significant digits are lost, so that component is recomputed with the
-# two-pass (centred) formula instead.
-_CANCELLATION_RATIO = 1e8
+# Cancellation guard for the moment (expanded-square) formulation E[x x'] - mu mu': its rounding error is about
+# eps * raw second moment, i.e. eps * ratio relative to the variance.  Above this ratio (more than 4 of the 16
+# significant digits lost, a relative error above ~2e-12) that component is recomputed with the two-pass (centred)
+# formula sum_i r_ik (x_i - mu_k)(x_i - mu_k)' / n_k instead.  1e8 (8 digits) was too loose: a covariance pinned
+# at reg_covar in some direction moves the log-likelihood at first order, by ~1e-8 relative (see
+# tests/em/test_monotone_degenerate.py).  Well-separated clusters of ordinary data stay far below it (ratio ~ 10-100).
+_CANCELLATION_RATIO = 1e4
 
 
 def moment_covariances(
@@ -40,14 +42,12 @@ def moment_covariances(
             total = nk.sum()
             raw = second.sum(0) / total
             cov = raw - (nk[:, None, None] * (mu.unsqueeze(2) * mu.unsqueeze(1))).sum(0) / total
-            if _cancels(torch.diagonal(raw), torch.diagonal(cov), reg).any():
+            if bool(_cancels_matrix(raw, cov, reg)):
                 return _two_pass_covariances(xc, resp, nk, mu, ct, reg)
         else:
             raw = second / nk[:, None, None]
             cov = raw - mu.unsqueeze(2) * mu.unsqueeze(1)
-            bad = _cancels(torch.diagonal(raw, dim1=-2, dim2=-1), torch.diagonal(cov, dim1=-2, dim2=-1), reg).any(
-                -1
-            )
+            bad = _cancels_matrix(raw, cov, reg)
             if bool(bad.any()):
                 idx = torch.nonzero(bad).flatten()
                 cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], "full", 0.0)
@@ -76,6 +76,18 @@ def _cancels(raw: torch.Tensor, centred: torch.Tensor, reg: float) -> torch.Tens
     component is fine as long as ``reg`` dominates the error.
     """
     return raw.abs() > _CANCELLATION_RATIO * (centred.abs() + reg)
+
+
+def _cancels_matrix(raw: torch.Tensor, centred: torch.Tensor, reg: float) -> torch.Tensor:
+    """:func:`_cancels` for (batches of) matrices: the error ~eps * max raw diagonal against the smallest variance.
+
+    The smallest variance of a full covariance is its smallest eigenvalue, not its smallest diagonal entry: a
+    component on a lower-dimensional set of points (duplicated data) has an eigenvalue ~0 (reg_covar after the
+    regularisation) in a direction no diagonal entry shows, where the moment form's error counts ~1/reg_covar.
+    """
+    scale = torch.diagonal(raw, dim1=-2, dim2=-1).abs().amax(-1)
+    smallest = torch.linalg.eigvalsh(centred).amin(-1).clamp_min(0.0)
+    return scale > _CANCELLATION_RATIO * (smallest + reg)
 
 
 def _global_covariance(xc: torch.Tensor, ct: str, reg: float) -> torch.Tensor:

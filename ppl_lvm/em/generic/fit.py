@@ -23,7 +23,7 @@ def fit_generic_em(
     kwargs: dict[str, Any],
     max_plate_nesting: int,
     max_iter: int = 100,
-    tol: float = 1e-3,
+    tol: float | None = 1e-3,
     callback: Callable[[int, float], Any] | None = None,
     *,
     params: list[str] | None = None,
@@ -38,12 +38,13 @@ def fit_generic_em(
         As for :func:`e_step`.
     max_iter : int
         Maximum number of M-steps.
-    tol : float
-        Convergence when the mean log-likelihood changes by less than ``tol`` (:mod:`ppl_lvm.em.convergence`).
+    tol : float or None
+        Convergence when the mean log-likelihood changes by less than ``tol`` (:mod:`ppl_lvm.em.convergence`);
+        ``None``: no early stop, all ``max_iter`` iterations run.
     callback : callable, optional
-        ``callback(iteration, mean_log_likelihood)`` after each accepted iteration (the value just appended
-        to ``history``); a truthy return value stops the fit (``converged`` is then True only if the
-        tolerance was also met).
+        ``callback(iteration, mean_log_likelihood)`` after each iteration (the value just appended to
+        ``history``); a truthy return value stops the fit (``converged`` is then True only if the tolerance was
+        also met).
     params : list of str, optional
         Parameters to optimise (default all of the store).
     max_steps : int
@@ -54,16 +55,18 @@ def fit_generic_em(
     Returns
     -------
     dict
-        ``history``: list of floats, the log-likelihood of each E-step (the initial one first) divided by the
-        size of the data plate when there is one, else the total; ``converged`` (bool); ``n_iter`` (M-steps
-        run); ``e_step``: the final :class:`EStep` (at the final parameters).
+        ``history``: list of floats, the log-likelihood of the start and after each iteration
+        (``len(history) == n_iter + 1``) divided by the size of the data plate when there is one, else the total;
+        ``converged`` (bool); ``n_iter`` (iterations run); ``e_step``: the final :class:`EStep` (at the final
+        parameters).
 
     Notes
     -----
-    The log-likelihood never decreases: an M-step whose ``Q`` did not increase is rejected (the loop then
-    stops, converged when ``tol > 0``: parameters are at a fixed point of the M-step), and if an accepted M-step lowered the
-    log-likelihood by more than a 1e-9 relative slack the parameters are restored and the loop stops with an
-    :class:`~ppl_lvm.em.mixture.EMDegeneracyWarning`.
+    The log-likelihood never decreases: an M-step whose ``Q`` did not increase is rejected (the parameters are at
+    a fixed point of the M-step; the iteration reports the previous value again, a change of 0, so the loop stops
+    converged when ``tol > 0``, and otherwise goes on: the M-step is not recomputed from the unchanged E-step, it
+    would be rejected again), and if an accepted M-step lowered the log-likelihood by more than a 1e-9 relative
+    slack the parameters are restored and the loop stops with an :class:`~ppl_lvm.em.mixture.EMDegeneracyWarning`.
     """
     check_enumeration_size(model, kwargs, max_plate_nesting, max_bytes)
     estep = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
@@ -73,35 +76,39 @@ def fit_generic_em(
     monitor.report(ll / n)
     n_iter = 0
     leaves = _store_params(params)
+    stuck = False  # the last M-step was rejected: the parameters and the E-step have not changed since
     for iteration in range(1, max_iter + 1):
-        snapshot = {k: p.detach().clone() for k, p in leaves.items()}
-        info = generic_m_step(model, kwargs, max_plate_nesting, estep.marginals, params=params, max_steps=max_steps)
         n_iter = iteration
-        if not info["accepted"]:
+        if not stuck:
+            snapshot = {k: p.detach().clone() for k, p in leaves.items()}
+            info = generic_m_step(model, kwargs, max_plate_nesting, estep.marginals, params=params,
+                                  max_steps=max_steps)
             if info["nan"]:
                 warnings.warn(
                     f"generic EM: the M-step of iteration {iteration} produced NaN; parameters restored, fit stopped",
                     EMDegeneracyWarning,
                     stacklevel=2,
                 )
-            else:
-                monitor.fixed_point()
-            break
-        new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
-        new_ll = float(new.log_likelihood)
-        if not math.isfinite(new_ll) or new_ll < ll - 1e-9 * max(1.0, abs(ll)):
-            with torch.no_grad():
-                for k, p in leaves.items():
-                    p.copy_(snapshot[k])
-            warnings.warn(
-                f"generic EM: iteration {iteration} lowered the log-likelihood ({ll!r} -> {new_ll!r}); "
-                "parameters restored, fit stopped",
-                EMDegeneracyWarning,
-                stacklevel=2,
-            )
-            break
-        estep, ll = new, new_ll
-        converged = monitor.report(ll / n)
+                break
+            stuck = not info["accepted"]
+        if stuck:
+            converged = monitor.fixed_point()
+        else:
+            new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
+            new_ll = float(new.log_likelihood)
+            if not math.isfinite(new_ll) or new_ll < ll - 1e-9 * max(1.0, abs(ll)):
+                with torch.no_grad():
+                    for k, p in leaves.items():
+                        p.copy_(snapshot[k])
+                warnings.warn(
+                    f"generic EM: iteration {iteration} lowered the log-likelihood ({ll!r} -> {new_ll!r}); "
+                    "parameters restored, fit stopped",
+                    EMDegeneracyWarning,
+                    stacklevel=2,
+                )
+                break
+            estep, ll = new, new_ll
+            converged = monitor.report(ll / n)
         if callback is not None and bool(callback(iteration, ll / n)):
             break
         if converged:

@@ -95,7 +95,7 @@ def fit_hmm(
     family: EmissionFamily,
     init_params: Params,
     max_iter: int = 100,
-    tol: float = 1e-2,
+    tol: float | None = 1e-2,
     reg: float | None = None,
     *,
     cache: dict | None = None,
@@ -114,9 +114,11 @@ def fit_hmm(
     init_params : dict
         ``"startprob"`` (K,), ``"transmat"`` (K, K) and the family's parameters.
     max_iter : int, default 100
-    tol : float, default 1e-2
+    tol : float or None, default 1e-2
         Stop when the total log-likelihood (hmmlearn's units) changes by less
-        than ``tol``; the rule of :mod:`ppl_lvm.em.convergence`.
+        than ``tol``; the rule of :mod:`ppl_lvm.em.convergence`.  ``None``:
+        no early stop (``n_iter == len(history) == max_iter`` unless a
+        callback stops).
     reg : float, optional
         Family regularisation (default ``family.default_reg``).  Use 0 with
         hmmlearn's ``covars_prior=0`` for identical numbers.
