@@ -79,7 +79,7 @@ class FitOptions:
     """
 
     steps: int = 1000
-    lr: float = 0.01
+    lr: float = 0.05
     anneal: float = 0.3
     optimizer: str = "adam"
     optim_args: dict = field(default_factory=dict)

@@ -1,8 +1,9 @@
 """Variational fits with default options: they reach the optimum, and say honestly when they have not.
 
-The default loop anneals: a constant ``lr`` for 70% of the steps, then half a cosine towards 0 with the iterates
-averaged over the last 15% (``anneal=0.3``); ``converged`` is the noise-aware rule of
-:func:`ppl_lvm.fit_options.settling`; ``result.elbo`` is the bound at the returned (averaged) parameters.
+The default loop anneals: a constant ``lr`` (0.05) for 70% of the steps, then half a cosine towards 0 with the
+iterates averaged over the last 15% (``anneal=0.3``); ``svi`` differentiates the sticking-the-landing estimator
+(``estimator="stl"``); ``converged`` is the noise-aware rule of :func:`ppl_lvm.fit_options.settling`;
+``result.elbo`` is the bound at the returned (averaged) parameters.
 Every check runs over 5 seeds (data and fit); the spread measured with these seeds is stated at each assertion.
 """
 
@@ -41,8 +42,9 @@ def test_ppca_by_svi_with_default_options_reaches_the_closed_form_maximum(n, d, 
         bound_gaps.append(best - fit.elbo)
     print(f"ppca N={n} D={d} q={q}: gaps to the maximum {[round(g, 2) for g in gaps]}; "
           f"ELBO below it by {[round(g, 2) for g in bound_gaps]}")
-    # measured (1000 steps, the defaults): (500, 8, 2) gaps 0.13-0.35 nats; (300, 10, 3) 0.17-0.91;
-    # (500, 10, 2) see the printout; the ELBO at the averaged parameters is within 1.5 nats of log p(x)
+    # measured (the defaults: 1000 steps, lr 0.05, STL), seeds 0-4: (500, 8, 2) gaps 0.19-0.68 nats;
+    # (300, 10, 3) 0.27-0.98; (500, 10, 2) 0.20-1.05; the ELBO at the averaged parameters 0.18-1.07 below the maximum
+    # (with lr 0.01 and the standard gradient the gaps reached 1.47 and 2.26: the reason for these defaults)
     assert all(-0.05 < g < 2.0 for g in gaps)
     # the bound reported is the one at the returned parameters: it sits just below their exact log-likelihood
     assert all(g > -0.5 for g in bound_gaps)
@@ -61,10 +63,11 @@ def test_normal_normal_posterior_by_svi_with_default_options():
         assert fit.converged
     print(f"normal-normal: relative error of the mean {[round(e, 3) for e in mean_err]}, of the sd "
           f"{[round(e, 3) for e in sd_err]}")
-    # measured: mean -0.9% .. +0.7%; sd -4.4% .. +9.5% (the issue asks for 3%: the single-particle gradient of the
-    # scale is noisy enough that 150 averaged iterates do not reach it; see the report)
+    # measured, seeds 0-4: mean -0.09% every seed, sd +0.13% .. +0.20% (the 40000 draws' own error is 0.35%/0.5%).
+    # With Pyro's standard gradient the same defaults gave sd errors up to +18.7%: its score term keeps the scale
+    # jittering at any step size, where STL's gradient vanishes at the exact posterior
     assert all(abs(e) < 0.03 for e in mean_err)
-    assert all(abs(e) < 0.12 for e in sd_err)
+    assert all(abs(e) < 0.03 for e in sd_err)
 
 
 def test_a_fit_cut_short_says_it_has_not_converged():
