@@ -292,15 +292,15 @@ def diagnose(result: Outcome, num_samples: int = 500, ladder: tuple[int, ...] = 
                    f"{diagnosis.share_of_points_above(KHAT_GOOD):.1%} above {KHAT_GOOD}): the importance ratios "
                    f"p(x_i, z_i) / q(z_i | x_i) of those points are heavy-tailed, so q(z_i | x_i) misses posterior "
                    f"mass and the ELBO, importance sampling and posterior summaries there are unreliable. Fit longer "
-                   f"(more steps, then a lower learning rate, e.g. result.fit_more(steps=..., lr=...)), use a richer "
-                   f"guide ('fullrank' or your own), or fit with method='iwae'.")
+                   f"(result.fit_more(steps=...) continues from these parameters and ends with its own annealing), "
+                   f"use a richer guide ('fullrank' or your own), or fit with method='iwae'.")
         _record(diagnosis, message, warn)
     elif khat is not None and khat > KHAT_BAD:
         message = (f"Pareto k-hat = {khat:.2f} > {KHAT_BAD} (joint): the importance ratios p(x, theta) / q(theta) "
                    f"are heavy-tailed, so the guide misses posterior mass and the ELBO, importance sampling and "
-                   f"posterior summaries from it are unreliable. Fit longer (more steps, then a lower learning "
-                   f"rate, e.g. result.fit_more(steps=..., lr=...)), use a richer guide ('fullrank' or your own), "
-                   f"or fit with method='iwae'.")
+                   f"posterior summaries from it are unreliable. Fit longer (result.fit_more(steps=...) "
+                   f"continues from these parameters and ends with its own annealing), use a richer guide "
+                   f"('fullrank' or your own), or fit with method='iwae'.")
         _record(diagnosis, message, warn)
     for name, n_active in active.items():
         if n_active == 0:

@@ -1,8 +1,9 @@
 """The one optimisation loop behind every gradient-based backend.
 
 It owns what every fit needs and no backend should write again: seeding, the optimiser, minibatches with correct
-likelihood scaling, a KL weight schedule, a smoothed loss with patience (early stop), the progress bar, callbacks,
-NaN detection that keeps the best parameters, and Ctrl-C that returns what was reached.
+likelihood scaling, a KL weight schedule, the final annealing phase (a decaying step size with iterate averaging),
+the noise-aware convergence rule with patience (early start of the annealing), the progress bar, callbacks, NaN
+detection that keeps the best parameters, and Ctrl-C that returns what was reached.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from .fit_options import (
     FitOptions,
     FitState,
     Minibatch,
+    Settling,
+    anneal_factor,
     linear_warmup,
+    settling,
     smoothed_final_loss,
     smoothed_losses,
 )
@@ -37,6 +41,10 @@ from .runtime import FitContext, fit_scope
 
 __all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "linear_warmup", "run_loop", "smoothed_final_loss",
            "smoothed_losses"]
+
+#: the fraction of the annealing phase, at its end, whose iterates are averaged
+AVERAGED = 0.5
+
 
 class KLWeight(Messenger):
     """Weight the log-densities of continuous latent sites (in model and guide alike) by the fit's beta.
@@ -145,10 +153,15 @@ def run_loop(
     best = math.inf
     best_state = _snapshot(store)
     best_step = 0
-    stall = 0
     converged = False
     interrupted = False
-    patience = options.patience or max(50, options.steps // 10)
+    total = options.steps
+    anneal_len = int(round(options.anneal * options.steps))
+    anneal_start = total - anneal_len  # steps anneal_start + 1 .. total anneal
+    check_every = max(1, (options.patience or 1) // 10)
+    averaged: dict[str, torch.Tensor] = {}
+    n_averaged = 0
+    lr_factor = 1.0
     postfix_every = max(1, options.steps // 100)
     if callable(options.beta) or options.beta != 1.0:
         weight = KLWeight(ctx)
@@ -157,6 +170,12 @@ def run_loop(
     try:
         with fit_scope(ctx):
             for step in range(1, options.steps + 1):
+                if step > total:
+                    break
+                if anneal_len and step > anneal_start:
+                    factor = anneal_factor(step - anneal_start, anneal_len)
+                    _scale_lr(optim, factor / lr_factor)
+                    lr_factor = factor
                 step_kwargs = kwargs
                 loss_scale = 1.0
                 if minibatch is not None:
@@ -198,11 +217,6 @@ def run_loop(
                     )
                 losses.append(loss)
                 smoothed = loss if step == 1 else (1 - alpha) * smoothed + alpha * loss
-                improved = not math.isfinite(best) or smoothed < best - options.tol * abs(best)
-                if improved:
-                    stall = 0
-                else:
-                    stall += 1
                 if smoothed < best:
                     best = smoothed
                     best_step = step
@@ -218,11 +232,17 @@ def run_loop(
                     bar.update(1)
                     if step % postfix_every == 0:
                         bar.set_postfix(loss=f"{smoothed:.4g}", refresh=False)
+                if anneal_len and step > total - int(anneal_len * AVERAGED):
+                    n_averaged += 1
+                    _accumulate(store, averaged, n_averaged)
                 state = FitState(step, loss, smoothed, best, ctx.beta)
                 stop = any(bool(cb(state)) for cb in options.callbacks)
-                if stall >= patience:
-                    converged = True
-                    if options.patience is not None:
+                if (options.patience is not None and step <= anneal_start and step >= options.patience
+                        and step % check_every == 0 and settling(losses[-options.patience:], options.tol).settled):
+                    # settled at the constant lr: anneal from here (or stop, without annealing)
+                    anneal_start = step
+                    total = min(options.steps, step + anneal_len)
+                    if not anneal_len or total == step:
                         break
                 if stop:
                     break
@@ -236,17 +256,54 @@ def run_loop(
     finally:
         if bar is not None:
             bar.close()
-    if not converged and not interrupted and options.patience is not None:
-        warnings.warn(
-            f"{method} stopped after {options.steps} steps before the smoothed loss settled (relative change "
-            f"< {options.tol} for {options.patience} steps); increase steps or lr, or relax tol.",
-            ConvergenceWarning,
-            stacklevel=3,
-        )
+    if n_averaged:  # the returned parameters are the average of the iterates, not the last one
+        with torch.no_grad():
+            for name, mean in averaged.items():
+                if name in store._params:
+                    store._params[name].copy_(mean)
+    # the rule on the constant-lr steps just before the annealing (which only shrinks the steps' noise: the loss
+    # keeps falling a little there by design), or on the last steps without annealing
+    end = min(len(losses), anneal_start) if anneal_len else len(losses)
+    window = options.patience or max(50, options.steps // 10)
+    check = settling(losses[max(0, end - window):end], options.tol)
+    converged = check.settled
+    if not converged and not interrupted:
+        warnings.warn(_not_settled(method, len(losses), check, options), ConvergenceWarning, stacklevel=3)
     return {
         "losses": np.asarray(losses, dtype=float),
         "steps": len(losses),
         "converged": converged,
         "interrupted": interrupted,
         "best_state": best_state,
+        "averaged": n_averaged,
+        "settling": check,
     }
+
+
+def _scale_lr(optim: Any, ratio: float) -> None:
+    """Multiply the learning rate of every parameter's optimiser by ``ratio`` (composes with ClippedAdam's lrd)."""
+    for opt in optim.optim_objs.values():
+        for group in opt.param_groups:
+            group["lr"] = group["lr"] * ratio
+
+
+def _accumulate(store: Any, averaged: dict[str, torch.Tensor], n: int) -> None:
+    """Fold the current unconstrained parameters into their running mean (``n``: iterates so far, this one
+    included; a parameter created later starts its mean at its first value)."""
+    with torch.no_grad():
+        for name, value in store._params.items():
+            mean = averaged.get(name)
+            if mean is None or mean.shape != value.shape:
+                averaged[name] = value.detach().clone()
+            else:
+                mean.add_(value.detach() - mean, alpha=1.0 / n)
+
+
+def _not_settled(method: str, steps: int, check: Settling, options: FitOptions) -> str:
+    if not math.isfinite(check.decrease):
+        measured = f"the window of {check.window} steps is too short to tell (at least 8 are needed)"
+    else:
+        measured = (f"over its last {check.window} steps the loss still fell by {check.decrease:.4g}, more than "
+                    f"three times its noise ({check.noise:.3g}) and more than tol={options.tol} of the loss")
+    return (f"{method} stopped after {steps} steps before the loss settled: {measured}. Increase steps (now "
+            f"{options.steps}), or change lr (now {options.lr}); result.fit_more() continues from here.")

@@ -11,8 +11,8 @@ import numpy as np
 import pyro.optim
 import torch
 
-__all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "linear_warmup", "smoothed_final_loss",
-           "smoothed_losses"]
+__all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "Settling", "anneal_factor", "linear_warmup", "settling",
+           "smoothed_final_loss", "smoothed_losses"]
 
 OPTIMIZERS = {
     "adam": pyro.optim.Adam,
@@ -33,7 +33,12 @@ class FitOptions:
     steps : int
         Maximum number of optimisation steps.
     lr : float
-        Learning rate of the optimiser.
+        Learning rate of the optimiser (its value before the final annealing phase).
+    anneal : float
+        Fraction of the steps, at the end, in which the learning rate decays (half a cosine, from ``lr`` towards 0)
+        while the iterates are averaged: the returned parameters are the mean of the unconstrained parameters over
+        the second half of this phase (Polyak averaging), which removes the noise a constant step size leaves in
+        the final iterate. ``0`` keeps ``lr`` constant and returns the final iterate.
     optimizer : str
         One of ``adam`` (default), ``clippedadam``, ``adamw``, ``sgd``, ``rmsprop``, ``adagrad``.
     optim_args : dict
@@ -47,8 +52,14 @@ class FitOptions:
     batch_size : int, optional
         Minibatch size over the data plate; the likelihood is scaled by N / batch_size.
     tol, patience : float, int
-        Early stop when the smoothed loss has not improved by ``tol`` (relative) for ``patience`` steps.
-        ``patience=None`` runs every step and only reports whether the criterion held.
+        The convergence rule (:func:`settling`): over a window of steps the losses are cut into 10 blocks and the
+        trend of the block means is fitted; the fit has settled when the decrease over the window is below
+        ``tol`` times the loss, or below three standard errors of its own estimate (not distinguishable from the
+        loss's noise). ``converged`` is this rule on the window of the last ``patience`` steps (default: the
+        averaging half of the annealing phase, or the last 10% of the steps, at least 50) at the end of the fit;
+        a fit that has not settled says so with a :class:`~ppl_lvm.errors.ConvergenceWarning`. With
+        ``patience`` set the rule is also checked during the fit: once it holds at the constant ``lr`` the
+        annealing phase starts there (or the fit stops, with ``anneal=0``).
     smoothing : int
         Window (in steps) of the exponential moving average of the loss.
     beta : float or callable
@@ -63,12 +74,13 @@ class FitOptions:
     seed : int
         Seed of Pyro's, torch's and numpy's generators and of the minibatch order.
     n_init : int
-        Independent restarts with seeds ``seed, seed + 1, ...``; the one with the lowest final smoothed loss is
-        returned and all of them are kept in ``result.restarts``.
+        Independent restarts with seeds ``seed, seed + 1, ...``; the one with the highest bound at its returned
+        parameters (``result.elbo``) is returned and all of them are kept in ``result.restarts``.
     """
 
     steps: int = 1000
-    lr: float = 0.01
+    lr: float = 0.05
+    anneal: float = 0.3
     optimizer: str = "adam"
     optim_args: dict = field(default_factory=dict)
     clip_norm: float | None = None
@@ -115,6 +127,8 @@ class FitOptions:
         positive_int("n_init", self.n_init)
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.anneal, bool) or not isinstance(self.anneal, (int, float)) or not 0 <= self.anneal < 1:
+            raise ValueError(f"anneal must be a fraction of the steps in [0, 1), got {self.anneal!r}")
         if not isinstance(self.tol, (int, float)) or self.tol < 0:
             raise ValueError(f"tol must be a number >= 0, got {self.tol!r}")
         if self.clip_norm is not None and (not isinstance(self.clip_norm, (int, float)) or self.clip_norm <= 0):
@@ -156,6 +170,51 @@ def smoothed_losses(losses: Sequence[float], smoothing: int) -> np.ndarray:
 def smoothed_final_loss(losses: Sequence[float], smoothing: int) -> float:
     """The exponential moving average of ``losses`` at the last step (NaN for no steps)."""
     return float(smoothed_losses(losses, smoothing)[-1]) if len(losses) else math.nan
+
+
+#: blocks of the window in :func:`settling` and the t quantile of its trend test
+SETTLING_BLOCKS = 10
+SETTLING_T = 3.0
+
+
+@dataclass
+class Settling:
+    """What :func:`settling` measured over a window: whether the loss settled, its decrease and that decrease's noise."""
+
+    settled: bool
+    decrease: float
+    noise: float
+    window: int
+
+
+def settling(losses: Sequence[float], tol: float) -> Settling:
+    """Whether the losses of a window have settled: their trend compared with its own noise.
+
+    The window is cut into 10 blocks (fewer, of two steps at least, for a window under 20 steps) (batch means absorb the short-range correlation of successive losses); a
+    least-squares line through the block means gives the decrease over the window and its standard error. The
+    loss has settled when the decrease is at most ``tol * |mean loss|`` (negligible) or at most three standard
+    errors (indistinguishable from noise); a loss still falling clearly, as in a fit cut short, has not.
+    """
+    y = np.asarray(losses, dtype=float)
+    n = len(y)
+    count = min(SETTLING_BLOCKS, n // 2)
+    if count < 4 or not np.all(np.isfinite(y)):
+        return Settling(False, math.nan, math.nan, n)
+    blocks = np.array([b.mean() for b in np.array_split(y, count)])
+    t = np.arange(count, dtype=float) - (count - 1) / 2
+    slope = float((t * (blocks - blocks.mean())).sum() / (t * t).sum())
+    resid = blocks - blocks.mean() - slope * t
+    se_slope = math.sqrt(float((resid**2).sum()) / (count - 2) / float((t * t).sum()))
+    span = count - 1
+    decrease, noise = -slope * span, se_slope * span
+    settled = decrease <= max(tol * abs(float(y.mean())), SETTLING_T * noise)
+    return Settling(bool(settled), decrease, noise, n)
+
+
+def anneal_factor(k: int, length: int) -> float:
+    """The learning-rate factor at step ``k`` (1..length) of an annealing phase of ``length`` steps: half a
+    cosine from 1 towards 0 (never 0)."""
+    return 0.5 * (1.0 + math.cos(math.pi * k / (length + 1)))
 
 
 def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[[int], float]:

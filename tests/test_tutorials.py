@@ -86,12 +86,16 @@ EXPECTED = {
 }
 
 
+# fast mode cuts every fit short on purpose: a gradient fit's ConvergenceWarning there is expected, not a failure
+QUIET = [arg for m in ("svi", "meanfield", "iwae", "renyi") for arg in ("-W", f"ignore:{m} stopped after")]
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in TUTORIALS.glob("[0-9][0-9]_*.py")))
 def test_tutorial_runs_in_fast_mode(name, tmp_path):
     env = dict(os.environ, PPL_LVM_FAST="1", PYTHONPATH=str(ROOT), MPLBACKEND="Agg",
                PPL_LVM_FIGURES=str(tmp_path / "figures"))
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-W", "error", str(TUTORIALS / name)], cwd=ROOT, env=env, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-W", "error", *QUIET, str(TUTORIALS / name)], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=TIMEOUT)
     elapsed = time.perf_counter() - start
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

@@ -68,6 +68,13 @@ class IWAEBackend(VariationalBackend):
         )
         return VIPlan(elbo, problem.model, guide, guide_name, [], minibatch_scaling="loss")
 
+    def bound_estimator(self, outcome: Any) -> Any:
+        """The bound the fit optimised: ``RenyiELBO(alpha)`` with the fit's K importance samples."""
+        options = outcome.options
+        return RenyiELBO(alpha=self.alpha(outcome.options), num_particles=int(options.get("num_particles", 1)),
+                         vectorize_particles=bool(options.get("vectorize_particles", True)),
+                         max_plate_nesting=outcome.structure.max_plate_nesting)
+
 
 class RenyiBackend(IWAEBackend):
     name = "renyi"

@@ -208,5 +208,12 @@ class MeanFieldBackend(VariationalBackend):
             elbo = TraceMeanField_ELBO(**common)
         return VIPlan(elbo, problem.model, guide, guide_name, [])
 
+    def bound_estimator(self, outcome: Any) -> Any:
+        """The ELBO with analytic KL terms (without ``free_bits``, which make the loss no bound)."""
+        options = outcome.options
+        return TraceMeanField_ELBO(num_particles=int(options.get("num_particles", 1)),
+                                   vectorize_particles=bool(options.get("vectorize_particles", True)),
+                                   max_plate_nesting=outcome.structure.max_plate_nesting)
+
 
 MEANFIELD = MeanFieldBackend()

@@ -52,11 +52,11 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
                 out.append(("warn", f"Component(s) {empty} hold no point outright: fewer components may do."))
     else:
         if result.converged:
-            out.append(("ok", f"The smoothed loss settled after {result.steps} steps."))
+            out.append(("ok", f"The loss settled (its trend within its noise) after {result.steps} steps."))
         elif not result.interrupted:
-            out.append(("warn", f"The smoothed loss was still moving after {result.steps} steps: fit longer "
-                                "(more steps) for a settled result."))
-        out.append(("ok", f"Final bound (negative loss, last 10% of steps): {result.elbo:.4g} by {result.method} "
+            out.append(("warn", f"The loss was still falling after {result.steps} steps: fit longer "
+                                "(more steps, or result.fit_more()) for a settled result."))
+        out.append(("ok", f"Bound at the returned parameters: {result.elbo:.4g} by {result.method} "
                           f"(guide: {result.guide_name})."))
     if diagnosis is not None:
         out += _diagnosis_words(diagnosis)

@@ -42,11 +42,14 @@ class Result(Outcome):
     method : str
         The inference method.
     params : dict of str -> Tensor
-        Every learned parameter by name, constrained (model parameters and the guide's variational parameters).
+        Every learned parameter by name, constrained (model parameters and the guide's variational parameters):
+        the average of the iterates over the end of the annealing phase (``anneal``), or the final iterate with
+        ``anneal=0``; ``elbo`` is the bound at these parameters.
     losses : ndarray
         The loss (negative ELBO or bound) at every step.
     converged : bool
-        Whether the smoothed loss settled (see :class:`ppl_lvm.fit.FitOptions`).
+        Whether the loss settled by the noise-aware rule of :func:`ppl_lvm.fit_options.settling` (see
+        :class:`ppl_lvm.fit.FitOptions`), over the final steps whose iterates ``params`` average.
     steps : int
         Steps taken.
     seed : int
@@ -65,9 +68,19 @@ class Result(Outcome):
     # ------------------------------------------------------------------ summaries
     @property
     def elbo(self) -> float:
-        """The final smoothed bound (negative loss), averaged over the last 10% of steps."""
+        """The bound at the returned parameters ``params`` (the point ``converged`` describes too).
+
+        For ``svi`` and ``meanfield`` the ELBO (discrete latents enumerated: for a model without continuous
+        latents it is the exact ``log_evidence()``; ``meanfield`` without ``free_bits``), for ``iwae``/``renyi``
+        the bound the fit optimised with its K; estimated by the backend's ``bound_at`` (a mean over up to 32
+        evaluations seeded by the fit's seed, so a loaded result reports the same number). Without the model (a
+        result loaded without it) or for other methods: minus the mean of the last 10% of the losses.
+        """
         if len(self.losses) == 0:
             return math.nan
+        backend = get_backend(self.method)
+        if hasattr(backend, "bound_at") and self.model is not None and self.structure is not None:
+            return backend.bound_at(self)
         tail = self.losses[-max(1, len(self.losses) // 10):]
         return -float(np.mean(tail))
 
@@ -174,6 +187,8 @@ class Result(Outcome):
         values = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.init}
         result = cls(**values)
         result.params = result.constrained_params()
+        if "bound" in outcome.cache:  # computed by the backend at these parameters (restarts are ranked by it)
+            result.cache["bound"] = outcome.cache["bound"]
         if outcome.restarts:
             result.restarts = [result if r is outcome else cls.from_outcome(r) for r in outcome.restarts]
         return result

@@ -116,7 +116,11 @@ def test_khat_and_is_estimate_are_those_of_the_exported_log_weights(ppca_fits, f
 
 def test_ppca_has_q_active_units(ppca_fits, float64):
     _, _, converged = ppca_fits
-    d = diagnose(converged, num_samples=100, ladder=())
+    with warnings.catch_warnings():
+        # k-hat of 20 points from 100 draws each is noisy (0.56-0.8 over seeds for such fits); it is tested with
+        # 1000 draws above, and here only the active units are
+        warnings.simplefilter("ignore", DiagnosticWarning)
+        d = diagnose(converged, num_samples=100, ladder=())
     # Measured: Var_i E_q[z_d] = 1.10, 1.00; KL per dim 1.75, 1.22 nats
     assert d.active_units == {"z": 2}
     assert d.kl_per_dim["z"].shape == (2,) and (d.kl_per_dim["z"] > 0.1).all()

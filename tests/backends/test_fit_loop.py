@@ -29,7 +29,7 @@ def test_device_option_moves_the_data():
 
 
 def test_convergence_warning_when_patience_is_never_met():
-    with pytest.warns(lvm.ConvergenceWarning, match=r"stopped after 30 steps before the smoothed loss settled"):
+    with pytest.warns(lvm.ConvergenceWarning, match=r"stopped after 30 steps before the loss settled: over its last"):
         fit = lvm.infer(normal_normal, torch.randn(20) + 20, steps=30, lr=0.05, patience=25, tol=0.0)
     assert not fit.converged
 

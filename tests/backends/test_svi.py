@@ -95,7 +95,10 @@ def test_svi_with_map_guide_enumerates_and_matches_sklearn(float64):
     x = _three_clusters()
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # in particular no "Found vars in model but not guide"
-        fit = lvm.infer(gmm_map, x, method="svi", guide="delta", steps=1500, lr=0.05, seed=3)
+        warnings.simplefilter("ignore", lvm.ConvergenceWarning)
+        # measured, 2000 steps: seeds 1-5 end within 0.01 nats of scikit-learn's optimum; seed 0 settles in a
+        # local optimum 307 nats below (a single MAP fit is not a global search: n_init is)
+        fit = lvm.infer(gmm_map, x, method="svi", guide="delta", steps=2000, lr=0.05, seed=3)
     assert fit.enumerated == ["z"]
     point = fit.sample_posterior(1)
     ours = _mixture_loglik(x, point["weights"][0].numpy(), point["locs"][0].numpy(), point["scales"][0].numpy())
@@ -192,5 +195,6 @@ def test_meanfield_on_local_latents_in_a_plate_uses_analytic_kls(float64):
     x = torch.randn(40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the plate's own subsample site is no latent: no KL warning for it
+        warnings.simplefilter("ignore", lvm.ConvergenceWarning)  # 20 steps: cut short on purpose
         fit = lvm.infer(ppca, x, method="meanfield", steps=20, lr=0.05)
     assert fit.method == "meanfield" and np.isfinite(fit.losses).all()

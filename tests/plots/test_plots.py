@@ -211,8 +211,9 @@ def test_plot_khat_is_psis_on_batches_of_the_exported_log_weights(fits, tmp_path
     np.testing.assert_allclose(drawn[:, 1], expected, rtol=1e-12)
     hlines = {round(float(line.get_ydata()[0]), 12) for line in ax.lines}
     assert {0.5, 0.7, round(psis_khat(log_w), 12)} <= hlines
-    # each point has its verdict's colour; measured k-hats 0.80, 0.58, 0.48, 0.29 (all 100 draws: 0.68): every verdict
-    assert len(ax.collections) == 3  # one scatter per verdict
+    # each point has its verdict's colour, one scatter per verdict present
+    verdicts = {"good" if k < 0.5 else ("ok" if k <= 0.7 else "bad") for k in expected}
+    assert len(ax.collections) == len(verdicts)
     for c in ax.collections:
         for (_, k), colour in zip(c.get_offsets(), c.get_facecolors(), strict=False):
             verdict = "good" if k < 0.5 else ("ok" if k <= 0.7 else "bad")
