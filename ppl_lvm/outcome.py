@@ -135,7 +135,7 @@ class MCMCOutcome(Outcome):
         latents are not sampled: they are summed out, and drawn from their exact conditional when queried).
     sample_stats : dict of str -> ndarray
         Per-draw statistics of the sampler, shape ``(num_chains, num_draws)``: ``diverging``, ``step_size``,
-        ``acceptance_rate``.
+        ``acceptance_rate``, ``potential_energy`` (minus the log density in the sampler's unconstrained space).
     num_chains, num_draws : int
         Chains and draws per chain (after warm-up).
     warmup_steps : int

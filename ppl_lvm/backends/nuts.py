@@ -180,6 +180,7 @@ class _Recorder:
         self.diverging = np.zeros(num_samples, dtype=bool)
         self.step_size = np.zeros(num_samples)
         self.acceptance_rate = np.zeros(num_samples)
+        self.potential_energy = np.zeros(num_samples)
         self._divergences = 0
         self._mean = 0.0
 
@@ -194,6 +195,7 @@ class _Recorder:
         self.acceptance_rate[i] = self._mean + (i + 1) * (mean - self._mean) if i else mean
         self._mean = mean
         self.step_size[i] = float(kernel.step_size)
+        self.potential_energy[i] = float(kernel._potential_energy_last)
 
 
 class NUTSBackend(Backend):
@@ -245,8 +247,8 @@ class NUTSBackend(Backend):
         names = [s.name for s in structure.continuous_latents]
         samples = {n: torch.stack([c[n] for c in chains]) for n in names}
         stats = {key: np.stack([getattr(r, key) for r in records])
-                 for key in ("diverging", "step_size", "acceptance_rate")}
-        converged = self._converged(samples, stats, structure)
+                 for key in ("diverging", "step_size", "acceptance_rate", "potential_energy")}
+        converged = self._converged(samples, stats, structure, bool(enumerated))
         flat = {n: v.reshape((-1,) + tuple(v.shape[2:])) for n, v in samples.items()}
         return MCMCOutcome(
             method=self.name,
@@ -271,9 +273,14 @@ class NUTSBackend(Backend):
         )
 
     @staticmethod
-    def _converged(samples: dict[str, torch.Tensor], stats: dict[str, np.ndarray], structure: ModelStructure) -> bool:
+    def _converged(samples: dict[str, torch.Tensor], stats: dict[str, np.ndarray], structure: ModelStructure,
+                   mixture: bool) -> bool:
+        """No divergence and split R-hat < 1.01: of every sampled coordinate, or, with enumerated discrete latents
+        (a mixture, whose chains may settle on different labellings of one mode), of the potential energy, which
+        does not depend on the labelling."""
         worst, where = 0.0, ""
-        for name, value in samples.items():
+        checked = {"potential energy": torch.as_tensor(stats["potential_energy"])} if mixture else samples
+        for name, value in checked.items():
             if value.shape[1] < 4:
                 continue
             rhat = split_gelman_rubin(value.double(), chain_dim=0, sample_dim=1)
@@ -283,8 +290,9 @@ class NUTSBackend(Backend):
         divergences = int(stats["diverging"].sum())
         problems = []
         if worst >= RHAT_LIMIT or math.isnan(worst):
-            problems.append(f"split R-hat {worst:.3f} >= {RHAT_LIMIT} at site '{where}' "
-                            f"({structure.location(where)}): run more or longer chains (num_samples, warmup_steps)")
+            at = "of the potential energy" if mixture else f"at site '{where}' ({structure.location(where)})"
+            problems.append(f"split R-hat {worst:.3f} >= {RHAT_LIMIT} {at}: run more or longer chains "
+                            "(num_samples, warmup_steps)")
         if divergences:
             problems.append(f"{divergences} divergent transition(s) after warm-up: raise target_accept_prob "
                             "(e.g. 0.95) or reparameterise the model (non-centred)")

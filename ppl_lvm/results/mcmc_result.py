@@ -21,14 +21,14 @@ class MCMCResult(Result, MCMCOutcome):
     laid end to end (all of them when ``S`` equals ``num_chains * num_draws``), enumerated discrete latents drawn
     from their exact conditional given each draw. ``summary()`` lists every draw with R-hat and effective sample
     sizes across the chains; ``to_arviz()`` exports the chains as ``(chain, draw)`` with ``diverging``,
-    ``step_size``, ``acceptance_rate`` and ``lp`` in ``sample_stats``.
+    ``step_size``, ``acceptance_rate``, ``potential_energy`` and ``lp`` in ``sample_stats``.
 
     Attributes
     ----------
     samples : dict of str -> Tensor
         ``(num_chains, num_draws, *site)`` per continuous latent site.
     sample_stats : dict of str -> ndarray
-        ``diverging``, ``step_size``, ``acceptance_rate`` per draw, ``(num_chains, num_draws)``.
+        ``diverging``, ``step_size``, ``acceptance_rate``, ``potential_energy`` per draw, ``(num_chains, num_draws)``.
     num_chains, num_draws, warmup_steps : int
         Chains, draws kept per chain, warm-up steps per chain.
     """
@@ -81,6 +81,11 @@ class MCMCResult(Result, MCMCOutcome):
         """Not available for MCMC draws (they carry no normalising constant): raises ``TypeError``."""
         raise TypeError("an MCMC fit gives no estimate of log p(x) (its draws have no density to weight); compare "
                         "fits with lvm.compare (PSIS-LOO), or fit method='iwae' for a bound")
+
+    def diagnose(self, **kw: Any) -> Any:
+        """Not defined: the variational diagnostics (k-hat, bound ladder) need a q; raises ``TypeError``."""
+        raise TypeError("diagnose() checks a variational fit; an MCMC fit's health is its summary() (r_hat, "
+                        "ess_bulk, ess_tail) and result.divergences")
 
     def fit_more(self, **options: Any) -> Result:
         """Not available: chains are not continued; raises ``TypeError``."""
