@@ -49,6 +49,8 @@ def test_nuts_result_reads_its_chains(nn_fit, float64):
     thinned = fit.sample_posterior(100)["mu"]
     assert torch.equal(thinned, stored[::40])  # evenly spaced: each chain keeps its share
     assert fit.posterior_predictive(5)["x"].shape == (5, 50)
+    ranked = lvm.compare({"nuts": fit})  # PSIS-LOO of the draws as posterior draws: no q to correct for
+    assert ranked.loc["nuts", "correction"] == "none" and np.isfinite(ranked.loc["nuts", "elpd_loo"])
     with pytest.raises(TypeError, match="no ELBO"):
         fit.elbo_estimate()
     with pytest.raises(TypeError, match="not continued"):
