@@ -31,8 +31,8 @@ from .fit_options import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment
-from .primitives import deterministic, latent, markov, module, observe, param, plate
 from .posterior_distance import compare_posteriors
+from .primitives import deterministic, latent, markov, module, observe, param, plate
 from .results import EMResult, MCMCResult, Result, load
 from .structure import ModelStructure
 

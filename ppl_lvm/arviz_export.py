@@ -174,6 +174,8 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     if isinstance(result, EMOutcome):
         return arviz_compat.make_groups(_em_groups(result))
     if isinstance(result, MCMCOutcome):
+        if restarts:
+            raise ValueError("an MCMC fit has no restarts to export: its chains are the chains")
         return arviz_compat.make_groups(_mcmc_groups(result, num_samples, seed, chains))
     if restarts is None:
         restarts = len(getattr(result, "restarts", [])) > 1
