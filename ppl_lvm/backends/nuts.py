@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -101,8 +103,9 @@ class StoredDraws:
     Called under a plate of ``S`` draws (the plate just left of the model's ``max_plate_nesting`` plates, as the
     posterior layer draws), it returns ``S`` draws evenly spaced over the chains laid end to end: all of them, in
     order, when ``S`` equals the number stored, and every chain's share in that chain's block when ``S`` is a
-    multiple of the number of chains. Called without that plate, it returns one draw chosen uniformly with torch's
-    generator (seeded by the caller). Each site is a ``Delta`` at the draw: the guide has no density.
+    multiple of the number of chains. Called without that plate, it returns the draw :meth:`pinned` names, else one
+    draw chosen uniformly with torch's generator (seeded by the caller). Each site is a ``Delta`` at the draw: the
+    guide has no density.
 
     Parameters
     ----------
@@ -116,17 +119,32 @@ class StoredDraws:
         self.draws = draws
         self.structure = structure
         self.total = next(iter(draws.values())).shape[0] if draws else 0
+        self._pinned: int | None = None
+
+    def spread(self, count: int) -> torch.Tensor:
+        """The indices of ``count`` draws evenly spaced over the stored ones (all of them, in order, for
+        ``count == total``), as a plate of ``count`` draws receives them."""
+        return torch.arange(count) * self.total // count
+
+    @contextmanager
+    def pinned(self, index: int) -> Iterator[None]:
+        """Calls without a plate of draws return draw ``index`` (one draw at a time, in a chosen order)."""
+        previous, self._pinned = self._pinned, int(index)
+        try:
+            yield
+        finally:
+            self._pinned = previous
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
         nesting = self.structure.max_plate_nesting
         frame = next((f for f in get_plates() if f.dim == -(nesting + 1)), None)
         if frame is None:
-            index = int(torch.randint(self.total, ()))
+            index = self._pinned if self._pinned is not None else int(torch.randint(self.total, ()))
             for name, values in self.draws.items():
                 event = len(self.structure.sites[name].shape)
                 pyro.sample(name, dist.Delta(values[index], event_dim=event))
             return
-        index = torch.arange(frame.size) * self.total // frame.size
+        index = self.spread(frame.size)
         for name, values in self.draws.items():
             info = self.structure.sites[name]
             pad = nesting - len(info.batch_shape)

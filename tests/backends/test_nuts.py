@@ -8,6 +8,7 @@ from demo_models import loc_gmm, normal_normal, normal_normal_posterior
 import ppl_lvm as lvm
 from ppl_lvm import dist
 from ppl_lvm.posterior import arviz_compat
+from ppl_lvm.posterior.queries import vectorizes
 
 
 def _nn_data():
@@ -149,3 +150,23 @@ def test_nuts_refuses_bad_options(option, value, match):
 def test_nuts_refuses_loop_options():
     with pytest.raises(TypeError, match="unknown option.*'steps'"):
         lvm.infer(normal_normal, torch.randn(5), method="nuts", steps=100)
+
+
+@lvm.model
+def matmul_regression(X, y):
+    beta = lvm.latent(dist.Normal(torch.zeros(X.shape[1]), 10.0).to_event(1))
+    with lvm.plate(len(y)):
+        lvm.observe(dist.Normal(X @ beta, 1.0), y)  # X @ beta: no plate of draws, queries draw one at a time
+
+
+def test_a_model_that_does_not_vectorise_gets_the_same_draws(float64):
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(30, 2, generator=g, dtype=torch.float64)
+    y = X @ torch.tensor([1.0, -1.0], dtype=torch.float64) + torch.randn(30, generator=g, dtype=torch.float64)
+    fit = lvm.infer(matmul_regression, {"X": X, "y": y}, method="nuts", num_samples=50, warmup_steps=50, seed=0)
+    assert not vectorizes(fit)
+    stored = fit.samples["beta"].reshape(-1, 2)
+    draws = fit.sample_posterior(20)["beta"]
+    assert torch.equal(draws, stored[torch.arange(20) * 100 // 20])  # the draws a plate of 20 would get
+    assert fit.posterior_predictive(4)["y"].shape == (4, 30)
+    assert fit.to_arviz().posterior["beta"].shape == (2, 50, 2)
