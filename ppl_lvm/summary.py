@@ -74,7 +74,7 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
         return table
 
     if isinstance(result, MCMCOutcome):
-        return _mcmc_table(result, num_samples, latents)
+        return _mcmc_table(result, num_samples, int(seed), latents)
     chains = aligned_restart_draws(result, num_samples, seed, latents) if latents else {}
     best = {n: v[0] for n, v in chains.items()}  # the kept fit is chain 0
     frames = []
@@ -101,16 +101,20 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
     return table
 
 
-def _mcmc_table(result: MCMCOutcome, num_samples: int, latents: list[str]) -> Any:
+def _mcmc_table(result: MCMCOutcome, num_samples: int, seed: int, latents: list[str]) -> Any:
     """``az.summary`` of the chains of the global latents: ``num_samples`` draws evenly spaced over the chains,
-    each chain's mixture components put in chain 0's order (:func:`~ppl_lvm.posterior.alignment.align_chains`)."""
+    each chain's mixture components put in chain 0's order (:func:`~ppl_lvm.posterior.alignment.align_chains`).
+    Enumerated discrete latents are drawn from their exact conditional given each draw (at ``seed``)."""
     import pandas as pd  # lazy: pandas is needed only for tables
 
     chains = result.num_chains
     if num_samples % chains:
         raise ValueError(f"num_samples must be a multiple of num_chains={chains} (each chain keeps its share), "
                          f"got {num_samples}")
-    draws = queries.guide_draws(result, num_samples, seed=result.seed, names=latents) if latents else {}
+    draws = queries.guide_draws(result, num_samples, seed=seed, names=latents) if latents else {}
+    if any(n not in draws for n in latents):  # enumerated sites: not sampled by NUTS, drawn by running the model
+        draws.update({n: v for n, v in queries.sample_posterior(result, num_samples, seed).items()
+                      if n in latents and n not in draws})
     per_chain = align_chains(result, {
         n: v.detach().cpu().double().numpy().reshape((chains, num_samples // chains) + tuple(v.shape[1:]))
         for n, v in draws.items()})

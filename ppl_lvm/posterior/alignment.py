@@ -147,14 +147,16 @@ def permute(value: Any, perm: np.ndarray, axes: tuple[int, ...]) -> Any:
 
 
 def relabel(labels: Any, perm: np.ndarray) -> Any:
-    """Discrete assignments in the reference's labels: old label ``perm[i]`` becomes ``i``."""
+    """Discrete assignments in the reference's labels: old label ``perm[i]`` becomes ``i``.
+
+    Labels may be floating point (a Bernoulli site's draws); the result keeps their dtype."""
     inverse = np.argsort(perm)
     if isinstance(labels, torch.Tensor):
         valid = labels >= 0  # -1 marks padding past a sequence's end
-        mapped = torch.as_tensor(inverse, device=labels.device)[labels.clamp(min=0)]
+        mapped = torch.as_tensor(inverse, device=labels.device)[labels.clamp(min=0).long()].to(labels.dtype)
         return torch.where(valid, mapped, labels)
     labels = np.asarray(labels)
-    return np.where(labels >= 0, inverse[np.clip(labels, 0, None)], labels)
+    return np.where(labels >= 0, inverse[np.clip(labels, 0, None).astype(np.int64)], labels).astype(labels.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- results

@@ -11,7 +11,8 @@ import numpy as np
 from . import arviz_compat
 
 __all__ = ["SUMMARY_COLUMNS", "RATIO_RTOL", "psis_khat", "psis_khat_points", "ratios_vary", "psis_loo",
-           "iwae_from_draws", "summarize_draws", "summarize_chains", "rhat_of_chains", "rhat_across_restarts", "row_labels"]
+           "iwae_from_draws", "summarize_draws", "summarize_chains", "rhat_of_chains", "rhat_across_restarts",
+           "row_labels"]
 
 SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
 RATIO_RTOL = 1e-6

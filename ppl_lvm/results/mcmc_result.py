@@ -52,7 +52,7 @@ class MCMCResult(Result, MCMCOutcome):
         num_samples : int, optional
             Draws used, evenly spaced over the chains (a multiple of ``num_chains``); default: every draw.
         seed : int
-            Unused by the continuous draws (they are the chains'); kept for the common signature.
+            Seed of the draws of enumerated discrete latents (the continuous draws are the chains' own).
         var_names : list of str, optional
             Sites to list; default: every global latent site.
 

@@ -170,3 +170,31 @@ def test_a_model_that_does_not_vectorise_gets_the_same_draws(float64):
     assert torch.equal(draws, stored[torch.arange(20) * 100 // 20])  # the draws a plate of 20 would get
     assert fit.posterior_predictive(4)["y"].shape == (4, 30)
     assert fit.to_arviz().posterior["beta"].shape == (2, 50, 2)
+
+
+@lvm.model
+def two_noises(x):
+    s = lvm.latent(dist.Bernoulli(0.5))  # one global switch of the noise sd, summed out by NUTS
+    mu = lvm.latent(dist.Normal(0.0, 3.0))
+    with lvm.plate(len(x)):
+        lvm.observe(dist.Normal(mu, 1.0 + s), x)
+
+
+def _switch_posterior(x):
+    """p(s = 1 | x): x | s ~ N(0, (1 + s)^2 I + 9 11^T) with mu integrated out."""
+    n = len(x)
+    logs = [dist.MultivariateNormal(torch.zeros(n, dtype=x.dtype), covariance_matrix=(1 + s) ** 2 * torch.eye(
+        n, dtype=x.dtype) + 9.0 * torch.ones(n, n, dtype=x.dtype)).log_prob(x) for s in (0, 1)]
+    return float(torch.sigmoid(logs[1] - logs[0]))
+
+
+def test_an_enumerated_global_latent_is_summarised(float64):
+    g = torch.Generator().manual_seed(0)
+    x = 1.0 + 1.4 * torch.randn(20, generator=g, dtype=torch.float64)
+    fit = lvm.infer(two_noises, x, method="nuts", num_samples=200, warmup_steps=100, seed=0)
+    table = fit.summary(seed=1)
+    assert set(table.index) == {"s", "mu"}
+    exact = _switch_posterior(x)
+    # Seeds 0-4: |mean of s - exact p(s = 1 | x) = 0.535| 0.002-0.045 (se of 400 Bernoulli draws ~0.025)
+    assert table.loc["s", "mean"] == pytest.approx(exact, abs=0.1)
+    assert fit.sample_posterior(10, seed=2)["s"].shape == (10,)
