@@ -163,7 +163,7 @@ def _check_model(problem: Problem) -> list[str]:
     if problem.init_state is not None:
         raise UnsupportedModelError("method 'nuts' cannot start from a result's parameters (init= / fit_more); "
                                     "run lvm.infer(..., method='nuts') afresh with more num_samples")
-    params = [s for s in structure.param_sites]
+    params = list(structure.param_sites)
     if params:
         listed = ", ".join(f"'{s.name}' ({s.location})" if s.location else f"'{s.name}'" for s in params)
         raise UnsupportedModelError(

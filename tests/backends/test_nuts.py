@@ -69,6 +69,9 @@ def test_nuts_to_arviz_has_chains_and_sampler_stats(nn_fit, float64):
         assert stats[name].shape == (2, 2000)
     assert "log_weight" not in stats  # MCMC draws have no density to weight by
     assert int(stats["diverging"].sum()) == fit.divergences
+    rate = stats["acceptance_rate"].values  # differenced from Pyro's running mean: rounding only
+    assert rate.min() > -1e-9 and rate.max() < 1 + 1e-9
+    assert (np.ptp(stats["step_size"].values, axis=1) == 0).all()  # adaptation stops after warm-up
     assert idata.log_likelihood["x"].shape == (2, 2000, 50)
     az = arviz_compat.az()
     ours = fit.summary().loc["mu"]
