@@ -31,8 +31,9 @@ from .fit_options import FitOptions, linear_warmup
 from .guides import AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment
+from .posterior_distance import compare_posteriors
 from .primitives import deterministic, latent, markov, module, observe, param, plate
-from .results import EMResult, Result, load
+from .results import EMResult, MCMCResult, Result, load
 from .structure import ModelStructure
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "FitOptions",
     "Guide",
     "InferenceWarning",
+    "MCMCResult",
     "MeanFieldNormal",
     "Model",
     "ModelCheckError",
@@ -59,6 +61,7 @@ __all__ = [
     "alignment",
     "backends",
     "compare",
+    "compare_posteriors",
     "constraints",
     "deterministic",
     "dist",

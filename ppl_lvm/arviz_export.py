@@ -21,7 +21,13 @@ from the same replay pass (:mod:`ppl_lvm.posterior.draws`) that :func:`ppl_lvm.d
                        sites themselves (not for ``delta`` or guides with helper sites such as ``fullrank``)
 =====================  ==========================================================================================
 
-and an EM fit into ``point_estimate`` (the fitted parameters; no fake one-draw posterior), ``responsibilities``
+An MCMC fit (``nuts``) gives the same groups from its chains' draws, ``(chain, draw)`` being the sampler's chains
+(``az.summary`` / ``az.rhat`` / ``az.ess`` of the ``posterior`` are then R-hat and ESS across them; a mixture's
+components are put in chain 0's order in each chain, as restarts are aligned), no
+``log_q`` / ``log_weight`` (the draws have no density), and the sampler's ``diverging``, ``step_size`` and
+``acceptance_rate`` per draw in ``sample_stats``;
+
+an EM fit into ``point_estimate`` (the fitted parameters; no fake one-draw posterior), ``responsibilities``
 (p(z | x) per discrete site), ``map_assignments``, ``em_history`` (mean log-likelihood per iteration),
 ``pointwise_log_likelihood`` (log p(x_i) when available) and ``observed_data``; the log-likelihood, BIC, AIC,
 convergence and iteration count are attributes of ``point_estimate``.
@@ -44,9 +50,9 @@ import torch
 
 from ._version import __version__
 from .errors import InferenceWarning
-from .outcome import EMOutcome, Outcome
+from .outcome import EMOutcome, MCMCOutcome, Outcome
 from .posterior import arviz_compat
-from .posterior.alignment import align_draw_sets, ordered_restarts
+from .posterior.alignment import align_chains, align_draw_sets, ordered_restarts
 from .posterior.draws import replay
 
 __all__ = ["to_inference_data", "save_netcdf", "load_netcdf"]
@@ -167,6 +173,10 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
         raise ValueError(f"chains must be a positive integer dividing num_samples={num_samples}, got {chains!r}")
     if isinstance(result, EMOutcome):
         return arviz_compat.make_groups(_em_groups(result))
+    if isinstance(result, MCMCOutcome):
+        if restarts:
+            raise ValueError("an MCMC fit has no restarts to export: its chains are the chains")
+        return arviz_compat.make_groups(_mcmc_groups(result, num_samples, seed, chains))
     if restarts is None:
         restarts = len(getattr(result, "restarts", [])) > 1
     if restarts and len(getattr(result, "restarts", [])) > 1:
@@ -234,6 +244,26 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
         stats["log_q"] = (chain, _split(found.log_q, chains))
         stats["log_weight"] = (chain, _split(found.log_weight, chains))
     groups["sample_stats"] = _dataset(stats, coords, attrs)
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------- MCMC
+def _mcmc_groups(result: MCMCOutcome, num_samples: int, seed: int | None, chains: int) -> dict[str, Any]:
+    """The groups of an MCMC fit: ``num_samples`` draws evenly spaced over its chains, chain by chain."""
+    if chains != result.num_chains:
+        raise ValueError(f"chains={chains}: an MCMC fit exports its own {result.num_chains} chains; pass "
+                         f"chains={result.num_chains} (result.to_arviz() does)")
+    groups = _variational_groups(result, num_samples, seed, chains)
+    post = groups["posterior"]
+    aligned = align_chains(result, {n: v.values for n, v in post.data_vars.items()})
+    groups["posterior"] = post.copy(data=aligned)
+    index = np.arange(num_samples) * result.total_draws // num_samples  # as the stored draws are handed out
+    stats = groups["sample_stats"]
+    for name, values in result.sample_stats.items():
+        stats[name] = (("chain", "draw"), _split(np.asarray(values).reshape(-1)[index], chains))
+    stats.attrs.update({"num_chains": int(result.num_chains), "num_draws": int(result.num_draws),
+                        "warmup_steps": int(result.warmup_steps)})
+    groups["posterior"].attrs.update(stats.attrs)
     return groups
 
 

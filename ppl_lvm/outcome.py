@@ -20,7 +20,7 @@ import torch
 from .data import BoundData
 from .model import Model, ModelStructure
 
-__all__ = ["EMOutcome", "Outcome"]
+__all__ = ["EMOutcome", "MCMCOutcome", "Outcome"]
 
 
 @dataclass
@@ -119,3 +119,36 @@ class EMOutcome(Outcome):
     n_parameters: int = 0
     n_samples: int = 0
     pattern: Any = None
+
+
+@dataclass
+class MCMCOutcome(Outcome):
+    """A finished Markov chain Monte Carlo run: the draws of every sampled latent site, chain by chain.
+
+    The outcome's ``guide`` hands these draws to the posterior layer (it returns stored draws, it has no density),
+    so every query of a fit (posterior draws, the replay pass, the ArviZ export) reads them as it reads a guide's.
+
+    Attributes
+    ----------
+    samples : dict of str -> Tensor
+        Draws of every continuous latent site, shape ``(num_chains, num_draws, *site)`` (enumerated discrete
+        latents are not sampled: they are summed out, and drawn from their exact conditional when queried).
+    sample_stats : dict of str -> ndarray
+        Per-draw statistics of the sampler, shape ``(num_chains, num_draws)``: ``diverging``, ``step_size``,
+        ``acceptance_rate``, ``potential_energy`` (minus the log density in the sampler's unconstrained space).
+    num_chains, num_draws : int
+        Chains and draws per chain (after warm-up).
+    warmup_steps : int
+        Warm-up (adaptation) steps per chain, discarded.
+    """
+
+    samples: dict[str, torch.Tensor] = field(default_factory=dict)
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    num_chains: int = 0
+    num_draws: int = 0
+    warmup_steps: int = 0
+
+    @property
+    def total_draws(self) -> int:
+        """Draws of all chains together (``num_chains * num_draws``)."""
+        return self.num_chains * self.num_draws

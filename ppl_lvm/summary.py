@@ -1,5 +1,6 @@
 """The table of :meth:`ppl_lvm.results.Result.summary` (and of ``EMResult.summary``): ``az.summary`` statistics of
-draws of the global latents from q, R-hat across restarts, and the point estimates of the model's parameters."""
+draws of the global latents from q, R-hat across restarts, and the point estimates of the model's parameters. An
+MCMC fit's rows are ``az.summary`` of its chains (R-hat and effective sample sizes across them)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from .outcome import EMOutcome
-from .posterior.alignment import aligned_restart_draws
-from .posterior.stats import SUMMARY_COLUMNS, rhat_across_restarts, row_labels, summarize_draws
+from .outcome import EMOutcome, MCMCOutcome
+from .posterior import queries
+from .posterior.alignment import align_chains, aligned_restart_draws
+from .posterior.stats import SUMMARY_COLUMNS, rhat_across_restarts, row_labels, summarize_chains, summarize_draws
 
 __all__ = ["summarize"]
 
@@ -71,6 +73,8 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
         table.attrs.update(_em_attrs(result))
         return table
 
+    if isinstance(result, MCMCOutcome):
+        return _mcmc_table(result, num_samples, int(seed), latents)
     chains = aligned_restart_draws(result, num_samples, seed, latents) if latents else {}
     best = {n: v[0] for n, v in chains.items()}  # the kept fit is chain 0
     frames = []
@@ -92,6 +96,37 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
         "converged": bool(result.converged),
         "elbo": float(result.elbo),
         "n_init": max(1, len(result.restarts)),
+        "num_samples": num_samples,
+    })
+    return table
+
+
+def _mcmc_table(result: MCMCOutcome, num_samples: int, seed: int, latents: list[str]) -> Any:
+    """``az.summary`` of the chains of the global latents: ``num_samples`` draws evenly spaced over the chains,
+    each chain's mixture components put in chain 0's order (:func:`~ppl_lvm.posterior.alignment.align_chains`).
+    Enumerated discrete latents are drawn from their exact conditional given each draw (at ``seed``)."""
+    import pandas as pd  # lazy: pandas is needed only for tables
+
+    chains = result.num_chains
+    if num_samples % chains:
+        raise ValueError(f"num_samples must be a multiple of num_chains={chains} (each chain keeps its share), "
+                         f"got {num_samples}")
+    draws = queries.guide_draws(result, num_samples, seed=seed, names=latents) if latents else {}
+    if any(n not in draws for n in latents):  # enumerated sites: not sampled by NUTS, drawn by running the model
+        draws.update({n: v for n, v in queries.sample_posterior(result, num_samples, seed).items()
+                      if n in latents and n not in draws})
+    per_chain = align_chains(result, {
+        n: v.detach().cpu().double().numpy().reshape((chains, num_samples // chains) + tuple(v.shape[1:]))
+        for n, v in draws.items()})
+    table = summarize_chains(per_chain).assign(kind="latent") if per_chain else pd.DataFrame(
+        columns=SUMMARY_COLUMNS + ["kind"])
+    table.attrs.update({
+        "method": result.method,
+        "num_chains": chains,
+        "num_draws": result.num_draws,
+        "warmup_steps": result.warmup_steps,
+        "divergences": int(result.sample_stats["diverging"].sum()) if "diverging" in result.sample_stats else 0,
+        "converged": bool(result.converged),
         "num_samples": num_samples,
     })
     return table

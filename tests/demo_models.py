@@ -82,3 +82,18 @@ class Encoder(torch.nn.Module):
     def forward(self, x):
         loc, log_scale = self.net(x).chunk(2, -1)
         return loc, log_scale.exp()
+
+
+@lvm.model
+def bayes_linreg(X, y):
+    """beta ~ N(0, 10^2 I); y_i ~ N(X_i beta, 1): a Gaussian posterior in closed form, correlated when X's columns are."""
+    beta = lvm.latent(dist.Normal(torch.zeros(X.shape[1]), 10.0).to_event(1))
+    with lvm.plate(len(y)):
+        lvm.observe(dist.Normal((X * beta).sum(-1), 1.0), y)  # (X * beta): broadcasts over a plate of draws
+
+
+def bayes_linreg_posterior(X, y):
+    """Posterior mean and covariance of ``bayes_linreg``; mean-field's optimum has sds 1 / sqrt(diag(precision))."""
+    precision = X.T @ X + torch.eye(X.shape[1], dtype=X.dtype) / 100.0
+    cov = torch.linalg.inv(precision)
+    return cov @ X.T @ y, cov, 1 / torch.sqrt(torch.diagonal(precision))

@@ -83,6 +83,13 @@ EXPECTED = {
         r"Viterbi paths: lvm and hmmlearn agree on 1\.0000 of 1020 time steps",
         r"Viterbi accuracy vs the true regimes: 0\.8853",
     ],
+    "11_vi_vs_nuts.py": [
+        r"closed form: mean = \[ 1\.5051 -1\.0373\], sd = \[0\.5062 0\.4839\], correlation = -0\.9637",
+        r"optimal mean-field sd = \[0\.1351 0\.1292\], ratio to the exact sd 0\.2669",
+        r"reported sd ratio mean-field / NUTS = \[0\.[1-3]\d* +0\.[1-3]\d*\] \(closed form 0\.267\)",
+        r"NUTS mass inside mean-field's 90% interval: mu 0\.\d{3}, tau 0\.\d{3}, theta_j 0\.\d{3} to [01]\.\d{3}",
+        r"sd ratio mean-field / NUTS: mu \d\.\d{3}, tau 0\.\d{3}",
+    ],
 }
 
 

@@ -9,9 +9,10 @@ from .base import Backend, Problem
 from .em import EM
 from .iwae import IWAE, RENYI
 from .meanfield import MEANFIELD
+from .nuts import NUTS_BACKEND
 from .svi import SVI
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI, EM)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI, EM, NUTS_BACKEND)}
 
 
 def register(backend: Backend) -> None:

@@ -34,7 +34,7 @@ from . import queries
 from .draws import replay
 
 __all__ = ["component_count", "component_axes", "match_components", "permute", "align_result",
-           "aligned_restart_draws", "align_draw_sets", "align_draws", "ordered_restarts", "relabel"]
+           "aligned_restart_draws", "align_chains", "align_draw_sets", "align_draws", "ordered_restarts", "relabel"]
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -147,14 +147,16 @@ def permute(value: Any, perm: np.ndarray, axes: tuple[int, ...]) -> Any:
 
 
 def relabel(labels: Any, perm: np.ndarray) -> Any:
-    """Discrete assignments in the reference's labels: old label ``perm[i]`` becomes ``i``."""
+    """Discrete assignments in the reference's labels: old label ``perm[i]`` becomes ``i``.
+
+    Labels may be floating point (a Bernoulli site's draws); the result keeps their dtype."""
     inverse = np.argsort(perm)
     if isinstance(labels, torch.Tensor):
         valid = labels >= 0  # -1 marks padding past a sequence's end
-        mapped = torch.as_tensor(inverse, device=labels.device)[labels.clamp(min=0)]
+        mapped = torch.as_tensor(inverse, device=labels.device)[labels.clamp(min=0).long()].to(labels.dtype)
         return torch.where(valid, mapped, labels)
     labels = np.asarray(labels)
-    return np.where(labels >= 0, inverse[np.clip(labels, 0, None)], labels)
+    return np.where(labels >= 0, inverse[np.clip(labels, 0, None).astype(np.int64)], labels).astype(labels.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -315,3 +317,18 @@ def aligned_restart_draws(result: Any, num_samples: int, seed: int | None, names
         draws.append({n: _numpy(v) for n, v in sampled.items()})
     draws = align_draw_sets(result, fits, draws)
     return {n: np.stack([d[n] for d in draws]) for n in draws[0]}
+
+
+def align_chains(result: Any, chains: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Markov chains ``{name: (chains, draws, *site)}`` of one fit with every chain's components put in the order
+    of chain 0 (one permutation per chain, from its means, as :func:`align_draw_sets` aligns restarts).
+
+    Chains of a mixture started apart settle on different labellings of the same posterior mode; aligned, their
+    R-hat measures mixing within the mode. Draws that switch labels *within* a chain are left as they are.
+    """
+    count = next(iter(chains.values())).shape[0] if chains else 0
+    if count < 2:
+        return chains
+    per_chain = [{n: v[c] for n, v in chains.items()} for c in range(count)]
+    aligned = align_draw_sets(result, [result] * count, per_chain)
+    return {n: np.stack([a[n] for a in aligned]) for n in chains}

@@ -30,7 +30,7 @@ import pyro.poutine as poutine
 import torch
 
 from ..handlers import replay_trace
-from ..outcome import Outcome
+from ..outcome import MCMCOutcome, Outcome
 from ..runtime import run_scope
 from . import terms
 from .queries import (
@@ -73,6 +73,8 @@ class Replay:
 
 
 def _density(fit: Outcome) -> bool:
+    if isinstance(fit, MCMCOutcome):  # stored draws: no q to weight them by
+        return False
     name = str(fit.guide_name).lower()
     return "delta" not in name and "map" not in name
 

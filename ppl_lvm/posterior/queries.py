@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import pyro
@@ -18,7 +19,7 @@ from pyro.infer.autoguide import AutoGuide
 
 from ..handlers import enumerating
 from ..model import Model
-from ..outcome import Outcome
+from ..outcome import MCMCOutcome, Outcome
 from ..runtime import run_scope
 from .terms import DRAW_PLATE
 
@@ -125,6 +126,17 @@ def _trace_draws(fit: Outcome, num_samples: int | None, predictive: bool) -> pou
         return poutine.trace(fn).get_trace(**kwargs)
 
 
+def _one_at_a_time(fit: Outcome, num_samples: int) -> Iterator[None]:
+    """Step through ``num_samples`` one-draw runs; an MCMC fit's stored draws are pinned to the ones a plate of
+    ``num_samples`` draws would get (evenly spaced), so both paths return the same draws."""
+    if not isinstance(fit, MCMCOutcome):
+        yield from (None for _ in range(num_samples))
+        return
+    for index in fit.guide.spread(num_samples).tolist():
+        with fit.guide.pinned(index):
+            yield None
+
+
 def _draw(fit: Outcome, num_samples: int, seed: int | None, predictive: bool) -> dict[str, torch.Tensor]:
     check_count("num_samples", num_samples)
     require_model(fit)
@@ -139,7 +151,7 @@ def _draw(fit: Outcome, num_samples: int, seed: int | None, predictive: bool) ->
             trace = _trace_draws(fit, num_samples, predictive)
             values = {n: trace.nodes[n]["value"] for n in wanted if n in trace.nodes}
             return {n: v.reshape((num_samples,) + structure.sites[n].shape) for n, v in values.items()}
-        traces = [_trace_draws(fit, None, predictive) for _ in range(num_samples)]
+        traces = [_trace_draws(fit, None, predictive) for _ in _one_at_a_time(fit, num_samples)]
         return {
             n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])
             for n in wanted

@@ -11,7 +11,8 @@ import numpy as np
 from . import arviz_compat
 
 __all__ = ["SUMMARY_COLUMNS", "RATIO_RTOL", "psis_khat", "psis_khat_points", "ratios_vary", "psis_loo",
-           "iwae_from_draws", "summarize_draws", "rhat_of_chains", "rhat_across_restarts", "row_labels"]
+           "iwae_from_draws", "summarize_draws", "summarize_chains", "rhat_of_chains", "rhat_across_restarts",
+           "row_labels"]
 
 SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
 RATIO_RTOL = 1e-6
@@ -150,6 +151,20 @@ def summarize_draws(draws: dict[str, np.ndarray]) -> Any:
             raise ValueError(f"summaries need at least 8 draws, got {array.shape[0]} for '{name}'")
         usable = array.shape[0] - array.shape[0] % 2
         data[name] = _split(array[:usable], 2)
+    return arviz_compat.summary(data)[SUMMARY_COLUMNS]
+
+
+def summarize_chains(chains: dict[str, np.ndarray]) -> Any:
+    """``az.summary`` of Markov chains ``{name: (chains, draws, *shape)}``, unrounded, one row per scalar
+    coordinate: R-hat, bulk and tail ESS and the Monte Carlo errors across the chains."""
+    import pandas as pd  # pandas is imported on first use: import ppl_lvm stays fast
+
+    if not chains:
+        return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    data = {name: np.asarray(array, dtype=np.float64) for name, array in chains.items()}
+    for name, array in data.items():
+        if array.shape[1] < 4:
+            raise ValueError(f"summaries need at least 4 draws per chain, got {array.shape[1]} for '{name}'")
     return arviz_compat.summary(data)[SUMMARY_COLUMNS]
 
 
