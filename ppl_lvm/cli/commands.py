@@ -61,6 +61,10 @@ def _fit_title(manifest: dict[str, Any]) -> str:
     return f"{model} on {Path(manifest['data']).name} ({manifest['method']})"
 
 
+#: methods whose results the command cannot save (it saves every fit)
+UNSAVED = ("nuts",)
+
+
 def cmd_fit(ns: argparse.Namespace) -> int:
     options = parse_assignments(ns.option, "--option")
     args = parse_assignments(ns.arg, "--arg")
@@ -69,7 +73,10 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         raise CLIError(f"--columns expects distinct names separated by commas, got {ns.columns!r}")
     data_path = Path(ns.data)
     if ns.method not in methods():
-        raise CLIError(f"unknown method {ns.method!r}; choose one of: {', '.join(methods())}")
+        raise CLIError(f"unknown method {ns.method!r}; choose one of: {', '.join(m for m in methods() if m not in UNSAVED)}")
+    if ns.method in UNSAVED:  # the command saves every fit, and these results have no file format yet
+        raise CLIError(f"ppl-lvm fit cannot run method {ns.method!r}: its results cannot be saved to a file yet; run "
+                       f"lvm.infer(model, data, method={ns.method!r}) from Python")
     model, entry, model_spec = load_model(ns.model)
     guide, guide_spec = load_guide(ns.guide)
     loaded, labels = load_table(data_path, columns, ns.key)

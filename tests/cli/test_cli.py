@@ -269,6 +269,8 @@ BAD_INPUTS = [
      "mymodels.py has no function 'three_groups'; its models are: normal_mean, two_groups"),
     (["fit", "nothere.py:model", "groups.csv", "--method", "em", "--out", "o"], "model file nothere.py does not exist"),
     (["fit", "gaussian_mixture", "groups.csv", "--method", "gibbs", "--out", "o"], "unknown method 'gibbs'"),
+    (["fit", "gaussian_mixture", "groups.csv", "--method", "nuts", "--out", "o"],
+     "ppl-lvm fit cannot run method 'nuts': its results cannot be saved to a file yet"),
     (["fit", "gaussian_mixture", "groups.csv", "--arg", "L=3", "--method", "em", "--out", "o"],
      "--arg L: not an argument of gaussian_mixture()"),
     (["report", "."], "has no fit.json"),
