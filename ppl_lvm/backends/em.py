@@ -25,7 +25,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..em.accumulate import Reducer, Source
 from ..em.generic import check_enumeration_size
+from ..em.hmm import chain_source
 from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
 from ..em.routes import closed_form_fit, em_outcome, generic_fit
 from ..errors import DataError, UnsupportedModelError
@@ -82,6 +84,15 @@ class EMOptions:
         ``callback(iteration, mean_log_likelihood)``; return ``True`` to stop.
     max_bytes : int
         Refuse (before allocating) an enumeration larger than this.
+    distributed : bool
+        Data-parallel EM over the ranks of the initialised ``torch.distributed`` process group (a script started
+        by ``torchrun``): every rank calls ``lvm.infer`` with its own part of the data (its shard; see
+        ``lvm.chunks(...).shard``), the expected sufficient statistics of the shards are summed with one
+        ``all_reduce`` per iteration, so every rank runs the same iterations and ends with the same parameters,
+        equal to those of one process on all the data. The start is rank 0's (a data-seeded start is drawn from
+        rank 0's shard). ``log_likelihood``, the history and the BIC are those of all the data; the
+        responsibilities and per-point values those of the rank's shard. Closed-form route only (recognised
+        mixtures and chains).
     """
 
     max_iter: int = 100
@@ -93,6 +104,7 @@ class EMOptions:
     progress: bool | None = None
     callbacks: Sequence = ()
     max_bytes: int = 2 * 1024**3
+    distributed: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -111,6 +123,8 @@ class EMOptions:
         init = self.init_params
         if init is not None and not isinstance(init, dict) and init not in INITS:
             raise ValueError(f"unknown init_params {init!r}; choose one of {list(INITS)} or pass a dict of values")
+        if not isinstance(self.distributed, bool):
+            raise ValueError(f"distributed must be True or False, got {self.distributed!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -123,6 +137,14 @@ class EMOptions:
         """
         init = self.init_params
         if route == "generic":
+            if self.distributed:
+                raise UnsupportedModelError(
+                    "distributed=True sums the expected sufficient statistics of the closed-form EM route "
+                    "(recognised mixtures and hidden Markov chains of the Gaussian, Bernoulli, categorical and "
+                    "Poisson families); this model runs the generic EM route (it is not a recognised mixture or "
+                    "chain), which has no such statistics. Fit it in one process (drop distributed=True), or write "
+                    "it as a recognised mixture or chain."
+                )
             if isinstance(init, str) and init not in GENERIC_INITS:
                 raise UnsupportedModelError(
                     f"init_params={init!r} seeds the components of a recognised mixture or chain from its data "
@@ -228,16 +250,21 @@ class EMBackend(Backend):
         """Recognised mixtures (``fit_mixture``) and chains (Baum-Welch)."""
         chain = hasattr(pattern, "trans")
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
-        n, k = x.shape[0], pattern.n_components
+        reducer = Reducer(opts.distributed)
+        if chain:
+            source = chain_source(pattern.family, x, [int(v) for v in pattern.lengths], reducer=reducer)
+        else:
+            source = Source(pattern.family, x, reducer=reducer)
+        n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")
             raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
         options = opts.for_route("closed form", pattern.family.default_reg)
-        cache = pattern.family.precompute(x)
-        return options, closed_form_fit(pattern, x, cache, initial, options, callback)
+        return options, closed_form_fit(pattern, source, initial, options, callback)
 
     def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
         """Any other enumerable model: exact E-step by contraction, numerical (generalised) M-step."""
+        Reducer(opts.distributed)  # no process group: that error first
         options = opts.for_route("generic")
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])

@@ -54,7 +54,8 @@ class Bernoulli:
     def __repr__(self) -> str:
         return "Bernoulli()"
 
-    def precompute(self, X: Any) -> dict[str, Any]:
+    def precompute(self, X: Any, summary: dict | None = None) -> dict[str, Any]:
+        # summary: the whole data's sums, for a chunk; nothing here depends on them (no centring)
         X = _as_float(X, self.dtype)
         if X.ndim != 2:
             raise ValueError(f"Bernoulli emissions need 2-D data (N, D), got {tuple(X.shape)}")
@@ -134,7 +135,8 @@ class Categorical:
     def __repr__(self) -> str:
         return f"Categorical(n_categories={self.n_categories})"
 
-    def precompute(self, X: Any) -> dict[str, Any]:
+    def precompute(self, X: Any, summary: dict | None = None) -> dict[str, Any]:
+        # summary: the whole data's sums, for a chunk; nothing here depends on them (no centring)
         x = torch.as_tensor(X)
         if x.ndim == 2 and x.shape[1] == 1:
             x = x[:, 0]
@@ -253,7 +255,8 @@ class Poisson:
     def __repr__(self) -> str:
         return "Poisson()"
 
-    def precompute(self, X: Any) -> dict[str, Any]:
+    def precompute(self, X: Any, summary: dict | None = None) -> dict[str, Any]:
+        # summary: the whole data's sums, for a chunk; nothing here depends on them (no centring)
         X = _as_float(X, self.dtype)
         if X.ndim == 1:
             X = X.unsqueeze(1)
