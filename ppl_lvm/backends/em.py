@@ -189,6 +189,29 @@ def _check_enumerable(structure: Any) -> None:
             )
 
 
+def _check_streams(streams: dict, pattern: Any) -> None:
+    """Data read chunk by chunk are fitted on the route that sums statistics: a recognised mixture's data only."""
+    if not streams:
+        return
+    names = sorted(streams)
+    if pattern is None:
+        raise UnsupportedModelError(
+            f"data read chunk by chunk (lvm.chunks: {names}) need the closed-form EM route (a recognised mixture); "
+            "this model runs the generic EM route, whose E-step needs all the data at once. Pass the data in memory."
+        )
+    if hasattr(pattern, "trans"):
+        raise UnsupportedModelError(
+            f"data read chunk by chunk (lvm.chunks: {names}) are fitted through lvm.infer for recognised mixtures; "
+            "for a hidden Markov chain stream the sequences into the kernel: "
+            "ppl_lvm.em.hmm.fit_hmm(lvm.chunks(x, chunk_size, lengths=lengths), None, family, start)"
+        )
+    if names != [pattern.data_argument]:
+        raise UnsupportedModelError(
+            f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
+            f"feed the model otherwise: pass them in memory"
+        )
+
+
 def _write_init_values(store: Any, values: dict) -> None:
     unknown = sorted(set(values) - set(store.keys()))
     if unknown:
@@ -201,6 +224,7 @@ def _write_init_values(store: Any, values: dict) -> None:
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
+    accepts_chunks = True  # a recognised mixture's data may be lvm.chunks (read chunk by chunk)
 
     def fit(self, problem: Problem) -> EMOutcome:
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
@@ -229,8 +253,9 @@ class EMBackend(Backend):
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
                 return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
+            _check_streams(problem.streams, pattern)
             if pattern is not None:
-                options, run = self._closed_form(pattern, kwargs, opts, initial, callback)
+                options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
             else:
                 options, run = self._generic(problem, kwargs, opts, initial, callback)
             bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em" if pattern else "em (generic)")
@@ -246,13 +271,17 @@ class EMBackend(Backend):
                     bar.close()
 
     # ------------------------------------------------------------------ the two routes
-    def _closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
+    def _closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict, callback: Any,
+                     streams: dict):
         """Recognised mixtures (``fit_mixture``) and chains (Baum-Welch)."""
         chain = hasattr(pattern, "trans")
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         reducer = Reducer(opts.distributed)
         if chain:
             source = chain_source(pattern.family, x, [int(v) for v in pattern.lengths], reducer=reducer)
+        elif streams:
+            source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
+                            reducer=reducer)
         else:
             source = Source(pattern.family, x, reducer=reducer)
         n, k = source.n, pattern.n_components

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..errors import DistributedError
+from ..errors import DataError, DistributedError
 from .families.base import add_statistics, local_centred_sums
 from .stream import Chunks
 
@@ -131,11 +131,15 @@ class Source:
             self._chunk_layout = self._layout(lengths, self.n)
             return
         first, total = None, None
-        for x, _ in self._raw():
+        for i, (x, _) in enumerate(self._raw()):
             if x.shape[0] == 0:
                 continue
             first = x[:1] if first is None else first
-            total = add_statistics(total, family.summary(x))
+            part = family.summary(x)
+            if not all(bool(torch.isfinite(v).all()) for v in part.values()):
+                raise DataError(f"chunk {i} of the data (rows {x.shape[0]}) holds NaN or infinite values; drop or "
+                                "impute them before fitting")
+            total = add_statistics(total, part)
         if total is None:
             raise DistributedError(f"rank {self.reducer.rank} holds no data: give every rank at least one row "
                                    "(shard with lvm.chunks(...).shard(rank, world_size))")

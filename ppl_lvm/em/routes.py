@@ -131,7 +131,12 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         elif reducer.rank == 0:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
         start = reducer.broadcast(start)
-        if chain:
+        if source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
+            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
+            per_point, resp = None, None
+            total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum())
+                        for c, _ in source.chunks())
+        elif chain:
             fit = fit_hmm(source, None, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
                           reg=reg, callback=kernel_callback)
             e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
@@ -142,10 +147,13 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
             per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
         pattern.to_model(fit.params, store)
         _warn_unless_converged(fit.converged, max_iter, tol, restart, seed)
-        total = float(reducer.sum({"log_likelihood": per_point.sum()})["log_likelihood"])
+        if per_point is not None:
+            total = per_point.sum()
+        total = float(reducer.sum({"log_likelihood": torch.as_tensor(total)})["log_likelihood"])
+        responsibilities = {} if resp is None else {pattern.latent: resp.clone()}
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
-                     total, per_point.clone(), {pattern.latent: resp.clone()},
-                     source.n if reducer.distributed else None)
+                     total, None if per_point is None else per_point.clone(), responsibilities,
+                     source.n if reducer.distributed or source.streamed else None)
 
     return fit_once
 

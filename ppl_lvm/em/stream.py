@@ -46,8 +46,10 @@ class Chunks:
 
     def __init__(self, array: Any = None, chunk_size: int | None = None, lengths: Sequence[int] | None = None,
                  pieces: Sequence | None = None, factory: Callable[[], Any] | None = None,
-                 rows: tuple[int, int] | None = None, sequences: tuple[int, int] | None = None) -> None:
+                 rows: tuple[int, int] | None = None, sequences: tuple[int, int] | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self._array, self.chunk_size, self._pieces, self._factory = array, chunk_size, pieces, factory
+        self._transform = transform
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
         if array is not None:
             total = int(array.shape[0])
@@ -73,6 +75,13 @@ class Chunks:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         """``(rows, lengths)`` per chunk (``lengths`` None for data without sequences)."""
+        if self._transform is not None:
+            for x, lengths in self._untransformed():
+                yield self._transform(x), lengths
+            return
+        yield from self._untransformed()
+
+    def _untransformed(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         if self._array is not None:
             yield from self._array_chunks()
             return
@@ -101,13 +110,25 @@ class Chunks:
             yield _as_chunk(self._array[lo:hi]), self._lengths[seq:end].tolist()
             seq = end
 
+    def _like(self, **changes: Any) -> Chunks:
+        spec = {"array": self._array, "chunk_size": self.chunk_size, "lengths": self._lengths,
+                "pieces": self._pieces, "factory": self._factory, "transform": self._transform}
+        if self._array is not None:
+            spec["rows" if self._lengths is None else "sequences"] = self._rows if self._lengths is None else self._seq
+        spec.update(changes)
+        return Chunks(**spec)
+
+    def transformed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Chunks:
+        """The same chunks, each passed through ``fn`` (e.g. reshaped) when read."""
+        return self._like(transform=fn if self._transform is None else (lambda x, f=self._transform: fn(f(x))))
+
     def shard(self, rank: int, world_size: int) -> Chunks:
         """The part of the data rank ``rank`` of ``world_size`` reads: a contiguous range of rows (of whole
         sequences, balanced by rows, for sequences; of chunks, for chunks given as a list)."""
         if self._array is not None and self._lengths is None:
             lo, hi = shard_range(self.n_rows, rank, world_size)
             base = self._rows[0]
-            return Chunks(self._array, self.chunk_size, rows=(base + lo, base + hi))
+            return self._like(rows=(base + lo, base + hi))
         if self._array is not None:
             first, last = self._seq
             rows = self._offsets[first : last + 1] - self._offsets[first]
@@ -115,10 +136,10 @@ class Chunks:
             # sequence boundaries nearest to the row range's ends
             s_lo = first + int(np.abs(rows - lo).argmin())
             s_hi = first + int(np.abs(rows - hi).argmin())
-            return Chunks(self._array, self.chunk_size, self._lengths, sequences=(s_lo, max(s_lo, s_hi)))
+            return self._like(sequences=(s_lo, max(s_lo, s_hi)))
         if self._pieces is not None:
             lo, hi = shard_range(len(self._pieces), rank, world_size)
-            return Chunks(pieces=list(self._pieces)[lo:hi])
+            return self._like(pieces=list(self._pieces)[lo:hi])
         raise ValueError("chunks made from a function cannot be sharded: give each rank a function that yields its "
                          "own part, or pass an array or a list of chunks")
 

@@ -1,7 +1,7 @@
 """Data-parallel EM (``distributed=True``) on 2 processes over loopback with gloo, against one process on all the data.
 
 The two ranks are started once (``torch.multiprocessing``, bounded in time) and run every case; each rank fits its
-contiguous shard (``lvm.chunks(...).shard``). Exact EM from the same start has no randomness, so the comparison is
+contiguous shard (``lvm.chunks(...).shard``), in memory or read 64 rows at a time from a memory-mapped file. Exact EM from the same start has no randomness, so the comparison is
 deterministic: float64, 1e-10 relative (measured: at most 3.8e-15 on the parameters, 1.2e-15 on the history; the
 ranks' parameters are bit-identical, since both run the M-step on the same all-reduced totals).
 """
@@ -59,7 +59,7 @@ def _hmm_data(seqs: list[np.ndarray]) -> dict:
     return {"x": padded, "lengths": lengths, "K": K, "n_symbols": 4}
 
 
-def _fits(rank: int | None, world: int) -> dict:
+def _fits(rank: int | None, world: int, folder: str) -> dict:
     """Every case's numbers, fitted on rank ``rank``'s shard (``None``: one process, all the data)."""
     out = {}
     x = _mixture_data()
@@ -70,6 +70,14 @@ def _fits(rank: int | None, world: int) -> dict:
         fit = lvm.infer(gaussian_mixture, {"x": shard, "K": K, "covariance_type": ct}, method="em",
                         init_params=_mixture_start(ct), max_iter=25, tol=None, distributed=distributed)
         out[ct] = fit
+    if distributed:  # each rank reads its contiguous range of a memory-mapped file, 64 rows at a time
+        path = os.path.join(folder, f"x{rank}.npy")
+        np.save(path, x)
+        out["streamed"] = lvm.infer(gaussian_mixture, {"x": chunks(path, 64).shard(rank, world), "K": K},
+                                    method="em", init_params=_mixture_start("full"), max_iter=25, tol=None,
+                                    distributed=True)
+    else:
+        out["streamed"] = out["full"]
     seqs, lengths = _sequences()
     if distributed:
         lo, hi = _sequence_shard(lengths, rank, world)
@@ -90,7 +98,7 @@ def _sequence_shard(lengths: np.ndarray, rank: int, world: int) -> tuple[int, in
 def _record(fit) -> dict:
     return {"params": {k: v.detach().clone() for k, v in fit.params.items()}, "history": np.asarray(fit.history),
             "log_likelihood": fit.log_likelihood, "n_samples": fit.n_samples, "bic": fit.bic(),
-            "n_iter": fit.n_iter, "resp": next(iter(fit.responsibilities.values())).clone()}
+            "n_iter": fit.n_iter, "resp": next((r.clone() for r in fit.responsibilities.values()), None)}
 
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
@@ -99,7 +107,11 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
     torch.set_default_dtype(torch.float64)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        results = {name: _record(fit) for name, fit in _fits(rank, world).items()}
+        results = {name: _record(fit) for name, fit in _fits(rank, world, folder).items()}
+        shard = torch.cat([c for c, _ in chunks(_mixture_data()).shard(rank, world)])
+        seeded = lvm.infer(gaussian_mixture, {"x": shard, "K": K}, method="em", n_init=2, seed=rank + 5,
+                           distributed=True)  # k-means++ on rank 0's shard, seeds of rank 0 too
+        results["seeded"] = _record(seeded)
 
         @lvm.model
         def not_a_mixture(x):  # a latent the recogniser does not know (its scale depends on z): generic route
@@ -141,13 +153,13 @@ def one_process():
     before = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        return {name: _record(fit) for name, fit in _fits(None, 1).items()}
+        return {name: _record(fit) for name, fit in _fits(None, 1, "").items()}
     finally:
         torch.set_default_dtype(before)
 
 
 @pytest.mark.skipif(sys.platform == "win32" or not dist.is_available(), reason="needs torch.distributed with gloo")
-@pytest.mark.parametrize("case", ["full", "diag", "hmm"])
+@pytest.mark.parametrize("case", ["full", "diag", "hmm", "streamed"])
 def test_two_ranks_equal_one_process(two_ranks, one_process, case):
     ref = one_process[case]
     rank0, rank1 = two_ranks[0][case], two_ranks[1][case]
@@ -160,8 +172,10 @@ def test_two_ranks_equal_one_process(two_ranks, one_process, case):
         assert rank["n_samples"] == ref["n_samples"]
         assert rank["bic"] == pytest.approx(ref["bic"], rel=RTOL)
         assert rank["n_iter"] == ref["n_iter"]
-    # each rank's responsibilities are those of its own shard
-    if case == "hmm":
+    # each rank's responsibilities are those of its own shard (none are kept for streamed data)
+    if case == "streamed":
+        assert rank0["resp"] is None and rank1["resp"] is None
+    elif case == "hmm":
         n_seq = rank0["resp"].shape[0]
         assert rank0["resp"].shape[0] + rank1["resp"].shape[0] == ref["resp"].shape[0]
         assert rank0["resp"].shape[1] <= ref["resp"].shape[1]
@@ -169,6 +183,13 @@ def test_two_ranks_equal_one_process(two_ranks, one_process, case):
                                    atol=1e-10)
     else:
         np.testing.assert_allclose(torch.cat([rank0["resp"], rank1["resp"]]).numpy(), ref["resp"].numpy(), atol=1e-10)
+
+
+def test_a_data_seeded_start_is_rank_0s_on_every_rank(two_ranks):
+    rank0, rank1 = two_ranks[0]["seeded"], two_ranks[1]["seeded"]
+    for name, value in rank0["params"].items():
+        assert torch.equal(value, rank1["params"][name]), name
+    np.testing.assert_array_equal(rank0["history"], rank1["history"])
 
 
 def test_generic_route_is_refused_by_name(two_ranks):

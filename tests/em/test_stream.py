@@ -165,3 +165,66 @@ def test_a_one_chunk_source_in_memory_keeps_its_cache():
         start = initialize_mixture(x, family, 3, "k-means++", seed=0)
         _assert_same_fit(fit_mixture(x, family, start, max_iter=5, tol=None),
                          fit_mixture(source, family, start, max_iter=5, tol=None))
+
+
+# ---------------------------------------------------------------------------------------------- through lvm.infer
+def _infer_start(covariance_type: str) -> dict:
+    locs = np.array([[0.5, 0, 0], [3, 9, 0.5], [-2, 2, 5]])
+    if covariance_type == "full":
+        return {"locs": locs, "scale_trils": np.stack([np.eye(3)] * 3)}
+    return {"locs": locs, "scales": np.ones((3, 3))}
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "diag"])
+def test_infer_on_a_memory_mapped_file_equals_in_memory(tmp_path, float64, covariance_type):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = _clusters(seed=7)
+    np.random.default_rng(0).shuffle(x)
+    np.save(tmp_path / "x.npy", x)
+    options = {"method": "em", "init_params": _infer_start(covariance_type), "max_iter": 25, "tol": None}
+    in_memory = lvm.infer(gaussian_mixture, {"x": torch.tensor(x), "K": 3, "covariance_type": covariance_type},
+                          **options)
+    data = lvm.chunks(np.load(tmp_path / "x.npy", mmap_mode="r"), chunk_size=100)
+    streamed = lvm.infer(gaussian_mixture, {"x": data, "K": 3, "covariance_type": covariance_type}, **options)
+    np.testing.assert_allclose(streamed.history, in_memory.history, rtol=RTOL)
+    assert streamed.log_likelihood == pytest.approx(in_memory.log_likelihood, rel=RTOL)
+    assert streamed.n_samples == in_memory.n_samples == len(x)
+    assert streamed.bic() == pytest.approx(in_memory.bic(), rel=RTOL)
+    for name, value in in_memory.params.items():
+        np.testing.assert_allclose(streamed.params[name].numpy(), value.numpy(), rtol=RTOL, atol=1e-12)
+    # the (N, K) responsibilities of data never held at once are not kept; new data are scored on demand
+    assert streamed.responsibilities == {}
+    np.testing.assert_allclose(streamed.predict_proba(x[:50]).numpy(), in_memory.responsibilities["z"][:50].numpy(),
+                               atol=1e-10)
+
+
+def test_infer_refuses_chunks_it_cannot_stream(float64):
+    from ppl_lvm.models.hmm import categorical_hmm
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = lvm.chunks(_clusters(), chunk_size=100)
+    with pytest.raises(TypeError, match="method='em' only"):
+        lvm.infer(gaussian_mixture, {"x": x, "K": 3}, method="svi", steps=2)
+    with pytest.raises(lvm.UnsupportedModelError, match="hidden Markov chain"):
+        lvm.infer(categorical_hmm, {"x": lvm.chunks(np.zeros((4, 6), dtype=np.int64)), "K": 2, "n_symbols": 3},
+                  method="em", max_iter=2)
+
+    @lvm.model
+    def not_a_mixture(x):  # the scale depends on z through an expression the recogniser does not know
+        w = lvm.param(torch.ones(2) / 2, constraint=lvm.constraints.simplex)
+        with lvm.plate(len(x)):
+            z = lvm.latent(lvm.dist.Categorical(w))
+            lvm.observe(lvm.dist.Normal(0.0, 1.0 + z), x)
+
+    with pytest.raises(lvm.UnsupportedModelError, match="generic EM route"):
+        lvm.infer(not_a_mixture, lvm.chunks(np.random.default_rng(0).normal(size=40), chunk_size=10), method="em")
+
+
+def test_non_finite_values_in_a_later_chunk_are_refused(float64):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = _clusters()
+    x[500, 1] = np.nan
+    with pytest.raises(lvm.DataError, match="chunk 5 of the data"):
+        lvm.infer(gaussian_mixture, {"x": lvm.chunks(x, chunk_size=100), "K": 3}, method="em", max_iter=2)
