@@ -30,10 +30,21 @@ from ..errors import DataError, DistributedError
 from .families.base import add_statistics, local_centred_sums
 from .stream import Chunks
 
-__all__ = ["DataPass", "Reducer", "Source"]
+__all__ = ["DataPass", "Reducer", "Source", "chunk_statistics"]
 
 #: what a chunk's posterior function returns: the (N, K) posteriors and extra additive sums (log-likelihood, ...)
 ChunkPosterior = Callable[[dict, Any, dict], tuple[torch.Tensor, dict]]
+
+
+def chunk_statistics(family: Any, cache: dict, layout: Any, posterior: ChunkPosterior, params: dict,
+                     drop: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One chunk's posteriors and its additive statistics: the family's plus the posterior function's extra sums."""
+    resp, extra = posterior(cache, layout, params)
+    part = family.statistics(resp, cache, params)
+    for key in drop:
+        part.pop(key, None)
+    part.update(extra)
+    return resp, part
 
 
 class Reducer:
@@ -180,11 +191,7 @@ class Source:
         """The E-step: the family's statistics plus the posterior function's extra sums, over every chunk and rank."""
         total = None
         for cache, layout in self.chunks():
-            resp, extra = posterior(cache, layout, params)
-            part = self.family.statistics(resp, cache, params)
-            for key in self._drop:
-                part.pop(key, None)
-            part.update(extra)
+            resp, part = chunk_statistics(self.family, cache, layout, posterior, params, self._drop)
             total = add_statistics(total, part)
             self._last_resp = resp if not self.streamed else None
         return self.reducer.sum(total)

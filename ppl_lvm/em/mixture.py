@@ -31,6 +31,7 @@ __all__ = [
     "mixture_e_step",
     "mixture_log_likelihood",
     "mixture_n_parameters",
+    "mixture_posterior",
     "weights_m_step",
 ]
 
@@ -172,6 +173,17 @@ def mixture_log_likelihood(
     return mixture_e_step(lp, params["weights"].log(), inplace=True)
 
 
+def mixture_posterior(family: EmissionFamily):
+    """The E-step of one chunk, for :meth:`~ppl_lvm.em.accumulate.Source.accumulate`: ``(resp, extra sums)``."""
+
+    def posterior(cache: dict, layout: Any, params: Params) -> tuple[torch.Tensor, dict]:
+        lp = family.log_prob(None, params, cache=cache)
+        ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
+        return resp, {"log_likelihood": ll.sum(), "weights_sum": resp.sum(dim=0)}
+
+    return posterior
+
+
 MixtureFitResult = KernelFit  # what fit_mixture returns; history: the mean log-likelihood per point
 
 
@@ -226,10 +238,7 @@ def fit_mixture(
     if "weights" not in params:
         raise ValueError("init_params must contain 'weights'")
 
-    def posterior(cache: dict, layout: Any, params: Params) -> tuple[torch.Tensor, dict]:
-        lp = family.log_prob(None, params, cache=cache)
-        ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
-        return resp, {"log_likelihood": ll.sum(), "weights_sum": resp.sum(dim=0)}
+    posterior = mixture_posterior(family)
 
     def step(params: Params) -> tuple[float, Params]:
         stats = source.accumulate(posterior, params)
