@@ -93,6 +93,17 @@ class EMOptions:
         rank 0's shard). ``log_likelihood``, the history and the BIC are those of all the data; the
         responsibilities and per-point values those of the rank's shard. Closed-form route only (recognised
         mixtures and chains).
+    online : bool
+        Online EM (Cappé and Moulines 2009; :mod:`ppl_lvm.em.online`) for a recognised mixture: a Robbins-Monro step
+        on the sufficient statistics after each minibatch of ``batch_size`` points; ``max_iter`` counts passes
+        over the data and ``tol`` compares the mean log-likelihood of successive passes. For data too many to
+        pass over often; in one process.
+    batch_size : int
+        Points per online step (with ``online=True``; default 1000).
+    step_exponent : float
+        ``alpha`` of the online step sizes ``t^(-alpha)``, in (0.5, 1].
+    polyak : int, optional
+        Average the online parameters from this step on (Polyak-Ruppert); None: no averaging.
     """
 
     max_iter: int = 100
@@ -105,6 +116,10 @@ class EMOptions:
     callbacks: Sequence = ()
     max_bytes: int = 2 * 1024**3
     distributed: bool = False
+    online: bool = False
+    batch_size: int | None = None
+    step_exponent: float = 0.6
+    polyak: int | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -123,8 +138,20 @@ class EMOptions:
         init = self.init_params
         if init is not None and not isinstance(init, dict) and init not in INITS:
             raise ValueError(f"unknown init_params {init!r}; choose one of {list(INITS)} or pass a dict of values")
-        if not isinstance(self.distributed, bool):
-            raise ValueError(f"distributed must be True or False, got {self.distributed!r}")
+        for name in ("distributed", "online"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not self.online and (self.batch_size is not None or self.polyak is not None):
+            raise ValueError("batch_size and polyak set the steps of online EM: pass online=True with them")
+        if self.online and self.distributed:
+            raise ValueError("online=True runs in one process; drop distributed=True (or online=True for exact "
+                             "data-parallel EM)")
+        for name in ("batch_size", "polyak"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not isinstance(self.step_exponent, (int, float)) or not 0.5 < self.step_exponent <= 1:
+            raise ValueError(f"step_exponent must be in (0.5, 1], got {self.step_exponent!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -137,6 +164,11 @@ class EMOptions:
         """
         init = self.init_params
         if route == "generic":
+            if self.online:
+                raise UnsupportedModelError(
+                    "online=True steps the sufficient statistics of the closed-form EM route (a recognised mixture); "
+                    "this model runs the generic EM route, which has none. Drop online=True."
+                )
             if self.distributed:
                 raise UnsupportedModelError(
                     "distributed=True sums the expected sufficient statistics of the closed-form EM route "
@@ -275,6 +307,9 @@ class EMBackend(Backend):
                      streams: dict):
         """Recognised mixtures (``fit_mixture``) and chains (Baum-Welch)."""
         chain = hasattr(pattern, "trans")
+        if chain and opts.online:
+            raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
+                                        "drop online=True (batch EM)")
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         reducer = Reducer(opts.distributed)
         if chain:

@@ -164,6 +164,11 @@ class Source:
             self._chunk_layout = self._layout(lengths, int(self._cache["n"]))
 
     # -------------------------------------------------------------- reading
+    @property
+    def data(self) -> Any:
+        """The data as given: a tensor in memory or :class:`~ppl_lvm.em.stream.Chunks`."""
+        return self._data
+
     def _raw(self) -> Iterator[tuple[Any, Any]]:
         if self.streamed:
             yield from self._data

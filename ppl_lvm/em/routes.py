@@ -38,6 +38,7 @@ from .generic import fit_generic_em, site_marginals
 from .hmm import fit_hmm, hmm_e_step
 from .init import initialize_hmm, initialize_mixture
 from .mixture import fit_mixture, mixture_log_likelihood
+from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
 
 __all__ = ["EMRun", "closed_form_fit", "em_outcome", "generic_fit", "jitter_state"]
@@ -131,7 +132,12 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         elif reducer.rank == 0:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
         start = reducer.broadcast(start)
-        if source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
+        if options.get("online"):
+            fit = _online(source, family, start, options, seed, kernel_callback)
+            total = fit.log_likelihood
+            per_point, resp = (None, None) if source.streamed else mixture_log_likelihood(x, family, fit.params,
+                                                                                           cache=cache)
+        elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = None, None
             total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum())
@@ -156,6 +162,16 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
                      source.n if reducer.distributed or source.streamed else None)
 
     return fit_once
+
+
+def _online(source: Source, family: Any, start: dict, options: dict, seed: int, callback: Any) -> Any:
+    """Online EM over the source's data; the fit reads like a kernel's (``n_iter``: passes)."""
+    fit = fit_mixture_online(source.data, family, start, batch_size=options["batch_size"] or 1000,
+                             max_passes=options["max_iter"], tol=options["tol"],
+                             step_exponent=options["step_exponent"], polyak=options["polyak"],
+                             reg=options["reg_covar"], seed=seed, callback=callback)
+    fit.n_iter = fit.n_passes
+    return fit
 
 
 def jitter_state(state: dict, seed: int) -> dict:

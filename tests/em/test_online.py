@@ -65,3 +65,49 @@ def test_bad_options_are_refused(option, value, message):
     start = initialize_mixture(x, family, 2, "k-means++", seed=0)
     with pytest.raises(ValueError, match=message):
         fit_mixture_online(x, family, start, **{option: value})
+
+
+def test_infer_online(float64):
+    import warnings
+
+    import ppl_lvm as lvm
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = _data(0)
+    data = {"x": x, "K": 3, "covariance_type": "diag"}
+    batch = lvm.infer(gaussian_mixture, data, method="em", tol=1e-10, max_iter=1000)
+    # the same k-means++ start (seed 0); measured 2.6e-5 relative after one pass, against 20 batch iterations
+    online = lvm.infer(gaussian_mixture, data, method="em", online=True, batch_size=50, polyak=400, max_iter=1,
+                       tol=None)
+    assert abs(online.log_likelihood - batch.log_likelihood) < 1e-3 * abs(batch.log_likelihood)
+    assert online.n_iter == len(online.history) == 1 < batch.n_iter
+    assert online.responsibilities["z"].shape == (N, 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        streamed = lvm.infer(gaussian_mixture, {**data, "x": lvm.chunks(x.numpy(), 10_000)}, method="em",
+                             online=True, batch_size=50, polyak=400, max_iter=1, tol=None)
+    assert abs(streamed.log_likelihood - batch.log_likelihood) < 1e-3 * abs(batch.log_likelihood)
+    assert streamed.responsibilities == {}
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"batch_size": 50}, "pass online=True"),
+    ({"online": True, "distributed": True}, "online=True runs in one process"),
+    ({"online": True, "step_exponent": 2.0}, "step_exponent must be in"),
+    ({"online": True, "polyak": -1}, "polyak must be a positive integer"),
+])
+def test_infer_refuses_bad_online_options(options, message):
+    import ppl_lvm as lvm
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    with pytest.raises(ValueError, match=message):
+        lvm.infer(gaussian_mixture, {"x": _data(0)[:100].float(), "K": 2}, method="em", **options)
+
+
+def test_infer_refuses_online_for_a_chain():
+    import ppl_lvm as lvm
+    from ppl_lvm.models.hmm import categorical_hmm
+
+    with pytest.raises(lvm.UnsupportedModelError, match="hidden Markov chain"):
+        lvm.infer(categorical_hmm, {"x": torch.zeros((3, 5), dtype=torch.long), "K": 2, "n_symbols": 2},
+                  method="em", online=True)
