@@ -88,6 +88,7 @@ def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any)
         closed_form=pattern is not None,
         n_samples=n,
         pattern=pattern,
+        streams=dict(problem.streams),
     )
     outcome.n_parameters = n_free_parameters(pattern, outcome.constrained_params(), run.state["constraints"])
     return outcome

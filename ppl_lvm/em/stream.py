@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Chunks", "chunks", "shard_range"]
+__all__ = ["Chunks", "NpyFile", "chunks", "shard_range"]
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -27,6 +27,36 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     base, extra = divmod(int(n), int(world_size))
     start = rank * base + min(rank, extra)
     return start, start + base + (1 if rank < extra else 0)
+
+
+class NpyFile:
+    """A ``.npy`` file read by row ranges with plain file reads (no memory mapping, so no pages stay resident).
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, fortran, self.dtype = read(f)
+            self._offset = f.tell()
+        if fortran and len(self.shape) > 1:
+            raise ValueError(f"{self.path} is stored in Fortran order; save it in C order to read it by rows")
+        self._row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("NpyFile reads contiguous row ranges only")
+        count = max(stop - start, 0) * self._row
+        values = np.fromfile(self.path, dtype=self.dtype, count=count,
+                             offset=self._offset + start * self._row * self.dtype.itemsize)
+        return values.reshape((max(stop - start, 0),) + tuple(self.shape[1:]))
 
 
 def _as_chunk(value: Any) -> torch.Tensor:
@@ -155,7 +185,9 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     ----------
     source : array-like, str, list or callable
         An array with ``shape`` and row slicing that is read lazily: ``np.load(path, mmap_mode="r")``, an HDF5 or
-        zarr dataset, a tensor; a path to a ``.npy`` file (memory-mapped); a list of chunks (arrays, or
+        zarr dataset, a tensor; a path to a ``.npy`` file (read chunk by chunk with plain file reads, so resident
+        memory stays at one chunk, while the pages of a memory map may stay resident as reclaimable page cache);
+        a list of chunks (arrays, or
         ``(rows, lengths)`` pairs for sequences); or a function returning an iterable of such chunks (called once
         per pass over the data).
     chunk_size : int, optional
@@ -181,7 +213,7 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if isinstance(source, (str, os.PathLike)):
-        source = np.load(os.fspath(source), mmap_mode="r")
+        source = NpyFile(source)
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):
         if len(source.shape) == 0:
             raise ValueError("chunks needs an array with one row per data point, got a scalar")

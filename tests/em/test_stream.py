@@ -228,3 +228,19 @@ def test_non_finite_values_in_a_later_chunk_are_refused(float64):
     x[500, 1] = np.nan
     with pytest.raises(lvm.DataError, match="chunk 5 of the data"):
         lvm.infer(gaussian_mixture, {"x": lvm.chunks(x, chunk_size=100), "K": 3}, method="em", max_iter=2)
+
+
+def test_fit_more_continues_on_every_chunk(tmp_path, float64):
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    x = _clusters(seed=7)
+    np.random.default_rng(0).shuffle(x)
+    np.save(tmp_path / "x.npy", x)
+    options = {"method": "em", "init_params": _infer_start("diag"), "tol": None}
+    data = {"K": 3, "covariance_type": "diag"}
+    in_memory = lvm.infer(gaussian_mixture, {**data, "x": torch.tensor(x)}, max_iter=10, **options)
+    streamed = lvm.infer(gaussian_mixture, {**data, "x": lvm.chunks(str(tmp_path / "x.npy"), 100)}, max_iter=4,
+                         **options).fit_more(max_iter=6)
+    assert streamed.n_samples == len(x)
+    for name, value in in_memory.params.items():
+        np.testing.assert_allclose(streamed.params[name].numpy(), value.numpy(), rtol=RTOL, atol=1e-12)
