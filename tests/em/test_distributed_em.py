@@ -112,6 +112,15 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         seeded = lvm.infer(gaussian_mixture, {"x": shard, "K": K}, method="em", n_init=2, seed=rank + 5,
                            distributed=True)  # k-means++ on rank 0's shard, seeds of rank 0 too
         results["seeded"] = _record(seeded)
+        calls = []
+        all_reduce = dist.all_reduce
+        dist.all_reduce = lambda tensor, *a, **kw: (calls.append(tensor.numel()), all_reduce(tensor, *a, **kw))[1]
+        try:
+            lvm.infer(gaussian_mixture, {"x": shard, "K": K, "covariance_type": "diag"}, method="em",
+                      init_params=_mixture_start("diag"), max_iter=7, tol=None, distributed=True)
+        finally:
+            dist.all_reduce = all_reduce
+        results["all_reduce_sizes"] = calls
 
         @lvm.model
         def not_a_mixture(x):  # a latent the recogniser does not know (its scale depends on z): generic route
@@ -190,6 +199,15 @@ def test_a_data_seeded_start_is_rank_0s_on_every_rank(two_ranks):
     for name, value in rank0["params"].items():
         assert torch.equal(value, rank1["params"][name]), name
     np.testing.assert_array_equal(rank0["history"], rank1["history"])
+
+
+def test_one_all_reduce_per_iteration(two_ranks):
+    # the first pass (the data mean: its size is checked, then summed), one per iteration, the final log-likelihood
+    sizes = two_ranks[0]["all_reduce_sizes"]
+    assert len(sizes) == 2 + 7 + 1
+    per_iteration = K + K * 3 + K * 3 + K + 1  # weights_sum, s_lin, s_quad, resp_sum, log-likelihood
+    assert sizes[2:-1] == [per_iteration] * 7
+    assert two_ranks[1]["all_reduce_sizes"] == sizes
 
 
 def test_generic_route_is_refused_by_name(two_ranks):
