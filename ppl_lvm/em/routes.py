@@ -32,8 +32,8 @@ from ..errors import ConvergenceWarning
 from ..guides import empty_guide
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state
-from .convergence import not_converged_message
 from .accumulate import Source
+from .convergence import not_converged_message
 from .generic import fit_generic_em, site_marginals
 from .hmm import fit_hmm, hmm_e_step
 from .init import initialize_hmm, initialize_mixture
