@@ -70,6 +70,9 @@ class Reducer:
             )
         self.rank = dist.get_rank(group) if self.distributed else 0
         self.world_size = dist.get_world_size(group) if self.distributed else 1
+        # NCCL reduces GPU tensors only: the statistics travel through the rank's current GPU
+        nccl = self.distributed and dist.get_backend(group) == "nccl"
+        self._device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
 
     def sum(self, stats: dict[str, torch.Tensor], check: bool = False) -> dict[str, torch.Tensor]:
         """``stats`` summed over the ranks, key by key: one all-reduce of one float64 buffer.
@@ -83,14 +86,19 @@ class Reducer:
         values = [torch.as_tensor(stats[k]) for k in keys]
         flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
         if check:
-            sizes = torch.tensor([float(flat.numel()), -float(flat.numel())], dtype=torch.float64)
+            sizes = torch.tensor([float(flat.numel()), -float(flat.numel())], dtype=torch.float64,
+                                 device=self._device)
             dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=self.group)
+            sizes = sizes.cpu()
             if sizes[0].item() != -sizes[1].item():
                 raise DistributedError(
                     f"the ranks hold data of different shapes (rank {self.rank}: {flat.numel()} summary numbers, "
                     f"others between {-int(sizes[1].item())} and {int(sizes[0].item())}): every rank must pass data "
                     "with the same columns (and, for categorical data, the same n_categories)")
+        if self._device is not None:
+            flat = flat.to(self._device)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        flat = flat.cpu()
         out, offset = {}, 0
         for key, value in zip(keys, values, strict=True):
             out[key] = flat[offset : offset + value.numel()].reshape(value.shape).to(value.dtype)
