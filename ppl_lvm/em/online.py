@@ -81,7 +81,7 @@ class _BatchPass:
         return xc.T @ xc / xc.shape[0]
 
 
-def _batches(source: Source, data: Any, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+def _batches(data: Any, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     pieces = (x for x, _ in data) if isinstance(data, Chunks) else [torch.as_tensor(data)]
     for x in pieces:
         order = torch.randperm(x.shape[0], generator=generator)
@@ -146,7 +146,7 @@ def fit_mixture_online(data: Any, family: EmissionFamily, init_params: Params, *
     t = 0
     for n_pass in range(1, max_passes + 1):
         ll_sum, seen = 0.0, 0
-        for batch in _batches(source, data, batch_size, generator):
+        for batch in _batches(data, batch_size, generator):
             t += 1
             cache = family.precompute(batch, summary=source.summary)
             resp, stats = chunk_statistics(family, cache, None, posterior, params)

@@ -96,12 +96,11 @@ class Chunks:
         self.n_rows = None if array is None else self._rows[1] - self._rows[0]
 
     @property
-    def sequential(self) -> bool:
-        """Whether the chunks carry sequence lengths (a hidden Markov chain's data)."""
-        if self._array is not None:
-            return self._lengths is not None
-        first = next(iter(self), None)
-        return first is not None and first[1] is not None
+    def sequence_range(self) -> tuple[int, int]:
+        """``[first, last)``: the sequences of an array with ``lengths`` that these chunks read (of a shard)."""
+        if self._array is None or self._lengths is None:
+            raise ValueError("sequence_range belongs to chunks of an array given with lengths")
+        return self._seq
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         """``(rows, lengths)`` per chunk (``lengths`` None for data without sequences)."""

@@ -90,9 +90,7 @@ def _fits(rank: int | None, world: int, folder: str) -> dict:
 def _sequence_shard(lengths: np.ndarray, rank: int, world: int) -> tuple[int, int]:
     """The sequences of rank ``rank``: those of the row shard of ``lvm.chunks(x, lengths=...)``."""
     rows = np.concatenate([np.arange(n) for n in lengths])  # any array with these many rows
-    part = chunks(rows, lengths=lengths).shard(rank, world)
-    first, last = part._seq
-    return first, last
+    return chunks(rows, lengths=lengths).shard(rank, world).sequence_range
 
 
 def _record(fit) -> dict:
