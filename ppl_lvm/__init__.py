@@ -13,11 +13,13 @@ from . import backends
 from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
+from .em.stream import chunks
 from .errors import (
     ConvergenceWarning,
     DataError,
     DataWarning,
     DiagnosticWarning,
+    DistributedError,
     EMDegeneracyWarning,
     FitError,
     InferenceWarning,
@@ -42,6 +44,7 @@ __all__ = [
     "DataError",
     "DataWarning",
     "DiagnosticWarning",
+    "DistributedError",
     "EMDegeneracyWarning",
     "EMResult",
     "FitError",
@@ -60,6 +63,7 @@ __all__ = [
     "UnsupportedModelError",
     "alignment",
     "backends",
+    "chunks",
     "compare",
     "compare_posteriors",
     "constraints",

@@ -78,6 +78,10 @@ class UnsupportedModelError(PplLvmError, ValueError):
     """The chosen inference method cannot fit this model; the message says which site and what to use instead."""
 
 
+class DistributedError(PplLvmError, RuntimeError):
+    """A data-parallel fit cannot run: no torch.distributed process group, or the ranks disagree on the data."""
+
+
 class PplLvmWarning(UserWarning):
     """Base class of ppl_lvm's warnings; filter it to silence them all."""
 

@@ -108,6 +108,8 @@ class EMOutcome(Outcome):
         Free parameters and data points, as BIC counts them.
     pattern : object, optional
         The recognised mixture or chain (``None`` on the generic route).
+    streams : dict
+        Arguments read chunk by chunk (``lvm.chunks``), by name; ``data`` holds their first chunk.
     """
 
     log_likelihood: float = math.nan
@@ -119,6 +121,7 @@ class EMOutcome(Outcome):
     n_parameters: int = 0
     n_samples: int = 0
     pattern: Any = None
+    streams: dict = field(default_factory=dict)
 
 
 @dataclass

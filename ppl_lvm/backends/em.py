@@ -25,7 +25,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..em.accumulate import Reducer, Source
 from ..em.generic import check_enumeration_size
+from ..em.hmm import chain_source
 from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
 from ..em.routes import closed_form_fit, em_outcome, generic_fit
 from ..errors import DataError, UnsupportedModelError
@@ -82,6 +84,26 @@ class EMOptions:
         ``callback(iteration, mean_log_likelihood)``; return ``True`` to stop.
     max_bytes : int
         Refuse (before allocating) an enumeration larger than this.
+    distributed : bool
+        Data-parallel EM over the ranks of the initialised ``torch.distributed`` process group (a script started
+        by ``torchrun``): every rank calls ``lvm.infer`` with its own part of the data (its shard; see
+        ``lvm.chunks(...).shard``), the expected sufficient statistics of the shards are summed with one
+        ``all_reduce`` per iteration, so every rank runs the same iterations and ends with the same parameters,
+        equal to those of one process on all the data. The start is rank 0's (a data-seeded start is drawn from
+        rank 0's shard). ``log_likelihood``, the history and the BIC are those of all the data; the
+        responsibilities and per-point values those of the rank's shard. Closed-form route only (recognised
+        mixtures and chains).
+    online : bool
+        Online EM (Cappé and Moulines 2009; :mod:`ppl_lvm.em.online`) for a recognised mixture: a Robbins-Monro step
+        on the sufficient statistics after each minibatch of ``batch_size`` points; ``max_iter`` counts passes
+        over the data and ``tol`` compares the mean log-likelihood of successive passes. For data too many to
+        pass over often; in one process.
+    batch_size : int
+        Points per online step (with ``online=True``; default 1000).
+    step_exponent : float
+        ``alpha`` of the online step sizes ``t^(-alpha)``, in (0.5, 1].
+    polyak : int, optional
+        Average the online parameters from this step on (Polyak-Ruppert); None: no averaging.
     """
 
     max_iter: int = 100
@@ -93,6 +115,11 @@ class EMOptions:
     progress: bool | None = None
     callbacks: Sequence = ()
     max_bytes: int = 2 * 1024**3
+    distributed: bool = False
+    online: bool = False
+    batch_size: int | None = None
+    step_exponent: float = 0.6
+    polyak: int | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -111,6 +138,20 @@ class EMOptions:
         init = self.init_params
         if init is not None and not isinstance(init, dict) and init not in INITS:
             raise ValueError(f"unknown init_params {init!r}; choose one of {list(INITS)} or pass a dict of values")
+        for name in ("distributed", "online"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not self.online and (self.batch_size is not None or self.polyak is not None):
+            raise ValueError("batch_size and polyak set the steps of online EM: pass online=True with them")
+        if self.online and self.distributed:
+            raise ValueError("online=True runs in one process; drop distributed=True (or online=True for exact "
+                             "data-parallel EM)")
+        for name in ("batch_size", "polyak"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        if not isinstance(self.step_exponent, (int, float)) or not 0.5 < self.step_exponent <= 1:
+            raise ValueError(f"step_exponent must be in (0.5, 1], got {self.step_exponent!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
@@ -123,6 +164,19 @@ class EMOptions:
         """
         init = self.init_params
         if route == "generic":
+            if self.online:
+                raise UnsupportedModelError(
+                    "online=True steps the sufficient statistics of the closed-form EM route (a recognised mixture); "
+                    "this model runs the generic EM route, which has none. Drop online=True."
+                )
+            if self.distributed:
+                raise UnsupportedModelError(
+                    "distributed=True sums the expected sufficient statistics of the closed-form EM route "
+                    "(recognised mixtures and hidden Markov chains of the Gaussian, Bernoulli, categorical and "
+                    "Poisson families); this model runs the generic EM route (it is not a recognised mixture or "
+                    "chain), which has no such statistics. Fit it in one process (drop distributed=True), or write "
+                    "it as a recognised mixture or chain."
+                )
             if isinstance(init, str) and init not in GENERIC_INITS:
                 raise UnsupportedModelError(
                     f"init_params={init!r} seeds the components of a recognised mixture or chain from its data "
@@ -167,6 +221,29 @@ def _check_enumerable(structure: Any) -> None:
             )
 
 
+def _check_streams(streams: dict, pattern: Any) -> None:
+    """Data read chunk by chunk are fitted on the route that sums statistics: a recognised mixture's data only."""
+    if not streams:
+        return
+    names = sorted(streams)
+    if pattern is None:
+        raise UnsupportedModelError(
+            f"data read chunk by chunk (lvm.chunks: {names}) need the closed-form EM route (a recognised mixture); "
+            "this model runs the generic EM route, whose E-step needs all the data at once. Pass the data in memory."
+        )
+    if hasattr(pattern, "trans"):
+        raise UnsupportedModelError(
+            f"data read chunk by chunk (lvm.chunks: {names}) are fitted through lvm.infer for recognised mixtures; "
+            "for a hidden Markov chain stream the sequences into the kernel: "
+            "ppl_lvm.em.hmm.fit_hmm(lvm.chunks(x, chunk_size, lengths=lengths), None, family, start)"
+        )
+    if names != [pattern.data_argument]:
+        raise UnsupportedModelError(
+            f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
+            f"feed the model otherwise: pass them in memory"
+        )
+
+
 def _write_init_values(store: Any, values: dict) -> None:
     unknown = sorted(set(values) - set(store.keys()))
     if unknown:
@@ -179,6 +256,7 @@ def _write_init_values(store: Any, values: dict) -> None:
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
+    accepts_chunks = True  # a recognised mixture's data may be lvm.chunks (read chunk by chunk)
 
     def fit(self, problem: Problem) -> EMOutcome:
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
@@ -207,8 +285,9 @@ class EMBackend(Backend):
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
                 return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
+            _check_streams(problem.streams, pattern)
             if pattern is not None:
-                options, run = self._closed_form(pattern, kwargs, opts, initial, callback)
+                options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
             else:
                 options, run = self._generic(problem, kwargs, opts, initial, callback)
             bar = _progress_bar(opts.progress, opts.max_iter * opts.n_init, "em" if pattern else "em (generic)")
@@ -224,20 +303,32 @@ class EMBackend(Backend):
                     bar.close()
 
     # ------------------------------------------------------------------ the two routes
-    def _closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
+    def _closed_form(self, pattern: Any, kwargs: dict, opts: EMOptions, initial: dict, callback: Any,
+                     streams: dict):
         """Recognised mixtures (``fit_mixture``) and chains (Baum-Welch)."""
         chain = hasattr(pattern, "trans")
+        if chain and opts.online:
+            raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
+                                        "drop online=True (batch EM)")
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
-        n, k = x.shape[0], pattern.n_components
+        reducer = Reducer(opts.distributed)
+        if chain:
+            source = chain_source(pattern.family, x, [int(v) for v in pattern.lengths], reducer=reducer)
+        elif streams:
+            source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
+                            reducer=reducer)
+        else:
+            source = Source(pattern.family, x, reducer=reducer)
+        n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")
             raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
         options = opts.for_route("closed form", pattern.family.default_reg)
-        cache = pattern.family.precompute(x)
-        return options, closed_form_fit(pattern, x, cache, initial, options, callback)
+        return options, closed_form_fit(pattern, source, initial, options, callback)
 
     def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
         """Any other enumerable model: exact E-step by contraction, numerical (generalised) M-step."""
+        Reducer(opts.distributed)  # no process group: that error first
         options = opts.for_route("generic")
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from ..data import BoundData, bind_data
+from ..data import BoundData, bind_data, to_tensor
+from ..em.stream import Chunks
 from ..errors import DataError, DataWarning
 from ..model import Model, check_model
 from ..structure import ModelStructure
@@ -40,6 +41,9 @@ class Problem:
     options: dict[str, Any] = field(default_factory=dict)
     #: ``backend.parse_options(options)``, validated once by :func:`make_problem` (the backend reads it from here)
     parsed_options: tuple[Any, dict[str, Any]] | None = None
+    #: arguments given as :func:`~ppl_lvm.em.stream.chunks` (data read chunk by chunk); ``data`` holds their first
+    #: chunk, on which the model is inspected and recognised
+    streams: dict[str, Chunks] = field(default_factory=dict)
 
 
 def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]) -> ModelStructure:
@@ -86,6 +90,21 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
     if missing:
         raise DataError(f"{model.__name__}() needs argument(s) {missing}; pass them in data (a dict by name)")
     parsed = backend.parse_options(options)  # before the (possibly slow) prototype run
+    streams = _first_chunks(backend, kwargs)
     structure = _convert_integer_data(model, bound, kwargs)
     return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,
-                   init_state=init_state, options=options, parsed_options=parsed)
+                   init_state=init_state, options=options, parsed_options=parsed, streams=streams)
+
+
+def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> dict[str, Chunks]:
+    """Arguments read chunk by chunk: replaced in ``kwargs`` by their first chunk (the model's prototype runs on it)."""
+    streams = {name: value for name, value in kwargs.items() if isinstance(value, Chunks)}
+    if streams and not getattr(backend, "accepts_chunks", False):
+        raise TypeError(f"data read chunk by chunk (lvm.chunks, argument(s) {sorted(streams)}) are fitted by "
+                        f"method='em' only (the closed-form route); method {backend.name!r} needs the data in memory")
+    for name, stream in streams.items():
+        first = next((x for x, _ in stream if x.shape[0]), None)
+        if first is None:
+            raise DataError(f"data '{name}' (lvm.chunks) gave no rows; pass at least one data point")
+        kwargs[name] = to_tensor(first, name)
+    return streams

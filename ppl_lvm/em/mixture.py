@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 
 from ..errors import EMDegeneracyWarning
+from .accumulate import Source
 from .convergence import KernelFit, iterate
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "mixture_e_step",
     "mixture_log_likelihood",
     "mixture_n_parameters",
+    "mixture_posterior",
     "weights_m_step",
 ]
 
@@ -55,6 +57,13 @@ class EmissionFamily(Protocol):
         *,
         cache: dict | None = None,
     ) -> Params: ...
+
+    def summary(self, X: Any) -> dict[str, torch.Tensor]: ...
+
+    def statistics(self, resp: torch.Tensor, cache: dict, params: Params | None = None) -> dict[str, torch.Tensor]: ...
+
+    def m_step_statistics(self, stats: dict, params: Params | None, reg: float | None, cache: dict,
+                          data: Any) -> Params: ...
 
     def n_parameters(self, params: Params) -> int: ...
 
@@ -171,6 +180,17 @@ def mixture_log_likelihood(
     return mixture_e_step(lp, params["weights"].log(), inplace=True)
 
 
+def mixture_posterior(family: EmissionFamily):
+    """The E-step of one chunk, for :meth:`~ppl_lvm.em.accumulate.Source.accumulate`: ``(resp, extra sums)``."""
+
+    def posterior(cache: dict, layout: Any, params: Params) -> tuple[torch.Tensor, dict]:
+        lp = family.log_prob(None, params, cache=cache)
+        ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
+        return resp, {"log_likelihood": ll.sum(), "weights_sum": resp.sum(dim=0)}
+
+    return posterior
+
+
 MixtureFitResult = KernelFit  # what fit_mixture returns; history: the mean log-likelihood per point
 
 
@@ -189,8 +209,11 @@ def fit_mixture(
 
     Parameters
     ----------
-    X : array-like
-        Data in the format the family expects (e.g. (N, D) float for Gaussian).
+    X : array-like, Chunks or Source
+        Data in the format the family expects (e.g. (N, D) float for Gaussian); data read chunk by chunk
+        (:func:`ppl_lvm.em.stream.chunks`); or a :class:`~ppl_lvm.em.accumulate.Source` (a data-parallel fit's
+        shard with its reducer). Streamed and data-parallel fits run the same iterations on the same totals
+        (:mod:`ppl_lvm.em.accumulate`).
     family : EmissionFamily
         Emission family instance, e.g. ``Gaussian("full")``.
     init_params : dict of torch.Tensor
@@ -206,7 +229,7 @@ def fit_mixture(
         Family regularisation (Gaussian: ``reg_covar``; discrete families:
         probability clamp); defaults to ``family.default_reg``.
     cache : dict, optional
-        Result of ``family.precompute(X)``; computed when omitted.
+        Result of ``family.precompute(X)`` of data in memory; computed when omitted.
     callback : callable, optional
         Called as ``callback(n_iter, mean_log_likelihood, params)`` after every
         iteration; returning ``True`` stops the loop.
@@ -217,17 +240,17 @@ def fit_mixture(
     """
     if reg is None:
         reg = family.default_reg
-    if cache is None:
-        cache = family.precompute(X)
+    source = X if isinstance(X, Source) else Source(family, X, cache=cache)
     params = family.complete_params(dict(init_params))
     if "weights" not in params:
         raise ValueError("init_params must contain 'weights'")
 
+    posterior = mixture_posterior(family)
+
     def step(params: Params) -> tuple[float, Params]:
-        lp = family.log_prob(X, params, cache=cache)
-        ll, resp = mixture_e_step(lp, params["weights"].log(), inplace=True)
-        new_params = family.m_step(X, resp, params, reg, cache=cache)
-        new_params["weights"] = weights_m_step(resp.sum(dim=0))
-        return float(ll.mean()), new_params
+        stats = source.accumulate(posterior, params)
+        new_params = family.m_step_statistics(stats, params, reg, source.template, source.data_pass(posterior, params))
+        new_params["weights"] = weights_m_step(stats["weights_sum"])
+        return float(stats["log_likelihood"]) / source.n, new_params
 
     return iterate(step, params, max_iter, tol, callback, stop_on_nan=True)

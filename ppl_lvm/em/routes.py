@@ -32,11 +32,13 @@ from ..errors import ConvergenceWarning
 from ..guides import empty_guide
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state
+from .accumulate import Source
 from .convergence import not_converged_message
 from .generic import fit_generic_em, site_marginals
 from .hmm import fit_hmm, hmm_e_step
 from .init import initialize_hmm, initialize_mixture
 from .mixture import fit_mixture, mixture_log_likelihood
+from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
 
 __all__ = ["EMRun", "closed_form_fit", "em_outcome", "generic_fit", "jitter_state"]
@@ -55,11 +57,13 @@ class EMRun:
     log_likelihood: float
     per_point: torch.Tensor | None = None
     responsibilities: dict = field(default_factory=dict)
+    #: data points of the whole fit when ``per_point`` covers only this rank's shard (a data-parallel fit)
+    n_samples: int | None = None
 
 
 def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any) -> EMOutcome:
     """The outcome of one fit: history, exact log-likelihood, responsibilities and the BIC counts."""
-    n = n_data_points(pattern, run.per_point, problem.structure)
+    n = run.n_samples if run.n_samples is not None else n_data_points(pattern, run.per_point, problem.structure)
     history = np.asarray(run.history, dtype=float)
     outcome = EMOutcome(
         method="em",
@@ -84,6 +88,7 @@ def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any)
         closed_form=pattern is not None,
         n_samples=n,
         pattern=pattern,
+        streams=dict(problem.streams),
     )
     outcome.n_parameters = n_free_parameters(pattern, outcome.constrained_params(), run.state["constraints"])
     return outcome
@@ -95,19 +100,25 @@ def _warn_unless_converged(converged: bool, max_iter: int, tol: float | None, re
                       stacklevel=3)
 
 
-def closed_form_fit(pattern: Any, x: torch.Tensor, cache: dict, initial: dict, options: dict,
+def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
                     callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
     """``fit_once(restart, seed) -> EMRun`` of a recognised mixture (``fit_mixture``) or chain (Baum-Welch).
 
-    ``options`` are the resolved options (``init_params`` a string or ``"dict"``, ``reg_covar`` a float);
-    ``callback(iteration, mean_log_likelihood)`` returns True to stop.
+    ``source`` holds this process's data (:class:`~ppl_lvm.em.accumulate.Source`; in a data-parallel fit, the
+    rank's shard and the reducer). ``options`` are the resolved options (``init_params`` a string or ``"dict"``,
+    ``reg_covar`` a float); ``callback(iteration, mean_log_likelihood)`` returns True to stop. In a data-parallel
+    fit the start is rank 0's (a data-seeded start is drawn from rank 0's shard) and every rank receives it; the
+    log-likelihood and the number of points are those of the whole data, the per-point values and
+    responsibilities those of the rank's shard.
     """
     chain = hasattr(pattern, "trans")
     family = pattern.family
+    reducer = source.reducer
+    x, cache = source.local_data()
     lengths = [int(v) for v in pattern.lengths] if chain else None
     init, reg, tol, max_iter = options["init_params"], options["reg_covar"], options["tol"], options["max_iter"]
     # the chain kernel reports total log-likelihoods (hmmlearn's units); ours are per observation
-    per = float(x.shape[0]) if chain else 1.0
+    per = float(source.n) if chain else 1.0
     initialize = initialize_hmm if chain else initialize_mixture
     store = pyro.get_param_store()
 
@@ -116,27 +127,52 @@ def closed_form_fit(pattern: Any, x: torch.Tensor, cache: dict, initial: dict, o
 
     def fit_once(restart: int, seed: int) -> EMRun:
         store.set_state(clone_param_state(initial))
+        start = None
         if init in ("params", "dict"):
             start = family.complete_params(pattern.to_kernel(store))
-        else:
+        elif reducer.rank == 0:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
-        if chain:
-            fit = fit_hmm(x, lengths, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
-                          reg=reg, cache=cache,
-                          callback=kernel_callback)
+        start = reducer.broadcast(start)
+        if options.get("online"):
+            fit = _online(source, family, start, options, seed, kernel_callback)
+            total = fit.log_likelihood
+            per_point, resp = (None, None) if source.streamed else mixture_log_likelihood(x, family, fit.params,
+                                                                                           cache=cache)
+        elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
+            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
+            per_point, resp = None, None
+            total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum())
+                        for c, _ in source.chunks())
+        elif chain:
+            fit = fit_hmm(source, None, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
+                          reg=reg, callback=kernel_callback)
             e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
                            fit.params["transmat"])
             per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
         else:
-            fit = fit_mixture(x, family, start, max_iter=max_iter, tol=tol, reg=reg, cache=cache,
-                              callback=kernel_callback)
+            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
         pattern.to_model(fit.params, store)
         _warn_unless_converged(fit.converged, max_iter, tol, restart, seed)
+        if per_point is not None:
+            total = per_point.sum()
+        total = float(reducer.sum({"log_likelihood": torch.as_tensor(total)})["log_likelihood"])
+        responsibilities = {} if resp is None else {pattern.latent: resp.clone()}
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
-                     float(per_point.sum()), per_point.clone(), {pattern.latent: resp.clone()})
+                     total, None if per_point is None else per_point.clone(), responsibilities,
+                     source.n if reducer.distributed or source.streamed else None)
 
     return fit_once
+
+
+def _online(source: Source, family: Any, start: dict, options: dict, seed: int, callback: Any) -> Any:
+    """Online EM over the source's data; the fit reads like a kernel's (``n_iter``: passes)."""
+    fit = fit_mixture_online(source.data, family, start, batch_size=options["batch_size"] or 1000,
+                             max_passes=options["max_iter"], tol=options["tol"],
+                             step_exponent=options["step_exponent"], polyak=options["polyak"],
+                             reg=options["reg_covar"], seed=seed, callback=callback)
+    fit.n_iter = fit.n_passes
+    return fit
 
 
 def jitter_state(state: dict, seed: int) -> dict:

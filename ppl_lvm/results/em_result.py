@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import torch
 
 from .. import arviz_export, summary
-from ..data import to_tensor
+from ..data import BoundData, to_tensor
 from ..em.hmm import viterbi
 from ..em.mixture import mixture_log_likelihood
 from ..outcome import EMOutcome
@@ -72,7 +73,13 @@ class EMResult(Result, EMOutcome):
 
         The same model, data and options; any option given here overrides the stored one.
         """
-        return super().fit_more(**{"init_params": "params", **options})
+        options = {"init_params": "params", **options}
+        if not self.streams:
+            return super().fit_more(**options)
+        # data read chunk by chunk: continue on all the chunks, not on the first one kept in ``data``
+        full = copy.copy(self)
+        full.data = BoundData(self.data.args, {**self.data.kwargs, **self.streams}, self.data.coords)
+        return Result.fit_more(full, **options)
 
     # ------------------------------------------------------------------ model selection
     def bic(self) -> float:

@@ -12,6 +12,17 @@ Every family exposes the same small interface (see
     Weighted maximum likelihood given responsibilities (mixtures) or state
     posteriors (HMMs).  ``params`` are the previous parameters, used only to
     repair degenerate components.  ``reg`` is family specific (see classes).
+    It is ``m_step_statistics(statistics(resp, cache), ...)``:
+``summary(X) -> dict``
+    Additive data-only sums of a chunk (``n``, ``sum``, symbol counts): the
+    common centring of every chunk and the fallback of an empty component.
+``statistics(resp, cache, params=None) -> dict``
+    Additive expected sufficient statistics of a chunk; summed over chunks
+    and ranks in one place, :mod:`ppl_lvm.em.accumulate`.
+``m_step_statistics(stats, params, reg, cache, data) -> params``
+    The M-step from the totals; ``data`` (``LocalPass`` in memory,
+    ``accumulate.DataPass`` for a stream) reads the data again in the rare
+    cases that need it (cancelling moments, empty components).
 ``n_parameters(params) -> int``
     Free emission parameters (mixing weights / transitions not included).
 ``sample(params, component_indices, generator) -> tensor``

@@ -12,6 +12,59 @@ from ...errors import EMDegeneracyWarning
 Params = dict[str, torch.Tensor]
 
 
+def local_centred_sums(xc: torch.Tensor, resp: torch.Tensor, mu: torch.Tensor, idx: torch.Tensor, full: bool) -> torch.Tensor:
+    """``sum_i r_ik (xc_i - mu_k)(xc_i - mu_k)'`` for the components ``idx`` (their diagonals unless ``full``)."""
+    d = xc.shape[1]
+    out = torch.empty((len(idx), d, d) if full else (len(idx), d), dtype=xc.dtype)
+    for j, c in enumerate(idx.tolist()):
+        diff = xc - mu[c]
+        if full:
+            out[j] = (resp[:, c].unsqueeze(0) * diff.T) @ diff
+        else:
+            out[j] = resp[:, c] @ (diff * diff)
+    return out
+
+
+class LocalPass:
+    """What an M-step from statistics may need beyond them, for data held in memory: the cache and the resp.
+
+    A stream over data too large for memory provides the same three things by reading the data again (see
+    :mod:`ppl_lvm.em.accumulate`); only degenerate or badly centred components need them.
+
+    Attributes
+    ----------
+    n : int
+        Number of data points.
+    """
+
+    def __init__(self, family: Any, cache: dict, resp: torch.Tensor) -> None:
+        self.family, self.cache, self.resp, self.n = family, cache, resp, int(cache["n"])
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        """The family's additive data summary of the whole data (``family.summary``)."""
+        return self.family.summary(self.cache["X"])
+
+    def centred_sums(self, mu: torch.Tensor, idx: torch.Tensor, full: bool) -> torch.Tensor:
+        """Gaussian two-pass sums ``sum_i r_ik (xc_i - mu_k)(xc_i - mu_k)'`` of the components ``idx``."""
+        return local_centred_sums(self.cache["xc"], self.resp.to(self.cache["xc"].dtype), mu, idx, full)
+
+    def second_moment(self) -> torch.Tensor:
+        """``sum_i xc_i xc_i'`` of the centred data (the Gaussian fallback of an empty component)."""
+        xc = self.cache["xc"]
+        return xc.T @ xc
+
+
+def add_statistics(total: dict | None, part: dict) -> dict:
+    """``total + part``, key by key (``None`` + part = part).
+
+    A key missing from either side is dropped (a Gaussian chunk too large for its design matrix gives no
+    ``s_quad``; the M-step then takes the two-pass route for every component).
+    """
+    if total is None:
+        return dict(part)
+    return {key: total[key] + value for key, value in part.items() if key in total}
+
+
 def _as_float(X: Any, dtype: torch.dtype | None = None) -> torch.Tensor:
     dtype = dtype or torch.get_default_dtype()
     if dtype not in (torch.float32, torch.float64):

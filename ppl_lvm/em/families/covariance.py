@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from .base import _warn
@@ -17,24 +19,25 @@ _CANCELLATION_RATIO = 1e4
 
 def moment_covariances(
     ct: str,
-    xc: torch.Tensor,
-    resp: torch.Tensor,
     nk: torch.Tensor,
     mu: torch.Tensor,
     s_quad: torch.Tensor | None,
-    cache: dict,
+    triu: torch.Tensor | None,
     reg: float,
+    centred_sums: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor],
 ) -> torch.Tensor:
     """Covariances (plus ``reg``) from the moment statistics ``s_quad``, two-pass where they cancel.
 
-    ``s_quad`` is ``resp.T @ q(xc)`` (the quadratic block of the design matrix) or None for the direct
-    strategy, which always uses the two-pass formula.
+    ``s_quad`` is the sum over the data of ``resp * q(xc)`` (the quadratic block of the design matrix) or None
+    when the data gave no moment statistics (the direct strategy), which always uses the two-pass formula.
+    ``centred_sums(mu, idx, full)`` returns the two-pass sums ``sum_i r_ik (xc_i - mu_k)(xc_i - mu_k)'``
+    (``full``; else their diagonals) of the components ``idx`` over all the data (one more pass over a stream).
     """
     k, d = mu.shape
     if s_quad is None:
-        return _two_pass_covariances(xc, resp, nk, mu, ct, reg)
+        return _two_pass_covariances(centred_sums, nk, mu, ct, reg)
     if ct in ("full", "tied"):
-        iu = cache["triu"]
+        iu = triu
         second = torch.empty((k, d, d), dtype=mu.dtype)
         second[:, iu[0], iu[1]] = s_quad
         second[:, iu[1], iu[0]] = s_quad
@@ -43,14 +46,14 @@ def moment_covariances(
             raw = second.sum(0) / total
             cov = raw - (nk[:, None, None] * (mu.unsqueeze(2) * mu.unsqueeze(1))).sum(0) / total
             if bool(_cancels_matrix(raw, cov, reg)):
-                return _two_pass_covariances(xc, resp, nk, mu, ct, reg)
+                return _two_pass_covariances(centred_sums, nk, mu, ct, reg)
         else:
             raw = second / nk[:, None, None]
             cov = raw - mu.unsqueeze(2) * mu.unsqueeze(1)
             bad = _cancels_matrix(raw, cov, reg)
             if bool(bad.any()):
                 idx = torch.nonzero(bad).flatten()
-                cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], "full", 0.0)
+                cov[idx] = _two_pass_covariances(centred_sums, nk, mu, "full", 0.0, idx)
         cov.diagonal(dim1=-2, dim2=-1).add_(reg)
         return cov
     if ct == "diag":
@@ -63,9 +66,8 @@ def moment_covariances(
         bad = _cancels(raw, cov * d, reg * d)
     if bool(bad.any()):
         idx = torch.nonzero(bad).flatten()
-        cov[idx] = _two_pass_covariances(xc, resp[:, idx], nk[idx], mu[idx], ct, 0.0)
+        cov[idx] = _two_pass_covariances(centred_sums, nk, mu, ct, 0.0, idx)
     return cov + reg
-
 
 
 def _cancels(raw: torch.Tensor, centred: torch.Tensor, reg: float) -> torch.Tensor:
@@ -90,9 +92,9 @@ def _cancels_matrix(raw: torch.Tensor, centred: torch.Tensor, reg: float) -> tor
     return scale > _CANCELLATION_RATIO * (smallest + reg)
 
 
-def _global_covariance(xc: torch.Tensor, ct: str, reg: float) -> torch.Tensor:
-    n, d = xc.shape
-    cov = (xc.T @ xc) / max(n, 1)
+def _global_covariance(second: torch.Tensor, n: int, ct: str, reg: float) -> torch.Tensor:
+    """The whole data's covariance from ``second = sum_i xc_i xc_i'`` (centred data), plus ``reg``."""
+    cov = second / max(n, 1)
     cov.diagonal().add_(reg)
     if ct == "full":
         return cov
@@ -102,15 +104,15 @@ def _global_covariance(xc: torch.Tensor, ct: str, reg: float) -> torch.Tensor:
 
 
 def _two_pass_covariances(
-    xc: torch.Tensor, resp: torch.Tensor, nk: torch.Tensor, mu: torch.Tensor, ct: str, reg: float
+    sums: Callable[[torch.Tensor, torch.Tensor, bool], torch.Tensor], nk: torch.Tensor, mu: torch.Tensor, ct: str,
+    reg: float, idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Covariances from centred residuals, sklearn's accurate formulation."""
-    k, d = mu.shape
+    """Covariances of the components ``idx`` (default all) from centred residuals, sklearn's accurate formulation."""
+    if idx is None:
+        idx = torch.arange(mu.shape[0])
+    nk = nk[idx]
     if ct in ("full", "tied"):
-        cov = torch.empty((k, d, d), dtype=xc.dtype)
-        for j in range(k):
-            diff = xc - mu[j]
-            cov[j] = (resp[:, j].unsqueeze(0) * diff.T) @ diff
+        cov = sums(mu, idx, True)
         if ct == "tied":
             out = cov.sum(0) / nk.sum()
             out.diagonal().add_(reg)
@@ -118,10 +120,7 @@ def _two_pass_covariances(
         cov /= nk[:, None, None]
         cov.diagonal(dim1=-2, dim2=-1).add_(reg)
         return cov
-    cov = torch.empty((k, d), dtype=xc.dtype)
-    for j in range(k):
-        diff = xc - mu[j]
-        cov[j] = (resp[:, j] @ (diff * diff)) / nk[j]
+    cov = sums(mu, idx, False) / nk.unsqueeze(1)
     if ct == "spherical":
         return cov.mean(-1) + reg
     return cov + reg

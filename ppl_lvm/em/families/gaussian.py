@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from .base import Params, _as_float, _check_dtype, _empty_components, _keep_previous, _warn
+from .base import LocalPass, Params, _as_float, _check_dtype, _empty_components, _keep_previous, _warn
 from .covariance import (
     _covariances_from_precision_cholesky,
     _global_covariance,
@@ -84,23 +84,38 @@ class Gaussian:
             "spherical": 1,
         }[self.covariance_type]
 
-    def precompute(self, X: Any) -> dict[str, Any]:
+    def summary(self, X: Any) -> dict[str, torch.Tensor]:
+        """Additive data-only sums of a chunk: ``n``, ``sum`` (their totals give the centring shift) and ``direct``
+        (1 when this chunk is too large for its design matrix, so it gives no ``s_quad``)."""
+        X = _as_float(X, self.dtype)
+        if X.ndim != 2:
+            raise ValueError(f"Gaussian emissions need 2-D data (N, D), got shape {tuple(X.shape)}")
+        direct = self._strategy(X.shape[0], X.shape[1], X.element_size()) == "direct"
+        return {"n": torch.tensor(float(X.shape[0]), dtype=torch.float64), "sum": X.sum(0).to(torch.float64),
+                "direct": torch.tensor(float(direct), dtype=torch.float64)}
+
+    def _strategy(self, n: int, d: int, itemsize: int) -> str:
+        if self.strategy != "auto":
+            return self.strategy
+        nbytes = n * (self._n_quadratic(d) + d + 1) * itemsize
+        return "moments" if nbytes <= _MAX_DESIGN_BYTES else "direct"
+
+    def precompute(self, X: Any, summary: dict | None = None) -> dict[str, Any]:
         """Centre the data and (moments strategy) build the design matrix.
 
         Centring on the data mean makes the expanded-square formulation
-        accurate for data far from the origin.
+        accurate for data far from the origin.  ``summary``: the totals of
+        :meth:`summary` over the whole data, for a chunk of it (every chunk is
+        then centred on the same shift, so their statistics add up).
         """
         X = _as_float(X, self.dtype)
         if X.ndim != 2:
             raise ValueError(f"Gaussian emissions need 2-D data (N, D), got shape {tuple(X.shape)}")
         n, d = X.shape
-        shift = X.mean(dim=0)
+        shift = X.mean(dim=0) if summary is None else (summary["sum"] / summary["n"]).to(X.dtype)
         nq = self._n_quadratic(d)
         cache: dict[str, Any] = {"X": X, "shift": shift, "n": n, "d": d, "nq": nq}
-        strategy = self.strategy
-        if strategy == "auto":
-            nbytes = n * (nq + d + 1) * X.element_size()
-            strategy = "moments" if nbytes <= _MAX_DESIGN_BYTES else "direct"
+        strategy = self._strategy(n, d, X.element_size())
         cache["strategy"] = strategy
         if strategy == "moments":
             design = torch.empty((n, nq + d + 1), dtype=X.dtype)
@@ -255,6 +270,22 @@ class Gaussian:
 
     # ---- M-step -----------------------------------------------------------
 
+    #: statistics a chunk without a design matrix cannot give; dropped everywhere when a summary counts ``direct``
+    optional_statistics = ("s_quad",)
+
+    def statistics(self, resp: torch.Tensor, cache: dict, params: Params | None = None) -> dict[str, torch.Tensor]:
+        """Additive expected sufficient statistics of the data in ``cache`` under ``resp`` (N, K).
+
+        ``resp_sum`` (K,), ``s_lin`` (K, D) and, with the moments strategy, ``s_quad`` (K, F): the sums of
+        ``resp * [q(xc), xc]``, ``xc`` the data centred on the cache's shift.  ``params`` are not needed.
+        """
+        resp = resp.to(cache["xc"].dtype)
+        if cache["strategy"] == "moments":
+            nq, d = cache["nq"], cache["d"]
+            stats = resp.T @ cache["design"]  # (K, F)
+            return {"resp_sum": stats[:, -1], "s_lin": stats[:, nq : nq + d], "s_quad": stats[:, :nq]}
+        return {"resp_sum": resp.sum(0), "s_lin": resp.T @ cache["xc"]}
+
     def m_step(
         self,
         X: Any,
@@ -281,29 +312,28 @@ class Gaussian:
         dict with ``means``, ``covariances``, ``precisions_cholesky``.
         """
         cache = self._cache(X, cache)
+        return self.m_step_statistics(self.statistics(resp, cache), params, reg, cache,
+                                      LocalPass(self, cache, resp))
+
+    def m_step_statistics(self, stats: dict, params: Params | None, reg: float | None, cache: dict,
+                          data: Any) -> Params:
+        """:meth:`m_step` from the summed :meth:`statistics` of all the data.
+
+        ``cache`` is one chunk's cache (only its shift, sizes and index tables are read); ``data`` gives
+        ``n`` and reads the data again when a component needs it (:class:`~ppl_lvm.em.families.base.LocalPass`
+        for data in memory).
+        """
         reg = self.default_reg if reg is None else float(reg)
         ct = self.covariance_type
-        n, d, nq = cache["n"], cache["d"], cache["nq"]
         shift = cache["shift"]
-        xc = cache["xc"]
-        resp = resp.to(xc.dtype)
-        eps10 = 10 * torch.finfo(xc.dtype).eps
-
-        if cache["strategy"] == "moments":
-            stats = resp.T @ cache["design"]  # (K, F)
-            resp_sum = stats[:, -1]
-            s_lin = stats[:, nq : nq + d]
-            s_quad = stats[:, :nq]
-        else:
-            resp_sum = resp.sum(0)
-            s_lin = resp.T @ xc
-            s_quad = None
+        resp_sum, s_lin = stats["resp_sum"], stats["s_lin"]
+        eps10 = 10 * torch.finfo(s_lin.dtype).eps
         nk = resp_sum + eps10
         mu = s_lin / nk.unsqueeze(1)
         k = mu.shape[0]
 
-        empty = _empty_components(resp_sum, n)
-        cov = moment_covariances(ct, xc, resp, nk, mu, s_quad, cache, reg)
+        empty = _empty_components(resp_sum, data.n)
+        cov = moment_covariances(ct, nk, mu, stats.get("s_quad"), cache.get("triu"), reg, data.centred_sums)
 
         means = mu + shift
         if bool(empty.any()):
@@ -312,7 +342,7 @@ class Gaussian:
             prev_cov = None if params is None else params.get("covariances")
             means = _keep_previous(means, prev_means, shift, empty)
             if ct != "tied":
-                fallback = _global_covariance(xc, ct, reg)
+                fallback = _global_covariance(data.second_moment(), data.n, ct, reg)
                 cov = _keep_previous(cov, prev_cov, fallback, empty)
         prec_chol, cov = _precision_cholesky(cov, ct, reg=reg, repair=True)
         return {"means": means, "covariances": cov, "precisions_cholesky": prec_chol}

@@ -29,13 +29,14 @@ state* (hmmlearn's ``startprob_``), ``"transmat"`` (K, K) with rows summing to
 """
 
 from .estep import HMMEStep, hmm_e_step, hmm_log_likelihood
-from .fit import HMMFitResult, fit_hmm, hmm_n_parameters, transitions_m_step
+from .fit import HMMFitResult, chain_source, fit_hmm, hmm_n_parameters, transitions_m_step
 from .forward_backward import forward_backward
 from .viterbi import viterbi
 
 __all__ = [
     "HMMEStep",
     "HMMFitResult",
+    "chain_source",
     "fit_hmm",
     "forward_backward",
     "hmm_e_step",

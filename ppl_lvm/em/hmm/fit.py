@@ -9,12 +9,13 @@ from typing import Any
 import torch
 
 from ...errors import EMDegeneracyWarning
+from ..accumulate import Source
 from ..convergence import KernelFit, iterate
 from ..mixture import EmissionFamily
 from .estep import hmm_e_step
 from .layout import _Buckets
 
-__all__ = ["HMMFitResult", "fit_hmm", "hmm_n_parameters", "transitions_m_step"]
+__all__ = ["HMMFitResult", "chain_source", "fit_hmm", "hmm_n_parameters", "transitions_m_step"]
 
 Params = dict[str, torch.Tensor]
 
@@ -87,10 +88,12 @@ def fit_hmm(
 
     Parameters
     ----------
-    X : array-like
-        All sequences concatenated, in the family's data format.
+    X : array-like, Chunks or Source
+        All sequences concatenated, in the family's data format; or whole sequences read chunk by chunk
+        (:func:`ppl_lvm.em.stream.chunks` with ``lengths``); or a :class:`~ppl_lvm.em.accumulate.Source`
+        (a data-parallel fit's shard). See :mod:`ppl_lvm.em.accumulate`.
     lengths : sequence of int, optional
-        Sequence lengths; ``None`` = a single sequence.
+        Sequence lengths of data in memory; ``None`` = a single sequence.
     family : EmissionFamily
     init_params : dict
         ``"startprob"`` (K,), ``"transmat"`` (K, K) and the family's parameters.
@@ -114,8 +117,7 @@ def fit_hmm(
     """
     if reg is None:
         reg = family.default_reg
-    if cache is None:
-        cache = family.precompute(X)
+    source = X if isinstance(X, Source) else chain_source(family, X, lengths, cache=cache)
     params = family.complete_params(dict(init_params))
     dtype = next(
         (v.dtype for v in params.values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
@@ -123,14 +125,22 @@ def fit_hmm(
     )
     params["startprob"] = torch.as_tensor(params["startprob"], dtype=dtype)
     params["transmat"] = torch.as_tensor(params["transmat"], dtype=dtype)
-    n_total = int(cache["n"])
-    buckets = _Buckets(lengths, n_total)
+
+    def posterior(cache: dict, buckets: _Buckets, params: Params) -> tuple[torch.Tensor, dict]:
+        log_em = family.log_prob(None, params, cache=cache)
+        e = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
+        return e.gamma, {"log_likelihood": e.log_likelihood.sum(), "start_sum": e.start_sum, "xi_sum": e.xi_sum}
 
     def step(params: Params) -> tuple[float, Params]:
-        log_em = family.log_prob(X, params, cache=cache)
-        stats = hmm_e_step(log_em, None, params["startprob"], params["transmat"], method=method, buckets=buckets)
-        new = family.m_step(X, stats.gamma, params, reg, cache=cache)
-        new["startprob"], new["transmat"] = transitions_m_step(stats.start_sum, stats.xi_sum, params)
-        return float(stats.log_likelihood.sum()), new
+        stats = source.accumulate(posterior, params)
+        new = family.m_step_statistics(stats, params, reg, source.template, source.data_pass(posterior, params))
+        new["startprob"], new["transmat"] = transitions_m_step(stats["start_sum"], stats["xi_sum"], params)
+        return float(stats["log_likelihood"]), new
 
     return iterate(step, params, max_iter, tol, callback)
+
+
+def chain_source(family: EmissionFamily, X: Any, lengths: Sequence[int] | None = None, *, reducer: Any = None,
+                 cache: dict | None = None) -> Source:
+    """The :class:`~ppl_lvm.em.accumulate.Source` of a chain's data: chunks carry their sequences' length buckets."""
+    return Source(family, X, lengths, layout=lambda lens, n: _Buckets(lens, n), reducer=reducer, cache=cache)

@@ -1,0 +1,156 @@
+"""Scale: a diagonal GMM (D=5, K=5, 20 iterations) through ``lvm.infer``: in memory, streamed from a memory-mapped
+file, and on 2 processes (torchrun, gloo), against scikit-learn in memory on the same data.
+
+Every configuration runs in its own process (one thread per process), so that its peak resident memory is its own;
+"extra peak" is the peak resident memory (``VmHWM``, reset after the imports) minus the resident memory then. All fits start from the same parameters
+(``init_params`` by value, scikit-learn's ``means_init`` / ``precisions_init`` / ``weights_init``) with ``tol``
+disabled. The data are written to a ``.npy`` file first (in blocks, never held at once by the writer).
+
+Usage::
+
+    PYTHONPATH=. python bench/bench_scale.py [--n 1000000] [--chunk 65536] [--skip sklearn,memory,stream,torchrun]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+K, D, ITERS = 5, 5, 20
+
+
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024.0  # kB
+
+
+def _reset_peak() -> float:
+    """Reset the process's peak resident memory (Linux ``clear_refs``) and return the resident memory now."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def write_data(path: str, n: int) -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.normal(scale=4.0, size=(K, D))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, D))
+    for lo in range(0, n, 1_000_000):
+        m = min(1_000_000, n - lo)
+        out[lo : lo + m] = centres[rng.integers(0, K, m)] + rng.normal(size=(m, D))
+    out.flush()
+
+
+def start(path: str) -> dict:
+    x = np.load(path, mmap_mode="r")
+    return {"locs": np.array(x[:K * 1000 : 1000]), "scales": np.ones((K, D))}
+
+
+def run_config(kind: str, path: str, chunk: int) -> dict:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    torch.set_num_threads(1)
+    torch.set_default_dtype(torch.float64)
+    import ppl_lvm as lvm
+    from ppl_lvm.models.mixtures import gaussian_mixture
+
+    if kind == "sklearn":
+        from sklearn.mixture import GaussianMixture  # imported before the baseline and the clock
+    base = _reset_peak()
+    init = start(path)
+    with threadpool_limits(1):
+        t0 = time.perf_counter()
+        if kind == "sklearn":
+            x = np.load(path)
+            gm = GaussianMixture(K, covariance_type="diag", max_iter=ITERS, tol=0.0, reg_covar=1e-6,
+                                 means_init=init["locs"], precisions_init=1.0 / init["scales"] ** 2,
+                                 weights_init=np.ones(K) / K)
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gm.fit(x)
+            ll = float(gm.score(x))
+        else:
+            if kind == "memory":
+                x = torch.from_numpy(np.load(path))
+            elif kind == "stream":
+                x = lvm.chunks(path, chunk)
+            else:  # a torchrun rank: its contiguous range of the memory-mapped file
+                import torch.distributed as dist
+
+                dist.init_process_group("gloo")
+                x = lvm.chunks(path, chunk).shard(dist.get_rank(), dist.get_world_size())
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fit = lvm.infer(gaussian_mixture, {"x": x, "K": K, "covariance_type": "diag"}, method="em",
+                                init_params=init, max_iter=ITERS, tol=None, distributed=kind == "rank")
+            ll = fit.log_likelihood / fit.n_samples
+        seconds = time.perf_counter() - t0
+    return {"kind": kind, "seconds": seconds, "extra_peak_mb": _status_mb("VmHWM") - base, "ll_per_point": ll}
+
+
+def _child(kind: str, path: str, chunk: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", path, "--chunk", str(chunk)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _torchrun(path: str, chunk: int) -> dict:
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          __file__, "--child", "rank", "--path", path, "--chunk", str(chunk)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    wall = time.perf_counter() - t0
+    ranks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return {"kind": "torchrun x2", "seconds": max(r["seconds"] for r in ranks), "wall_with_start_s": wall,
+            "extra_peak_mb": max(r["extra_peak_mb"] for r in ranks), "ll_per_point": ranks[0]["ll_per_point"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--chunk", type=int, default=65536)
+    parser.add_argument("--skip", default="")
+    parser.add_argument("--child")
+    parser.add_argument("--path")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_config(args.child, args.path, args.chunk)))
+        return
+    skip = set(filter(None, args.skip.split(",")))
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "x.npy")
+        write_data(path, args.n)
+        size_mb = args.n * D * 8 / 2**20
+        rows = [_child(kind, path, args.chunk) for kind in ("sklearn", "memory", "stream") if kind not in skip]
+        if "torchrun" not in skip:
+            rows.append(_torchrun(path, args.chunk))
+    ref = next((r for r in rows if r["kind"] == "sklearn"), None)
+    print(f"N={args.n:,} D={D} K={K}, {ITERS} iterations, data {size_mb:.0f} MB, chunk {args.chunk:,} rows")
+    print("| route | seconds | vs sklearn | extra peak MB | x data | LL per point |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
+        print(f"| {r['kind']} | {r['seconds']:.2f} | {ratio} | {r['extra_peak_mb']:.0f} | "
+              f"{r['extra_peak_mb'] / size_mb:.2f} | {r['ll_per_point']:.10f} |")
+    two = next((r for r in rows if r["kind"] == "torchrun x2"), None)
+    stream = next((r for r in rows if r["kind"] == "stream"), None)
+    if two and stream:
+        print(f"2 processes vs 1 (both streamed): speed-up {stream['seconds'] / two['seconds']:.2f}x "
+              f"(fit time; {two['wall_with_start_s']:.1f} s with torchrun's start)")
+
+
+if __name__ == "__main__":
+    main()

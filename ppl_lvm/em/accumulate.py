@@ -1,0 +1,250 @@
+"""The one place where the E-step's expected sufficient statistics are summed: over chunks, then over ranks.
+
+Every closed-form EM iteration (mixtures and hidden Markov chains, every emission family) is
+
+1. for each chunk of the data: the chunk's posteriors under the current parameters (responsibilities, or state
+   posteriors and expected transitions) and the family's additive statistics of them (``family.statistics``);
+2. their sum over the chunks (:meth:`Source.accumulate`);
+3. in a data-parallel fit, their sum over the ranks: one ``torch.distributed.all_reduce(SUM)`` of one flat
+   float64 buffer holding every statistic and the log-likelihood (:meth:`Reducer.sum`), so every rank runs the
+   same M-step on the same numbers and holds identical parameters;
+4. the M-step from the totals (``family.m_step_statistics``).
+
+Data held in memory by one process are one chunk whose cache is kept between iterations (the numbers are those of
+the in-memory kernels). A streamed fit (:func:`~ppl_lvm.em.stream.chunks`) re-reads every chunk each iteration,
+centring every chunk on the same shift (the data mean, from one first pass); a data-parallel fit is a stream over
+the rank's shard followed by the all-reduce. Only two rare cases read the data a second time within an iteration
+(one more all-reduce each): a Gaussian component whose moment statistics cancel (the two-pass covariance) and an
+empty component's fallback (the data covariance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import DataError, DistributedError
+from .families.base import add_statistics, local_centred_sums
+from .stream import Chunks
+
+__all__ = ["DataPass", "Reducer", "Source", "chunk_statistics"]
+
+#: what a chunk's posterior function returns: the (N, K) posteriors and extra additive sums (log-likelihood, ...)
+ChunkPosterior = Callable[[dict, Any, dict], tuple[torch.Tensor, dict]]
+
+
+def chunk_statistics(family: Any, cache: dict, layout: Any, posterior: ChunkPosterior, params: dict,
+                     drop: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One chunk's posteriors and its additive statistics: the family's plus the posterior function's extra sums."""
+    resp, extra = posterior(cache, layout, params)
+    part = family.statistics(resp, cache, params)
+    for key in drop:
+        part.pop(key, None)
+    part.update(extra)
+    return resp, part
+
+
+class Reducer:
+    """Sums statistics over the ranks of a ``torch.distributed`` process group (nothing to do in one process).
+
+    Parameters
+    ----------
+    distributed : bool
+        Reduce over the process group; it must be initialised (``torch.distributed.init_process_group``, which
+        ``torchrun`` scripts call first).
+    group : ProcessGroup, optional
+        The group to reduce over (default: the whole world).
+    """
+
+    def __init__(self, distributed: bool = False, group: Any = None) -> None:
+        self.distributed = bool(distributed)
+        self.group = group
+        if self.distributed and not (dist.is_available() and dist.is_initialized()):
+            raise DistributedError(
+                "distributed=True needs an initialised torch.distributed process group, and none is: call "
+                "torch.distributed.init_process_group('gloo') (CPU) or ('nccl') (GPU) first in every process, or "
+                "start the script with torchrun (e.g. torchrun --nproc-per-node 2 script.py) and call it there"
+            )
+        self.rank = dist.get_rank(group) if self.distributed else 0
+        self.world_size = dist.get_world_size(group) if self.distributed else 1
+        # NCCL reduces GPU tensors only: the statistics travel through the rank's current GPU
+        nccl = self.distributed and dist.get_backend(group) == "nccl"
+        self._device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
+
+    def sum(self, stats: dict[str, torch.Tensor], check: bool = False) -> dict[str, torch.Tensor]:
+        """``stats`` summed over the ranks, key by key: one all-reduce of one float64 buffer.
+
+        ``check``: first make sure every rank sends as many numbers (one more all-reduce; the data summary of a
+        fit's first pass is checked, so that ranks holding data of different widths fail with a clear error).
+        """
+        if not self.distributed:
+            return stats
+        keys = sorted(stats)
+        values = [torch.as_tensor(stats[k]) for k in keys]
+        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
+        if check:
+            sizes = torch.tensor([float(flat.numel()), -float(flat.numel())], dtype=torch.float64,
+                                 device=self._device)
+            dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=self.group)
+            sizes = sizes.cpu()
+            if sizes[0].item() != -sizes[1].item():
+                raise DistributedError(
+                    f"the ranks hold data of different shapes (rank {self.rank}: {flat.numel()} summary numbers, "
+                    f"others between {-int(sizes[1].item())} and {int(sizes[0].item())}): every rank must pass data "
+                    "with the same columns (and, for categorical data, the same n_categories)")
+        if self._device is not None:
+            flat = flat.to(self._device)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
+        flat = flat.cpu()
+        out, offset = {}, 0
+        for key, value in zip(keys, values, strict=True):
+            out[key] = flat[offset : offset + value.numel()].reshape(value.shape).to(value.dtype)
+            offset += value.numel()
+        return out
+
+    def broadcast(self, value: Any) -> Any:
+        """Rank 0's ``value`` on every rank (the same bits: a pickled copy)."""
+        if not self.distributed:
+            return value
+        box = [value if self.rank == 0 else None]
+        dist.broadcast_object_list(box, src=0, group=self.group)
+        return box[0]
+
+
+class Source:
+    """The data of one closed-form EM fit as chunks with their family caches, and the sums over them.
+
+    Parameters
+    ----------
+    family : emission family
+    data : tensor or Chunks
+        Data in memory (one chunk) or :class:`~ppl_lvm.em.stream.Chunks`.
+    lengths : sequence of int, optional
+        Sequence lengths of data in memory (chains); chunks carry their own.
+    layout : callable, optional
+        ``layout(lengths, n_rows)``: what a chunk's posterior function receives besides the cache (the chains'
+        length buckets); default: the lengths themselves.
+    reducer : Reducer, optional
+        Sum over ranks too (a data-parallel fit).
+    cache : dict, optional
+        ``family.precompute(data)`` of data in memory in one process, when already computed.
+    """
+
+    def __init__(self, family: Any, data: Any, lengths: Any = None, *, layout: Callable | None = None,
+                 reducer: Reducer | None = None, cache: dict | None = None) -> None:
+        self.family = family
+        self.reducer = reducer or Reducer()
+        self.streamed = isinstance(data, Chunks)
+        self._data, self._lengths = data, lengths
+        self._layout = layout or (lambda lens, n: lens)
+        self._last_resp: torch.Tensor | None = None
+        self._drop: tuple[str, ...] = ()
+        if not self.streamed and not self.reducer.distributed:
+            self.summary = None
+            self._cache = cache if cache is not None else family.precompute(data)
+            self.template = self._cache
+            self.n = int(self._cache["n"])
+            self._chunk_layout = self._layout(lengths, self.n)
+            return
+        first, total = None, None
+        for i, (x, _) in enumerate(self._raw()):
+            if x.shape[0] == 0:
+                continue
+            first = x[:1] if first is None else first
+            part = family.summary(x)
+            if not all(bool(torch.isfinite(v).all()) for v in part.values()):
+                raise DataError(f"chunk {i} of the data (rows {x.shape[0]}) holds NaN or infinite values; drop or "
+                                "impute them before fitting")
+            total = add_statistics(total, part)
+        if total is None:
+            raise DistributedError(f"rank {self.reducer.rank} holds no data: give every rank at least one row "
+                                   "(shard with lvm.chunks(...).shard(rank, world_size))")
+        self.summary = self.reducer.sum(total, check=True)
+        self.n = int(self.summary["n"].item())
+        if float(self.summary.get("direct", torch.zeros(())).item()) > 0:
+            self._drop = tuple(getattr(family, "optional_statistics", ()))
+        self.template = family.precompute(first, summary=self.summary)
+        if not self.streamed:
+            self._cache = family.precompute(data, summary=self.summary)
+            self._chunk_layout = self._layout(lengths, int(self._cache["n"]))
+
+    # -------------------------------------------------------------- reading
+    @property
+    def data(self) -> Any:
+        """The data as given: a tensor in memory or :class:`~ppl_lvm.em.stream.Chunks`."""
+        return self._data
+
+    def _raw(self) -> Iterator[tuple[Any, Any]]:
+        if self.streamed:
+            yield from self._data
+        else:
+            yield self._data, self._lengths
+
+    def chunks(self) -> Iterator[tuple[dict, Any]]:
+        """``(cache, layout)`` of every chunk of this rank, in order."""
+        if not self.streamed:
+            yield self._cache, self._chunk_layout
+            return
+        for x, lengths in self._data:
+            if x.shape[0]:
+                yield self.family.precompute(x, summary=self.summary), self._layout(lengths, x.shape[0])
+
+    def local_data(self) -> tuple[Any, dict]:
+        """Data (and cache) to seed a data-driven start from: the data in memory, or the first chunk."""
+        if not self.streamed:
+            return self._data, self._cache
+        x, _ = next(x for x in self._data if x[0].shape[0])
+        return x, self.family.precompute(x)
+
+    # -------------------------------------------------------------- the sums
+    def accumulate(self, posterior: ChunkPosterior, params: dict) -> dict[str, torch.Tensor]:
+        """The E-step: the family's statistics plus the posterior function's extra sums, over every chunk and rank."""
+        total = None
+        for cache, layout in self.chunks():
+            resp, part = chunk_statistics(self.family, cache, layout, posterior, params, self._drop)
+            total = add_statistics(total, part)
+            self._last_resp = resp if not self.streamed else None
+        return self.reducer.sum(total)
+
+    def data_pass(self, posterior: ChunkPosterior, params: dict) -> DataPass:
+        """What the M-step may read again within this iteration (see :class:`DataPass`)."""
+        return DataPass(self, posterior, params)
+
+
+class DataPass:
+    """The whole data, read again for a rare M-step need, with the responsibilities of this iteration's E-step.
+
+    The interface of :class:`~ppl_lvm.em.families.base.LocalPass` (``n``, ``summary()``, ``centred_sums``,
+    ``second_moment()``), over every chunk and rank. Every rank calls these at the same point, since the M-step
+    decides from reduced totals.
+    """
+
+    def __init__(self, source: Source, posterior: ChunkPosterior, params: dict) -> None:
+        self.source, self.posterior, self.params, self.n = source, posterior, params, source.n
+
+    def summary(self) -> dict[str, torch.Tensor]:
+        if self.source.summary is None:
+            return self.source.family.summary(self.source._cache["X"])
+        return self.source.summary
+
+    def _sum(self, part: Callable[[dict, Any], torch.Tensor]) -> torch.Tensor:
+        total = None
+        for cache, layout in self.source.chunks():
+            value = part(cache, layout)
+            total = value if total is None else total + value
+        return self.source.reducer.sum({"value": total})["value"]
+
+    def centred_sums(self, mu: torch.Tensor, idx: torch.Tensor, full: bool) -> torch.Tensor:
+        def part(cache: dict, layout: Any) -> torch.Tensor:
+            resp = self.source._last_resp
+            if resp is None:
+                resp = self.posterior(cache, layout, self.params)[0]
+            return local_centred_sums(cache["xc"], resp.to(cache["xc"].dtype), mu, idx, full)
+
+        return self._sum(part)
+
+    def second_moment(self) -> torch.Tensor:
+        return self._sum(lambda cache, layout: cache["xc"].T @ cache["xc"])

@@ -1,0 +1,227 @@
+"""Data that EM reads in chunks: a (memory-mapped) array cut into row ranges, or chunks given one by one.
+
+:func:`chunks` wraps the data; every EM iteration reads it once from the start, one chunk at a time, so only one
+chunk (and its temporaries) is in memory at once. Sequences (hidden Markov chains) are never cut: a chunk holds
+whole sequences. :meth:`Chunks.shard` gives one rank of a data-parallel fit its contiguous part.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["Chunks", "NpyFile", "chunks", "shard_range"]
+
+
+def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous ``[start, stop)`` of ``n`` items that rank ``rank`` of ``world_size`` reads.
+
+    The first ``n % world_size`` ranks get one item more, so the sizes differ by at most one.
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+    base, extra = divmod(int(n), int(world_size))
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+class NpyFile:
+    """A ``.npy`` file read by row ranges with plain file reads (no memory mapping, so no pages stay resident).
+
+    Attributes
+    ----------
+    shape : tuple of int
+    dtype : numpy.dtype
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = os.fspath(path)
+        with open(self.path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            self.shape, fortran, self.dtype = read(f)
+            self._offset = f.tell()
+        if fortran and len(self.shape) > 1:
+            raise ValueError(f"{self.path} is stored in Fortran order; save it in C order to read it by rows")
+        self._row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("NpyFile reads contiguous row ranges only")
+        count = max(stop - start, 0) * self._row
+        values = np.fromfile(self.path, dtype=self.dtype, count=count,
+                             offset=self._offset + start * self._row * self.dtype.itemsize)
+        return values.reshape((max(stop - start, 0),) + tuple(self.shape[1:]))
+
+
+def _as_chunk(value: Any) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        return value.detach()
+    return torch.from_numpy(np.array(value, copy=True))  # a copy: a memory-mapped slice must not stay mapped
+
+
+class Chunks:
+    """A re-readable source of data chunks for EM; build it with :func:`chunks`.
+
+    Attributes
+    ----------
+    n_rows : int or None
+        Rows in all (of this shard), when known without reading the data.
+    """
+
+    def __init__(self, array: Any = None, chunk_size: int | None = None, lengths: Sequence[int] | None = None,
+                 pieces: Sequence | None = None, factory: Callable[[], Any] | None = None,
+                 rows: tuple[int, int] | None = None, sequences: tuple[int, int] | None = None,
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+        self._array, self.chunk_size, self._pieces, self._factory = array, chunk_size, pieces, factory
+        self._transform = transform
+        self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        if array is not None:
+            total = int(array.shape[0])
+            if self._lengths is not None:
+                n_seq = len(self._lengths)
+                self._seq = sequences or (0, n_seq)
+                offsets = np.concatenate([[0], np.cumsum(self._lengths)])
+                if int(offsets[-1]) != total:
+                    raise ValueError(f"sum(lengths)={int(offsets[-1])} != number of rows {total}")
+                self._offsets = offsets
+                self._rows = (int(offsets[self._seq[0]]), int(offsets[self._seq[1]]))
+            else:
+                self._rows = rows or (0, total)
+        self.n_rows = None if array is None else self._rows[1] - self._rows[0]
+
+    @property
+    def sequence_range(self) -> tuple[int, int]:
+        """``[first, last)``: the sequences of an array with ``lengths`` that these chunks read (of a shard)."""
+        if self._array is None or self._lengths is None:
+            raise ValueError("sequence_range belongs to chunks of an array given with lengths")
+        return self._seq
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
+        """``(rows, lengths)`` per chunk (``lengths`` None for data without sequences)."""
+        if self._transform is not None:
+            for x, lengths in self._untransformed():
+                yield self._transform(x), lengths
+            return
+        yield from self._untransformed()
+
+    def _untransformed(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
+        if self._array is not None:
+            yield from self._array_chunks()
+            return
+        source = self._pieces if self._pieces is not None else self._factory()
+        for piece in source:
+            if isinstance(piece, tuple):
+                x, lengths = piece
+                yield _as_chunk(x), [int(v) for v in lengths]
+            else:
+                yield _as_chunk(piece), None
+
+    def _array_chunks(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
+        size = self.chunk_size or max(self.n_rows, 1)
+        if self._lengths is None:
+            start, stop = self._rows
+            for lo in range(start, stop, size):
+                yield _as_chunk(self._array[lo : min(lo + size, stop)]), None
+            return
+        first, last = self._seq
+        seq = first
+        while seq < last:
+            end = seq + 1  # at least one whole sequence, then as many as fit in chunk_size rows
+            while end < last and self._offsets[end + 1] - self._offsets[seq] <= size:
+                end += 1
+            lo, hi = int(self._offsets[seq]), int(self._offsets[end])
+            yield _as_chunk(self._array[lo:hi]), self._lengths[seq:end].tolist()
+            seq = end
+
+    def _like(self, **changes: Any) -> Chunks:
+        spec = {"array": self._array, "chunk_size": self.chunk_size, "lengths": self._lengths,
+                "pieces": self._pieces, "factory": self._factory, "transform": self._transform}
+        if self._array is not None:
+            spec["rows" if self._lengths is None else "sequences"] = self._rows if self._lengths is None else self._seq
+        spec.update(changes)
+        return Chunks(**spec)
+
+    def transformed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Chunks:
+        """The same chunks, each passed through ``fn`` (e.g. reshaped) when read."""
+        return self._like(transform=fn if self._transform is None else (lambda x, f=self._transform: fn(f(x))))
+
+    def shard(self, rank: int, world_size: int) -> Chunks:
+        """The part of the data rank ``rank`` of ``world_size`` reads: a contiguous range of rows (of whole
+        sequences, balanced by rows, for sequences; of chunks, for chunks given as a list)."""
+        if self._array is not None and self._lengths is None:
+            lo, hi = shard_range(self.n_rows, rank, world_size)
+            base = self._rows[0]
+            return self._like(rows=(base + lo, base + hi))
+        if self._array is not None:
+            first, last = self._seq
+            rows = self._offsets[first : last + 1] - self._offsets[first]
+            lo, hi = shard_range(int(rows[-1]), rank, world_size)
+            # sequence boundaries nearest to the row range's ends
+            s_lo = first + int(np.abs(rows - lo).argmin())
+            s_hi = first + int(np.abs(rows - hi).argmin())
+            return self._like(sequences=(s_lo, max(s_lo, s_hi)))
+        if self._pieces is not None:
+            lo, hi = shard_range(len(self._pieces), rank, world_size)
+            return self._like(pieces=list(self._pieces)[lo:hi])
+        raise ValueError("chunks made from a function cannot be sharded: give each rank a function that yields its "
+                         "own part, or pass an array or a list of chunks")
+
+    def __repr__(self) -> str:
+        what = f"{self.n_rows} rows in chunks of {self.chunk_size}" if self._array is not None else "given chunks"
+        return f"Chunks({what})"
+
+
+def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int] | None = None) -> Chunks:
+    """Data for EM read chunk by chunk, never held at once.
+
+    Parameters
+    ----------
+    source : array-like, str, list or callable
+        An array with ``shape`` and row slicing that is read lazily: ``np.load(path, mmap_mode="r")``, an HDF5 or
+        zarr dataset, a tensor; a path to a ``.npy`` file (read chunk by chunk with plain file reads, so resident
+        memory stays at one chunk, while the pages of a memory map may stay resident as reclaimable page cache);
+        a list of chunks (arrays, or
+        ``(rows, lengths)`` pairs for sequences); or a function returning an iterable of such chunks (called once
+        per pass over the data).
+    chunk_size : int, optional
+        Rows per chunk of an array (default: one chunk). With ``lengths`` a chunk holds whole sequences, as many
+        as fit in ``chunk_size`` rows (at least one).
+    lengths : sequence of int, optional
+        Sequence lengths of an array holding sequences one after the other (hmmlearn's layout).
+
+    Returns
+    -------
+    Chunks
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> data = chunks(np.arange(10.0).reshape(5, 2), chunk_size=2)
+    >>> [tuple(x.shape) for x, _ in data]
+    [(2, 2), (2, 2), (1, 2)]
+    >>> [tuple(x.shape) for x, _ in data.shard(1, 2)]
+    [(2, 2)]
+    """
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+                                   or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if isinstance(source, (str, os.PathLike)):
+        source = NpyFile(source)
+    if hasattr(source, "shape") and hasattr(source, "__getitem__"):
+        if len(source.shape) == 0:
+            raise ValueError("chunks needs an array with one row per data point, got a scalar")
+        return Chunks(source, chunk_size, lengths)
+    if lengths is not None:
+        raise ValueError("lengths describes the rows of one array; chunks given one by one carry their own lengths "
+                         "as (rows, lengths) pairs")
+    if callable(source):
+        return Chunks(factory=source)
+    if isinstance(source, (list, tuple)):
+        return Chunks(pieces=list(source), chunk_size=chunk_size)
+    raise TypeError(f"chunks needs an array, a .npy path, a list of chunks or a function, got {type(source).__name__}")
