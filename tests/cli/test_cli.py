@@ -62,7 +62,7 @@ def _command():
     return [str(script)] if script.exists() else [sys.executable, "-m", "ppl_lvm"]
 
 
-def run_cli(*args, cwd, timeout=240):
+def run_cli(*args, cwd, timeout=900):
     return subprocess.run([sys.executable, "-m", "ppl_lvm", *map(str, args)], cwd=cwd, env=_env(),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -94,7 +94,7 @@ class Background:
         self.procs[name] = subprocess.Popen([*map(str, argv)], cwd=cwd, env=_env(), stdout=subprocess.PIPE,
                                             stderr=subprocess.PIPE, text=True)
 
-    def result(self, name, timeout=300):
+    def result(self, name, timeout=900):
         if name not in self.done:
             proc = self.procs[name]
             out, err = proc.communicate(timeout=timeout)
@@ -239,7 +239,7 @@ def test_ctrl_c_saves_the_fit_so_far(files):
             time.sleep(0.05)
         assert marker.exists(), "the fit took no steps within 120 s"
         proc.send_signal(signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=180)
+        stdout, stderr = proc.communicate(timeout=900)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -113,7 +113,7 @@ def _chromium(tmp_path, *args):
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
          *args],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=900,
     )
 
 
