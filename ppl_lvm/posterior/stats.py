@@ -13,7 +13,7 @@ from . import arviz_compat
 __all__ = ["SUMMARY_COLUMNS", "RATIO_RTOL", "psis_khat", "psis_khat_points", "ratios_vary", "psis_loo",
            "iwae_from_draws", "summarize_draws", "rhat_of_chains", "rhat_across_restarts", "row_labels"]
 
-SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
+SUMMARY_COLUMNS = arviz_compat.SUMMARY_COLUMNS
 RATIO_RTOL = 1e-6
 
 
