@@ -142,12 +142,28 @@ def psislw(log_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if _legacy():
             lw, khat = az().psislw(log_ratios.copy())
         else:
-            from arviz_stats.base import array_stats  # lazy: see design()
-
-            # arviz_stats takes the negated ratios (it smooths -log_lik for LOO) and returns unnormalised weights
-            lw, khat = array_stats.psislw(-log_ratios)
-            lw = lw - np.logaddexp.reduce(lw, axis=-1, keepdims=True)
+            lw, khat = _psislw_stats(log_ratios)
     return np.asarray(lw, dtype=np.float64), np.asarray(khat, dtype=np.float64)
+
+
+def _psislw_stats(log_ratios: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """PSIS through arviz_stats, which takes the negated ratios (it smooths -log_lik for LOO), returns unnormalised
+    weights and refuses a tail of equal values: such a row keeps its raw weights and gets ArviZ 0.x's k-hat, inf."""
+    from arviz_stats.base import array_stats  # lazy: see design()
+
+    try:
+        lw, khat = array_stats.psislw(-log_ratios)
+    except ValueError:
+        rows = log_ratios.reshape(-1, log_ratios.shape[-1])
+        lw, khat = np.array(rows), np.full(len(rows), np.inf)
+        for i, row in enumerate(rows):
+            try:
+                lw[i], khat[i] = array_stats.psislw(-row)
+            except ValueError:  # "All tail values are the same"
+                pass
+        lw, khat = lw.reshape(log_ratios.shape), khat.reshape(log_ratios.shape[:-1])
+    lw = np.asarray(lw, dtype=np.float64)
+    return lw - np.logaddexp.reduce(lw, axis=-1, keepdims=True), np.asarray(khat, dtype=np.float64)
 
 
 SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
