@@ -71,14 +71,18 @@ def test_rhat_of_chains_in_different_places_is_large_and_of_mixed_ones_near_one(
 
 @pytest.mark.parametrize("k", [0.2, 0.5, 0.9])
 def test_psis_khat_recovers_the_tail_index_of_pareto_ratios(k):
-    # ratios w = U^-k follow a Pareto law with tail index k; PSIS fits the generalised Pareto shape of their tail.
-    # Measured over seeds 0-4 at S = 4000, k in {0.2, 0.5, 0.9}: |k-hat - k| <= 0.072 (ArviZ 0.23), 0.069 (arviz-stats 0.8).
+    # ratios w = U^-k follow a Pareto law with tail index k; PSIS fits the generalised Pareto shape of their tail
+    # (about 3 sqrt(S) = 600 of the S = 40000 draws, so one k-hat has sd ~0.05). Measured over seeds 0-4, both
+    # designs alike to 1e-3: largest |k-hat - k| 0.113 (k = 0.9, seed 1), mean over the seeds within 0.02 of k.
+    found = []
     for seed in range(5):
-        u = np.random.default_rng(seed).uniform(size=(1, 4000))
+        u = np.random.default_rng(seed).uniform(size=(1, 40000))
         lw, khat = arviz_compat.psislw(-k * np.log(u))
-        assert abs(float(khat[0]) - k) < 0.15, (seed, float(khat[0]))
+        found.append(float(khat[0]))
         assert np.logaddexp.reduce(lw, axis=-1) == pytest.approx(0.0, abs=1e-10)  # normalised weights
         assert lw.shape == u.shape
+    assert np.max(np.abs(np.array(found) - k)) < 0.15, found
+    assert abs(np.mean(found) - k) < 0.05, found
 
 
 def test_constant_ratios_give_equal_weights_and_an_infinite_khat():
