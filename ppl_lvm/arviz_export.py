@@ -21,10 +21,23 @@ from the same replay pass (:mod:`ppl_lvm.posterior.draws`) that :func:`ppl_lvm.d
                        sites themselves (not for ``delta`` or guides with helper sites such as ``fullrank``)
 =====================  ==========================================================================================
 
-and an EM fit into ``point_estimate`` (the fitted parameters; no fake one-draw posterior), ``responsibilities``
-(p(z | x) per discrete site), ``map_assignments``, ``em_history`` (mean log-likelihood per iteration),
-``pointwise_log_likelihood`` (log p(x_i) when available) and ``observed_data``; the log-likelihood, BIC, AIC,
-convergence and iteration count are attributes of ``point_estimate``.
+and an EM fit into
+
+=============================  ======================================================================================
+``posterior``                  ``num_samples`` draws of every model parameter from the Laplace approximation at the
+                               estimate (:mod:`ppl_lvm.posterior.laplace`: normal in the unconstrained coordinates,
+                               covariance the inverse observed information), labelled so in its ``posterior``
+                               attribute; omitted, with an ``InferenceWarning``, when the information is singular
+``log_likelihood``             log p(x_i | theta_s) of each draw, every latent summed out; the observations are the
+                               data points (mixtures, the data plate) or the sequences (hidden Markov chains)
+``point_estimate``             the fitted parameters; the log-likelihood, BIC, AIC, convergence and iteration count
+                               are its attributes
+``responsibilities``           p(z | x) per discrete site
+``map_assignments``            the most probable states (Viterbi paths for chains)
+``em_history``                 mean log-likelihood per iteration
+``pointwise_log_likelihood``   log p(x_i) at the estimate, when the data sit in one plate
+``observed_data``              the data
+=============================  ======================================================================================
 
 Dimension names: a site's batch dimensions are named after its plates (``len(x)`` becomes ``x_index``, other plate
 names are sanitised), remaining dimensions ``<site>_dim_<i>``.
@@ -48,8 +61,13 @@ from .outcome import EMOutcome, Outcome
 from .posterior import arviz_compat
 from .posterior.alignment import align_draw_sets, ordered_restarts
 from .posterior.draws import replay
+from .posterior.laplace import laplace, pointwise_log_likelihood
 
-__all__ = ["to_inference_data", "save_netcdf", "load_netcdf"]
+__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "LAPLACE_LABEL"]
+
+#: the ``posterior`` attribute of an EM fit's export: what its draws are
+LAPLACE_LABEL = ("laplace approximation at the EM estimate: normal in each parameter's unconstrained coordinates, "
+                 "covariance the inverse observed information (a flat prior there), not MCMC draws")
 
 
 # ---------------------------------------------------------------------------------------------------- naming
@@ -146,9 +164,11 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     Parameters
     ----------
     result : Result or EMResult
-        A variational fit (svi, meanfield, iwae, renyi) or an EM fit (``num_samples``, ``seed``, ``chains`` unused).
+        A variational fit (svi, meanfield, iwae, renyi) or an EM fit (its ``posterior`` holds ``num_samples`` draws
+        of the Laplace approximation, ``restarts`` is unused: the kept fit is exported).
     num_samples : int
-        Draws from the fitted guide (per restart when the restarts are exported).
+        Draws from the fitted guide (per restart when the restarts are exported), or of an EM fit's Laplace
+        approximation.
     seed : int, optional
         Seed of the draws (default: the fit's seed).
     chains : int
@@ -166,7 +186,7 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     if not isinstance(chains, int) or chains < 1 or num_samples % chains:
         raise ValueError(f"chains must be a positive integer dividing num_samples={num_samples}, got {chains!r}")
     if isinstance(result, EMOutcome):
-        return arviz_compat.make_groups(_em_groups(result))
+        return arviz_compat.make_groups(_em_groups(result, num_samples, seed, chains))
     if restarts is None:
         restarts = len(getattr(result, "restarts", [])) > 1
     if restarts and len(getattr(result, "restarts", [])) > 1:
@@ -252,7 +272,27 @@ def _chain_dims(structure: Any, name: str, shape: tuple[int, ...]) -> list[str]:
     return dims
 
 
-def _em_groups(result: Any) -> dict[str, Any]:
+def _laplace_groups(result: Any, num_samples: int, seed: int | None, chains: int, coords: dict, attrs: dict,
+                    pointwise: tuple[str, list[str]] | None) -> dict[str, Any]:
+    """``posterior``: draws of the Laplace approximation at the estimate; ``log_likelihood``: log p(x_i | theta_s)."""
+    approximation = laplace(result)
+    if not approximation.positive_definite:  # laplace() has warned
+        return {}
+    draws = approximation.sample(num_samples, result.seed if seed is None else seed)
+    attrs = {**attrs, "posterior": LAPLACE_LABEL, "seed_of_draws": int(result.seed if seed is None else seed)}
+    chain = ["chain", "draw"]
+    groups = {"posterior": _dataset(
+        {n: (chain + _generic(n, _numpy(v[0])), _split(_numpy(v), chains)) for n, v in draws.items()}, {}, attrs)}
+    if pointwise is not None:
+        log_lik = pointwise_log_likelihood(result, draws)
+        name, dims = pointwise
+        if log_lik is not None and tuple(log_lik.shape[1:]) == tuple(result.log_likelihood_per_point.shape):
+            groups["log_likelihood"] = _dataset({name: (chain + dims, _split(_numpy(log_lik), chains))}, coords,
+                                                attrs)
+    return groups
+
+
+def _em_groups(result: Any, num_samples: int, seed: int | None, chains: int) -> dict[str, Any]:
     structure = result.structure
     attrs = _attrs(result)
     bic, aic = result.bic(), result.aic()
@@ -312,12 +352,16 @@ def _em_groups(result: Any) -> dict[str, Any]:
     groups["em_history"] = _dataset({"mean_log_likelihood": (["iteration"], history)},
                                     {"iteration": np.arange(len(history))}, attrs)
     per_point = result.log_likelihood_per_point
+    point_dims = None
     if per_point is not None and observed:
         first = next(iter(observed))
         array = _numpy(per_point)
         dims = dims_of[first][: array.ndim] if tuple(array.shape) == shapes[first][: array.ndim] else None
-        groups["pointwise_log_likelihood"] = _dataset(
-            {first: (dims or _generic(first, array), array)}, coords, attrs)
+        point_dims = dims or _generic(first, array)
+        groups["pointwise_log_likelihood"] = _dataset({first: (point_dims, array)}, coords, attrs)
+    if result.params and num_samples:
+        groups.update(_laplace_groups(result, num_samples, seed, chains, coords, attrs,
+                                      (first, point_dims) if point_dims is not None else None))
     if observed:
         groups["observed_data"] = _dataset(
             {n: (dims_of[n], _numpy(v)) for n, v in observed.items()}, coords, attrs)
