@@ -121,7 +121,7 @@ def test_mixture_standard_errors_match_a_numerical_hessian_of_the_scipy_log_like
     v = np.array([p["weights"][0], *p["locs"], *p["scales"]])
     assert _mixture_loglik(x)(v) == pytest.approx(fit.log_likelihood, rel=1e-10)
     expected = delta_se(_mixture_params, v, central_hessian(_mixture_loglik(x), v))
-    # Measured (seeds 0-4): largest relative difference 2e-6; the acceptance asks for 5%
+    # Measured (data seeds 0-4): largest relative difference 7.6e-7; the acceptance asks for 5%
     np.testing.assert_allclose(flat_se(fit, ["weights", "locs", "scales"]), expected, rtol=1e-3)
 
 
@@ -152,7 +152,7 @@ def test_full_covariance_standard_errors_match_a_numerical_hessian(float64):
     upper = np.zeros((2, 2, 2), dtype=bool)
     upper[:, 0, 1] = True
     assert np.all(got[6:][upper.reshape(-1)] == 0)  # the upper triangle is zero, exactly
-    # Measured: largest relative difference 4e-6
+    # both are exact up to the finite differences' rounding: rtol 1e-3 (the acceptance asks for 5%)
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-12)
 
 
@@ -165,8 +165,9 @@ def test_hmm_standard_errors_match_a_numerical_hessian_of_the_hmmlearn_log_likel
     loglik = lambda v: _hmmlearn(v).score(obs, lengths)  # noqa: E731
     assert loglik(v) == pytest.approx(fit.log_likelihood, rel=1e-10)
     expected = delta_se(_hmm_params, v, central_hessian(loglik, v))
-    # Measured (seeds 0-4): largest relative difference 3e-6
-    np.testing.assert_allclose(flat_se(fit, ["start", "trans", "emission"]), expected, rtol=1e-3)
+    # Measured (data seeds 0-4): largest relative difference 2.0e-3 (seed 1; EM stops near, not at, the maximum);
+    # the acceptance asks for 5%
+    np.testing.assert_allclose(flat_se(fit, ["start", "trans", "emission"]), expected, rtol=1e-2)
 
 
 # ---------------------------------------------------------------------------------------------------- bootstrap
