@@ -252,7 +252,7 @@ def test_em_summary_holds_the_point_estimates_and_information_criteria(float64):
     x = torch.cat([torch.randn(20, 2, generator=g) - 3.0, torch.randn(20, 2, generator=g) + 3.0])
     fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
     table = fit.summary()
-    assert list(table.columns) == ["mean", "kind"] and len(table) == 2 + 4 + 8
+    assert list(table.columns) == ["mean", "se", "ci_2.5%", "ci_97.5%", "kind"] and len(table) == 2 + 4 + 8
     np.testing.assert_array_equal(table.loc[["locs[0, 0]", "locs[0, 1]", "locs[1, 0]", "locs[1, 1]"], "mean"],
                                   fit.params["locs"].reshape(-1))
     assert table.attrs["bic"] == fit.bic() and table.attrs["aic"] == fit.aic()
