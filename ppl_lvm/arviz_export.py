@@ -27,10 +27,23 @@ components are put in chain 0's order in each chain, as restarts are aligned), n
 ``log_q`` / ``log_weight`` (the draws have no density), and the sampler's ``diverging``, ``step_size`` and
 ``acceptance_rate`` per draw in ``sample_stats``;
 
-an EM fit into ``point_estimate`` (the fitted parameters; no fake one-draw posterior), ``responsibilities``
-(p(z | x) per discrete site), ``map_assignments``, ``em_history`` (mean log-likelihood per iteration),
-``pointwise_log_likelihood`` (log p(x_i) when available) and ``observed_data``; the log-likelihood, BIC, AIC,
-convergence and iteration count are attributes of ``point_estimate``.
+and an EM fit into
+
+=============================  ======================================================================================
+``posterior``                  ``num_samples`` draws of every model parameter from the Laplace approximation at the
+                               estimate (:mod:`ppl_lvm.posterior.laplace`: normal in the unconstrained coordinates,
+                               covariance the inverse observed information), labelled so in its ``posterior``
+                               attribute; omitted, with an ``InferenceWarning``, when the information is singular
+``log_likelihood``             log p(x_i | theta_s) of each draw, every latent summed out; the observations are the
+                               data points (mixtures, the data plate) or the sequences (hidden Markov chains)
+``point_estimate``             the fitted parameters; the log-likelihood, BIC, AIC, convergence and iteration count
+                               are its attributes
+``responsibilities``           p(z | x) per discrete site
+``map_assignments``            the most probable states (Viterbi paths for chains)
+``em_history``                 mean log-likelihood per iteration
+``pointwise_log_likelihood``   log p(x_i) at the estimate, when the data sit in one plate
+``observed_data``              the data
+=============================  ======================================================================================
 
 Dimension names: a site's batch dimensions are named after its plates (``len(x)`` becomes ``x_index``, other plate
 names are sanitised), remaining dimensions ``<site>_dim_<i>``.
@@ -40,108 +53,25 @@ Written for ArviZ 0.23 (``az.InferenceData``); with ArviZ 1.x the same groups be
 
 from __future__ import annotations
 
-import re
 import warnings
 from typing import Any
 
 import numpy as np
-import pyro
 import torch
 
-from ._version import __version__
 from .errors import InferenceWarning
-from .outcome import EMOutcome, MCMCOutcome, Outcome
+from .outcome import EMOutcome, MCMCOutcome
 from .posterior import arviz_compat
+from .posterior import arviz_dims as ad
 from .posterior.alignment import align_chains, align_draw_sets, ordered_restarts
 from .posterior.draws import replay
+from .posterior.laplace import laplace, pointwise_log_likelihood
 
-__all__ = ["to_inference_data", "save_netcdf", "load_netcdf"]
+__all__ = ["to_inference_data", "save_netcdf", "load_netcdf", "LAPLACE_LABEL"]
 
-
-# ---------------------------------------------------------------------------------------------------- naming
-def _plate_dim_name(plate: str) -> str:
-    match = re.fullmatch(r"len\((\w+)\)", plate.replace(" ", ""))
-    if match:
-        return f"{match.group(1)}_index"
-    name = re.sub(r"\W+", "_", plate).strip("_")
-    return name or "plate"
-
-
-def _site_dims(structure: Any, name: str, shape: tuple[int, ...], batch_shape: tuple[int, ...] | None = None
-               ) -> list[str]:
-    """Dimension names of one site's value (without chain/draw): plates for batch dims, ``<site>_dim_i`` else."""
-    info = structure.sites.get(name)
-    if batch_shape is None:
-        batch_shape = tuple(info.batch_shape) if info is not None else ()
-    n_batch = len(batch_shape) if tuple(shape[: len(batch_shape)]) == tuple(batch_shape) else 0
-    dims: list[str] = []
-    by_dim = {}
-    if info is not None:
-        for plate in info.plates:
-            p = structure.plates.get(plate)
-            if p is not None and p.dim is not None:
-                by_dim[p.dim] = p
-    generic = 0
-    for j in range(len(shape)):
-        plate = by_dim.get(j - n_batch) if j < n_batch else None
-        if plate is not None and plate.size == shape[j]:
-            dims.append(_plate_dim_name(plate.name))
-        else:
-            dims.append(f"{name}_dim_{generic}")
-            generic += 1
-    return dims
-
-
-def _label_coords(result: Outcome, dims_of: dict[str, list[str]], shapes: dict[str, tuple[int, ...]]) -> dict:
-    """Coordinates from pandas labels: the data plate gets the index, an observed site's first event dim the columns."""
-    coords: dict[str, list] = {}
-    labels = getattr(result.data, "coords", {}) or {}
-    structure = result.structure
-    for site in structure.observed_sites:
-        lab = labels.get(site.argument or site.name)
-        if not lab or site.name not in dims_of:
-            continue
-        dims, shape = dims_of[site.name], shapes[site.name]
-        nb = len(site.batch_shape)
-        if "index" in lab and nb >= 1 and shape[0] == len(lab["index"]):
-            coords.setdefault(dims[0], list(lab["index"]))
-        if "columns" in lab and len(shape) > nb and shape[nb] == len(lab["columns"]):
-            coords.setdefault(dims[nb], list(lab["columns"]))
-    return coords
-
-
-def _numpy(value: torch.Tensor) -> np.ndarray:
-    array = value.detach().cpu().numpy()
-    return array.astype(np.int64) if array.dtype.kind in "iub" else array.astype(np.float64)
-
-
-def _split(array: np.ndarray, chains: int) -> np.ndarray:
-    """Independent draws (S, ...) as (chains, S // chains, ...)."""
-    return array.reshape((chains, array.shape[0] // chains) + array.shape[1:])
-
-
-def _dataset(variables: dict[str, tuple[list[str], np.ndarray]], coords: dict, attrs: dict | None = None) -> Any:
-    xr = arviz_compat.xr()
-    used = {d for dims, _ in variables.values() for d in dims}
-    return xr.Dataset(
-        dict(variables.items()),
-        coords={k: v for k, v in coords.items() if k in used},
-        attrs=dict(attrs or {}),
-    )
-
-
-def _attrs(result: Outcome) -> dict:
-    return {
-        "inference_library": "pyro",
-        "inference_library_version": pyro.__version__,
-        "creation_library": "ppl_lvm",
-        "creation_library_version": __version__,
-        "method": str(result.method),
-        "guide": str(result.guide_name),
-        "steps": int(result.steps),
-        "converged": int(bool(result.converged)),
-        "seed": int(result.seed),
-    }
+#: the ``posterior`` attribute of an EM fit's export: what its draws are
+LAPLACE_LABEL = ("laplace approximation at the EM estimate: normal in each parameter's unconstrained coordinates, "
+                 "covariance the inverse observed information (a flat prior there), not MCMC draws")
 
 
 # ---------------------------------------------------------------------------------------------------- SVI / IWAE
@@ -152,9 +82,11 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     Parameters
     ----------
     result : Result or EMResult
-        A variational fit (svi, meanfield, iwae, renyi) or an EM fit (``num_samples``, ``seed``, ``chains`` unused).
+        A variational fit (svi, meanfield, iwae, renyi) or an EM fit (its ``posterior`` holds ``num_samples`` draws
+        of the Laplace approximation, ``restarts`` is unused: the kept fit is exported).
     num_samples : int
-        Draws from the fitted guide (per restart when the restarts are exported).
+        Draws from the fitted guide (per restart when the restarts are exported), or of an EM fit's Laplace
+        approximation.
     seed : int, optional
         Seed of the draws (default: the fit's seed).
     chains : int
@@ -172,7 +104,7 @@ def to_inference_data(result: Any, num_samples: int = 500, seed: int | None = No
     if not isinstance(chains, int) or chains < 1 or num_samples % chains:
         raise ValueError(f"chains must be a positive integer dividing num_samples={num_samples}, got {chains!r}")
     if isinstance(result, EMOutcome):
-        return arviz_compat.make_groups(_em_groups(result))
+        return arviz_compat.make_groups(_em_groups(result, num_samples, seed, chains))
     if isinstance(result, MCMCOutcome):
         if restarts:
             raise ValueError("an MCMC fit has no restarts to export: its chains are the chains")
@@ -220,30 +152,30 @@ def _variational_groups(result: Any, num_samples: int, seed: int | None, chains:
     shapes: dict[str, tuple[int, ...]] = {}
     for name, value in found.draws.items():
         shapes[name] = tuple(value.shape[1:])
-        dims_of[name] = _site_dims(structure, name, shapes[name])
+        dims_of[name] = ad.site_dims(structure, name, shapes[name])
     for name, value in found.observed.items():
         shapes[name] = tuple(value.shape)
-        dims_of[name] = _site_dims(structure, name, shapes[name])
-    coords = _label_coords(result, dims_of, shapes)
-    attrs = _attrs(result)
+        dims_of[name] = ad.site_dims(structure, name, shapes[name])
+    coords = ad.label_coords(result, dims_of, shapes)
+    attrs = ad.attrs(result)
     chain = ["chain", "draw"]
 
     groups: dict[str, Any] = {}
-    groups["posterior"] = _dataset(
-        {n: (chain + dims_of[n], _split(_numpy(v), chains)) for n, v in found.draws.items()}, coords, attrs)
+    groups["posterior"] = ad.dataset(
+        {n: (chain + dims_of[n], ad.split(ad.numpy(v), chains)) for n, v in found.draws.items()}, coords, attrs)
     if found.log_lik is not None and observed:
-        groups["log_likelihood"] = _dataset(
-            {o: (chain + _site_dims(structure, o, tuple(v.shape[1:])), _split(v, chains))
+        groups["log_likelihood"] = ad.dataset(
+            {o: (chain + ad.site_dims(structure, o, tuple(v.shape[1:])), ad.split(v, chains))
              for o, v in found.log_lik.items()}, coords, attrs)
-    groups["posterior_predictive"] = _dataset(
-        {o: (chain + dims_of[o], _split(_numpy(found.predictive[o]), chains)) for o in observed}, coords, attrs)
-    groups["observed_data"] = _dataset(
-        {o: (dims_of[o], _numpy(v)) for o, v in found.observed.items()}, coords, attrs)
-    stats = {"lp": (chain, _split(found.lp, chains))}
+    groups["posterior_predictive"] = ad.dataset(
+        {o: (chain + dims_of[o], ad.split(ad.numpy(found.predictive[o]), chains)) for o in observed}, coords, attrs)
+    groups["observed_data"] = ad.dataset(
+        {o: (dims_of[o], ad.numpy(v)) for o, v in found.observed.items()}, coords, attrs)
+    stats = {"lp": (chain, ad.split(found.lp, chains))}
     if found.log_q is not None:
-        stats["log_q"] = (chain, _split(found.log_q, chains))
-        stats["log_weight"] = (chain, _split(found.log_weight, chains))
-    groups["sample_stats"] = _dataset(stats, coords, attrs)
+        stats["log_q"] = (chain, ad.split(found.log_q, chains))
+        stats["log_weight"] = (chain, ad.split(found.log_weight, chains))
+    groups["sample_stats"] = ad.dataset(stats, coords, attrs)
     return groups
 
 
@@ -260,7 +192,7 @@ def _mcmc_groups(result: MCMCOutcome, num_samples: int, seed: int | None, chains
     index = np.arange(num_samples) * result.total_draws // num_samples  # as the stored draws are handed out
     stats = groups["sample_stats"]
     for name, values in result.sample_stats.items():
-        stats[name] = (("chain", "draw"), _split(np.asarray(values).reshape(-1)[index], chains))
+        stats[name] = (("chain", "draw"), ad.split(np.asarray(values).reshape(-1)[index], chains))
     stats.attrs.update({"num_chains": int(result.num_chains), "num_draws": int(result.num_draws),
                         "warmup_steps": int(result.warmup_steps)})
     groups["posterior"].attrs.update(stats.attrs)
@@ -277,14 +209,34 @@ def _chain_dims(structure: Any, name: str, shape: tuple[int, ...]) -> list[str]:
     dims = [f"{name}_dim_{i}" for i in range(len(shape))]
     if len(shape) >= 2:
         plate = next((p for p in structure.plates.values() if p.size == shape[0]), None)
-        dims[0] = _plate_dim_name(plate.name) if plate is not None else dims[0]
+        dims[0] = ad.plate_dim_name(plate.name) if plate is not None else dims[0]
         dims[1] = "time"
     return dims
 
 
-def _em_groups(result: Any) -> dict[str, Any]:
+def _laplace_groups(result: Any, num_samples: int, seed: int | None, chains: int, coords: dict, attrs: dict,
+                    pointwise: tuple[str, list[str]] | None) -> dict[str, Any]:
+    """``posterior``: draws of the Laplace approximation at the estimate; ``log_likelihood``: log p(x_i | theta_s)."""
+    approximation = laplace(result)
+    if not approximation.positive_definite:  # laplace() has warned
+        return {}
+    draws = approximation.sample(num_samples, result.seed if seed is None else seed)
+    attrs = {**attrs, "posterior": LAPLACE_LABEL, "seed_of_draws": int(result.seed if seed is None else seed)}
+    chain = ["chain", "draw"]
+    groups = {"posterior": ad.dataset(
+        {n: (chain + _generic(n, ad.numpy(v[0])), ad.split(ad.numpy(v), chains)) for n, v in draws.items()}, {}, attrs)}
+    if pointwise is not None:
+        log_lik = pointwise_log_likelihood(result, draws)
+        name, dims = pointwise
+        if log_lik is not None and tuple(log_lik.shape[1:]) == tuple(result.log_likelihood_per_point.shape):
+            groups["log_likelihood"] = ad.dataset({name: (chain + dims, ad.split(ad.numpy(log_lik), chains))}, coords,
+                                                attrs)
+    return groups
+
+
+def _em_groups(result: Any, num_samples: int, seed: int | None, chains: int) -> dict[str, Any]:
     structure = result.structure
-    attrs = _attrs(result)
+    attrs = ad.attrs(result)
     bic, aic = result.bic(), result.aic()
     attrs.update({
         "log_likelihood": float(result.log_likelihood),
@@ -304,23 +256,23 @@ def _em_groups(result: Any) -> dict[str, Any]:
             continue
         if tuple(value.shape) == tuple(site.shape):
             observed[site.name] = value
-            dims_of[site.name] = _site_dims(structure, site.name, tuple(value.shape))
+            dims_of[site.name] = ad.site_dims(structure, site.name, tuple(value.shape))
         elif argument not in observed:  # one argument feeding many sites (a chain x[:, t]): keep it whole
             observed[argument] = value
             dims_of[argument] = _chain_dims(structure, argument, tuple(value.shape))
     shapes = {n: tuple(v.shape) for n, v in observed.items()}
 
     groups: dict[str, Any] = {}
-    point = {n: (_generic(n, _numpy(v)), _numpy(v)) for n, v in result.params.items()}
-    groups["point_estimate"] = _dataset(point, {}, attrs)
+    point = {n: (_generic(n, ad.numpy(v)), ad.numpy(v)) for n, v in result.params.items()}
+    groups["point_estimate"] = ad.dataset(point, {}, attrs)
 
     resp = {}
     for name, r in result.responsibilities.items():
-        array = _numpy(r)
+        array = ad.numpy(r)
         site = structure.sites.get(name)
         batch = tuple(site.batch_shape) if site is not None else ()
         if batch and tuple(array.shape[:-1]) == batch:
-            dims = _site_dims(structure, name, batch) + [f"{name}_state"]
+            dims = ad.site_dims(structure, name, batch) + [f"{name}_state"]
         elif site is None and array.ndim == 3:  # a hidden Markov chain: (sequence, time, state)
             dims = _chain_dims(structure, name, array.shape[:-1]) + [f"{name}_state"]
         else:
@@ -328,29 +280,33 @@ def _em_groups(result: Any) -> dict[str, Any]:
         resp[name] = (dims, array)
         dims_of.setdefault(name, dims[:-1])
         shapes.setdefault(name, tuple(array.shape[:-1]))
-    coords = _label_coords(result, dims_of, shapes)
-    groups["responsibilities"] = _dataset(resp, coords, attrs)
+    coords = ad.label_coords(result, dims_of, shapes)
+    groups["responsibilities"] = ad.dataset(resp, coords, attrs)
 
     assignments = {}
     for name, a in result.map_assignments().items():
-        array = _numpy(a)
+        array = ad.numpy(a)
         dims = dims_of.get(name) if tuple(array.shape) == shapes.get(name) else None
         assignments[name] = (dims or _generic(name, array), array)
-    groups["map_assignments"] = _dataset(assignments, coords, attrs)
+    groups["map_assignments"] = ad.dataset(assignments, coords, attrs)
 
     history = np.asarray(result.history, dtype=np.float64)
-    groups["em_history"] = _dataset({"mean_log_likelihood": (["iteration"], history)},
+    groups["em_history"] = ad.dataset({"mean_log_likelihood": (["iteration"], history)},
                                     {"iteration": np.arange(len(history))}, attrs)
     per_point = result.log_likelihood_per_point
+    point_dims = None
     if per_point is not None and observed:
         first = next(iter(observed))
-        array = _numpy(per_point)
+        array = ad.numpy(per_point)
         dims = dims_of[first][: array.ndim] if tuple(array.shape) == shapes[first][: array.ndim] else None
-        groups["pointwise_log_likelihood"] = _dataset(
-            {first: (dims or _generic(first, array), array)}, coords, attrs)
+        point_dims = dims or _generic(first, array)
+        groups["pointwise_log_likelihood"] = ad.dataset({first: (point_dims, array)}, coords, attrs)
+    if result.params and num_samples:
+        groups.update(_laplace_groups(result, num_samples, seed, chains, coords, attrs,
+                                      (first, point_dims) if point_dims is not None else None))
     if observed:
-        groups["observed_data"] = _dataset(
-            {n: (dims_of[n], _numpy(v)) for n, v in observed.items()}, coords, attrs)
+        groups["observed_data"] = ad.dataset(
+            {n: (dims_of[n], ad.numpy(v)) for n, v in observed.items()}, coords, attrs)
     return groups
 
 

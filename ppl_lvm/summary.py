@@ -11,9 +11,14 @@ import numpy as np
 from .outcome import EMOutcome, MCMCOutcome
 from .posterior import queries
 from .posterior.alignment import align_chains, aligned_restart_draws
+from .posterior.laplace import laplace
 from .posterior.stats import SUMMARY_COLUMNS, rhat_across_restarts, row_labels, summarize_chains, summarize_draws
 
-__all__ = ["summarize"]
+__all__ = ["summarize", "EM_COLUMNS"]
+
+#: the columns of an EM fit's summary: the estimate, its standard error and the 95% Wald interval
+EM_COLUMNS = ["mean", "se", "ci_2.5%", "ci_97.5%"]
+_Z95 = 1.959963984540054
 
 
 def _param_rows(result: Any, names: list[str], columns: list[str]) -> Any:
@@ -69,8 +74,14 @@ def summarize(result: Any, num_samples: int = 500, seed: int = 0, var_names: lis
         params = [p for p in params if p in var_names]
         latents = [v for v in var_names if v in latent_names]
     if em:
-        table = _param_rows(result, params, ["mean"])
+        table = _param_rows(result, params, EM_COLUMNS)
+        if params and result.model is not None and structure is not None:  # else (loaded without model) NaN
+            se = laplace(result).standard_errors()
+            table["se"] = np.concatenate([se[name].numpy().reshape(-1) for name in params])
+            table["ci_2.5%"] = table["mean"] - _Z95 * table["se"]
+            table["ci_97.5%"] = table["mean"] + _Z95 * table["se"]
         table.attrs.update(_em_attrs(result))
+        table.attrs["standard_errors"] = "observed information at the estimate (delta method)"
         return table
 
     if isinstance(result, MCMCOutcome):

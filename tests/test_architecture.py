@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ppl_lvm"
 MAX_LINES = 400
 # imports written inside functions: only optional or slow third-party libraries, never the package's own modules
-LAZY_OK = ("matplotlib", "arviz", "arviz_base", "arviz_stats", "scipy", "pandas", "sklearn", "tqdm", "xarray", "h5netcdf")
+LAZY_OK = ("matplotlib", "arviz", "arviz_base", "arviz_stats", "arviz_plots", "scipy", "pandas", "sklearn", "tqdm", "xarray", "h5netcdf")
 
 
 def _modules() -> list[Path]:

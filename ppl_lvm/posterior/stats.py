@@ -14,7 +14,7 @@ __all__ = ["SUMMARY_COLUMNS", "RATIO_RTOL", "psis_khat", "psis_khat_points", "ra
            "iwae_from_draws", "summarize_draws", "summarize_chains", "rhat_of_chains", "rhat_across_restarts",
            "row_labels"]
 
-SUMMARY_COLUMNS = ["mean", "sd", "hdi_3%", "hdi_97%", "mcse_mean", "mcse_sd", "ess_bulk", "ess_tail", "r_hat"]
+SUMMARY_COLUMNS = arviz_compat.SUMMARY_COLUMNS
 RATIO_RTOL = 1e-6
 
 

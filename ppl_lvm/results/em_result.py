@@ -14,6 +14,7 @@ from ..data import BoundData, to_tensor
 from ..em.hmm import viterbi
 from ..em.mixture import mixture_log_likelihood
 from ..outcome import EMOutcome
+from ..posterior.laplace import laplace
 from .result import Result
 
 __all__ = ["EMResult"]
@@ -57,16 +58,37 @@ class EMResult(Result, EMOutcome):
         )
 
     def to_arviz(self, num_samples: int = 500, seed: int | None = None, **kw: Any) -> Any:
-        """Point estimates, responsibilities and history as ArviZ groups; see :mod:`ppl_lvm.arviz_export`."""
+        """The fit as ArviZ groups: ``num_samples`` draws of the Laplace approximation as ``posterior`` with their
+        pointwise ``log_likelihood`` (for ``az.summary`` and ``az.loo``), the point estimates, responsibilities and
+        history; see :mod:`ppl_lvm.arviz_export`."""
         return arviz_export.to_inference_data(self, num_samples=num_samples, seed=seed, **kw)
 
     def summary(self, num_samples: int = 500, seed: int = 0, var_names: list[str] | None = None) -> Any:
-        """The point estimates, one row per scalar coordinate of each parameter (column ``mean``, ``kind="param"``).
+        """The estimates with their uncertainty, one row per scalar coordinate of each parameter (``kind="param"``).
 
-        ``DataFrame.attrs`` holds ``log_likelihood``, ``bic``, ``aic``, ``n_parameters``, ``n_samples``, ``n_iter``
-        and ``converged``. ``num_samples`` and ``seed`` are accepted for symmetry with :meth:`Result.summary`.
+        Columns: ``mean`` (the estimate), ``se`` (:meth:`standard_errors`), ``ci_2.5%`` / ``ci_97.5%`` (the Wald
+        interval ``mean -/+ 1.96 se``; it can leave the parameter's support near a boundary, where the draws of
+        ``to_arviz()``, which respect it, are the better guide). ``DataFrame.attrs`` holds ``log_likelihood``,
+        ``bic``, ``aic``, ``n_parameters``, ``n_samples``, ``n_iter`` and ``converged``. ``num_samples`` and
+        ``seed`` are not used (no draws are made); they are there for symmetry with :meth:`Result.summary`.
         """
         return summary.summarize(self, num_samples=num_samples, seed=seed, var_names=var_names)
+
+    # ------------------------------------------------------------------ uncertainty
+    def standard_errors(self) -> dict[str, torch.Tensor]:
+        """The standard error of every coordinate of every model parameter, in the parameter's shape (float64).
+
+        From the observed information (minus the autograd Hessian of the exact log-likelihood at the estimate, in
+        each parameter's unconstrained coordinates) by the delta method; see :mod:`ppl_lvm.posterior.laplace`.
+        NaN, with an ``InferenceWarning``, when the information is not positive definite (an estimate on the
+        boundary, such as a probability of exactly 0, or a parameter the data do not identify).
+        """
+        return laplace(self).standard_errors()
+
+    def observed_information(self) -> torch.Tensor:
+        """The observed information matrix, ``(P, P)`` over the free unconstrained coordinates of the model's
+        parameters (their order and the map back: ``ppl_lvm.posterior.laplace.laplace(result)``)."""
+        return laplace(self).information
 
     def fit_more(self, **options: Any) -> EMResult:
         """Continue EM from these parameters (``init_params="params"``, one restart) for ``max_iter`` more iterations.

@@ -13,6 +13,8 @@ from ppl_lvm import dist
 from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.posterior.stats import psis_loo
 
+pytestmark = pytest.mark.arviz  # PSIS-LOO goes through ArviZ
+
 CENTERS = torch.tensor([[-5.0, 0.0], [5.0, 0.0], [0.0, 7.0]], dtype=torch.float64)
 
 

@@ -12,6 +12,8 @@ from ppl_lvm import constraints, dist
 from ppl_lvm.diagnostics import RHAT_BAD, DiagnosticWarning
 from ppl_lvm.fit import smoothed_final_loss
 
+pytestmark = pytest.mark.arviz  # R-hat and the summary go through ArviZ
+
 PER_CLUSTER = 10
 # a decaying learning rate (0.1 * 0.97^step) so that restarts in one optimum end at the same q, not jittering around it
 FIT = dict(method="svi", steps=100, lr=0.1, optimizer="clippedadam", optim_args={"lrd": 0.97})

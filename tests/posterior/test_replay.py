@@ -15,6 +15,8 @@ from ppl_lvm.posterior import queries
 from ppl_lvm.posterior.draws import loo_inputs, replay
 from ppl_lvm.posterior.stats import psis_loo
 
+pytestmark = pytest.mark.arviz  # the export, k-hat and LOO go through ArviZ
+
 RUNS = {"mixture": 0, "ppca": 0}
 
 
