@@ -75,9 +75,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for k in (10, 50):
         configs = {
-            "renyi": lambda: RenyiELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1),
-            "local": lambda: LocalIWAE(k, "data", 1),
-            "dreg": lambda: LocalIWAE(k, "data", 1, estimator="dreg"),
+            "renyi": lambda k=k: RenyiELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1),
+            "local": lambda k=k: LocalIWAE(k, "data", 1),
+            "dreg": lambda k=k: LocalIWAE(k, "data", 1, estimator="dreg"),
         }
         times: dict[str, list[float]] = {name: [] for name in configs}
         names = list(configs)

@@ -149,7 +149,7 @@ class LocalIWAE:
         model_global: torch.Tensor | float = 0.0
         row_scale: float | None = None
         for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-            for name, site in trace.nodes.items():
+            for site in trace.nodes.values():
                 if site["type"] != "sample" or site_is_subsample(site):
                     continue
                 frame = next((f for f in site["cond_indep_stack"] if f.name == self.data_plate), None)

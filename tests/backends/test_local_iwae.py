@@ -152,9 +152,9 @@ def hierarchical_guide(x):
     a = lvm.param(torch.tensor(0.5))
     b = lvm.param(torch.tensor(0.0))
     c = lvm.param(torch.tensor(1.0), constraint=constraints.positive)
-    mu = lvm.latent(dist.Normal(m, s))
+    lvm.latent(dist.Normal(m, s), name="mu")
     with lvm.plate(len(x)):
-        z = lvm.latent(dist.Normal(a * x + b, c))
+        lvm.latent(dist.Normal(a * x + b, c), name="z")
 
 
 @lvm.guide
@@ -162,7 +162,7 @@ def guide_with_mu_in_z(x):
     m = lvm.param(torch.tensor(0.0))
     mu = lvm.latent(dist.Normal(m, 1.0))
     with lvm.plate(len(x)):
-        z = lvm.latent(dist.Normal(mu + 0.5 * x, 1.0))
+        lvm.latent(dist.Normal(mu + 0.5 * x, 1.0), name="z")
 
 
 @pytest.mark.parametrize("options", [dict(), dict(batch_size=50), dict(estimator="dreg", batch_size=50)])
