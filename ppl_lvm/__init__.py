@@ -30,7 +30,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .fit_options import FitOptions, linear_warmup
-from .guides import AmortizedNormal, MeanFieldNormal
+from .guides import AmortizedFlow, AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment
 from .posterior_distance import compare_posteriors
@@ -39,6 +39,7 @@ from .results import EMResult, MCMCResult, Result, load
 from .structure import ModelStructure
 
 __all__ = [
+    "AmortizedFlow",
     "AmortizedNormal",
     "ConvergenceWarning",
     "DataError",

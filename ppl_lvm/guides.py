@@ -23,13 +23,14 @@ import pyro.distributions as dist
 import pyro.poutine as poutine
 import torch
 import torch.distributions.transforms as T
+from pyro.distributions import transforms
 from pyro.distributions.transforms import biject_to
 from pyro.infer import autoguide
 
 from .model import Guide, Model, ModelStructure
 from .runtime import current_fit
 
-__all__ = ["MeanFieldNormal", "AmortizedNormal", "GUIDES", "build_guide", "empty_guide"]
+__all__ = ["MeanFieldNormal", "AmortizedFlow", "AmortizedNormal", "GUIDES", "build_guide", "empty_guide"]
 
 
 class MeanFieldNormal(autoguide.AutoNormal):
@@ -129,7 +130,64 @@ class AmortizedNormal:
                     stack.enter_context(pyro.plate(frame.name, full, subsample=indices, dim=frame.dim))
                 else:
                     stack.enter_context(pyro.plate(frame.name, loc.shape[frame.dim - self._event_dim], dim=frame.dim))
-            return pyro.sample(self.site, dist.Normal(loc, scale).to_event(self._event_dim))
+            return pyro.sample(self.site, self._distribution(loc, scale))
+
+    def _distribution(self, loc: torch.Tensor, scale: torch.Tensor) -> Any:
+        return dist.Normal(loc, scale).to_event(self._event_dim)
+
+    def description(self) -> str:
+        """How the guide is named in results (``result.guide_name``)."""
+        return f"amortised normal over '{self.site}'"
+
+
+class AmortizedFlow(AmortizedNormal):
+    """:class:`AmortizedNormal` followed by ``num_flows`` affine autoregressive transforms (an inverse autoregressive
+    flow, Kingma et al. 2016): ``z = f_L(... f_1(u))``, ``u ~ Normal(encoder(x))``, each ``f_l`` an
+    :func:`pyro.distributions.transforms.affine_autoregressive` (a MADE network, shared by all rows), so ``q(z | x)``
+    can be correlated and skewed where the diagonal normal cannot.
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        Maps the data argument to ``(loc, scale)`` of the base normal, of the site's shape.
+    site : str
+        The local latent site; it must have one event dimension of size at least 2 (a vector per row).
+    num_flows : int
+        The number of affine autoregressive transforms (default 2).
+    hidden_dims : list of int, optional
+        Hidden layer sizes of each transform's MADE network; default Pyro's ``[3 * dim + 1]``.
+    data : str, optional
+        The model argument fed to the encoder; default: the model's first argument.
+    """
+
+    def __init__(self, encoder: torch.nn.Module, site: str, num_flows: int = 2, hidden_dims: list[int] | None = None,
+                 data: str | None = None):
+        super().__init__(encoder, site, data)
+        if isinstance(num_flows, bool) or not isinstance(num_flows, int) or num_flows < 1:
+            raise ValueError(f"num_flows must be a positive integer, got {num_flows!r}")
+        self.num_flows = num_flows
+        self.hidden_dims = hidden_dims
+        self.flows: torch.nn.ModuleList | None = None
+
+    def bind(self, model: Model, structure: ModelStructure) -> AmortizedFlow:
+        super().bind(model, structure)
+        shape = tuple(structure.sites[self.site].event_shape)
+        if len(shape) != 1 or shape[0] < 2:
+            raise ValueError(f"AmortizedFlow: site '{self.site}' has event shape {shape}; an autoregressive flow needs "
+                             "one event dimension of size >= 2 (use lvm.AmortizedNormal for a scalar latent)")
+        if self.flows is None:
+            dtype = next(iter(self.encoder.parameters()), torch.empty(0)).dtype
+            self.flows = torch.nn.ModuleList(
+                [transforms.affine_autoregressive(shape[0], self.hidden_dims) for _ in range(self.num_flows)]
+            ).to(dtype)
+        return self
+
+    def _distribution(self, loc: torch.Tensor, scale: torch.Tensor) -> Any:
+        pyro.module("flow", self.flows, update_module_params=True)
+        return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), list(self.flows))
+
+    def description(self) -> str:
+        return f"amortised flow over '{self.site}' ({self.num_flows} affine autoregressive)"
 
 
 def empty_guide(*args: Any, **kwargs: Any) -> None:
@@ -167,7 +225,7 @@ def build_guide(spec: Any, model: Model, structure: ModelStructure) -> tuple[Cal
         target = poutine.block(model, hide=hidden) if hidden else model
         return GUIDES[key](target), key
     if isinstance(spec, AmortizedNormal):
-        return spec.bind(model, structure), f"amortised normal over '{spec.site}'"
+        return spec.bind(model, structure), spec.description()
     if isinstance(spec, (Guide, autoguide.AutoGuide)) or callable(spec):
         name = getattr(spec, "__name__", type(spec).__name__)
         return spec, f"user guide {name}"
