@@ -1,0 +1,215 @@
+"""What ``method="vem"`` and ``method="mcem"`` share: options, checks, draws with particles, the L-BFGS M-step.
+
+Both are EM for models whose E-step is intractable because a latent is continuous: the expectation of the
+complete-data log-likelihood ``log p(x, z; theta)`` under ``p(z | x, theta)`` is replaced by one under an
+approximation (a variational guide for ``vem``, self-normalised importance weights for ``mcem``), then maximised
+over the model's parameters (``lvm.param``) by L-BFGS with the draws held fixed (a generalised M-step: kept only
+when it raises that objective).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from ..errors import UnsupportedModelError
+from ..outcome import StochasticEMOutcome
+from ..structure import ModelStructure
+
+__all__ = ["StochasticEMOptions", "check_model_for", "lbfgs_maximise", "particles", "point_log_probs",
+           "stochastic_em_outcome", "unconstrained"]
+
+#: the name of the plate that vectorises the particles (draws) of the E-step
+PARTICLE_PLATE = "_stochastic_em_particles"
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass
+class StochasticEMOptions:
+    """Options common to ``method="vem"`` and ``method="mcem"``.
+
+    Parameters
+    ----------
+    max_iter : int
+        Maximum EM iterations (each: an E-step, then an M-step).
+    tol : float or None
+        Stop, converged, when the reported per-data-point value (``history``) changes by less than ``tol`` (the
+        rule of :mod:`ppl_lvm.em.convergence`); ``None``: run every iteration.
+    n_init : int
+        Independent restarts (seeds ``seed, seed + 1, ...``); the one with the highest final ``history`` value is
+        returned, all are kept in ``restarts``.
+    seed : int
+        Seed of restart 0.
+    m_steps : int
+        L-BFGS iterations of each M-step.
+    callbacks : sequence of callables
+        ``callback(iteration, value)`` after each iteration; return ``True`` to stop.
+    """
+
+    max_iter: int = 50
+    tol: float | None = 1e-3
+    n_init: int = 1
+    seed: int = 0
+    m_steps: int = 20
+    callbacks: Sequence = ()
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    def validate(self) -> None:
+        for name in ("max_iter", "n_init", "m_steps"):
+            _positive_int(name, getattr(self, name))
+        tol = self.tol
+        if tol is not None and (isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol)
+                                or tol < 0):
+            raise ValueError(f"tol must be a number >= 0, or None to run all max_iter iterations, got {tol!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not all(callable(cb) for cb in self.callbacks):
+            raise ValueError("callbacks must be a sequence of callables callback(iteration, value)")
+
+
+def check_model_for(method: str, structure: ModelStructure, local_only: bool = False) -> None:
+    """Refuse models ``method`` cannot fit: no continuous latent, a discrete latent, no parameter to maximise."""
+    if structure.discrete_latents:
+        site = structure.discrete_latents[0]
+        raise UnsupportedModelError(
+            f"method {method!r} draws continuous latents; '{site.name}' ({site.location}) is a discrete "
+            f"{site.distribution}. A model whose latents are all discrete is fitted exactly by method='em'; with "
+            "discrete and continuous latents use method='svi' (it sums the discrete ones out)."
+        )
+    if not structure.continuous_latents:
+        raise UnsupportedModelError(
+            f"method {method!r} needs a continuous latent to take the expectation over, and this model has no "
+            "latent: maximise its likelihood directly with method='svi' (no guide), or method='em' for discrete "
+            "latents"
+        )
+    if not structure.model_param_names():
+        raise UnsupportedModelError(
+            f"method {method!r} maximises over the model's parameters, and this model has none (no lvm.param): "
+            "there is nothing to maximise. Declare the unknowns with lvm.param, or fit the posterior of its "
+            "latents with method='svi' or method='nuts'."
+        )
+    if local_only and structure.global_latents:
+        site = structure.global_latents[0]
+        where = "outside the data plate" if structure.data_plate else "and the model has no data plate"
+        raise UnsupportedModelError(
+            f"method {method!r} weights the draws of each data point separately, but the latent '{site.name}' "
+            f"({site.location}) is {where} (shared by all data points). Use method='vem', which handles it, or "
+            "make it a parameter (lvm.param)."
+        )
+
+
+def unconstrained(names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The unconstrained leaves of the named parameters of the live parameter store (what optimisers move)."""
+    store = pyro.get_param_store()
+    return {n: store._params[n] for n in names}
+
+
+def particles(fn: Callable, num: int, max_plate_nesting: int) -> Callable:
+    """``fn`` run inside a plate of ``num`` particles left of the model's plates (vectorised draws)."""
+
+    def vectorised(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate(PARTICLE_PLATE, num, dim=-(max_plate_nesting + 1)):
+            return fn(*args, **kwargs)
+
+    return vectorised
+
+
+def point_log_probs(trace: poutine.Trace, names: Sequence[str], data_dim: int, max_plate_nesting: int,
+                    num: int, n: int) -> torch.Tensor:
+    """The sum of the named sites' log densities per particle and data point, shape ``(num, n)``.
+
+    ``data_dim`` is the (negative) dim of the data plate; the particle plate sits at ``-(max_plate_nesting + 1)``.
+    Every other batch dim is summed.
+    """
+    full = max_plate_nesting + 1
+    total = torch.zeros(num, n)
+    for name in names:
+        lp = trace.nodes[name]["log_prob"]
+        lp = lp.reshape((1,) * (full - lp.dim()) + tuple(lp.shape))
+        keep = {0, full + data_dim}
+        other = [d for d in range(full) if d not in keep]
+        if other:
+            lp = lp.sum(other, keepdim=True)
+        total = total + lp.reshape(lp.shape[0], lp.shape[full + data_dim])
+    return total
+
+
+def lbfgs_maximise(objective: Callable[[], torch.Tensor], leaves: dict[str, torch.Tensor],
+                   max_steps: int) -> dict[str, Any]:
+    """Maximise ``objective()`` over the leaves with L-BFGS (strong Wolfe); keep the result only if it is higher.
+
+    Returns ``accepted``, ``before`` and ``after`` (the objective at the kept values).
+    """
+    tensors = [p for p in leaves.values() if p.requires_grad]
+    old = [p.detach().clone() for p in tensors]
+    with torch.no_grad():
+        before = float(objective())
+    if not tensors or not math.isfinite(before):
+        return {"accepted": False, "before": before, "after": before}
+    scale = max(1.0, abs(before))
+    optimizer = torch.optim.LBFGS(tensors, lr=1.0, max_iter=max_steps, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-12, history_size=20)
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = -objective() / scale
+        loss.backward()
+        return loss
+
+    after = math.nan
+    try:
+        with torch.enable_grad():
+            optimizer.step(closure)
+        if all(bool(torch.isfinite(p).all()) for p in tensors):
+            with torch.no_grad():
+                after = float(objective())
+    except (ValueError, RuntimeError) as exc:  # a distribution's argument check on a parameter gone NaN
+        if "nan" not in str(exc).lower() and "invalid" not in str(exc).lower():
+            raise
+    for p in tensors:
+        p.grad = None
+    accepted = math.isfinite(after) and after >= before
+    if not accepted:
+        with torch.no_grad():
+            for p, value in zip(tensors, old):
+                p.copy_(value)
+        after = before
+    return {"accepted": accepted, "before": before, "after": after}
+
+
+def stochastic_em_outcome(problem: Any, name: str, options: dict, seed: int, guide: Any, guide_name: str,
+                          state: dict, history: list[float], history_se: list[float], sample_sizes: list[int],
+                          converged: bool, n: int) -> StochasticEMOutcome:
+    """The outcome of one restart (``losses`` is minus the total value per iteration, as for EM)."""
+    return StochasticEMOutcome(
+        method=name,
+        losses=-np.asarray(history, dtype=float) * n,
+        converged=bool(converged),
+        steps=len(history) - 1,
+        seed=int(seed),
+        guide_name=guide_name,
+        model=problem.model,
+        guide=guide,
+        data=problem.data,
+        structure=problem.structure,
+        param_state=state,
+        options=options,
+        history=np.asarray(history, dtype=float),
+        history_se=np.asarray(history_se, dtype=float),
+        sample_sizes=np.asarray(sample_sizes, dtype=int),
+        n_iter=len(history) - 1,
+    )
