@@ -47,7 +47,7 @@ from .base import Backend, Problem, guide_sites
 from .guide_check import check_guide
 from .restarts import run_restarts
 from .stochastic_em import (StochasticEMOptions, check_model_for, lbfgs_maximise, particles, point_log_probs,
-                            stochastic_em_outcome, unconstrained)
+                            stochastic_em_outcome, unconstrained, VariationalStep)
 
 __all__ = ["MCEM", "MCEMOptions", "sample_size"]
 
@@ -69,7 +69,7 @@ class MCEMOptions(StochasticEMOptions):
     guide_steps : int
         Adam steps on the guide's ELBO per iteration (``proposal="guide"``; 0 keeps the guide fixed).
     lr : float
-        Adam learning rate of those steps.
+        Adam learning rate of the first iteration's guide steps; iteration ``t`` uses ``lr / sqrt(t)``.
     num_particles : int
         Draws per data point of each of those ELBO gradients.
     """
@@ -89,6 +89,8 @@ class MCEMOptions(StochasticEMOptions):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
         if isinstance(self.guide_steps, bool) or not isinstance(self.guide_steps, (int, np.integer)) \
                 or self.guide_steps < 0:
             raise ValueError(f"guide_steps must be an integer >= 0, got {self.guide_steps!r}")
@@ -99,8 +101,6 @@ class MCEMOptions(StochasticEMOptions):
             raise ValueError(f"sample_growth must be a number >= 1 (1: a constant sample size), got {growth!r}")
         if self.max_samples < self.num_samples:
             raise ValueError(f"max_samples={self.max_samples} is below num_samples={self.num_samples}")
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
-            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
 
 def sample_size(opts: MCEMOptions, iteration: int) -> int:
@@ -204,8 +204,8 @@ class MCEMBackend(Backend):
             store = pyro.get_param_store()
             theta = unconstrained(structure.model_param_names(store.keys()))
             phi = unconstrained([k for k in store.keys() if k not in theta])
-            adam = torch.optim.Adam(list(phi.values()), lr=opts.lr) if phi and opts.guide_steps else None
             sampler = _Sampler(problem, guide)
+            e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
             eval_seed = int(opts.seed) + 7919
 
             def reported() -> tuple[float, float]:
@@ -218,13 +218,7 @@ class MCEMBackend(Backend):
             monitor.report(value)
             ses, sizes = [se], []
             for iteration in range(1, opts.max_iter + 1):
-                for _ in range(opts.guide_steps if adam is not None else 0):
-                    loss = train.differentiable_loss(problem.model, guide, **kwargs)
-                    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
-                    for p, g in zip(phi.values(), grads):
-                        p.grad = g
-                    adam.step()
-                    adam.zero_grad(set_to_none=True)
+                e_step(iteration, opts.guide_steps)
                 num = sample_size(opts, iteration)
                 values, log_weights = sampler.draw(num)
                 if not bool(torch.isfinite(log_weights).any(0).all()):

@@ -19,12 +19,13 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..errors import UnsupportedModelError
+from ..errors import FitError, UnsupportedModelError
 from ..outcome import StochasticEMOutcome
 from ..structure import ModelStructure
 
 __all__ = ["StochasticEMOptions", "check_model_for", "lbfgs_maximise", "particles", "point_log_probs",
-           "stochastic_em_outcome", "unconstrained"]
+           "stochastic_em_outcome", "unconstrained",
+           "VariationalStep"]
 
 #: the name of the plate that vectorises the particles (draws) of the E-step
 PARTICLE_PLATE = "_stochastic_em_particles"
@@ -189,6 +190,38 @@ def lbfgs_maximise(objective: Callable[[], torch.Tensor], leaves: dict[str, torc
                 p.copy_(value)
         after = before
     return {"accepted": accepted, "before": before, "after": after}
+
+
+class VariationalStep:
+    """The E-step on the guide's parameters ``phi``: Adam steps on the ELBO, the model's parameters held fixed.
+
+    The learning rate of iteration ``t`` is ``lr / sqrt(t)`` (one Adam state across iterations): Adam's steps
+    have a size of about ``lr`` however small the gradient's mean, so a constant rate leaves the guide wandering by
+    that much around its optimum; the decay lets it settle as EM does (a Robbins-Monro schedule).
+    """
+
+    def __init__(self, elbo: Any, model: Any, guide: Any, kwargs: dict, phi: dict[str, torch.Tensor], lr: float):
+        self.elbo, self.model, self.guide, self.kwargs = elbo, model, guide, kwargs
+        self.leaves = list(phi.values())
+        self.lr = float(lr)
+        self.adam = torch.optim.Adam(self.leaves, lr=self.lr) if self.leaves else None
+
+    def __call__(self, iteration: int, steps: int) -> None:
+        """``steps`` Adam steps at the rate of ``iteration``; a non-finite ELBO raises ``FitError``."""
+        if self.adam is None:
+            return
+        for group in self.adam.param_groups:
+            group["lr"] = self.lr / math.sqrt(iteration)
+        for _ in range(steps):
+            loss = self.elbo.differentiable_loss(self.model, self.guide, **self.kwargs)
+            if not torch.isfinite(loss):
+                raise FitError(f"the ELBO became {float(loss)} in the E-step of iteration {iteration}; try a "
+                               "smaller lr or standardised data")
+            grads = torch.autograd.grad(loss, self.leaves, allow_unused=True)
+            for p, g in zip(self.leaves, grads):
+                p.grad = g
+            self.adam.step()
+            self.adam.zero_grad(set_to_none=True)
 
 
 def stochastic_em_outcome(problem: Any, name: str, options: dict, seed: int, guide: Any, guide_name: str,

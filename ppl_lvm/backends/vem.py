@@ -2,8 +2,9 @@
 
 Each iteration alternates
 
-* a **variational E-step**: ``e_steps`` Adam steps (learning rate ``lr``) on the guide's parameters only, on the
-  ELBO estimated with ``num_particles`` reparameterised draws (the guide is the fit's ``guide=``: the model's own
+* a **variational E-step**: ``e_steps`` Adam steps on the guide's parameters only, on the ELBO estimated with
+  ``num_particles`` reparameterised draws per data point, at the rate ``lr / sqrt(t)`` in iteration ``t`` (see
+  :class:`~ppl_lvm.backends.stochastic_em.VariationalStep`) (the guide is the fit's ``guide=``: the model's own
   guide, ``"normal"`` (mean-field, one normal per latent coordinate and data point, the default), an amortised
   encoder (``lvm.AmortizedNormal``) or any guide function);
 * a **generalised M-step** on the model's parameters: ``m_steps`` L-BFGS iterations on
@@ -31,19 +32,21 @@ from typing import Any
 
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 
 from ..em.convergence import ConvergenceMonitor, not_converged_message
-from ..errors import ConvergenceWarning, FitError
+from ..errors import ConvergenceWarning
 from ..guides import build_guide
 from ..outcome import StochasticEMOutcome
 from ..runtime import clone_param_state
 from .base import Backend, Problem, guide_sites
 from .guide_check import check_guide
 from .restarts import run_restarts
-from .stochastic_em import (StochasticEMOptions, check_model_for, lbfgs_maximise, stochastic_em_outcome,
-                            unconstrained)
+from .stochastic_em import (StochasticEMOptions, check_model_for, lbfgs_maximise, particles, stochastic_em_outcome,
+                            unconstrained, VariationalStep)
 
 __all__ = ["VEM", "VEMOptions"]
 
@@ -57,7 +60,7 @@ class VEMOptions(StochasticEMOptions):
     e_steps : int
         Adam steps on the guide's parameters per E-step.
     lr : float
-        Adam learning rate of the E-step.
+        Adam learning rate of the first E-step; iteration ``t`` uses ``lr / sqrt(t)``.
     num_particles : int
         Draws from the guide per data point in each E-step gradient and in each M-step.
     eval_particles : int
@@ -112,7 +115,7 @@ class VEMBackend(Backend):
             store = pyro.get_param_store()
             theta = unconstrained(structure.model_param_names(store.keys()))
             phi = unconstrained([k for k in store.keys() if k not in theta])
-            adam = torch.optim.Adam(list(phi.values()), lr=opts.lr)
+            e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
             eval_seed = int(opts.seed) + 7919
 
             def reported() -> tuple[float, float]:
@@ -123,16 +126,7 @@ class VEMBackend(Backend):
             monitor.report(value)
             ses, sizes = [se], []
             for iteration in range(1, opts.max_iter + 1):
-                for _ in range(opts.e_steps):  # variational E-step: the guide's parameters only
-                    loss = train.differentiable_loss(problem.model, guide, **kwargs)
-                    if not torch.isfinite(loss):
-                        raise FitError(f"variational EM: the ELBO became {float(loss)} in the E-step of "
-                                       f"iteration {iteration}; try a smaller lr or standardised data")
-                    grads = torch.autograd.grad(loss, list(phi.values()), allow_unused=True)
-                    for p, g in zip(phi.values(), grads):
-                        p.grad = g
-                    adam.step()
-                    adam.zero_grad(set_to_none=True)
+                e_step(iteration, opts.e_steps)  # the guide's parameters only
                 m_seed = int(torch.randint(0, 2**31 - 1, ()).item())
 
                 def expected_complete(seed: int = m_seed) -> torch.Tensor:
@@ -161,12 +155,28 @@ class VEMBackend(Backend):
     @staticmethod
     def _reported(num: int, nesting: int, model: Any, guide: Any, kwargs: dict, seed: int,
                   n: int) -> tuple[float, float]:
-        """The ELBO per data point from base draws seeded by ``seed``, and its standard error over the draws."""
+        """The ELBO per data point from ``num`` base draws seeded by ``seed``, and its standard error over them."""
         with torch.no_grad(), torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            single = Trace_ELBO(num_particles=1, max_plate_nesting=nesting)
-            values = np.array([-single.loss(model, guide, **kwargs) for _ in range(num)])
-        return float(values.mean()) / n, float(values.std(ddof=1) / math.sqrt(len(values))) / n
+            gtrace = poutine.trace(particles(guide, num, nesting)).get_trace(**kwargs)
+            mtrace = poutine.trace(poutine.replay(particles(model, num, nesting), trace=gtrace)).get_trace(**kwargs)
+            values = per_particle(mtrace, nesting, num) - per_particle(gtrace, nesting, num)
+        values = values.double().numpy()
+        return float(values.mean()) / n, float(values.std(ddof=1) / math.sqrt(num)) / n
+
+
+def per_particle(trace: poutine.Trace, nesting: int, num: int) -> torch.Tensor:
+    """The sum of every sample site's log density for each of ``num`` particles (the plate at ``-(nesting+1)``)."""
+    trace.compute_log_prob()
+    total = torch.zeros(num)
+    full = nesting + 1
+    for node in trace.nodes.values():
+        if node["type"] != "sample" or site_is_subsample(node):
+            continue
+        lp = node["log_prob"]
+        lp = lp.reshape((1,) * (full - lp.dim()) + tuple(lp.shape))
+        total = total + lp.reshape(lp.shape[0], -1).sum(1)
+    return total
 
 
 VEM = VEMBackend()
