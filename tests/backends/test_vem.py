@@ -31,7 +31,7 @@ def test_vem_reaches_the_ppca_maximum(float64):
     fit = lvm.infer(ppca, {"x": x, "q": 2}, method="vem", seed=0)
     ll = ppca_log_marginal(x, fit.params["W"], fit.params["mu"], fit.params["sigma"])
     best = ppca_log_marginal(x, **ppca_mle(x, 2))
-    # Seeds 0-4 (data and fit): relative gap 7.2e-4 - 3.0e-3 (0.85 - 4.35 nats of about -1330 to -1430), converged in 10-15
+    # Seeds 0-4 (data and fit): relative gap 7.2e-4 - 3.0e-3 (0.85 - 4.35 nats of -1190 to -1430), converged in 10-15
     # iterations (tol=1e-3 per point); the tolerance is the 1% of the acceptance criterion.
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
@@ -45,7 +45,7 @@ def test_vem_reaches_the_factor_analysis_maximum(float64):
     fit = lvm.infer(factor_analysis, {"x": x, "q": 2}, method="vem", seed=0)
     ll = factor_analysis_log_marginal(x, fit.params["W"], fit.params["mu"], fit.params["psi"])
     best = factor_analysis_log_marginal(x, **factor_analysis_mle(x, 2))
-    # Seeds 0-4 (data and fit): relative gap 5.9e-4 - 2.7e-3 (0.94 - 3.75 nats of about -1370 to -1600), converged in 11-20
+    # Seeds 0-4 (data and fit): relative gap 5.9e-4 - 2.7e-3 (0.94 - 3.75 nats of -1370 to -1580), converged in 11-20
     # iterations (tol=1e-3 per point).
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
