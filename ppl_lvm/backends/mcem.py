@@ -46,10 +46,19 @@ from ..runtime import clone_param_state
 from .base import Backend, Problem, guide_sites
 from .guide_check import check_guide
 from .restarts import run_restarts
-from .stochastic_em import (StochasticEMOptions, check_model_for, lbfgs_maximise, particles, point_log_probs,
-                            stochastic_em_outcome, unconstrained, VariationalStep)
+from .stochastic_em import (
+    StochasticEMOptions,
+    VariationalStep,
+    check_model_for,
+    lbfgs_maximise,
+    particles,
+    point_log_probs,
+    sample_size,
+    stochastic_em_outcome,
+    unconstrained,
+)
 
-__all__ = ["MCEM", "MCEMOptions", "sample_size"]
+__all__ = ["MCEM", "MCEMOptions"]
 
 PROPOSALS = ("guide", "prior")
 
@@ -62,8 +71,6 @@ class MCEMOptions(StochasticEMOptions):
     ----------
     proposal : {"guide", "prior"}
         The importance-sampling proposal: the fit's guide (adapted each iteration) or the model's prior.
-    num_samples, sample_growth, max_samples
-        The schedule of draws per data point, ``S_t = min(max_samples, ceil(num_samples * sample_growth**(t-1)))``.
     eval_samples : int
         Draws per data point (one fixed set) of the estimate reported in ``history``.
     guide_steps : int
@@ -75,9 +82,6 @@ class MCEMOptions(StochasticEMOptions):
     """
 
     proposal: str = "guide"
-    num_samples: int = 10
-    sample_growth: float = 1.3
-    max_samples: int = 1000
     eval_samples: int = 100
     guide_steps: int = 20
     lr: float = 0.05
@@ -85,7 +89,7 @@ class MCEMOptions(StochasticEMOptions):
 
     def validate(self) -> None:
         super().validate()
-        for name in ("num_samples", "max_samples", "eval_samples", "num_particles"):
+        for name in ("eval_samples", "num_particles"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
@@ -96,16 +100,6 @@ class MCEMOptions(StochasticEMOptions):
             raise ValueError(f"guide_steps must be an integer >= 0, got {self.guide_steps!r}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
-        growth = self.sample_growth
-        if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not 1 <= growth < math.inf:
-            raise ValueError(f"sample_growth must be a number >= 1 (1: a constant sample size), got {growth!r}")
-        if self.max_samples < self.num_samples:
-            raise ValueError(f"max_samples={self.max_samples} is below num_samples={self.num_samples}")
-
-
-def sample_size(opts: MCEMOptions, iteration: int) -> int:
-    """``S_t`` of iteration ``t = iteration`` (1-based)."""
-    return int(min(opts.max_samples, math.ceil(opts.num_samples * opts.sample_growth ** (iteration - 1) - 1e-9)))
 
 
 class _Sampler:
@@ -226,7 +220,7 @@ class MCEMBackend(Backend):
                                    f"iteration {iteration}; use proposal='guide' or a wider guide")
                 weights = torch.softmax(log_weights, 0)
 
-                def weighted_complete() -> torch.Tensor:
+                def weighted_complete(values=values, num=num, weights=weights) -> torch.Tensor:
                     joint, rest = sampler.complete(values, num)
                     return (weights * joint).sum() + rest
 

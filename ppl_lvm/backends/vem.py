@@ -8,8 +8,9 @@ Each iteration alternates
   guide, ``"normal"`` (mean-field, one normal per latent coordinate and data point, the default), an amortised
   encoder (``lvm.AmortizedNormal``) or any guide function);
 * a **generalised M-step** on the model's parameters: ``m_steps`` L-BFGS iterations on
-  ``E_q[log p(x, z; theta)]`` estimated with ``num_particles`` draws from ``q`` held fixed (one seed per iteration),
-  kept only when it raises that estimate.
+  ``E_q[log p(x, z; theta)]`` estimated with ``S_t`` draws per data point from ``q`` held fixed (one seed per
+  iteration), kept only when it raises that estimate; ``S_t`` grows geometrically (options ``num_samples``,
+  ``sample_growth``, ``max_samples``; see :class:`~ppl_lvm.backends.stochastic_em.StochasticEMOptions`).
 
 ``history`` is the ELBO per data point at the start and after each iteration, estimated with ``eval_particles``
 draws from one fixed set of base draws (the same seed every iteration): with a reparameterised guide the draws are
@@ -38,15 +39,23 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from ..em.convergence import ConvergenceMonitor, not_converged_message
-from ..errors import ConvergenceWarning
+from ..errors import ConvergenceWarning, FitError
 from ..guides import build_guide
 from ..outcome import StochasticEMOutcome
 from ..runtime import clone_param_state
 from .base import Backend, Problem, guide_sites
 from .guide_check import check_guide
 from .restarts import run_restarts
-from .stochastic_em import (StochasticEMOptions, check_model_for, lbfgs_maximise, particles, stochastic_em_outcome,
-                            unconstrained, VariationalStep)
+from .stochastic_em import (
+    StochasticEMOptions,
+    VariationalStep,
+    check_model_for,
+    lbfgs_maximise,
+    particles,
+    sample_size,
+    stochastic_em_outcome,
+    unconstrained,
+)
 
 __all__ = ["VEM", "VEMOptions"]
 
@@ -62,7 +71,7 @@ class VEMOptions(StochasticEMOptions):
     lr : float
         Adam learning rate of the first E-step; iteration ``t`` uses ``lr / sqrt(t)``.
     num_particles : int
-        Draws from the guide per data point in each E-step gradient and in each M-step.
+        Draws from the guide per data point in each E-step gradient.
     eval_particles : int
         Draws (one fixed set) of the ELBO reported in ``history``.
     """
@@ -128,16 +137,18 @@ class VEMBackend(Backend):
             for iteration in range(1, opts.max_iter + 1):
                 e_step(iteration, opts.e_steps)  # the guide's parameters only
                 m_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+                num = sample_size(opts, iteration)
+                m_elbo = Trace_ELBO(num_particles=num, **common)
 
-                def expected_complete(seed: int = m_seed) -> torch.Tensor:
+                def expected_complete(seed: int = m_seed, m_elbo: Trace_ELBO = m_elbo) -> torch.Tensor:
                     # minus the ELBO differs from -E_q log p(x, z; theta) by the guide's entropy, constant in theta
                     with torch.random.fork_rng(devices=[]):
                         torch.manual_seed(seed)
-                        return -train.differentiable_loss(problem.model, guide, **kwargs)
+                        return -m_elbo.differentiable_loss(problem.model, guide, **kwargs)
 
                 lbfgs_maximise(expected_complete, theta, opts.m_steps)
                 value, se = reported()
-                sizes.append(opts.num_particles)
+                sizes.append(num)
                 ses.append(se)
                 converged = monitor.report(value)
                 if not math.isfinite(value):

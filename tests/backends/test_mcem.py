@@ -8,10 +8,17 @@ from test_vem import anova_data, factor_data
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
-from ppl_lvm.backends.mcem import MCEMOptions, sample_size
+from ppl_lvm.backends.mcem import MCEMOptions
+from ppl_lvm.backends.stochastic_em import sample_size
 from ppl_lvm.errors import UnsupportedModelError
-from ppl_lvm.models.factor import (factor_analysis, factor_analysis_log_marginal, factor_analysis_mle, ppca,
-                                   ppca_log_marginal, ppca_mle)
+from ppl_lvm.models.factor import (
+    factor_analysis,
+    factor_analysis_log_marginal,
+    factor_analysis_mle,
+    ppca,
+    ppca_log_marginal,
+    ppca_mle,
+)
 
 
 def test_mcem_reaches_the_ppca_maximum(float64):

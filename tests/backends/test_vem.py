@@ -8,8 +8,14 @@ from demo_models import one_way_mle, one_way_random_effects
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 from ppl_lvm.errors import UnsupportedModelError
-from ppl_lvm.models.factor import (factor_analysis, factor_analysis_log_marginal, factor_analysis_mle, ppca,
-                                   ppca_log_marginal, ppca_mle)
+from ppl_lvm.models.factor import (
+    factor_analysis,
+    factor_analysis_log_marginal,
+    factor_analysis_mle,
+    ppca,
+    ppca_log_marginal,
+    ppca_mle,
+)
 
 
 def factor_data(seed, spherical, n=200, d=5, q=2):
