@@ -24,9 +24,10 @@
 #   iterations, $S_t = \lceil 10 \cdot 1.3^{t-1} \rceil$ (capped), so the Monte Carlo error shrinks as the steps
 #   do.
 # * **Variational EM** (`method="vem"`): replace $p(z \mid x, \theta_t)$ by the best $q$ of a family (a few
-#   gradient steps on the ELBO over $q$'s parameters), then maximise $\mathbb{E}_q[\log p(x, z; \theta)]$. It is
-#   coordinate ascent on the ELBO, so the ELBO, not $\log p(x)$, is what rises. It reaches the maximum-likelihood
-#   estimate exactly when the family holds the exact posterior.
+#   gradient steps on the ELBO over $q$'s parameters), then maximise $\mathbb{E}_q[\log p(x, z; \theta)]$, estimated
+#   with draws from $q$ whose number grows by the same schedule. It is coordinate ascent on the ELBO, so the ELBO,
+#   not $\log p(x)$, is what rises. It reaches the maximum-likelihood estimate exactly when the family holds the
+#   exact posterior.
 #
 # Both M-steps here are numerical (L-BFGS with the draws held fixed), so neither needs the model to be recognised.
 # We check them on two models whose maximum likelihood is known in closed form: probabilistic PCA and a
@@ -153,10 +154,13 @@ for method, extra in (("vem", {}), ("mcem", {}), ("mcem", {"proposal": "prior"})
           f"E-step: {fit.sample_sizes[-1]}")
 
 # %% [markdown]
-# The variance components land within a few percent of the closed form. The grand mean $\mu$ converges more
-# slowly: $\mu$ and the mean of the $b_i$ trade off along a ridge of the likelihood that EM climbs at the rate
-# $\tau^2 / (\tau^2 + \sigma^2 / m)$ per iteration, the classical slow direction of EM for random effects, here
-# further blurred by the noise of the stochastic E-steps.
+# All three land within about a percent of the closed-form variance components. The grand mean $\mu$ is the slow
+# direction: $\mu$ and the mean of the $b_i$ trade off along a ridge of the likelihood that EM climbs at the rate
+# $\tau^2 / (\tau^2 + \sigma^2 / m)$ per iteration (here 0.94: the classical slow convergence of EM for random
+# effects). Along such a direction the Monte Carlo error of each M-step is barely pulled back, so with a constant
+# number of draws the iterates wander by several times that error (on these data, variational EM with 8 draws
+# throughout ended with tau^2 6.0% low after 30 iterations and 6.3% high after 60); the growing sample size is
+# what makes them settle.
 
 # %%
 print(f"total time {time.perf_counter() - t_start:.0f} s")
