@@ -92,6 +92,12 @@ for method in ("vem", "mcem"):
           f"+- {fit.history_se[-1] * N:.2f}; largest decrease {max(drops.max(), 0) * N:.3f} nats")
 
 # %% [markdown]
+# Both end well inside the 1% (relative) of the closed-form maximum: variational EM 1.66 nats below it after 12
+# iterations (relative 7.5e-4), Monte Carlo EM 4.88 nats below after 8 (2.2e-3), each stopped by `tol=1e-3` per
+# data point. The ELBO variational EM reports, -2215.79 +- 0.09, lies just below the exact log-likelihood of its
+# parameters (-2215.47), as a bound must; Monte Carlo EM's importance-sampling estimate, -2218.94 +- 0.16, is
+# slightly below its exact value (-2218.69) too, the downward bias of the log of an average of weights.
+#
 # The two histories measure different things. Variational EM reports the ELBO (a lower bound, here tight because
 # the guide holds the posterior); Monte Carlo EM reports the importance-sampling estimate of $\log p(x)$. Each is
 # computed from one fixed set of base draws (the same seed every iteration), so a change between iterations is a
@@ -150,11 +156,12 @@ for method, extra in (("vem", {}), ("mcem", {}), ("mcem", {"proposal": "prior"})
     tau2, sigma2 = float(fit.params["tau"] ** 2), float(fit.params["sigma"] ** 2)
     label = method + (" (prior proposal)" if extra else "")
     print(f"{label}: tau^2 = {tau2:.4f} ({tau2 / tau2_hat - 1:+.2%}), sigma^2 = {sigma2:.4f} "
-          f"({sigma2 / sigma2_hat - 1:+.2%}), mu = {float(fit.params['mu']):.4f}; draws per group in the last "
-          f"E-step: {fit.sample_sizes[-1]}")
+          f"({sigma2 / sigma2_hat - 1:+.2%}), mu = {float(fit.params['mu']):.4f}; draws per group behind the "
+          f"last M-step: {fit.sample_sizes[-1]}")
 
 # %% [markdown]
-# All three land within about a percent of the closed-form variance components. The grand mean $\mu$ is the slow
+# All three land within about a percent of the closed-form variance components (tau^2: vem -0.46%, mcem +0.35%,
+# mcem from the prior -1.15%; sigma^2 within 0.07%). The grand mean $\mu$ is the slow
 # direction: $\mu$ and the mean of the $b_i$ trade off along a ridge of the likelihood that EM climbs at the rate
 # $\tau^2 / (\tau^2 + \sigma^2 / m)$ per iteration (here 0.94: the classical slow convergence of EM for random
 # effects). Along such a direction the Monte Carlo error of each M-step is barely pulled back, so with a constant
