@@ -30,6 +30,9 @@ def test_history_save_and_load(tmp_path, method, float64):
     np.testing.assert_array_equal(back.history_se, fit.history_se)
     np.testing.assert_array_equal(back.sample_sizes, fit.sample_sizes)
     assert fit.sample_posterior(5)["b"].shape == (5, 30)
+    more = fit.fit_more(max_iter=2)  # continues from the fitted parameters (and guide)
+    assert isinstance(more, lvm.StochasticEMResult) and more.n_iter == 2
+    assert more.history[0] == pytest.approx(fit.history[-1], abs=0.05)
 
 
 def test_a_fit_from_the_prior_has_no_guide_to_query(float64):
