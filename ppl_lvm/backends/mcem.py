@@ -54,8 +54,8 @@ from .stochastic_em import (
     particles,
     point_log_probs,
     sample_size,
+    split_parameters,
     stochastic_em_outcome,
-    unconstrained,
 )
 
 __all__ = ["MCEM", "MCEMOptions"]
@@ -196,8 +196,7 @@ class MCEMBackend(Backend):
                 with torch.no_grad():
                     poutine.trace(problem.model).get_trace(**kwargs)
             store = pyro.get_param_store()
-            theta = unconstrained(structure.model_param_names(store.keys()))
-            phi = unconstrained([k for k in store.keys() if k not in theta])
+            theta, phi = split_parameters(problem.model, kwargs)
             sampler = _Sampler(problem, guide)
             e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
             eval_seed = int(opts.seed) + 7919

@@ -23,7 +23,7 @@ from ..errors import FitError, UnsupportedModelError
 from ..outcome import StochasticEMOutcome
 from ..structure import ModelStructure
 
-__all__ = ["StochasticEMOptions", "check_model_for", "lbfgs_maximise", "particles", "point_log_probs", "sample_size",
+__all__ = ["StochasticEMOptions", "check_model_for", "lbfgs_maximise", "particles", "point_log_probs", "sample_size", "split_parameters",
            "stochastic_em_outcome", "unconstrained",
            "VariationalStep"]
 
@@ -117,9 +117,10 @@ def check_model_for(method: str, structure: ModelStructure, local_only: bool = F
             "latent: maximise its likelihood directly with method='svi' (no guide), or method='em' for discrete "
             "latents"
         )
-    if not structure.model_param_names():
+    if not structure.param_sites:
         raise UnsupportedModelError(
-            f"method {method!r} maximises over the model's parameters, and this model has none (no lvm.param): "
+            f"method {method!r} maximises over the model's parameters, and this model has none (no lvm.param or "
+            "lvm.module): "
             "there is nothing to maximise. Declare the unknowns with lvm.param, or fit the posterior of its "
             "latents with method='svi' or method='nuts'."
         )
@@ -131,6 +132,18 @@ def check_model_for(method: str, structure: ModelStructure, local_only: bool = F
             f"({site.location}) is {where} (shared by all data points). Use method='vem', which handles it, or "
             "make it a parameter (lvm.param)."
         )
+
+
+def split_parameters(model: Callable, kwargs: dict) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The unconstrained leaves of the model's parameters (every parameter its run reads: ``lvm.param`` and
+    ``lvm.module`` weights, moved by the M-step) and of the others in the live store (the guide's, moved by the
+    E-step)."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        trace = poutine.trace(model).get_trace(**kwargs)
+    in_model = [name for name, node in trace.nodes.items() if node["type"] == "param"]
+    store = pyro.get_param_store()
+    return unconstrained([n for n in store.keys() if n in in_model]), \
+        unconstrained([n for n in store.keys() if n not in in_model])
 
 
 def unconstrained(names: Sequence[str]) -> dict[str, torch.Tensor]:

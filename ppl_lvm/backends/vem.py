@@ -53,8 +53,8 @@ from .stochastic_em import (
     lbfgs_maximise,
     particles,
     sample_size,
+    split_parameters,
     stochastic_em_outcome,
-    unconstrained,
 )
 
 __all__ = ["VEM", "VEMOptions"]
@@ -122,8 +122,7 @@ class VEMBackend(Backend):
             with torch.no_grad():
                 train.loss(problem.model, guide, **kwargs)  # creates every parameter
             store = pyro.get_param_store()
-            theta = unconstrained(structure.model_param_names(store.keys()))
-            phi = unconstrained([k for k in store.keys() if k not in theta])
+            theta, phi = split_parameters(problem.model, kwargs)
             e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
             eval_seed = int(opts.seed) + 7919
 
