@@ -35,7 +35,7 @@ from .model import Guide, Model, guide, model
 from .posterior import alignment
 from .posterior_distance import compare_posteriors
 from .primitives import deterministic, latent, markov, module, observe, param, plate
-from .results import EMResult, MCMCResult, Result, load
+from .results import EMResult, MCMCResult, Result, StochasticEMResult, load
 from .structure import ModelStructure
 
 __all__ = [
@@ -53,6 +53,7 @@ __all__ = [
     "Guide",
     "InferenceWarning",
     "MCMCResult",
+    "StochasticEMResult",
     "MeanFieldNormal",
     "Model",
     "ModelCheckError",

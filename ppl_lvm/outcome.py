@@ -20,7 +20,7 @@ import torch
 from .data import BoundData
 from .model import Model, ModelStructure
 
-__all__ = ["EMOutcome", "MCMCOutcome", "Outcome"]
+__all__ = ["EMOutcome", "MCMCOutcome", "Outcome", "StochasticEMOutcome"]
 
 
 @dataclass
@@ -155,3 +155,27 @@ class MCMCOutcome(Outcome):
     def total_draws(self) -> int:
         """Draws of all chains together (``num_chains * num_draws``)."""
         return self.num_chains * self.num_draws
+
+
+@dataclass
+class StochasticEMOutcome(Outcome):
+    """A finished Monte Carlo EM (``mcem``) or variational EM (``vem``) fit: point estimates of the parameters.
+
+    Attributes
+    ----------
+    history : ndarray
+        Per data point, at the start and after each iteration (``len(history) == n_iter + 1``): for ``vem`` the
+        ELBO, for ``mcem`` the importance-sampling estimate of log p(x); each estimated from one fixed set of base
+        draws (the same seed every iteration), so its changes are those of the parameters, not of the draws.
+    history_se : ndarray
+        The Monte Carlo standard error of each ``history`` value (per data point).
+    sample_sizes : ndarray
+        Draws per data point of each iteration's E-step (``mcem``: the growing schedule; ``vem``: constant).
+    n_iter : int
+        Iterations run.
+    """
+
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    history_se: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    sample_sizes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=int))
+    n_iter: int = 0

@@ -97,3 +97,28 @@ def bayes_linreg_posterior(X, y):
     precision = X.T @ X + torch.eye(X.shape[1], dtype=X.dtype) / 100.0
     cov = torch.linalg.inv(precision)
     return cov @ X.T @ y, cov, 1 / torch.sqrt(torch.diagonal(precision))
+
+
+@lvm.model
+def one_way_random_effects(y):
+    """One-way ANOVA with random effects: b_i ~ N(0, tau^2), y_ij ~ N(mu + b_i, sigma^2); mu, tau, sigma are
+    parameters (maximum likelihood, closed form in :func:`one_way_mle` for a balanced design)."""
+    a, m = y.shape
+    mu = lvm.param(lambda: y.mean())
+    tau = lvm.param(lambda: y.mean(1).std(), constraint=constraints.positive)
+    sigma = lvm.param(lambda: y.std(), constraint=constraints.positive)
+    with lvm.plate(a) as groups:  # noqa: F841 - names the plate
+        b = lvm.latent(dist.Normal(torch.zeros((), dtype=y.dtype), tau))
+        lvm.observe(dist.Normal((mu + b[..., None]).expand(b.shape + (m,)), sigma).to_event(1), y)
+
+
+def one_way_mle(y):
+    """The maximum-likelihood (mu, tau^2, sigma^2) of the balanced one-way random-effects model (a groups of m):
+    sigma^2 = SSW / (a (m - 1)), tau^2 = (SSB / a - sigma^2) / m (when positive), mu = the grand mean, with
+    SSW = sum_ij (y_ij - ybar_i)^2 and SSB = m sum_i (ybar_i - ybar)^2 (Searle, Casella and McCulloch 1992, 4.7)."""
+    a, m = y.shape
+    group_means = y.mean(1)
+    ssw = float(((y - group_means[:, None]) ** 2).sum())
+    ssb = m * float(((group_means - y.mean()) ** 2).sum())
+    sigma2 = ssw / (a * (m - 1))
+    return float(y.mean()), max(0.0, (ssb / a - sigma2) / m), sigma2

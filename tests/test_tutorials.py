@@ -83,6 +83,15 @@ EXPECTED = {
         r"Viterbi paths: lvm and hmmlearn agree on 1\.0000 of 1020 time steps",
         r"Viterbi accuracy vs the true regimes: 0\.8853",
     ],
+    "10_monte_carlo_and_variational_em.py": [
+        r"closed-form maximum of the PPCA log-likelihood: -2213\.81",
+        r"vem: log-likelihood -221\d\.\d\d \(\d\.\d\d nats, relative \d\.\de-0[34] below the maximum\)",
+        r"mcem: log-likelihood -221\d\.\d\d \(\d\.\d\d nats, relative \d\.\de-0[34] below the maximum\)",
+        r"closed form: tau\^2 = 0\.9351, sigma\^2 = 0\.4795, mu = 2\.1153",
+        r"vem: tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
+        r"mcem: tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
+        r"mcem \(prior proposal\): tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
+    ],
     "11_vi_vs_nuts.py": [
         r"closed form: mean = \[ 1\.5051 -1\.0373\], sd = \[0\.5062 0\.4839\], correlation = -0\.9637",
         r"optimal mean-field sd = \[0\.1351 0\.1292\], ratio to the exact sd 0\.2669",

@@ -8,11 +8,13 @@ from __future__ import annotations
 from .base import Backend, Problem
 from .em import EM
 from .iwae import IWAE, RENYI
+from .mcem import MCEM
 from .meanfield import MEANFIELD
 from .nuts import NUTS_BACKEND
 from .svi import SVI
+from .vem import VEM
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI, EM, NUTS_BACKEND)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (SVI, MEANFIELD, IWAE, RENYI, EM, NUTS_BACKEND, VEM, MCEM)}
 
 
 def register(backend: Backend) -> None:

@@ -4,19 +4,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..outcome import EMOutcome, MCMCOutcome, Outcome
+from ..outcome import EMOutcome, MCMCOutcome, Outcome, StochasticEMOutcome
 from .em_result import EMResult
 from .mcmc_result import MCMCResult
 from .result import Result, fit_into
+from .stochastic_em_result import StochasticEMResult
 
 __all__ = ["build_result", "fit_result", "result_class"]
 
 
 def result_class(outcome: Outcome) -> type[Result]:
-    """The result type of an outcome: :class:`EMResult` for EM, :class:`MCMCResult` for MCMC, :class:`Result`
-    otherwise."""
+    """The result type of an outcome: :class:`EMResult` for EM, :class:`MCMCResult` for MCMC,
+    :class:`StochasticEMResult` for ``mcem``/``vem``, :class:`Result` otherwise."""
     if isinstance(outcome, MCMCOutcome):
         return MCMCResult
+    if isinstance(outcome, StochasticEMOutcome):
+        return StochasticEMResult
     return EMResult if isinstance(outcome, EMOutcome) else Result
 
 

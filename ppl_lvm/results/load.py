@@ -12,7 +12,7 @@ from ..errors import PplLvmError
 from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
 from ..model import check_model
-from ..outcome import EMOutcome, Outcome
+from ..outcome import EMOutcome, Outcome, StochasticEMOutcome
 from .build import build_result
 
 __all__ = ["load"]
@@ -76,6 +76,14 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
             "n_parameters": int(extra.get("n_parameters", 0)),
             "n_samples": int(extra.get("n_samples", 0)),
             "closed_form": bool(extra.get("closed_form", False)),
+        }
+    elif meta["method"] in ("vem", "mcem"):
+        cls = StochasticEMOutcome
+        fields = {
+            "history": np.asarray(extra.get("history", []), dtype=float),
+            "history_se": np.asarray(extra.get("history_se", []), dtype=float),
+            "sample_sizes": np.asarray(extra.get("sample_sizes", []), dtype=int),
+            "n_iter": int(extra.get("n_iter", meta["steps"])),
         }
     common = dict(method=meta["method"], guide_name=meta["guide_name"], model=model, data=data, structure=structure,
                   options=meta["options"], enumerated=meta["enumerated"], **fields)

@@ -1,0 +1,245 @@
+"""``method="mcem"``: Monte Carlo EM by self-normalised importance sampling (Wei and Tanner 1990).
+
+Every latent must be continuous and local (one per data point, in the data plate), so that ``p(z | x, theta)``
+factorises over the data points. Iteration ``t``:
+
+* **E-step**: ``S_t`` draws ``z_is`` per data point from a proposal ``r`` (option ``proposal``): ``"guide"`` (the
+  default; the fit's guide, first moved towards the posterior by ``guide_steps`` Adam steps on the ELBO, as the
+  E-step of ``vem``) or ``"prior"`` (the model's own distribution of the latents, no guide). Each draw gets the
+  self-normalised weight ``w_is ∝ p(x_i, z_is; theta) / r(z_is)`` (summing to 1 over s for each i).
+* **M-step**: ``m_steps`` L-BFGS iterations on ``sum_i sum_s w_is log p(x_i, z_is; theta)`` with the draws and
+  weights fixed, kept only when it raises that sum (generalised EM).
+
+The sample size grows geometrically: ``S_t = min(max_samples, ceil(num_samples * sample_growth ** (t - 1)))``
+(defaults 10, 1.3, 1000: 10, 13, 17, 22, ... draws per point), so that the Monte Carlo error of the E-step shrinks
+as the parameter steps do (Booth and Hobert 1999 grow it when the step is swamped by that error; a fixed schedule
+keeps runs reproducible). ``result.sample_sizes`` lists the ``S_t`` used.
+
+``history`` is the importance-sampling estimate of ``log p(x)`` per data point,
+``(1/N) sum_i log((1/K) sum_k p(x_i, z_ik) / r(z_ik))`` with ``K = eval_samples`` draws from one fixed set of base
+draws (the same seed every iteration, so its changes are those of the parameters and of the proposal, not of
+fresh draws; it is below log p(x) on average by about the variance of the weights over 2K). ``history_se`` is its
+delta-method standard error, ``sqrt(sum_i (K sum_k wbar_ik^2 - 1) / K) / N`` with ``wbar`` the normalised
+weights. Exact EM never lowers ``log p(x)``; this estimate is monotone up to that error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyro
+import pyro.poutine as poutine
+import torch
+from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
+
+from ..em.convergence import ConvergenceMonitor, not_converged_message
+from ..errors import ConvergenceWarning, FitError
+from ..guides import build_guide
+from ..outcome import StochasticEMOutcome
+from ..runtime import clone_param_state
+from .base import Backend, Problem, guide_sites
+from .guide_check import check_guide
+from .restarts import run_restarts
+from .stochastic_em import (
+    StochasticEMOptions,
+    VariationalStep,
+    check_model_for,
+    lbfgs_maximise,
+    particles,
+    point_log_probs,
+    sample_size,
+    split_parameters,
+    stochastic_em_outcome,
+)
+
+__all__ = ["MCEM", "MCEMOptions"]
+
+PROPOSALS = ("guide", "prior")
+
+
+@dataclass
+class MCEMOptions(StochasticEMOptions):
+    """Options of ``method="mcem"``: those of :class:`~ppl_lvm.backends.stochastic_em.StochasticEMOptions` and
+
+    Parameters
+    ----------
+    proposal : {"guide", "prior"}
+        The importance-sampling proposal: the fit's guide (adapted each iteration) or the model's prior.
+    eval_samples : int
+        Draws per data point (one fixed set) of the estimate reported in ``history``.
+    guide_steps : int
+        Adam steps on the guide's ELBO per iteration (``proposal="guide"``; 0 keeps the guide fixed).
+    lr : float
+        Adam learning rate of the first iteration's guide steps; iteration ``t`` uses ``lr / sqrt(t)``.
+    num_particles : int
+        Draws per data point of each of those ELBO gradients.
+    """
+
+    proposal: str = "guide"
+    eval_samples: int = 100
+    guide_steps: int = 20
+    lr: float = 0.05
+    num_particles: int = 8
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("eval_samples", "num_particles"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if isinstance(self.guide_steps, bool) or not isinstance(self.guide_steps, (int, np.integer)) \
+                or self.guide_steps < 0:
+            raise ValueError(f"guide_steps must be an integer >= 0, got {self.guide_steps!r}")
+        if self.proposal not in PROPOSALS:
+            raise ValueError(f"proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
+
+
+class _Sampler:
+    """Draws from the proposal and the per-point log weights and complete-data log densities."""
+
+    def __init__(self, problem: Problem, guide: Any):
+        structure = problem.structure
+        self.model, self.guide, self.kwargs = problem.model, guide, dict(problem.data.kwargs)
+        self.nesting = structure.max_plate_nesting
+        self.plate = structure.data_plate
+        self.dim = structure.plates[self.plate].dim
+        self.n = structure.n_data
+        self.latents = [s.name for s in structure.latent_sites]
+
+    def _split(self, trace: poutine.Trace) -> tuple[list[str], list[str]]:
+        inside, outside = [], []
+        for name, node in trace.nodes.items():
+            if node["type"] != "sample" or site_is_subsample(node):
+                continue
+            (inside if self.plate in [f.name for f in node["cond_indep_stack"]] else outside).append(name)
+        return inside, outside
+
+    def draw(self, num: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """``num`` draws per data point from the proposal: the latent values and log weights ``(num, n)``."""
+        with torch.no_grad():
+            if self.guide is None:
+                trace = poutine.trace(particles(self.model, num, self.nesting)).get_trace(**self.kwargs)
+                values = {k: trace.nodes[k]["value"] for k in self.latents}
+                proposal = point_log_probs(_logp(trace), self.latents, self.dim, self.nesting, num, self.n)
+            else:
+                gtrace = poutine.trace(particles(self.guide, num, self.nesting)).get_trace(**self.kwargs)
+                values = {k: gtrace.nodes[k]["value"] for k in self.latents}
+                proposal = point_log_probs(_logp(gtrace), self.latents, self.dim, self.nesting, num, self.n)
+            joint, _ = self.complete(values, num)
+        return values, joint - proposal
+
+    def complete(self, values: dict[str, torch.Tensor], num: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``log p(x_i, z_is; theta)`` at the given draws, ``(num, n)``, and the sites outside the data plate."""
+        conditioned = poutine.condition(particles(self.model, num, self.nesting), data=values)
+        trace = _logp(poutine.trace(conditioned).get_trace(**self.kwargs))
+        inside, outside = self._split(trace)
+        rest = sum((trace.nodes[k]["log_prob_sum"] for k in outside), torch.zeros(())) / num
+        return point_log_probs(trace, inside, self.dim, self.nesting, num, self.n), rest
+
+
+def _logp(trace: poutine.Trace) -> poutine.Trace:
+    trace.compute_log_prob()
+    return trace
+
+
+def _estimate(log_weights: torch.Tensor) -> tuple[float, float]:
+    """The importance-sampling estimate of log p(x) per data point and its delta-method standard error."""
+    num, n = log_weights.shape
+    per_point = torch.logsumexp(log_weights, 0) - math.log(num)
+    normalised = torch.softmax(log_weights, 0)
+    relvar = (num * (normalised**2).sum(0) - 1).clamp(min=0) / num
+    return float(per_point.sum()) / n, float(relvar.sum().sqrt()) / n
+
+
+class MCEMBackend(Backend):
+    name = "mcem"
+    options_class = MCEMOptions
+
+    def fit(self, problem: Problem) -> StochasticEMOutcome:
+        opts, _ = self.options_of(problem)
+        check_model_for(self.name, problem.structure, local_only=True)
+        if opts.proposal == "prior" and problem.guide is not None:
+            raise ValueError("proposal='prior' draws from the model's prior and uses no guide; drop guide=, or use "
+                             "proposal='guide'")
+
+        def fit_once(restart: int, seed: int) -> StochasticEMOutcome:
+            return self._fit_once(problem, dataclasses.replace(opts, seed=seed))
+
+        return run_restarts(fit_once, n_init=opts.n_init, seed=int(opts.seed), name="Monte Carlo EM",
+                            score=lambda o: float(o.history[-1]))
+
+    def _fit_once(self, problem: Problem, opts: MCEMOptions) -> StochasticEMOutcome:
+        structure = problem.structure
+        kwargs = dict(problem.data.kwargs)
+        n = structure.n_data
+        pyro.set_rng_seed(int(opts.seed))
+        start = clone_param_state(problem.init_state) if problem.init_state is not None else \
+            {"params": {}, "constraints": {}}
+        train = Trace_ELBO(num_particles=opts.num_particles, vectorize_particles=True,
+                           max_plate_nesting=structure.max_plate_nesting)
+        with pyro.get_param_store().scope(start):
+            guide, guide_name = None, "prior (no guide)"
+            if opts.proposal == "guide":
+                guide, guide_name = build_guide(problem.guide, problem.model, structure)
+                check_guide(structure, guide_sites(guide, kwargs), guide, guide_name)
+                with torch.no_grad():
+                    train.loss(problem.model, guide, **kwargs)  # creates every parameter
+            else:
+                with torch.no_grad():
+                    poutine.trace(problem.model).get_trace(**kwargs)
+            store = pyro.get_param_store()
+            theta, phi = split_parameters(problem.model, kwargs)
+            sampler = _Sampler(problem, guide)
+            e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
+            eval_seed = int(opts.seed) + 7919
+
+            def reported() -> tuple[float, float]:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(eval_seed)
+                    return _estimate(sampler.draw(opts.eval_samples)[1])
+
+            value, se = reported()
+            monitor = ConvergenceMonitor(opts.tol)
+            monitor.report(value)
+            ses, sizes = [se], []
+            for iteration in range(1, opts.max_iter + 1):
+                e_step(iteration, opts.guide_steps)
+                num = sample_size(opts, iteration)
+                values, log_weights = sampler.draw(num)
+                if not bool(torch.isfinite(log_weights).any(0).all()):
+                    raise FitError(f"Monte Carlo EM: every importance weight of a data point is zero or NaN in "
+                                   f"iteration {iteration}; use proposal='guide' or a wider guide")
+                weights = torch.softmax(log_weights, 0)
+
+                def weighted_complete(values=values, num=num, weights=weights) -> torch.Tensor:
+                    joint, rest = sampler.complete(values, num)
+                    return (weights * joint).sum() + rest
+
+                lbfgs_maximise(weighted_complete, theta, opts.m_steps)
+                value, se = reported()
+                sizes.append(num)
+                ses.append(se)
+                converged = monitor.report(value)
+                if not math.isfinite(value):
+                    raise FitError(f"Monte Carlo EM: the log-likelihood estimate became {value} after iteration "
+                                   f"{iteration}")
+                if any(bool(cb(iteration, value)) for cb in opts.callbacks) or converged:
+                    break
+            state = clone_param_state(store.get_state())
+        if opts.tol is not None and not monitor.converged and len(monitor.history) == opts.max_iter + 1:
+            warnings.warn(not_converged_message(opts.max_iter, opts.tol, "Monte Carlo EM"), ConvergenceWarning,
+                          stacklevel=4)
+        options = {k: v for k, v in vars(opts).items() if k != "callbacks"}
+        return stochastic_em_outcome(problem, self.name, options, opts.seed, guide, guide_name, state,
+                                     monitor.history, ses, sizes, monitor.converged, n)
+
+
+MCEM = MCEMBackend()
