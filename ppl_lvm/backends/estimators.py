@@ -23,17 +23,16 @@ from pyro.infer import Trace_ELBO
 
 __all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "stl_obstacle"]
 
-#: the values of the ``estimator`` option of ``method="svi"``
-ESTIMATORS = ("stl", "standard")
+#: the values of the ``estimator`` option of ``method="svi"``, each with what it does
+ESTIMATORS = {"stl": "sticking the landing: the score term of log q is dropped, lower variance near the optimum",
+              "standard": "Pyro's Trace_ELBO gradient"}
 
 
-def check_estimator(value: Any) -> str:
-    """Validate ``estimator=`` (case-insensitive); returns its canonical name."""
-    if not isinstance(value, str) or value.lower() not in ESTIMATORS:
-        raise ValueError(
-            f"estimator must be one of {list(ESTIMATORS)}: 'stl' (sticking the landing: the score term of log q is "
-            f"dropped, lower variance near the optimum) or 'standard' (Pyro's Trace_ELBO gradient); got {value!r}"
-        )
+def check_estimator(value: Any, choices: dict[str, str] = ESTIMATORS) -> str:
+    """Validate ``estimator=`` against ``choices`` (name -> what it does), case-insensitive; returns the name."""
+    if not isinstance(value, str) or value.lower() not in choices:
+        listed = " or ".join(f"{name!r} ({what})" for name, what in choices.items())
+        raise ValueError(f"estimator must be one of {list(choices)}: {listed}; got {value!r}")
     return value.lower()
 
 

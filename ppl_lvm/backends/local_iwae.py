@@ -36,20 +36,18 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
+from .estimators import check_estimator
+
 __all__ = ["ESTIMATORS", "LocalIWAE", "check_iwae_estimator", "dreg_obstacle"]
 
-#: the values of the ``estimator`` option of ``method="iwae"``
-ESTIMATORS = ("standard", "dreg")
+#: the values of the ``estimator`` option of ``method="iwae"``, each with what it does
+ESTIMATORS = {"standard": "the reparameterised IWAE gradient",
+              "dreg": "doubly reparameterised gradients of the guide's local sites, lower variance at large K"}
 
 
 def check_iwae_estimator(value: Any) -> str:
     """Validate ``estimator=`` of ``iwae`` (case-insensitive); returns its canonical name."""
-    if not isinstance(value, str) or value.lower() not in ESTIMATORS:
-        raise ValueError(
-            f"estimator must be one of {list(ESTIMATORS)}: 'standard' (the reparameterised IWAE gradient) or 'dreg' "
-            f"(doubly reparameterised gradients of the guide's local sites, lower variance at large K); got {value!r}"
-        )
-    return value.lower()
+    return check_estimator(value, ESTIMATORS)
 
 
 def _in_plate(site: dict, plate: str) -> bool:
