@@ -21,7 +21,7 @@ import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer import Trace_ELBO
 
-__all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "stl_obstacle"]
+__all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "stl_obstacle", "upstream_draws"]
 
 #: the values of the ``estimator`` option of ``method="svi"``, each with what it does
 ESTIMATORS = {"stl": "sticking the landing: the score term of log q is dropped, lower variance near the optimum",
@@ -52,20 +52,29 @@ def stl_obstacle(guide_trace: poutine.Trace) -> str | None:
     lose the path through ``a`` too). Checked once, on a trace of the guide, by autograd.
     """
     earlier: list[tuple[str, torch.Tensor]] = []
+    stl_sites = set(_stl_sites(guide_trace))
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
-        if name in _stl_sites(guide_trace) and earlier:
-            at_fixed_z = site["fn"].log_prob(site["value"].detach())
-            if at_fixed_z.requires_grad:
-                grads = torch.autograd.grad(at_fixed_z.sum(), [v for _, v in earlier], allow_unused=True,
-                                            retain_graph=True)
-                upstream = [n for (n, _), g in zip(earlier, grads, strict=True) if g is not None]
-                if upstream:
-                    return f"the guide's site '{name}' depends on its earlier draws {upstream}"
+        if name in stl_sites:
+            upstream = upstream_draws(site, earlier)
+            if upstream:
+                return f"the guide's site '{name}' depends on its earlier draws {upstream}"
         if isinstance(site["value"], torch.Tensor) and site["value"].requires_grad:
             earlier.append((name, site["value"]))
     return None
+
+
+def upstream_draws(site: dict, earlier: list[tuple[str, torch.Tensor]]) -> list[str]:
+    """The earlier draws (``(name, value)`` of the guide's previous sites) that ``log q`` of ``site`` at a fixed
+    value depends on, by autograd: such a site's distribution is not a function of the parameters alone."""
+    if not earlier:
+        return []
+    at_fixed_z = site["fn"].log_prob(site["value"].detach())
+    if not at_fixed_z.requires_grad:
+        return []
+    grads = torch.autograd.grad(at_fixed_z.sum(), [v for _, v in earlier], allow_unused=True, retain_graph=True)
+    return [n for (n, _), g in zip(earlier, grads, strict=True) if g is not None]
 
 
 class STLTrace_ELBO(Trace_ELBO):

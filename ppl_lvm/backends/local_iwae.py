@@ -36,7 +36,7 @@ import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import site_is_subsample
 
-from .estimators import check_estimator
+from .estimators import check_estimator, upstream_draws
 
 __all__ = ["ESTIMATORS", "LocalIWAE", "check_iwae_estimator", "dreg_obstacle"]
 
@@ -74,14 +74,9 @@ def dreg_obstacle(guide_trace: poutine.Trace, data_plate: str | None) -> str | N
         if _in_plate(site, data_plate):
             if isinstance(site["fn"], dist.Delta) or not site["fn"].has_rsample:
                 return f"the guide's local site '{name}' is not a reparameterised density ({type(site['fn']).__name__})"
-            if earlier:
-                at_fixed_z = site["fn"].log_prob(site["value"].detach())
-                if at_fixed_z.requires_grad:
-                    grads = torch.autograd.grad(at_fixed_z.sum(), [v for _, v in earlier], allow_unused=True,
-                                                retain_graph=True)
-                    upstream = [n for (n, _), g in zip(earlier, grads, strict=True) if g is not None]
-                    if upstream:
-                        return f"the guide's local site '{name}' depends on its earlier draws {upstream}"
+            upstream = upstream_draws(site, earlier)
+            if upstream:
+                return f"the guide's local site '{name}' depends on its earlier draws {upstream}"
         if isinstance(site["value"], torch.Tensor) and site["value"].requires_grad:
             earlier.append((name, site["value"]))
     if not any(_in_plate(guide_trace.nodes[n], data_plate) for n in _latent_sites(guide_trace)):
