@@ -6,7 +6,10 @@ factorises over the data points. Iteration ``t``:
 * **E-step**: ``S_t`` draws ``z_is`` per data point from a proposal ``r`` (option ``proposal``): ``"guide"`` (the
   default; the fit's guide, first moved towards the posterior by ``guide_steps`` Adam steps on the ELBO, as the
   E-step of ``vem``) or ``"prior"`` (the model's own distribution of the latents, no guide). Each draw gets the
-  self-normalised weight ``w_is ∝ p(x_i, z_is; theta) / r(z_is)`` (summing to 1 over s for each i).
+  self-normalised weight ``w_is ∝ p(x_i, z_is; theta) / r(z_is)`` (summing to 1 over s for each i). With
+  ``proposal="nuts"`` the draws come from ``p(z | x, theta)`` itself, by one NUTS chain per E-step
+  (:mod:`ppl_lvm.backends.mcem_nuts`), and weigh ``1 / S_t`` each; the guide is still adapted, for the reported
+  estimate only.
 * **M-step**: ``m_steps`` L-BFGS iterations on ``sum_i sum_s w_is log p(x_i, z_is; theta)`` with the draws and
   weights fixed, kept only when it raises that sum (generalised EM).
 
@@ -39,12 +42,13 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from ..em.convergence import ConvergenceMonitor, not_converged_message
-from ..errors import ConvergenceWarning, FitError
+from ..errors import ConvergenceWarning, FitError, InferenceWarning
 from ..guides import build_guide
 from ..outcome import StochasticEMOutcome
 from ..runtime import clone_param_state
 from .base import Backend, Problem, guide_sites
 from .guide_check import check_guide
+from .mcem_nuts import NUTSEStep
 from .restarts import run_restarts
 from .stochastic_em import (
     StochasticEMOptions,
@@ -60,7 +64,7 @@ from .stochastic_em import (
 
 __all__ = ["MCEM", "MCEMOptions"]
 
-PROPOSALS = ("guide", "prior")
+PROPOSALS = ("guide", "prior", "nuts")
 
 
 @dataclass
@@ -69,8 +73,10 @@ class MCEMOptions(StochasticEMOptions):
 
     Parameters
     ----------
-    proposal : {"guide", "prior"}
-        The importance-sampling proposal: the fit's guide (adapted each iteration) or the model's prior.
+    proposal : {"guide", "prior", "nuts"}
+        Where the E-step's draws come from: importance sampling from the fit's guide (adapted each iteration) or
+        from the model's prior, or posterior draws by NUTS (:mod:`ppl_lvm.backends.mcem_nuts`; the guide then
+        serves only the reported estimate).
     eval_samples : int
         Draws per data point (one fixed set) of the estimate reported in ``history``.
     guide_steps : int
@@ -79,6 +85,10 @@ class MCEMOptions(StochasticEMOptions):
         Adam learning rate of the first iteration's guide steps; iteration ``t`` uses ``lr / sqrt(t)``.
     num_particles : int
         Draws per data point of each of those ELBO gradients.
+    nuts_warmup : int
+        ``proposal="nuts"``: warm-up steps of each E-step's chain.
+    target_accept_prob : float
+        ``proposal="nuts"``: target acceptance probability of NUTS's step-size adaptation, in (0, 1).
     """
 
     proposal: str = "guide"
@@ -86,6 +96,8 @@ class MCEMOptions(StochasticEMOptions):
     guide_steps: int = 20
     lr: float = 0.05
     num_particles: int = 8
+    nuts_warmup: int = 100
+    target_accept_prob: float = 0.8
 
     def validate(self) -> None:
         super().validate()
@@ -98,6 +110,12 @@ class MCEMOptions(StochasticEMOptions):
         if isinstance(self.guide_steps, bool) or not isinstance(self.guide_steps, (int, np.integer)) \
                 or self.guide_steps < 0:
             raise ValueError(f"guide_steps must be an integer >= 0, got {self.guide_steps!r}")
+        if isinstance(self.nuts_warmup, bool) or not isinstance(self.nuts_warmup, (int, np.integer)) \
+                or self.nuts_warmup < 1:
+            raise ValueError(f"nuts_warmup must be a positive integer, got {self.nuts_warmup!r}")
+        p = self.target_accept_prob
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p < 1:
+            raise ValueError(f"target_accept_prob must be a number in (0, 1), e.g. 0.8 or 0.95, got {p!r}")
         if self.proposal not in PROPOSALS:
             raise ValueError(f"proposal must be one of {list(PROPOSALS)}, got {self.proposal!r}")
 
@@ -187,7 +205,7 @@ class MCEMBackend(Backend):
                            max_plate_nesting=structure.max_plate_nesting)
         with pyro.get_param_store().scope(start):
             guide, guide_name = None, "prior (no guide)"
-            if opts.proposal == "guide":
+            if opts.proposal != "prior":
                 guide, guide_name = build_guide(problem.guide, problem.model, structure)
                 check_guide(structure, guide_sites(guide, kwargs), guide, guide_name)
                 with torch.no_grad():
@@ -198,6 +216,7 @@ class MCEMBackend(Backend):
             store = pyro.get_param_store()
             theta, phi = split_parameters(problem.model, kwargs)
             sampler = _Sampler(problem, guide)
+            nuts = NUTSEStep(problem, opts.nuts_warmup, opts.target_accept_prob) if opts.proposal == "nuts" else None
             e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
             eval_seed = int(opts.seed) + 7919
 
@@ -213,7 +232,7 @@ class MCEMBackend(Backend):
             for iteration in range(1, opts.max_iter + 1):
                 e_step(iteration, opts.guide_steps)
                 num = sample_size(opts, iteration)
-                values, log_weights = sampler.draw(num)
+                values, log_weights = (nuts or sampler).draw(num)
                 if not bool(torch.isfinite(log_weights).any(0).all()):
                     raise FitError(f"Monte Carlo EM: every importance weight of a data point is zero or NaN in "
                                    f"iteration {iteration}; use proposal='guide' or a wider guide")
@@ -238,6 +257,12 @@ class MCEMBackend(Backend):
             warnings.warn(not_converged_message(opts.max_iter, opts.tol, "Monte Carlo EM"), ConvergenceWarning,
                           stacklevel=4)
         options = {k: v for k, v in vars(opts).items() if k != "callbacks"}
+        if nuts is not None:
+            options["nuts_divergences"] = list(nuts.divergences)
+            if sum(nuts.divergences):
+                warnings.warn(f"Monte Carlo EM: the NUTS E-steps had {sum(nuts.divergences)} divergent transitions "
+                              f"(per iteration: {nuts.divergences}); their draws may miss part of p(z | x, theta). "
+                              "Raise target_accept_prob (0.9, 0.95) or nuts_warmup", InferenceWarning, stacklevel=4)
         return stochastic_em_outcome(problem, self.name, options, opts.seed, guide, guide_name, state,
                                      monitor.history, ses, sizes, monitor.converged, n)
 
