@@ -28,39 +28,29 @@ weights. Exact EM never lowers ``log p(x)``; this estimate is monotone up to tha
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from ..em.convergence import ConvergenceMonitor, not_converged_message
-from ..errors import ConvergenceWarning, FitError, InferenceWarning
-from ..guides import build_guide
-from ..outcome import StochasticEMOutcome
-from ..runtime import clone_param_state
-from .base import Backend, Problem, guide_sites
-from .guide_check import check_guide
+from ..errors import FitError, InferenceWarning
+from .base import Problem
 from .mcem_nuts import NUTSEStep
-from .restarts import run_restarts
 from .stochastic_em import (
     StochasticEMOptions,
     VariationalStep,
-    check_model_for,
     lbfgs_maximise,
     particles,
     point_log_probs,
-    sample_size,
     split_parameters,
-    stochastic_em_outcome,
 )
+from .stochastic_em_loop import StochasticEMBackend, prepared_guide
 
 __all__ = ["MCEM", "MCEMOptions"]
 
@@ -177,94 +167,73 @@ def _estimate(log_weights: torch.Tensor) -> tuple[float, float]:
     return float(per_point.sum()) / n, float(relvar.sum().sqrt()) / n
 
 
-class MCEMBackend(Backend):
+class MCEMBackend(StochasticEMBackend):
     name = "mcem"
     options_class = MCEMOptions
+    label = "Monte Carlo EM"
+    value_name = "log-likelihood estimate"
+    local_only = True
 
-    def fit(self, problem: Problem) -> StochasticEMOutcome:
-        opts, _ = self.options_of(problem)
-        check_model_for(self.name, problem.structure, local_only=True)
+    def check(self, problem: Problem, opts: MCEMOptions) -> None:
         if opts.proposal == "prior" and problem.guide is not None:
             raise ValueError("proposal='prior' draws from the model's prior and uses no guide; drop guide=, or use "
                              "proposal='guide'")
 
-        def fit_once(restart: int, seed: int) -> StochasticEMOutcome:
-            return self._fit_once(problem, dataclasses.replace(opts, seed=seed))
+    def start(self, problem: Problem, opts: MCEMOptions) -> _MCEMRun:
+        return _MCEMRun(problem, opts)
 
-        return run_restarts(fit_once, n_init=opts.n_init, seed=int(opts.seed), name="Monte Carlo EM",
-                            score=lambda o: float(o.history[-1]))
+    def finish(self, run: _MCEMRun, options: dict) -> None:
+        if run.nuts is None:
+            return
+        counts = list(run.nuts.divergences)
+        options["nuts_divergences"] = counts
+        if sum(counts):
+            warnings.warn(f"Monte Carlo EM: the NUTS E-steps had {sum(counts)} divergent transitions (per "
+                          f"iteration: {counts}); their draws may miss part of p(z | x, theta). Raise "
+                          "target_accept_prob (0.9, 0.95) or nuts_warmup", InferenceWarning, stacklevel=5)
 
-    def _fit_once(self, problem: Problem, opts: MCEMOptions) -> StochasticEMOutcome:
+
+class _MCEMRun:
+    """One restart of Monte Carlo EM (see the module's docstring)."""
+
+    def __init__(self, problem: Problem, opts: MCEMOptions):
         structure = problem.structure
+        self.problem, self.opts = problem, opts
         kwargs = dict(problem.data.kwargs)
-        n = structure.n_data
-        pyro.set_rng_seed(int(opts.seed))
-        start = clone_param_state(problem.init_state) if problem.init_state is not None else \
-            {"params": {}, "constraints": {}}
         train = Trace_ELBO(num_particles=opts.num_particles, vectorize_particles=True,
                            max_plate_nesting=structure.max_plate_nesting)
-        with pyro.get_param_store().scope(start):
-            guide, guide_name = None, "prior (no guide)"
-            if opts.proposal != "prior":
-                guide, guide_name = build_guide(problem.guide, problem.model, structure)
-                check_guide(structure, guide_sites(guide, kwargs), guide, guide_name)
-                with torch.no_grad():
-                    train.loss(problem.model, guide, **kwargs)  # creates every parameter
-            else:
-                with torch.no_grad():
-                    poutine.trace(problem.model).get_trace(**kwargs)
-            store = pyro.get_param_store()
-            theta, phi = split_parameters(problem.model, kwargs)
-            sampler = _Sampler(problem, guide)
-            nuts = NUTSEStep(problem, opts.nuts_warmup, opts.target_accept_prob) if opts.proposal == "nuts" else None
-            e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
-            eval_seed = int(opts.seed) + 7919
+        if opts.proposal == "prior":
+            self.guide, self.guide_name = None, "prior (no guide)"
+            with torch.no_grad():
+                poutine.trace(problem.model).get_trace(**kwargs)  # creates every parameter
+        else:
+            self.guide, self.guide_name = prepared_guide(problem, train)
+        self.theta, phi = split_parameters(problem.model, kwargs)
+        self.sampler = _Sampler(problem, self.guide)
+        self.nuts = NUTSEStep(problem, opts.nuts_warmup, opts.target_accept_prob) if opts.proposal == "nuts" \
+            else None
+        self.e_step = VariationalStep(train, problem.model, self.guide, kwargs, phi, opts.lr)
+        self.eval_seed = int(opts.seed) + 7919
 
-            def reported() -> tuple[float, float]:
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(eval_seed)
-                    return _estimate(sampler.draw(opts.eval_samples)[1])
+    def reported(self) -> tuple[float, float]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.eval_seed)
+            return _estimate(self.sampler.draw(self.opts.eval_samples)[1])
 
-            value, se = reported()
-            monitor = ConvergenceMonitor(opts.tol)
-            monitor.report(value)
-            ses, sizes = [se], []
-            for iteration in range(1, opts.max_iter + 1):
-                e_step(iteration, opts.guide_steps)
-                num = sample_size(opts, iteration)
-                values, log_weights = (nuts or sampler).draw(num)
-                if not bool(torch.isfinite(log_weights).any(0).all()):
-                    raise FitError(f"Monte Carlo EM: every importance weight of a data point is zero or NaN in "
-                                   f"iteration {iteration}; use proposal='guide' or a wider guide")
-                weights = torch.softmax(log_weights, 0)
+    def iterate(self, iteration: int, num: int) -> None:
+        self.e_step(iteration, self.opts.guide_steps)
+        values, log_weights = (self.nuts or self.sampler).draw(num)
+        if not bool(torch.isfinite(log_weights).any(0).all()):
+            raise FitError(f"Monte Carlo EM: every importance weight of a data point is zero or NaN in "
+                           f"iteration {iteration}; use proposal='guide' or a wider guide")
+        weights = torch.softmax(log_weights, 0)
+        sampler = self.sampler
 
-                def weighted_complete(values=values, num=num, weights=weights) -> torch.Tensor:
-                    joint, rest = sampler.complete(values, num)
-                    return (weights * joint).sum() + rest
+        def weighted_complete() -> torch.Tensor:
+            joint, rest = sampler.complete(values, num)
+            return (weights * joint).sum() + rest
 
-                lbfgs_maximise(weighted_complete, theta, opts.m_steps)
-                value, se = reported()
-                sizes.append(num)
-                ses.append(se)
-                converged = monitor.report(value)
-                if not math.isfinite(value):
-                    raise FitError(f"Monte Carlo EM: the log-likelihood estimate became {value} after iteration "
-                                   f"{iteration}")
-                if any(bool(cb(iteration, value)) for cb in opts.callbacks) or converged:
-                    break
-            state = clone_param_state(store.get_state())
-        if opts.tol is not None and not monitor.converged and len(monitor.history) == opts.max_iter + 1:
-            warnings.warn(not_converged_message(opts.max_iter, opts.tol, "Monte Carlo EM"), ConvergenceWarning,
-                          stacklevel=4)
-        options = {k: v for k, v in vars(opts).items() if k != "callbacks"}
-        if nuts is not None:
-            options["nuts_divergences"] = list(nuts.divergences)
-            if sum(nuts.divergences):
-                warnings.warn(f"Monte Carlo EM: the NUTS E-steps had {sum(nuts.divergences)} divergent transitions "
-                              f"(per iteration: {nuts.divergences}); their draws may miss part of p(z | x, theta). "
-                              "Raise target_accept_prob (0.9, 0.95) or nuts_warmup", InferenceWarning, stacklevel=4)
-        return stochastic_em_outcome(problem, self.name, options, opts.seed, guide, guide_name, state,
-                                     monitor.history, ses, sizes, monitor.converged, n)
+        lbfgs_maximise(weighted_complete, self.theta, self.opts.m_steps)
 
 
 MCEM = MCEMBackend()

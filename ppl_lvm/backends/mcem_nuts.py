@@ -11,8 +11,6 @@ with one :class:`~ppl_lvm.errors.InferenceWarning` at the end of the fit.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pyro.poutine as poutine
 import torch
 from pyro.infer.autoguide.initialization import init_to_value

@@ -25,37 +25,19 @@ linear-Gaussian guide, a Normal-Normal random-effects model with the ``"normal"`
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pyro
 import pyro.poutine as poutine
 import torch
 from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
-from ..em.convergence import ConvergenceMonitor, not_converged_message
-from ..errors import ConvergenceWarning, FitError
-from ..guides import build_guide
-from ..outcome import StochasticEMOutcome
-from ..runtime import clone_param_state
-from .base import Backend, Problem, guide_sites
-from .guide_check import check_guide
-from .restarts import run_restarts
-from .stochastic_em import (
-    StochasticEMOptions,
-    VariationalStep,
-    check_model_for,
-    lbfgs_maximise,
-    particles,
-    sample_size,
-    split_parameters,
-    stochastic_em_outcome,
-)
+from .base import Problem
+from .stochastic_em import StochasticEMOptions, VariationalStep, lbfgs_maximise, particles, split_parameters
+from .stochastic_em_loop import StochasticEMBackend, prepared_guide
 
 __all__ = ["VEM", "VEMOptions"]
 
@@ -91,88 +73,58 @@ class VEMOptions(StochasticEMOptions):
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
 
-class VEMBackend(Backend):
+class VEMBackend(StochasticEMBackend):
     name = "vem"
     options_class = VEMOptions
+    label = "variational EM"
+    value_name = "ELBO"
 
-    def fit(self, problem: Problem) -> StochasticEMOutcome:
-        opts, _ = self.options_of(problem)
-        check_model_for(self.name, problem.structure)
+    def start(self, problem: Problem, opts: VEMOptions) -> _VEMRun:
+        return _VEMRun(problem, opts)
 
-        def fit_once(restart: int, seed: int) -> StochasticEMOutcome:
-            return self._fit_once(problem, dataclasses.replace(opts, seed=seed))
 
-        return run_restarts(fit_once, n_init=opts.n_init, seed=int(opts.seed), name="variational EM",
-                            score=lambda o: float(o.history[-1]))
+class _VEMRun:
+    """One restart of variational EM (see the module's docstring)."""
 
-    def _fit_once(self, problem: Problem, opts: VEMOptions) -> StochasticEMOutcome:
+    def __init__(self, problem: Problem, opts: VEMOptions):
         structure = problem.structure
-        kwargs = dict(problem.data.kwargs)
-        nesting = structure.max_plate_nesting
-        n = structure.n_data or 1
-        pyro.set_rng_seed(int(opts.seed))
-        start = clone_param_state(problem.init_state) if problem.init_state is not None else \
-            {"params": {}, "constraints": {}}
-        common = dict(vectorize_particles=True, max_plate_nesting=nesting)
-        train = Trace_ELBO(num_particles=opts.num_particles, **common)
-        with pyro.get_param_store().scope(start):
-            guide, guide_name = build_guide(problem.guide, problem.model, structure)
-            gtrace = guide_sites(guide, kwargs)
-            check_guide(structure, gtrace, guide, guide_name)
-            with torch.no_grad():
-                train.loss(problem.model, guide, **kwargs)  # creates every parameter
-            store = pyro.get_param_store()
-            theta, phi = split_parameters(problem.model, kwargs)
-            e_step = VariationalStep(train, problem.model, guide, kwargs, phi, opts.lr)
-            eval_seed = int(opts.seed) + 7919
+        self.problem, self.opts = problem, opts
+        self.kwargs = dict(problem.data.kwargs)
+        self.common = dict(vectorize_particles=True, max_plate_nesting=structure.max_plate_nesting)
+        train = Trace_ELBO(num_particles=opts.num_particles, **self.common)
+        self.guide, self.guide_name = prepared_guide(problem, train)
+        self.theta, phi = split_parameters(problem.model, self.kwargs)
+        self.e_step = VariationalStep(train, problem.model, self.guide, self.kwargs, phi, opts.lr)
+        self.eval_seed = int(opts.seed) + 7919
 
-            def reported() -> tuple[float, float]:
-                return self._reported(opts.eval_particles, nesting, problem.model, guide, kwargs, eval_seed, n)
+    def reported(self) -> tuple[float, float]:
+        return _reported(self.opts.eval_particles, self.common["max_plate_nesting"], self.problem.model, self.guide,
+                         self.kwargs, self.eval_seed, self.problem.structure.n_data or 1)
 
-            value, se = reported()
-            monitor = ConvergenceMonitor(opts.tol)
-            monitor.report(value)
-            ses, sizes = [se], []
-            for iteration in range(1, opts.max_iter + 1):
-                e_step(iteration, opts.e_steps)  # the guide's parameters only
-                m_seed = int(torch.randint(0, 2**31 - 1, ()).item())
-                num = sample_size(opts, iteration)
-                m_elbo = Trace_ELBO(num_particles=num, **common)
+    def iterate(self, iteration: int, num: int) -> None:
+        self.e_step(iteration, self.opts.e_steps)  # the guide's parameters only
+        m_seed = int(torch.randint(0, 2**31 - 1, ()).item())
+        m_elbo = Trace_ELBO(num_particles=num, **self.common)
+        model, guide, kwargs = self.problem.model, self.guide, self.kwargs
 
-                def expected_complete(seed: int = m_seed, m_elbo: Trace_ELBO = m_elbo) -> torch.Tensor:
-                    # minus the ELBO differs from -E_q log p(x, z; theta) by the guide's entropy, constant in theta
-                    with torch.random.fork_rng(devices=[]):
-                        torch.manual_seed(seed)
-                        return -m_elbo.differentiable_loss(problem.model, guide, **kwargs)
+        def expected_complete() -> torch.Tensor:
+            # minus the ELBO differs from -E_q log p(x, z; theta) by the guide's entropy, constant in theta
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(m_seed)
+                return -m_elbo.differentiable_loss(model, guide, **kwargs)
 
-                lbfgs_maximise(expected_complete, theta, opts.m_steps)
-                value, se = reported()
-                sizes.append(num)
-                ses.append(se)
-                converged = monitor.report(value)
-                if not math.isfinite(value):
-                    raise FitError(f"variational EM: the ELBO became {value} after iteration {iteration}")
-                if any(bool(cb(iteration, value)) for cb in opts.callbacks) or converged:
-                    break
-            state = clone_param_state(store.get_state())
-        if opts.tol is not None and not monitor.converged and len(monitor.history) == opts.max_iter + 1:
-            warnings.warn(not_converged_message(opts.max_iter, opts.tol, "variational EM"), ConvergenceWarning,
-                          stacklevel=4)
-        options = {k: v for k, v in vars(opts).items() if k != "callbacks"}
-        return stochastic_em_outcome(problem, self.name, options, opts.seed, guide, guide_name, state,
-                                     monitor.history, ses, sizes, monitor.converged, n)
+        lbfgs_maximise(expected_complete, self.theta, self.opts.m_steps)
 
-    @staticmethod
-    def _reported(num: int, nesting: int, model: Any, guide: Any, kwargs: dict, seed: int,
-                  n: int) -> tuple[float, float]:
-        """The ELBO per data point from ``num`` base draws seeded by ``seed``, and its standard error over them."""
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            gtrace = poutine.trace(particles(guide, num, nesting)).get_trace(**kwargs)
-            mtrace = poutine.trace(poutine.replay(particles(model, num, nesting), trace=gtrace)).get_trace(**kwargs)
-            values = per_particle(mtrace, nesting, num) - per_particle(gtrace, nesting, num)
-        values = values.double().numpy()
-        return float(values.mean()) / n, float(values.std(ddof=1) / math.sqrt(num)) / n
+
+def _reported(num: int, nesting: int, model: Any, guide: Any, kwargs: dict, seed: int, n: int) -> tuple[float, float]:
+    """The ELBO per data point from ``num`` base draws seeded by ``seed``, and its standard error over them."""
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gtrace = poutine.trace(particles(guide, num, nesting)).get_trace(**kwargs)
+        mtrace = poutine.trace(poutine.replay(particles(model, num, nesting), trace=gtrace)).get_trace(**kwargs)
+        values = per_particle(mtrace, nesting, num) - per_particle(gtrace, nesting, num)
+    values = values.double().numpy()
+    return float(values.mean()) / n, float(values.std(ddof=1) / math.sqrt(num)) / n
 
 
 def per_particle(trace: poutine.Trace, nesting: int, num: int) -> torch.Tensor:
