@@ -45,7 +45,7 @@ from .mcem_nuts import NUTSEStep
 from .stochastic_em import (
     StochasticEMOptions,
     VariationalStep,
-    lbfgs_maximise,
+    maximise,
     particles,
     point_log_probs,
     split_parameters,
@@ -220,7 +220,7 @@ class _MCEMRun:
             torch.manual_seed(self.eval_seed)
             return _estimate(self.sampler.draw(self.opts.eval_samples)[1])
 
-    def iterate(self, iteration: int, num: int) -> None:
+    def iterate(self, iteration: int, num: int) -> dict:
         self.e_step(iteration, self.opts.guide_steps)
         values, log_weights = (self.nuts or self.sampler).draw(num)
         if not bool(torch.isfinite(log_weights).any(0).all()):
@@ -233,7 +233,7 @@ class _MCEMRun:
             joint, rest = sampler.complete(values, num)
             return (weights * joint).sum() + rest
 
-        lbfgs_maximise(weighted_complete, self.theta, self.opts.m_steps)
+        return maximise(weighted_complete, self.theta, self.opts.m_step, self.opts.m_steps, "mcem")
 
 
 MCEM = MCEMBackend()

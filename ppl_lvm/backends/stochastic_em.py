@@ -22,13 +22,18 @@ import torch
 from ..errors import FitError, UnsupportedModelError
 from ..outcome import StochasticEMOutcome
 from ..structure import ModelStructure
+from .closed_m_step import closed_form_maximise
 
-__all__ = ["StochasticEMOptions", "check_model_for", "lbfgs_maximise", "particles", "point_log_probs", "sample_size", "split_parameters",
+__all__ = ["M_STEPS", "StochasticEMOptions", "check_model_for", "lbfgs_maximise", "maximise", "particles", "point_log_probs", "sample_size", "split_parameters",
            "stochastic_em_outcome", "unconstrained",
            "VariationalStep"]
 
 #: the name of the plate that vectorises the particles (draws) of the E-step
 PARTICLE_PLATE = "_stochastic_em_particles"
+
+
+#: the M-steps of option ``m_step``
+M_STEPS = ("auto", "closed", "lbfgs")
 
 
 def _positive_int(name: str, value: Any) -> None:
@@ -61,6 +66,11 @@ class StochasticEMOptions:
         22, ... with the defaults. The Monte Carlo error of the M-step shrinks as the parameters settle, so the
         iterates stop wandering (a constant sample size leaves them wandering by that error, most along the slow
         directions of EM); ``sample_growth=1`` keeps it constant. ``result.sample_sizes`` lists the ``S_t``.
+    m_step : {"auto", "closed", "lbfgs"}
+        ``"auto"``: the closed-form M-step where the model's parameters enter Normal sites as
+        :mod:`ppl_lvm.backends.closed_m_step` describes (checked every iteration), ``m_steps`` L-BFGS iterations
+        otherwise; ``"closed"``: the closed form or an error saying why it does not apply; ``"lbfgs"``: always
+        L-BFGS. ``result.options["closed_form_m_steps"]`` says, per iteration, whether the closed form ran.
     callbacks : sequence of callables
         ``callback(iteration, value)`` after each iteration; return ``True`` to stop.
     """
@@ -73,6 +83,7 @@ class StochasticEMOptions:
     num_samples: int = 10
     sample_growth: float = 1.3
     max_samples: int = 1000
+    m_step: str = "auto"
     callbacks: Sequence = ()
 
     @classmethod
@@ -93,6 +104,8 @@ class StochasticEMOptions:
             raise ValueError(f"tol must be a number >= 0, or None to run all max_iter iterations, got {tol!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.m_step not in M_STEPS:
+            raise ValueError(f"m_step must be one of {list(M_STEPS)}, got {self.m_step!r}")
         if not all(callable(cb) for cb in self.callbacks):
             raise ValueError("callbacks must be a sequence of callables callback(iteration, value)")
 
@@ -223,6 +236,21 @@ def lbfgs_maximise(objective: Callable[[], torch.Tensor], leaves: dict[str, torc
                 p.copy_(value)
         after = before
     return {"accepted": accepted, "before": before, "after": after}
+
+
+def maximise(objective: Callable[[], torch.Tensor], leaves: dict[str, torch.Tensor], m_step: str,
+             max_steps: int, method: str) -> dict[str, Any]:
+    """The M-step of option ``m_step``: :func:`~ppl_lvm.backends.closed_m_step.closed_form_maximise` or
+    :func:`lbfgs_maximise`; the result says which ran (``closed_form``)."""
+    if m_step != "lbfgs":
+        info, reason = closed_form_maximise(objective, leaves)
+        if info is not None:
+            return {**info, "closed_form": True}
+        if m_step == "closed":
+            raise UnsupportedModelError(f"method {method!r} with m_step='closed': the closed-form M-step does not "
+                                        f"apply, because {reason}. Use m_step='auto' (L-BFGS where it does not "
+                                        "apply) or m_step='lbfgs'")
+    return {**lbfgs_maximise(objective, leaves, max_steps), "closed_form": False}
 
 
 class VariationalStep:

@@ -37,8 +37,9 @@ class EMRun(Protocol):
     def reported(self) -> tuple[float, float]:
         """The value reported in ``history`` (per data point) and its Monte Carlo standard error."""
 
-    def iterate(self, iteration: int, num: int) -> None:
-        """One E-step and one M-step, with ``num`` draws per data point behind the M-step."""
+    def iterate(self, iteration: int, num: int) -> dict:
+        """One E-step and one M-step, with ``num`` draws per data point behind the M-step; returns the M-step's
+        record (:func:`~ppl_lvm.backends.stochastic_em.maximise`)."""
 
 
 def prepared_guide(problem: Problem, elbo: Any) -> tuple[Any, str]:
@@ -94,10 +95,10 @@ class StochasticEMBackend(Backend):
             value, se = run.reported()
             monitor = ConvergenceMonitor(opts.tol)
             monitor.report(value)
-            ses, sizes = [se], []
+            ses, sizes, closed = [se], [], []
             for iteration in range(1, opts.max_iter + 1):
                 num = sample_size(opts, iteration)
-                run.iterate(iteration, num)
+                closed.append(bool(run.iterate(iteration, num)["closed_form"]))
                 value, se = run.reported()
                 sizes.append(num)
                 ses.append(se)
@@ -111,6 +112,7 @@ class StochasticEMBackend(Backend):
             warnings.warn(not_converged_message(opts.max_iter, opts.tol, self.label), ConvergenceWarning,
                           stacklevel=4)
         options = {k: v for k, v in vars(opts).items() if k != "callbacks"}
+        options["closed_form_m_steps"] = closed
         self.finish(run, options)
         return stochastic_em_outcome(problem, self.name, options, opts.seed, run.guide, run.guide_name, state,
                                      monitor.history, ses, sizes, monitor.converged, problem.structure.n_data or 1)

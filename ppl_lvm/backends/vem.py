@@ -36,7 +36,7 @@ from pyro.infer import Trace_ELBO
 from pyro.poutine.util import site_is_subsample
 
 from .base import Problem
-from .stochastic_em import StochasticEMOptions, VariationalStep, lbfgs_maximise, particles, split_parameters
+from .stochastic_em import StochasticEMOptions, VariationalStep, maximise, particles, split_parameters
 from .stochastic_em_loop import StochasticEMBackend, prepared_guide
 
 __all__ = ["VEM", "VEMOptions"]
@@ -101,7 +101,7 @@ class _VEMRun:
         return _reported(self.opts.eval_particles, self.common["max_plate_nesting"], self.problem.model, self.guide,
                          self.kwargs, self.eval_seed, self.problem.structure.n_data or 1)
 
-    def iterate(self, iteration: int, num: int) -> None:
+    def iterate(self, iteration: int, num: int) -> dict:
         self.e_step(iteration, self.opts.e_steps)  # the guide's parameters only
         m_seed = int(torch.randint(0, 2**31 - 1, ()).item())
         m_elbo = Trace_ELBO(num_particles=num, **self.common)
@@ -113,7 +113,7 @@ class _VEMRun:
                 torch.manual_seed(m_seed)
                 return -m_elbo.differentiable_loss(model, guide, **kwargs)
 
-        lbfgs_maximise(expected_complete, self.theta, self.opts.m_steps)
+        return maximise(expected_complete, self.theta, self.opts.m_step, self.opts.m_steps, "vem")
 
 
 def _reported(num: int, nesting: int, model: Any, guide: Any, kwargs: dict, seed: int, n: int) -> tuple[float, float]:

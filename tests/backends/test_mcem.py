@@ -30,6 +30,7 @@ def test_mcem_reaches_the_ppca_maximum(float64):
     # iterations (tol=1e-3 per point).
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
+    assert all(fit.options["closed_form_m_steps"])  # the M-step is weighted least squares here
     # the importance-sampling estimate of the history is close to the exact log-likelihood per point
     assert fit.history[-1] == pytest.approx(ll / len(x), abs=max(0.02, 5 * fit.history_se[-1]))
 
@@ -45,6 +46,7 @@ def test_mcem_reaches_the_factor_analysis_maximum(float64):
     # at 1.2e-3; the test's seed 0 converges in 17).
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
+    assert all(fit.options["closed_form_m_steps"])  # the M-step is weighted least squares here
 
 
 @pytest.mark.parametrize("proposal", ["guide", "prior"])

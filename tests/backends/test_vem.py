@@ -43,6 +43,7 @@ def test_vem_reaches_the_ppca_maximum(float64):
     # iterations (tol=1e-3 per point); the tolerance is the 1% of the acceptance criterion.
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
+    assert all(fit.options["closed_form_m_steps"])  # the M-step is weighted least squares here
     assert len(fit.history) == fit.n_iter + 1 == len(fit.history_se)
     # the ELBO of the history is a lower bound of the exact log-likelihood (up to its Monte Carlo error)
     assert fit.history[-1] * len(x) <= ll + 4 * fit.history_se[-1] * len(x)
@@ -58,6 +59,7 @@ def test_vem_reaches_the_factor_analysis_maximum(float64):
     # (tol=1e-3 per point).
     assert fit.converged
     assert (best - ll) / abs(best) < 0.01
+    assert all(fit.options["closed_form_m_steps"])  # the M-step is weighted least squares here
 
 
 def test_vem_recovers_the_variance_components(float64):
