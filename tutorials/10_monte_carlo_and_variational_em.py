@@ -175,7 +175,7 @@ for method, extra in runs:
 # All four land within about a percent of the closed-form variance components (tau^2: vem -0.46%, mcem +0.35%,
 # mcem from the prior -1.15%, mcem with NUTS draws -0.58% after only 8 iterations; sigma^2 within 0.07%). The M-steps
 # are the same exact weighted least squares in all four; what differs is where the draws come from, and the
-# NUTS chain costs the most per iteration (about a second here, against a tenth of one). The grand mean $\mu$ is the slow
+# NUTS chain costs the most per iteration. The grand mean $\mu$ is the slow
 # direction: $\mu$ and the mean of the $b_i$ trade off along a ridge of the likelihood that EM climbs at the rate
 # $\tau^2 / (\tau^2 + \sigma^2 / m)$ per iteration (here 0.94: the classical slow convergence of EM for random
 # effects). Along such a direction the Monte Carlo error of each M-step is barely pulled back, so with a constant
