@@ -19,7 +19,7 @@ from pyro.distributions import constraints
 
 from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
 from .naming import ResolvedName, resolve
-from .runtime import SiteRecord, current_fit, current_run
+from .runtime import SiteRecord, broadcast_shape, current_fit, current_run
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
@@ -84,7 +84,7 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
         if not problem:
             value_batch = tuple(value.shape[: len(value.shape) - len(event)])
             try:
-                joint = tuple(torch.broadcast_shapes(value_batch, batch))
+                joint = broadcast_shape(value_batch, batch)
             except RuntimeError:
                 problem = True
             else:

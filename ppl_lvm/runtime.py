@@ -96,3 +96,16 @@ def clone_param_state(state: dict) -> dict:
             copy.requires_grad_(True)
         params[name] = copy
     return {"params": params, "constraints": dict(state["constraints"])}
+
+
+def broadcast_shape(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape ``shapes`` broadcast to, as ``torch.broadcast_shapes`` gives it (``RuntimeError`` when they do not
+    broadcast), without its first call's import of ``torch.fx``'s symbolic shapes and sympy (seconds per process)."""
+    ndim = max((len(s) for s in shapes), default=0)
+    out = []
+    for i in range(-ndim, 0):
+        sizes = {int(s[i]) for s in shapes if len(s) >= -i and int(s[i]) != 1}
+        if len(sizes) > 1:
+            raise RuntimeError(f"the shapes {[tuple(s) for s in shapes]} do not broadcast (dim {i})")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)

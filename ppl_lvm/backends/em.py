@@ -30,6 +30,7 @@ from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
 from ..em.routes import closed_form_fit, em_outcome, generic_fit
+from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
 from ..handlers import enumerating
 from ..outcome import EMOutcome
@@ -317,8 +318,8 @@ class EMBackend(Backend):
         elif streams:
             source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
                             reducer=reducer)
-        else:
-            source = Source(pattern.family, x, reducer=reducer)
+        else:  # a large tensor is read in chunks (the temporaries of one chunk at a time)
+            source = Source(pattern.family, memory_chunks(x), reducer=reducer)
         n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")

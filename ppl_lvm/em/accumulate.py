@@ -193,9 +193,14 @@ class Source:
                 yield self.family.precompute(x, summary=self.summary), self._layout(lengths, x.shape[0])
 
     def local_data(self) -> tuple[Any, dict]:
-        """Data (and cache) to seed a data-driven start from: the data in memory, or the first chunk."""
+        """Data (and cache) to seed a data-driven start from: the data in memory; read in chunks, a chunk's worth of
+        rows drawn at random (seed 0) from a tensor in memory (:func:`~ppl_lvm.em.stream.memory_chunks`), else the
+        first chunk."""
         if not self.streamed:
             return self._data, self._cache
+        if self._data.in_memory and self._lengths is None:
+            x = self._data.sample_rows(self._data.chunk_size)
+            return x, self.family.precompute(x)
         x, _ = next(x for x in self._data if x[0].shape[0])
         return x, self.family.precompute(x)
 

@@ -53,6 +53,18 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.dtype == b.dtype and torch.allclose(a, b, rtol=rtol, atol=0.0)
 
 
+def _distinct(arg: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``arg`` and ``value`` (broadcast to ``arg``'s shape) cut to one index along every dim where ``arg`` is a
+    broadcast view (stride 0): its entries repeat there, so comparing the cut is comparing the whole, exactly. A
+    mixture's distribution arguments are such views along the data plate (K x N x D views of K x D parameters), so
+    the comparison costs K x D, not K x N x D."""
+    value = torch.broadcast_to(value, arg.shape)
+    for d in range(arg.dim()):
+        if arg.shape[d] > 1 and arg.stride(d) == 0:
+            arg, value = arg.narrow(d, 0, 1), value.narrow(d, 0, 1)
+    return arg, value
+
+
 def _probe(model: Model, kwargs: dict, structure: ModelStructure, enumerated: list[str]):
     """Run ``model`` once with ``enumerated`` summed out and every parameter at a distinct random value.
 
@@ -82,12 +94,12 @@ def _matches(arg: torch.Tensor, value: torch.Tensor, k_dim: int, k: int) -> str 
             # the param's own dims are right-aligned (event dims); plate dims in between are singletons
             shape = [1] * k_pos + [k] + [1] * gap + rest
             try:
-                if _same(torch.broadcast_to(value.reshape(shape), arg.shape), arg):
+                if _same(*_distinct(arg, value.reshape(shape))):
                     return "indexed"
             except RuntimeError:
                 pass
     try:
-        if _same(torch.broadcast_to(value, arg.shape), arg):
+        if _same(*_distinct(arg, value)):
             return "shared"
     except RuntimeError:
         pass

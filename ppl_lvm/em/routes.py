@@ -100,6 +100,12 @@ def _warn_unless_converged(converged: bool, max_iter: int, tol: float | None, re
                       stacklevel=3)
 
 
+def _by_chunks(source: Source, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every row's log-likelihood and responsibilities under ``params``, chunk by chunk (data in memory)."""
+    parts = [mixture_log_likelihood(None, source.family, params, cache=c) for c, _ in source.chunks()]
+    return torch.cat([p for p, _ in parts]), torch.cat([r for _, r in parts])
+
+
 def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
                     callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
     """``fit_once(restart, seed) -> EMRun`` of a recognised mixture (``fit_mixture``) or chain (Baum-Welch).
@@ -138,6 +144,11 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
             total = fit.log_likelihood
             per_point, resp = (None, None) if source.streamed else mixture_log_likelihood(x, family, fit.params,
                                                                                            cache=cache)
+            if source.streamed and source.data.in_memory:
+                per_point, resp = _by_chunks(source, fit.params)
+        elif source.streamed and source.data.in_memory:  # a large tensor read in chunks: every row's values too
+            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
+            per_point, resp = _by_chunks(source, fit.params)
         elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = None, None
@@ -160,14 +171,16 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         responsibilities = {} if resp is None else {pattern.latent: resp.clone()}
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
                      total, None if per_point is None else per_point.clone(), responsibilities,
-                     source.n if reducer.distributed or source.streamed else None)
+                     source.n if reducer.distributed or (source.streamed and not source.data.in_memory) else None)
 
     return fit_once
 
 
 def _online(source: Source, family: Any, start: dict, options: dict, seed: int, callback: Any) -> Any:
     """Online EM over the source's data; the fit reads like a kernel's (``n_iter``: passes)."""
-    fit = fit_mixture_online(source.data, family, start, batch_size=options["batch_size"] or 1000,
+    # a tensor in memory is shuffled whole every pass, also when the batch EM route reads it in chunks
+    data = source.data.tensor if source.streamed and source.data.in_memory else source.data
+    fit = fit_mixture_online(data, family, start, batch_size=options["batch_size"] or 1000,
                              max_passes=options["max_iter"], tol=options["tol"],
                              step_exponent=options["step_exponent"], polyak=options["polyak"],
                              reg=options["reg_covar"], seed=seed, callback=callback)

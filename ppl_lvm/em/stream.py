@@ -14,7 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["Chunks", "NpyFile", "chunks", "shard_range"]
+__all__ = ["MEMORY_CHUNK_ROWS", "MEMORY_CHUNK_THRESHOLD", "Chunks", "NpyFile", "chunks", "memory_chunks", "shard_range"]
+
+#: closed-form EM reads data in memory with more rows than this in chunks of :data:`MEMORY_CHUNK_ROWS` rows
+MEMORY_CHUNK_THRESHOLD = 2**20
+MEMORY_CHUNK_ROWS = 2**16
 
 
 def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
@@ -94,6 +98,29 @@ class Chunks:
             else:
                 self._rows = rows or (0, total)
         self.n_rows = None if array is None else self._rows[1] - self._rows[0]
+
+    @property
+    def in_memory(self) -> bool:
+        """Whether the chunks are row ranges of a tensor held in memory (:func:`memory_chunks`)."""
+        return isinstance(self._array, torch.Tensor)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        """The rows of the tensor in memory that these chunks read (a view)."""
+        if not self.in_memory:
+            raise ValueError("tensor belongs to chunks of a tensor in memory")
+        return self._array[self._rows[0] : self._rows[1]]
+
+    def sample_rows(self, count: int, seed: int = 0) -> torch.Tensor:
+        """``count`` rows (all, when fewer) drawn without replacement, in their order, from chunks of a tensor in
+        memory."""
+        if not self.in_memory or self._lengths is not None:
+            raise ValueError("sample_rows draws rows of a tensor in memory without sequences")
+        lo, hi = self._rows
+        if hi - lo <= count:
+            return self._array[lo:hi]
+        rows = torch.randperm(hi - lo, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+        return self._array[lo + rows]
 
     @property
     def sequence_range(self) -> tuple[int, int]:
@@ -225,3 +252,12 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     if isinstance(source, (list, tuple)):
         return Chunks(pieces=list(source), chunk_size=chunk_size)
     raise TypeError(f"chunks needs an array, a .npy path, a list of chunks or a function, got {type(source).__name__}")
+
+
+def memory_chunks(x: torch.Tensor) -> torch.Tensor | Chunks:
+    """``x`` itself, or, with more than :data:`MEMORY_CHUNK_THRESHOLD` rows, ``x`` read in chunks of
+    :data:`MEMORY_CHUNK_ROWS` rows: then an EM iteration holds the temporaries of one chunk (its design matrix,
+    its (rows, K) log densities), never of all N rows at once."""
+    if x.shape[0] <= MEMORY_CHUNK_THRESHOLD:
+        return x
+    return Chunks(x, MEMORY_CHUNK_ROWS)

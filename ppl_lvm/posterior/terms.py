@@ -20,6 +20,7 @@ from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
 from ..handlers import enum_dims
+from ..runtime import broadcast_shape
 
 __all__ = ["DRAW_PLATE", "Unsupported", "log_joint", "pointwise_log_lik", "point_model_terms", "guide_terms",
            "sample_enumerated", "predictive_draws", "per_draw"]
@@ -239,7 +240,7 @@ def predictive_draws(trace: poutine.Trace, observed: list[str], discrete: dict[s
             y = y.movedim(d - ev, 0)
             index = discrete[owner].long()
             index = _pad(index.reshape(tuple(index.shape) + (1,) * ev), y.dim() - 1)
-            shape = torch.broadcast_shapes(tuple(y.shape[1:]), tuple(index.shape))
+            shape = broadcast_shape(tuple(y.shape[1:]), tuple(index.shape))
             y = y.expand((y.shape[0],) + shape)
             y = torch.gather(y, 0, index.expand(shape).unsqueeze(0)).squeeze(0)
         out[obs] = y

@@ -14,6 +14,7 @@ from pyro.poutine.runtime import _ENUM_ALLOCATOR
 from pyro.poutine.util import site_is_subsample
 
 from ...errors import UnsupportedModelError
+from ...runtime import broadcast_shape
 from .factors import _auto_enumerate
 
 __all__ = ["DEFAULT_MAX_BYTES", "check_enumeration_size", "estimate_enumeration_bytes"]
@@ -96,7 +97,7 @@ def _size_report(model: Callable, kwargs: dict[str, Any], max_plate_nesting: int
         batch = tuple(fn.batch_shape)
         if isinstance(value, torch.Tensor):
             vshape = tuple(value.shape[: value.dim() - fn.event_dim]) if value.dim() >= fn.event_dim else ()
-            batch = tuple(torch.broadcast_shapes(batch, vshape))
+            batch = broadcast_shape(batch, vshape)
         dim_to_id = (node["infer"] or {}).get("_dim_to_id", {})
         shape = []
         sites = []
