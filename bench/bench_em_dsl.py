@@ -1,8 +1,10 @@
 """End-to-end EM through the DSL: ``lvm.infer(model, data, method="em")`` against scikit-learn and hmmlearn.
 
 Unlike ``bench_em.py`` (the kernels alone) this times what a user runs: data conversion, the model's prototype
-run, recognition of the closed-form structure, the fit and the result. One thread, identical initial
-parameters, fixed iterations (tol disabled), best of ``--repeats``.
+run, recognition of the closed-form structure, the fit and the result. One thread (torch and every BLAS pool,
+limited after scikit-learn, scipy and hmmlearn are imported; the pools are printed), identical initial parameters,
+fixed iterations (tol disabled); the two sides run interleaved ``--repeats`` times, the ratio is of the medians and
+the minima are printed too, with the machine's load.
 
 Usage::
 
@@ -12,30 +14,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import time
 import warnings
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+from _timing import interleaved, limit_threads, load
+from hmmlearn.hmm import GaussianHMM
+from sklearn.mixture import GaussianMixture
 
 import ppl_lvm as lvm
 from ppl_lvm.models.hmm import gaussian_hmm, gaussian_hmm_vectorized, pad_sequences
 from ppl_lvm.models.mixtures import gaussian_mixture
 
 
-def best_time(fn, repeats: int):
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
-
-
-def gmm(n: int, ct: str, iters: int, repeats: int) -> tuple[float, float, float]:
-    from sklearn.mixture import GaussianMixture
-
+def gmm(n: int, ct: str, iters: int, repeats: int) -> tuple[dict, dict, float]:
     rng = np.random.default_rng(0)
     k, d = 5, 5
     x = np.concatenate([rng.normal(size=(n // k, d)) @ rng.normal(size=(d, d)) * 0.5 + c
@@ -51,15 +43,13 @@ def gmm(n: int, ct: str, iters: int, repeats: int) -> tuple[float, float, float]
         return lvm.infer(gaussian_mixture, {"x": x, "K": k, "covariance_type": ct}, method="em",
                          init_params={"locs": means}, max_iter=iters, tol=0.0)
 
-    t_sk, ref = best_time(sk, repeats)
-    t_ours, fit = best_time(ours, repeats)
+    t, out = interleaved({"peer": sk, "ours": ours}, repeats)
+    ref, fit = out["peer"], out["ours"]
     rel = abs(fit.log_likelihood - ref.score(x) * len(x)) / abs(fit.log_likelihood)
-    return t_sk, t_ours, rel
+    return t["peer"], t["ours"], rel
 
 
-def hmm(iters: int, repeats: int, vectorized: bool) -> tuple[float, float, float]:
-    from hmmlearn.hmm import GaussianHMM
-
+def hmm(iters: int, repeats: int, vectorized: bool) -> tuple[dict, dict, float]:
     rng = np.random.default_rng(1)
     k, d, lengths = 5, 3, [1000] * 10
     seqs = [rng.normal(size=(n, d)) + np.repeat(rng.normal(scale=3, size=(n // 20 + 1, d)), 20, 0)[:n] for n in lengths]
@@ -82,10 +72,10 @@ def hmm(iters: int, repeats: int, vectorized: bool) -> tuple[float, float, float
         return lvm.infer(model, data, method="em", init_params={"locs": means, "scales": np.ones((k, d))},
                          max_iter=iters, tol=0.0, reg_covar=0.0)
 
-    t_ref, h = best_time(ref, repeats)
-    t_ours, fit = best_time(ours, repeats)
+    t, out = interleaved({"peer": ref, "ours": ours}, repeats)
+    h, fit = out["peer"], out["ours"]
     rel = abs(fit.log_likelihood - h.score(x, lengths)) / abs(fit.log_likelihood)
-    return t_ref, t_ours, rel
+    return t["peer"], t["ours"], rel
 
 
 def main() -> None:
@@ -93,23 +83,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="N=10k and fewer iterations")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    limit_threads()
     torch.set_default_dtype(torch.float64)
     warnings.simplefilter("ignore")
     n, iters = (10_000, 10) if args.quick else (100_000, 50)
-    with threadpool_limits(1):
-        print("| case | peer s | lvm.infer s | ratio | rel. diff of log-likelihood |")
-        print("|---|---|---|---|---|")
-        for ct in ("full", "diag"):
-            t_sk, t_ours, rel = gmm(n, ct, iters, args.repeats)
-            print(f"| GMM {ct}, N={n:,}, D=5, K=5, {iters} it. vs sklearn | {t_sk:.3f} | {t_ours:.3f} | "
-                  f"{t_ours / t_sk:.2f} | {rel:.1e} |")
-        hmm_iters = 5 if args.quick else 20
-        for vectorized, how in ((True, "one DiscreteHMM site"), (False, "lvm.markov, a site per step")):
-            t_ref, t_ours, rel = hmm(hmm_iters, args.repeats, vectorized)
-            print(f"| Gaussian HMM diag ({how}), 5 states, 10 x 1000, {hmm_iters} it. vs hmmlearn | {t_ref:.3f} | "
-                  f"{t_ours:.3f} | {t_ours / t_ref:.2f} | {rel:.1e} |")
+    print(f"torch {torch.__version__}, {load()}; seconds: median (min) of {args.repeats} interleaved repeats")
+    print("| case | peer s | lvm.infer s | ratio of medians | rel. diff of log-likelihood |")
+    print("|---|---|---|---|---|")
 
+    def cell(t: dict) -> str:
+        return f"{t['median']:.3f} ({t['min']:.3f})"
+
+    for ct in ("full", "diag"):
+        t_sk, t_ours, rel = gmm(n, ct, iters, args.repeats)
+        print(f"| GMM {ct}, N={n:,}, D=5, K=5, {iters} it. vs sklearn | {cell(t_sk)} | {cell(t_ours)} | "
+              f"{t_ours['median'] / t_sk['median']:.2f} | {rel:.1e} |")
+    hmm_iters = 5 if args.quick else 20
+    for vectorized, how in ((True, "one DiscreteHMM site"), (False, "lvm.markov, a site per step")):
+        t_ref, t_ours, rel = hmm(hmm_iters, args.repeats, vectorized)
+        print(f"| Gaussian HMM diag ({how}), 5 states, 10 x 1000, {hmm_iters} it. vs hmmlearn | {cell(t_ref)} | "
+              f"{cell(t_ours)} | {t_ours['median'] / t_ref['median']:.2f} | {rel:.1e} |")
 
 if __name__ == "__main__":
     main()
