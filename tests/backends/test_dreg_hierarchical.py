@@ -5,7 +5,6 @@ z2_i | z1_i ~ N(d z1_i + e, f^2), so the guide's z2 is a function of its z1 draw
 gradient must follow z2's dependence on z1 (and the dependence of q(z2 | z1) on z1) exactly once.
 """
 
-import math
 
 import pyro
 import pyro.distributions as pdist
@@ -62,9 +61,11 @@ def test_dreg_through_two_local_layers_has_the_standard_mean_and_a_lower_varianc
     se = torch.sqrt(dreg.var(0) / draws + standard.var(0) / draws)
     z = (dreg.mean(0) - standard.mean(0)).abs() / se
     ratio = standard.var(0) / dreg.var(0)
-    print("z", z, "ratio", ratio)
+    # over seeds 0, 10, 20, 30, 40 (300 draws each): mean differences 0.09-2.08 standard errors; variance ratios
+    # standard / DReG for (a, b, c) of q(z1 | x) 2.6-3.3, 5.5-6.1, 2.3-3.1, for (d, e, f) of q(z2 | z1) 10-14, 20-28,
+    # 20-28. Tolerance: 4 standard errors.
     assert (z < 4).all()
-    assert (ratio > 2).all()
+    assert (ratio[:3] > 1.5).all() and (ratio[3:] > 5).all()
 
 
 def test_dreg_in_k_passes_is_the_same_gradient(x, float64):
@@ -72,7 +73,7 @@ def test_dreg_in_k_passes_is_the_same_gradient(x, float64):
     sequential, _ = _gradients("dreg", x, 100, seed=2, vectorize=False)
     se = torch.sqrt(vectorised.var(0) / 100 + sequential.var(0) / 100)
     z = (vectorised.mean(0) - sequential.mean(0)).abs() / se
-    print("z", z)
+    # over seed pairs (1, 2), (11, 12), ..., (41, 42): 0.09-2.63 standard errors. Tolerance: 4
     assert (z < 4).all()
 
 
