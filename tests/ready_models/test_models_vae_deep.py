@@ -37,10 +37,11 @@ def test_every_variational_method_trains_the_two_layer_vae(digits, method, optio
     after = vae.log_likelihood(x_test, num_particles=50).mean()
     assert {"encoder$$$net.0.weight", "encoder2$$$net.0.weight", "prior_net$$$net.0.weight",
             "decoder$$$net.0.weight"} <= set(fit.params)
-    # measured: -44.7 nats per held-out image before; after 150 steps (seed 0) svi -22.7, meanfield -22.6, iwae
-    # -21.3, iwae with DReG -21.1
+    # over seeds 0-4 (initial weights and fit): -45.6..-44.2 nats per held-out image before; after 150 steps svi
+    # -23.4..-22.6, meanfield -23.4..-22.6, iwae -22.4..-21.3, iwae with DReG -22.2..-21.0
     assert after > before + 15
-    # every latent is local: log_evidence is the per-point IWAE bound, the helper's estimate (measured gap < 0.01)
+    # every latent is local: log_evidence is the per-point IWAE bound, the helper's estimate (|gap| <= 0.033 per
+    # image over seeds 0-4); the ladder was sorted and the largest k-hat 0.92-1.35 for every seed and method
     assert fit.log_evidence(num_particles=50, seed=0) / len(x_train) == pytest.approx(
         float(vae.log_likelihood(x_train, num_particles=50).mean()), abs=0.1)
     diagnosis = fit.diagnose(num_samples=100, ladder=(1, 10), warn=False)
