@@ -21,7 +21,9 @@ weight ``beta``) multiply their site's log-density inside the weight, as in Pyro
 reparameterised one (Tucker, Lawson, Gu and Maddison, 2018): ``sum_k wbar_ik^2 d log w_ik / d z_ik  d z_ik / d phi``
 with ``wbar`` the normalised weights of row ``i``, which drops the score term ``d log q / d phi`` at fixed ``z`` and is
 unbiased for the same gradient. The loss value and the gradients of the model's parameters and of the global sites'
-guide parameters are the standard ones.
+guide parameters are the standard ones. A local site may depend on earlier local draws (``q(z1 | x) q(z2 | z1)``):
+``d log w / d z1`` then includes ``d log q(z2 | z1) / d z1`` at fixed parameters, and ``z2``'s reparameterised
+dependence on ``z1`` is followed once (the weights act on copies of the draws that the weights and the model read).
 """
 
 from __future__ import annotations
