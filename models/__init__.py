@@ -9,6 +9,7 @@ module                 models
 ``regression``         a mixture of linear regressions (exact generic EM or SVI)
 ``topic``              ProdLDA, an amortised neural topic model, and a simulator of corpora with known topics
 ``vae``                a variational autoencoder (amortised SVI / IWAE)
+``vae_deep``           a VAE with two stochastic layers, x <- z1 <- z2 (SVI, IWAE with DReG, mean-field)
 =====================  ==========================================================================================
 
 Every model's docstring has a runnable example, and its parameters are recovered from data simulated from the model

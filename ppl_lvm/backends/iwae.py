@@ -73,7 +73,8 @@ class IWAEBackend(VariationalBackend):
             if obstacle is not None:
                 raise UnsupportedModelError(
                     f"estimator='dreg' cannot be used here: {obstacle}. DReG reweights the gradient of local guide "
-                    "sites that depend on the guide's parameters and the data only; use estimator='standard'"
+                    "sites that depend on the guide's parameters, the data and earlier local draws only; use "
+                    "estimator='standard'"
                 )
         if global_sites or estimator == "dreg":
             return VIPlan(self._local_iwae(loop.num_particles, loop.vectorize_particles, method, structure,

@@ -21,7 +21,9 @@ weight ``beta``) multiply their site's log-density inside the weight, as in Pyro
 reparameterised one (Tucker, Lawson, Gu and Maddison, 2018): ``sum_k wbar_ik^2 d log w_ik / d z_ik  d z_ik / d phi``
 with ``wbar`` the normalised weights of row ``i``, which drops the score term ``d log q / d phi`` at fixed ``z`` and is
 unbiased for the same gradient. The loss value and the gradients of the model's parameters and of the global sites'
-guide parameters are the standard ones.
+guide parameters are the standard ones. A local site may depend on earlier local draws (``q(z1 | x) q(z2 | z1)``):
+``d log w / d z1`` then includes ``d log q(z2 | z1) / d z1`` at fixed parameters, and ``z2``'s reparameterised
+dependence on ``z1`` is followed once (the weights act on copies of the draws that the weights and the model read).
 """
 
 from __future__ import annotations
@@ -63,21 +65,23 @@ def dreg_obstacle(guide_trace: poutine.Trace, data_plate: str | None) -> str | N
     """Why DReG does not apply to this guide, or ``None`` when it does.
 
     DReG needs local guide sites (inside ``data_plate``) that are reparameterised densities (not ``Delta``) whose
-    distribution depends on the guide's parameters and the data only: a local site that depends on an earlier draw
-    (a global one or another local one) would pass the reweighted gradient on to that draw. Checked by autograd.
+    distribution depends on the guide's parameters, the data and earlier *local* draws (a hierarchical guide such as
+    ``q(z1 | x) q(z2 | z1)``), not on a global draw: the global draws get the standard gradient, and a local site
+    that depends on one would pass the reweighted gradient on to it. Checked by autograd.
     """
     if data_plate is None:
         return "the model has no data plate, so no local latents to weight"
     earlier: list[tuple[str, torch.Tensor]] = []
     for name in _latent_sites(guide_trace):
         site = guide_trace.nodes[name]
-        if _in_plate(site, data_plate):
+        local = _in_plate(site, data_plate)
+        if local:
             if isinstance(site["fn"], dist.Delta) or not site["fn"].has_rsample:
                 return f"the guide's local site '{name}' is not a reparameterised density ({type(site['fn']).__name__})"
             upstream = upstream_draws(site, earlier)
             if upstream:
-                return f"the guide's local site '{name}' depends on its earlier draws {upstream}"
-        if isinstance(site["value"], torch.Tensor) and site["value"].requires_grad:
+                return f"the guide's local site '{name}' depends on its earlier global draws {upstream}"
+        elif isinstance(site["value"], torch.Tensor) and site["value"].requires_grad:
             earlier.append((name, site["value"]))
     if not any(_in_plate(guide_trace.nodes[n], data_plate) for n in _latent_sites(guide_trace)):
         return "the guide samples no local latent inside the data plate"
@@ -136,6 +140,7 @@ class LocalIWAE:
         """One pass of ``K`` (vectorised) or 1 particles: the row log-weights ``(particles, rows)``, the model's
         global log-density, and the rows' scale ``N / B``."""
         guide_trace = poutine.trace(poutine.replay(guide, trace=globals_trace)).get_trace(*args, **kwargs)
+        drawn = self._reweighted_copies(guide_trace, hooks) if self.estimator == "dreg" else {}
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
         model_trace.compute_log_prob()
         log_w: torch.Tensor | float = 0.0
@@ -155,11 +160,11 @@ class LocalIWAE:
                 if sign > 0:
                     log_p = site["unscaled_log_prob"]
                 elif self.estimator == "dreg":
-                    value = site["value"]
-                    # the path term only (the density at a fixed z has no gradient left), reweighted by the hook
-                    at_fixed = site["fn"].log_prob(value.detach())
-                    log_p = site["fn"].log_prob(value.view_as(value)) - at_fixed + at_fixed.detach()
-                    hooks.append((value, frame.dim, site["fn"].event_dim))
+                    term, earlier_parts = self._dreg_log_q(site, scale, drawn)
+                    for part, dim in earlier_parts:
+                        log_w = log_w - self._row_terms(part, dim)
+                    log_w = log_w - self._row_terms(term, frame.dim)
+                    continue
                 else:
                     log_p = site["fn"].log_prob(site["value"])
                 log_p = scale_and_mask(log_p, site["scale"] / scale, site["mask"])
@@ -167,6 +172,43 @@ class LocalIWAE:
         if not isinstance(log_w, torch.Tensor):
             log_w = torch.zeros(1, 1)
         return log_w, torch.as_tensor(model_global), row_scale
+
+    def _reweighted_copies(self, guide_trace: poutine.Trace, hooks: list) -> dict[str, tuple]:
+        """DReG: put a copy of every local draw into the trace (the model and the weights read the copy, on which the
+        reweighting hook sits), so a later draw that is a function of an earlier one (``z2 = g(z1, eps)``) passes
+        its gradient back to the earlier draw once weighted, not twice. Returns, in the guide's order, name ->
+        ``(draw, copy, data-plate dim, event dim)``."""
+        drawn: dict[str, tuple] = {}
+        for name in _latent_sites(guide_trace):
+            site = guide_trace.nodes[name]
+            frame = next((f for f in site["cond_indep_stack"] if f.name == self.data_plate), None)
+            if frame is None:
+                continue
+            copy = site["value"].clone()
+            drawn[name] = (site["value"], copy, frame.dim, site["fn"].event_dim)
+            hooks.append((copy, frame.dim, site["fn"].event_dim))
+            site["value"] = copy
+        return drawn
+
+    @staticmethod
+    def _dreg_log_q(site: dict, scale: float, drawn: dict[str, tuple]) -> tuple[torch.Tensor, list]:
+        """log q of a local guide site whose gradient is the path term only: through the draw's copy, and through
+        the earlier local draws its distribution depends on (``d log q(z2 | z1) / d z1`` at fixed parameters), never
+        through the parameters at a fixed draw (the score term). Returns the term and the earlier draws' parts."""
+        names = list(drawn)
+        copy = drawn[site["name"]][1]
+        fn = site["fn"]
+        at_fixed = scale_and_mask(fn.log_prob(copy.detach()), site["scale"] / scale, site["mask"])
+        term = scale_and_mask(fn.log_prob(copy), site["scale"] / scale, site["mask"]) - at_fixed + at_fixed.detach()
+        parts = []
+        earlier = [drawn[n] for n in names[: names.index(site["name"])] if drawn[n][0].requires_grad]
+        if earlier and at_fixed.requires_grad:
+            grads = torch.autograd.grad(at_fixed.sum(), [e[0] for e in earlier], retain_graph=True, allow_unused=True)
+            for (_, prior_copy, dim, event_dim), g in zip(earlier, grads, strict=True):
+                if g is not None:  # a linear term: no value, the gradient d log q / d z_earlier on the copy
+                    linear = g.detach() * (prior_copy - prior_copy.detach())
+                    parts.append((linear.sum(tuple(range(-event_dim, 0))) if event_dim else linear, dim))
+        return term, parts
 
     def _bound(self, model: Any, guide: Any, args: Any, kwargs: Any) -> tuple[torch.Tensor, list, torch.Tensor]:
         """The estimate of ``L_K`` (a differentiable scalar), the DReG hooks to arm, and the rows' log-weights."""

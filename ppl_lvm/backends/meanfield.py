@@ -1,7 +1,11 @@
 """``method="meanfield"``: ``TraceMeanField_ELBO`` with a guide that samples each latent site directly.
 
 The KL term of a site is analytic where ``kl_divergence(q, p)`` is registered for the pair of distributions;
-for any other site the estimator falls back to Monte Carlo, and this backend says which sites those are.
+for any other site the estimator falls back to Monte Carlo, and this backend says which sites those are. The same
+holds for a site whose prior depends on a latent the guide draws *after* it (the lower layer of a two-layer VAE,
+``p(z1 | z2)`` with the guide ``q(z1 | x) q(z2 | z1)``): ``E_q[log q(z1) - log p(z1 | z2)]`` is then no KL between
+two distributions known when ``z1`` is drawn, so its term is estimated by Monte Carlo (Pyro's ``TraceMeanField_ELBO``
+would take ``KL(q(z1) || p(z1 | z2))`` at the drawn ``z2`` regardless, which is not the ELBO).
 
 ``free_bits=lambda`` (Kingma et al. 2016, "free bits") replaces, for every latent site with an analytic KL, the KL
 of each latent dimension d averaged over the (mini)batch by ``max(lambda, KL_d)``, then scales it back to the batch
@@ -19,7 +23,7 @@ from typing import Any
 import pyro.poutine as poutine
 import torch
 from pyro.distributions.kl import kl_divergence
-from pyro.infer import TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import check_fully_reparametrized, is_validation_enabled, torch_item
 from pyro.poutine.util import site_is_subsample
 
@@ -94,9 +98,17 @@ class FreeBitsMeanField_ELBO(TraceMeanField_ELBO):
         Passed to :class:`pyro.infer.TraceMeanField_ELBO` (``num_particles``, ``max_plate_nesting``, ...).
     """
 
-    def __init__(self, free_bits: float = 0.0, **kwargs: Any):
+    def __init__(self, free_bits: float = 0.0, monte_carlo: tuple[str, ...] = (), **kwargs: Any):
         super().__init__(**kwargs)
         self.free_bits = check_free_bits(free_bits)
+        self.monte_carlo = tuple(monte_carlo)
+
+    def _get_trace(self, model, guide, args, kwargs):
+        if not self.monte_carlo:
+            return super()._get_trace(model, guide, args, kwargs)
+        # the site order differs from the model's on purpose (the backend checked which KLs hold): skip Pyro's
+        # order warning, keep its traces
+        return Trace_ELBO._get_trace(self, model, guide, args, kwargs)
 
     def _kl_term(self, name: str, guide_site: dict, model_site: dict) -> torch.Tensor | float:
         mask = guide_site["mask"]
@@ -123,6 +135,8 @@ class FreeBitsMeanField_ELBO(TraceMeanField_ELBO):
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
             try:
+                if name in self.monte_carlo:
+                    raise NotImplementedError(name)
                 elbo_particle = elbo_particle - self._kl_term(name, guide_site, model_site)
             except NotImplementedError:
                 entropy_term = guide_site["score_parts"].entropy_term
@@ -143,6 +157,35 @@ def check_free_bits(value: Any) -> float:
             f"free_bits must be a number >= 0 (nats per latent dimension, e.g. 0.25 or 0.5), got {value!r}"
         )
     return float(value)
+
+
+def drawn_later(model: Any, guide_trace: poutine.Trace, kwargs: dict) -> dict[str, list[str]]:
+    """The latent sites whose prior in ``model`` depends on latents the guide draws after them: site -> those
+    latents. Checked by autograd, with every guide draw replayed as a fresh leaf (the guide's own dependence on
+    earlier draws is allowed: a KL given earlier draws is still a closed form)."""
+    order = [name for name, site in guide_trace.nodes.items()
+             if site["type"] == "sample" and not site_is_subsample(site) and not site["is_observed"]]
+    leaves = guide_trace.copy()
+    for name in order:
+        value = leaves.nodes[name]["value"]
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            leaves.nodes[name]["value"] = value.detach().requires_grad_()
+    with torch.random.fork_rng(devices=[]), run_scope(model), torch.enable_grad():
+        model_trace = poutine.trace(poutine.replay(model, trace=leaves)).get_trace(**kwargs)
+    late: dict[str, list[str]] = {}
+    for i, name in enumerate(order):
+        later = [(n, leaves.nodes[n]["value"]) for n in order[i + 1:] if leaves.nodes[n]["value"].requires_grad]
+        site = model_trace.nodes.get(name)
+        if not later or site is None:
+            continue
+        log_p = site["fn"].log_prob(site["value"].detach())
+        if not log_p.requires_grad:
+            continue
+        grads = torch.autograd.grad(log_p.sum(), [v for _, v in later], allow_unused=True)
+        parents = [n for (n, _), g in zip(later, grads, strict=True) if g is not None]
+        if parents:
+            late[name] = parents
+    return late
 
 
 def _without_kl(problem: Problem, guide_trace: poutine.Trace, kwargs: dict) -> list[tuple[str, str, str]]:
@@ -185,14 +228,19 @@ class MeanFieldBackend(VariationalBackend):
         if policy not in ("warn", "error"):
             raise ValueError(f"on_missing_kl must be 'warn' or 'error', got {policy!r}")
         missing = _without_kl(problem, guide_trace, problem.data.kwargs)
-        if missing:
+        late = drawn_later(problem.model, guide_trace, problem.data.kwargs)
+        missing = [m for m in missing if m[0] not in late]
+        if missing or late:
             lines = "; ".join(
-                f"site '{n}' ({problem.structure.location(n)}): no KL({q} || {p})" for n, q, p in missing
+                [f"site '{n}' ({problem.structure.location(n)}): no KL({q} || {p})" for n, q, p in missing]
+                + [f"site '{n}' ({problem.structure.location(n)}): its prior depends on {parents}, which the guide "
+                   "draws after it (and from it), so its KL term has no closed form" for n, parents in late.items()]
             )
             text = (
                 f"no analytic KL for {lines}. Those sites use a Monte Carlo KL estimate. For an analytic KL give "
                 "the site a distribution whose KL to the guide's is registered (e.g. Normal prior with the "
-                "'normal' guide on a real-valued site)."
+                "'normal' guide on a real-valued site)"
+                + (", and a prior that depends on latents the guide draws before the site." if late else ".")
             )
             if policy == "error":
                 raise UnsupportedModelError(text)
@@ -202,18 +250,28 @@ class MeanFieldBackend(VariationalBackend):
             vectorize_particles=loop.vectorize_particles,
             max_plate_nesting=problem.structure.max_plate_nesting,
         )
-        if "free_bits" in method:
-            elbo = FreeBitsMeanField_ELBO(free_bits=method["free_bits"], **common)
+        if "free_bits" in method or late:
+            elbo = FreeBitsMeanField_ELBO(free_bits=method.get("free_bits", 0.0), monte_carlo=tuple(late), **common)
         else:
             elbo = TraceMeanField_ELBO(**common)
         return VIPlan(elbo, problem.model, guide, guide_name, [])
 
     def bound_estimator(self, outcome: Any) -> Any:
-        """The ELBO with analytic KL terms (without ``free_bits``, which make the loss no bound)."""
+        """The ELBO with analytic KL terms (without ``free_bits``, which make the loss no bound), Monte Carlo ones
+        for the sites whose prior depends on a later guide draw."""
         options = outcome.options
-        return TraceMeanField_ELBO(num_particles=int(options.get("num_particles", 1)),
-                                   vectorize_particles=bool(options.get("vectorize_particles", True)),
-                                   max_plate_nesting=outcome.structure.max_plate_nesting)
+        common = dict(num_particles=int(options.get("num_particles", 1)),
+                      vectorize_particles=bool(options.get("vectorize_particles", True)),
+                      max_plate_nesting=outcome.structure.max_plate_nesting)
+        late: dict[str, list[str]] = {}
+        if outcome.model is not None:
+            with outcome.activated(), torch.random.fork_rng(devices=[]):
+                with run_scope(outcome.guide):
+                    trace = poutine.trace(outcome.guide).get_trace(**outcome.data.kwargs)
+                late = drawn_later(outcome.model, trace, outcome.data.kwargs)
+        if late:
+            return FreeBitsMeanField_ELBO(0.0, monte_carlo=tuple(late), **common)
+        return TraceMeanField_ELBO(**common)
 
 
 MEANFIELD = MeanFieldBackend()

@@ -218,6 +218,15 @@ def log_evidence(fit: Outcome, num_particles: int = 1000, seed: int | None = Non
 
     Exact (no sampling) when every latent is discrete and enumerated. With continuous latents it is the IWAE
     bound with the guide as proposal: below log p(x), tighter as K grows.
+
+    When the guide also samples global latents (outside the data plate), each of the K importance samples is a draw of
+    everything, the globals and every row's locals, and its weight is a product over the whole data set: the *joint*
+    bound (Pyro's ``RenyiELBO``). It tends to log p(x) as K grows, but slowly when there are many rows. This is not
+    the per-data-point bound that ``method="iwae"`` optimises for such a model (:class:`~ppl_lvm.backends.local_iwae.
+    LocalIWAE`, reported as ``result.elbo``): that one is far tighter at the same K, but as K grows it tends to
+    ``E_q(theta)[log p(theta) p(x | theta) / q(theta)]``, below log p(x) by ``KL(q(theta) || p(theta | x))``, so it
+    is no estimate of log p(x). Both are lower bounds (tests/backends/test_local_iwae_models.py checks them against
+    brute-force log-evidences).
     """
     check_count("num_particles", num_particles)
     nesting = fit.structure.max_plate_nesting

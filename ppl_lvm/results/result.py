@@ -114,7 +114,9 @@ class Result(Outcome):
 
         Exact (no sampling) when every latent is discrete and enumerated. With continuous latents it is the IWAE
         bound with the guide as proposal: below log p(x), tighter as K grows, summed over data points when every
-        latent is local.
+        latent is local. With global latents it is the joint bound over the whole data set, which tends to log p(x)
+        but slowly, not the per-point bound an ``iwae`` fit optimises (see
+        :func:`ppl_lvm.posterior.queries.log_evidence`).
         """
         return queries.log_evidence(self, num_particles, seed)
 

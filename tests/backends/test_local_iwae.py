@@ -131,7 +131,7 @@ def test_dreg_obstacles(x):
     trace = pyro.poutine.trace(_guide).get_trace(x)
     assert dreg_obstacle(trace, "data") is None
     trace = pyro.poutine.trace(_guide).get_trace(x, mu_in_z=True)
-    assert dreg_obstacle(trace, "data") == "the guide's local site 'z' depends on its earlier draws ['mu']"
+    assert dreg_obstacle(trace, "data") == "the guide's local site 'z' depends on its earlier global draws ['mu']"
 
 
 # ---------------------------------------------------------------------------------------------- through lvm.infer
@@ -203,7 +203,7 @@ def test_estimator_option_of_iwae_and_renyi_is_checked():
     with pytest.raises(ValueError, match="method='renyi' has no such estimator"):
         lvm.infer(hierarchical, x, method="renyi", steps=2, estimator="dreg")
     with pytest.raises(lvm.UnsupportedModelError,
-                       match=r"estimator='dreg' cannot be used here: the guide's local site 'z' depends on its earlier "
+                       match=r"estimator='dreg' cannot be used here: the guide's local site 'z' depends on its earlier global "
                              r"draws \['mu'\]"):
         lvm.infer(hierarchical, x, method="iwae", guide=guide_with_mu_in_z, steps=2, estimator="dreg")
     with pytest.raises(lvm.UnsupportedModelError, match="the guide samples no local latent inside the data plate"):
