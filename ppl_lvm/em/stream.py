@@ -7,6 +7,7 @@ whole sequences. :meth:`Chunks.shard` gives one rank of a data-parallel fit its 
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -59,6 +60,31 @@ class NpyFile:
         return values.reshape((max(stop - start, 0),) + tuple(self.shape[1:]))
 
 
+class _MappedPages:
+    """Hands the pages of a chunk read from a ``numpy.memmap`` back to the kernel (``madvise(MADV_DONTNEED)``).
+
+    The pages of a memory map that were read count in the process's resident memory until the kernel reclaims
+    them; releasing each chunk's pages once it is copied keeps resident memory at one chunk (the pages stay in
+    the page cache, so a second pass over a file that fits there reads no disk). Only read-only and shared
+    writable maps (``mode`` "r", "r+"): a copy-on-write map (``mode="c"``) would lose its changes.
+    """
+
+    def __init__(self, array: Any) -> None:
+        mapped = getattr(array, "_mmap", None)
+        self._map = mapped if isinstance(array, np.memmap) and array.mode in ("r", "r+") and hasattr(
+            mmap, "MADV_DONTNEED") and isinstance(mapped, mmap.mmap) else None
+        if self._map is not None:
+            self._start = np.frombuffer(self._map, dtype=np.uint8).ctypes.data  # the map's first byte
+
+    def release(self, view: np.ndarray) -> None:
+        if self._map is None or view.size == 0:
+            return
+        lo = view.ctypes.data - self._start
+        hi = min(lo + view.nbytes, len(self._map))
+        lo -= lo % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 def _as_chunk(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -81,6 +107,7 @@ class Chunks:
         self._array, self.chunk_size, self._pieces, self._factory = array, chunk_size, pieces, factory
         self._transform = transform
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self._pages = _MappedPages(array)
         if array is not None:
             total = int(array.shape[0])
             if self._lengths is not None:
@@ -127,7 +154,7 @@ class Chunks:
         if self._lengths is None:
             start, stop = self._rows
             for lo in range(start, stop, size):
-                yield _as_chunk(self._array[lo : min(lo + size, stop)]), None
+                yield self._read(lo, min(lo + size, stop)), None
             return
         first, last = self._seq
         seq = first
@@ -136,8 +163,14 @@ class Chunks:
             while end < last and self._offsets[end + 1] - self._offsets[seq] <= size:
                 end += 1
             lo, hi = int(self._offsets[seq]), int(self._offsets[end])
-            yield _as_chunk(self._array[lo:hi]), self._lengths[seq:end].tolist()
+            yield self._read(lo, hi), self._lengths[seq:end].tolist()
             seq = end
+
+    def _read(self, lo: int, hi: int) -> torch.Tensor:
+        view = self._array[lo:hi]
+        chunk = _as_chunk(view)
+        self._pages.release(view)
+        return chunk
 
     def _like(self, **changes: Any) -> Chunks:
         spec = {"array": self._array, "chunk_size": self.chunk_size, "lengths": self._lengths,
