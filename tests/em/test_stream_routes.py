@@ -26,8 +26,9 @@ def _same(streamed, in_memory) -> None:
     assert streamed.n_samples == in_memory.n_samples
     assert streamed.bic() == pytest.approx(in_memory.bic(), rel=RTOL)
     for name, value in in_memory.params.items():
-        np.testing.assert_allclose(streamed.params[name].numpy(), value.numpy(), rtol=RTOL,
-                                   atol=RTOL * float(value.abs().max()), err_msg=name)
+        np.testing.assert_allclose(
+            streamed.params[name].numpy(), value.numpy(), rtol=RTOL, atol=RTOL * float(value.abs().max()), err_msg=name
+        )
 
 
 # ---------------------------------------------------------------------------------------------- chains
@@ -38,8 +39,11 @@ def _symbol_sequences(seed: int = 4, n_seq: int = 30) -> list[np.ndarray]:
 
 def _chain_start() -> dict:
     emission = np.random.default_rng(9).dirichlet(np.ones(4), 3)
-    return {"start": np.ones(3) / 3, "trans": np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]),
-            "emission": emission}
+    return {
+        "start": np.ones(3) / 3,
+        "trans": np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.4]]),
+        "emission": emission,
+    }
 
 
 def test_categorical_chain_of_sequences_of_different_lengths_streams_like_in_memory(float64):
@@ -53,16 +57,19 @@ def test_categorical_chain_of_sequences_of_different_lengths_streams_like_in_mem
     assert in_memory.closed_form
     # one array of sequences back to back (hmmlearn's layout) with lengths; a list of sequences; a function
     # yielding them afresh for every pass: chunks of whole sequences, at most 100 rows each
-    streams = [lvm.chunks(np.concatenate(sequences), 100, lengths=lengths),
-               lvm.chunks(sequences, 100, sequences=True),
-               lvm.chunks(lambda: iter(sequences), 100, sequences=True)]
+    streams = [
+        lvm.chunks(np.concatenate(sequences), 100, lengths=lengths),
+        lvm.chunks(sequences, 100, sequences=True),
+        lvm.chunks(lambda: iter(sequences), 100, sequences=True),
+    ]
     for stream in streams:
         streamed = lvm.infer(categorical_hmm, {"x": stream, "K": 3, "n_symbols": 4}, **options)
         assert streamed.closed_form
         _same(streamed, in_memory)
         assert streamed.responsibilities == {}  # the (N, K) state posteriors of data never held at once
-    more = lvm.infer(categorical_hmm, {"x": streams[1], "K": 3, "n_symbols": 4},
-                     **{**options, "max_iter": 5}).fit_more(max_iter=10)
+    more = lvm.infer(categorical_hmm, {"x": streams[1], "K": 3, "n_symbols": 4}, **{**options, "max_iter": 5}).fit_more(
+        max_iter=10
+    )
     for name, value in in_memory.params.items():
         np.testing.assert_allclose(more.params[name].numpy(), value.numpy(), rtol=RTOL, atol=RTOL)
 
@@ -75,8 +82,12 @@ def test_gaussian_chain_streams_from_a_memory_mapped_file(tmp_path, float64):
     levels = np.repeat(rng.normal(scale=3, size=(int(lengths.sum()) // 6 + 1, 2)), 6, 0)[: int(lengths.sum())]
     rows = rng.normal(size=(int(lengths.sum()), 2)) + levels
     np.save(tmp_path / "rows.npy", rows)
-    start = {"start": np.ones(2) / 2, "trans": np.full((2, 2), 0.5), "locs": np.array([[-1.0, 0.0], [1.0, 0.5]]),
-             "scales": np.ones((2, 2)) * 2}
+    start = {
+        "start": np.ones(2) / 2,
+        "trans": np.full((2, 2), 0.5),
+        "locs": np.array([[-1.0, 0.0], [1.0, 0.5]]),
+        "scales": np.ones((2, 2)) * 2,
+    }
     options = {"method": "em", "init_params": start, "max_iter": 10, "tol": None}
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     x, padded = pad_sequences([torch.tensor(rows[a:b]) for a, b in zip(offsets[:-1], offsets[1:], strict=True)])
@@ -139,8 +150,12 @@ def test_generic_route_streams_q_and_its_gradient_like_in_memory(tmp_path, float
 def test_streams_the_generic_route_cannot_read_are_refused(float64):
     X, y = _regression_data(20)
     with pytest.raises(ValueError, match="chunk 1 of the data read chunk by chunk has different numbers of rows"):
-        lvm.infer(poisson_regressions, {"X": lvm.chunks(X, 10), "y": lvm.chunks([y[:10], y[10:14], y[14:]])},
-                  method="em", max_iter=1)
+        lvm.infer(
+            poisson_regressions,
+            {"X": lvm.chunks(X, 10), "y": lvm.chunks([y[:10], y[10:14], y[14:]])},
+            method="em",
+            max_iter=1,
+        )
     with pytest.raises(ValueError, match=r"\['y'\] end after 1 chunks"):
         lvm.infer(poisson_regressions, {"X": lvm.chunks(X, 10), "y": lvm.chunks([y[:10]])}, method="em", max_iter=1)
 
@@ -173,15 +188,17 @@ def test_sequences_go_to_chains_only(float64):
             lvm.observe(dist.Normal(locs[z], 1.0), x[0])
 
     with pytest.raises(lvm.UnsupportedModelError, match="hidden Markov chain written with lvm.markov"):
-        lvm.infer(sequences_as_rows, {"x": lvm.chunks([s[:, 0] for s in sequences], 10, sequences=True)},
-                  method="em")
+        lvm.infer(sequences_as_rows, {"x": lvm.chunks([s[:, 0] for s in sequences], 10, sequences=True)}, method="em")
     with pytest.raises(lvm.UnsupportedModelError, match="one DiscreteHMM site"):
         lvm.infer(gaussian_hmm_vectorized, {"x": lvm.chunks(sequences, 10, sequences=True), "K": 2}, method="em")
     symbols = _symbol_sequences(n_seq=4)
     with pytest.raises(lvm.DataError, match="chunk 1 of the data.*number of symbols"):
         # the model sizes its emissions from the first sequence unless told the number of symbols
-        lvm.infer(categorical_hmm, {"x": lvm.chunks([np.zeros(5, dtype=np.int64)] + symbols, 10, sequences=True),
-                                    "K": 2}, method="em")
+        lvm.infer(
+            categorical_hmm,
+            {"x": lvm.chunks([np.zeros(5, dtype=np.int64)] + symbols, 10, sequences=True), "K": 2},
+            method="em",
+        )
     with pytest.raises(ValueError, match="drop lengths"):
         lvm.chunks(sequences, 10, lengths=[8, 8, 8], sequences=True)
     with pytest.raises(ValueError, match="sequence 1 has no steps"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
 import pyro
 import pyro.poutine as poutine
 import torch
@@ -48,8 +49,11 @@ def _check_chunk(estep: EStep, index: int, rows: int) -> None:
         raise UnsupportedModelError(
             "data read chunk by chunk need a model whose log-likelihood is a sum over the points of its data plate "
             "(every latent inside that plate); this model has "
-            + ("no plate around its observations" if estep.data_plate is None else
-               f"a latent outside its data plate '{estep.data_plate}' that couples the points")
+            + (
+                "no plate around its observations"
+                if estep.data_plate is None
+                else f"a latent outside its data plate '{estep.data_plate}' that couples the points"
+            )
             + ". Pass the data in memory"
         )
     if estep.n_data != rows:
@@ -59,8 +63,9 @@ def _check_chunk(estep: EStep, index: int, rows: int) -> None:
         )
 
 
-def e_step_pass(model: Callable, data: ModelChunks, max_plate_nesting: int,
-                data_plate: str | None = None) -> DataLikelihood:
+def e_step_pass(
+    model: Callable, data: ModelChunks, max_plate_nesting: int, data_plate: str | None = None
+) -> DataLikelihood:
     """The E-step at the store's parameters over every chunk (see the module docstring)."""
     if not data.streamed:
         estep = e_step(model, data.kwargs, max_plate_nesting, max_bytes=None, data_plate=data_plate)
@@ -81,8 +86,7 @@ def e_step_pass(model: Callable, data: ModelChunks, max_plate_nesting: int,
     return DataLikelihood(float(total["log_likelihood"]), int(total["n"].item()), state["plate"], None)
 
 
-def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood
-                ) -> Objective:
+def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood) -> Objective:
     """``objective(scale)`` of the M-step (:data:`~ppl_lvm.em.generic.mstep.Objective`) at this iteration's old
     parameters: the store's values now, before the optimiser moves them."""
     if not data.streamed:
@@ -105,8 +109,9 @@ def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, like
 
         def part(index: int, kwargs: dict, rows: int | None) -> dict[str, torch.Tensor]:
             marginals = e_step(at_old, kwargs, max_plate_nesting, max_bytes=None, data_plate=plate).marginals
-            q = expected_complete_log_likelihood(model, kwargs, max_plate_nesting, marginals,
-                                                 outside_plate=None if first[0] else plate)
+            q = expected_complete_log_likelihood(
+                model, kwargs, max_plate_nesting, marginals, outside_plate=None if first[0] else plate
+            )
             first[0] = False
             if scale is not None and q.requires_grad:
                 (-q / scale).backward()
@@ -115,4 +120,3 @@ def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, like
         return data.total(part)["q"]
 
     return streamed
-
