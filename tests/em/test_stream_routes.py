@@ -1,9 +1,10 @@
 """Streamed EM through ``lvm.infer`` on the chain and generic routes: the numbers of in-memory EM.
 
 Exact EM from the same start is deterministic, so float64 results agree to rounding; 1e-10 relative is the
-contract. Measured: categorical chain, history and parameters within ~1.3e-15 (absolute, values of order 1);
-generic route (mixture of Poisson regressions, L-BFGS M-steps), history within ~5e-17 relative, parameters within
-~2e-15 relative. No random draws or optimiser-dependent tolerances: one start suffices.
+contract. Measured over 5 data seeds (0-4; relative to the largest value): categorical chain, history within
+3.1e-16 and parameters within 1.2e-15; generic route (mixture of Poisson regressions, L-BFGS M-steps: the
+optimiser sees the same numbers to rounding, so it takes the same steps), history within 1.9e-16 and parameters
+within 5.7e-16. The tests below use seed 0.
 """
 
 from __future__ import annotations
