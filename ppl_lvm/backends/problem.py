@@ -102,7 +102,8 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
         raise DataError(
             f"{model.__name__}() failed on the first sequence of {sorted(sequence_streams)} (data read as whole "
             "sequences, lvm.chunks with lengths or sequences=True, reach the model as a batch of one padded "
-            "sequence, shape (1, T, ...), the layout of a hidden Markov chain model); for a model of rows pass "
+            "sequence, shape (1, T, ...), the layout of a hidden Markov chain model). The chunks carry the "
+            "sequences' lengths: leave a lengths argument of the model out. For a model of rows pass "
             f"lvm.chunks(x, chunk_size) without lengths. The model said: {exc}"
         ) from exc
     return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,

@@ -177,7 +177,7 @@ def test_sequences_go_to_chains_only(float64):
     from ppl_lvm.models.mixtures import gaussian_mixture
 
     sequences = [np.random.default_rng(0).normal(size=(8, 2)) for _ in range(3)]
-    with pytest.raises(lvm.DataError, match="for a model of rows pass lvm.chunks"):
+    with pytest.raises(lvm.DataError, match="For a model of rows pass lvm.chunks"):
         lvm.infer(gaussian_mixture, {"x": lvm.chunks(sequences, 10, sequences=True), "K": 2}, method="em")
 
     @lvm.model
