@@ -6,9 +6,14 @@ Every configuration runs in its own process (one thread per process), so that it
 (``init_params`` by value, scikit-learn's ``means_init`` / ``precisions_init`` / ``weights_init``) with ``tol``
 disabled. The data are written to a ``.npy`` file first (in blocks, never held at once by the writer).
 
+``--mmap`` streams from ``np.load(path, mmap_mode="r")`` (a memory map; each chunk's pages are released once
+copied) instead of the path (plain file reads); ``--dtype float32`` writes the file in float32; ``--iters`` sets the
+iterations. "peak RSS" is the process's whole peak resident memory (``VmHWM``, imports included).
+
 Usage::
 
     PYTHONPATH=. python bench/bench_scale.py [--n 1000000] [--chunk 65536] [--skip sklearn,memory,stream,torchrun]
+        [--mmap] [--dtype float64] [--iters 20]
 """
 
 from __future__ import annotations
@@ -32,29 +37,39 @@ def _status_mb(field: str) -> float:
     return int(line.split()[1]) / 1024.0  # kB
 
 
+_PEAK_BEFORE_RESET = [0.0]
+
+
 def _reset_peak() -> float:
-    """Reset the process's peak resident memory (Linux ``clear_refs``) and return the resident memory now."""
+    """Reset the process's peak resident memory (Linux ``clear_refs``) and return the resident memory now.
+
+    The peak so far (the imports') is kept for the whole-process peak, ``max(that, VmHWM at the end)``: the
+    process's own memory map's high-water mark. (``ru_maxrss`` would not do: Linux carries the parent's peak
+    over ``fork`` and ``exec``, and the parent has just written the data file through a memory map.)
+    """
+    _PEAK_BEFORE_RESET[0] = _status_mb("VmHWM")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     return _status_mb("VmRSS")
 
 
-def write_data(path: str, n: int) -> None:
+def write_data(path: str, n: int, dtype: str = "float64") -> None:
     rng = np.random.default_rng(0)
     centres = rng.normal(scale=4.0, size=(K, D))
-    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(n, D))
+    out = np.lib.format.open_memmap(path, mode="w+", dtype=np.dtype(dtype), shape=(n, D))
     for lo in range(0, n, 1_000_000):
         m = min(1_000_000, n - lo)
         out[lo : lo + m] = centres[rng.integers(0, K, m)] + rng.normal(size=(m, D))
     out.flush()
+    del out
 
 
 def start(path: str) -> dict:
     x = np.load(path, mmap_mode="r")
-    return {"locs": np.array(x[:K * 1000 : 1000]), "scales": np.ones((K, D))}
+    return {"locs": np.array(x[:K * 1000 : 1000], dtype=np.float64), "scales": np.ones((K, D))}
 
 
-def run_config(kind: str, path: str, chunk: int) -> dict:
+def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -71,7 +86,7 @@ def run_config(kind: str, path: str, chunk: int) -> dict:
         t0 = time.perf_counter()
         if kind == "sklearn":
             x = np.load(path)
-            gm = GaussianMixture(K, covariance_type="diag", max_iter=ITERS, tol=0.0, reg_covar=1e-6,
+            gm = GaussianMixture(K, covariance_type="diag", max_iter=iters, tol=0.0, reg_covar=1e-6,
                                  means_init=init["locs"], precisions_init=1.0 / init["scales"] ** 2,
                                  weights_init=np.ones(K) / K)
             import warnings
@@ -84,7 +99,7 @@ def run_config(kind: str, path: str, chunk: int) -> dict:
             if kind == "memory":
                 x = torch.from_numpy(np.load(path))
             elif kind == "stream":
-                x = lvm.chunks(path, chunk)
+                x = lvm.chunks(np.load(path, mmap_mode="r") if mmap else path, chunk)
             else:  # a torchrun rank: its contiguous range of the memory-mapped file
                 import torch.distributed as dist
 
@@ -95,27 +110,30 @@ def run_config(kind: str, path: str, chunk: int) -> dict:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = lvm.infer(gaussian_mixture, {"x": x, "K": K, "covariance_type": "diag"}, method="em",
-                                init_params=init, max_iter=ITERS, tol=None, distributed=kind == "rank")
+                                init_params=init, max_iter=iters, tol=None, distributed=kind == "rank")
             ll = fit.log_likelihood / fit.n_samples
         seconds = time.perf_counter() - t0
-    return {"kind": kind, "seconds": seconds, "extra_peak_mb": _status_mb("VmHWM") - base, "ll_per_point": ll}
+    return {"kind": kind, "seconds": seconds, "extra_peak_mb": _status_mb("VmHWM") - base, "ll_per_point": ll,
+            "peak_rss_mb": max(_PEAK_BEFORE_RESET[0], _status_mb("VmHWM"))}
 
 
-def _child(kind: str, path: str, chunk: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", path, "--chunk", str(chunk)],
+def _child(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", path, "--chunk", str(chunk),
+                          "--iters", str(iters)] + (["--mmap"] if mmap else []),
                          capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _torchrun(path: str, chunk: int) -> dict:
+def _torchrun(path: str, chunk: int, iters: int = ITERS) -> dict:
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          __file__, "--child", "rank", "--path", path, "--chunk", str(chunk)],
+                          __file__, "--child", "rank", "--path", path, "--chunk", str(chunk), "--iters", str(iters)],
                          capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     wall = time.perf_counter() - t0
     ranks = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     return {"kind": "torchrun x2", "seconds": max(r["seconds"] for r in ranks), "wall_with_start_s": wall,
-            "extra_peak_mb": max(r["extra_peak_mb"] for r in ranks), "ll_per_point": ranks[0]["ll_per_point"]}
+            "extra_peak_mb": max(r["extra_peak_mb"] for r in ranks), "ll_per_point": ranks[0]["ll_per_point"],
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in ranks)}
 
 
 def main() -> None:
@@ -125,26 +143,33 @@ def main() -> None:
     parser.add_argument("--skip", default="")
     parser.add_argument("--child")
     parser.add_argument("--path")
+    parser.add_argument("--mmap", action="store_true")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--iters", type=int, default=ITERS)
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_config(args.child, args.path, args.chunk)))
+        print(json.dumps(run_config(args.child, args.path, args.chunk, args.mmap, args.iters)))
         return
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "x.npy")
-        write_data(path, args.n)
-        size_mb = args.n * D * 8 / 2**20
-        rows = [_child(kind, path, args.chunk) for kind in ("sklearn", "memory", "stream") if kind not in skip]
+        t0 = time.perf_counter()
+        write_data(path, args.n, args.dtype)
+        print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
+        size_mb = args.n * D * np.dtype(args.dtype).itemsize / 2**20
+        rows = [_child(kind, path, args.chunk, args.mmap, args.iters) for kind in ("sklearn", "memory", "stream")
+                if kind not in skip]
         if "torchrun" not in skip:
-            rows.append(_torchrun(path, args.chunk))
+            rows.append(_torchrun(path, args.chunk, args.iters))
     ref = next((r for r in rows if r["kind"] == "sklearn"), None)
-    print(f"N={args.n:,} D={D} K={K}, {ITERS} iterations, data {size_mb:.0f} MB, chunk {args.chunk:,} rows")
-    print("| route | seconds | vs sklearn | extra peak MB | x data | LL per point |")
-    print("|---|---|---|---|---|---|")
+    print(f"N={args.n:,} D={D} K={K}, {args.iters} iterations, data {size_mb:.0f} MB ({args.dtype}), chunk "
+          f"{args.chunk:,} rows, streamed from {'a memory map' if args.mmap else 'the path (file reads)'}")
+    print("| route | seconds | vs sklearn | extra peak MB | x data | peak RSS MB | LL per point |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
         print(f"| {r['kind']} | {r['seconds']:.2f} | {ratio} | {r['extra_peak_mb']:.0f} | "
-              f"{r['extra_peak_mb'] / size_mb:.2f} | {r['ll_per_point']:.10f} |")
+              f"{r['extra_peak_mb'] / size_mb:.2f} | {r['peak_rss_mb']:.0f} | {r['ll_per_point']:.10f} |")
     two = next((r for r in rows if r["kind"] == "torchrun x2"), None)
     stream = next((r for r in rows if r["kind"] == "stream"), None)
     if two and stream:

@@ -25,7 +25,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
-from ..em.accumulate import Reducer, Source
+from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
@@ -222,22 +222,37 @@ def _check_enumerable(structure: Any) -> None:
             )
 
 
-def _check_streams(streams: dict, pattern: Any) -> None:
-    """Data read chunk by chunk are fitted on the route that sums statistics: a recognised mixture's data only."""
+def _check_streams(problem: Problem, pattern: Any) -> None:
+    """Which data may be read chunk by chunk on each route (see :mod:`ppl_lvm.em.stream`)."""
+    streams = problem.streams
     if not streams:
         return
     names = sorted(streams)
-    if pattern is None:
+    sequences = sorted(problem.sequence_streams)
+    chain = pattern is not None and hasattr(pattern, "trans")
+    if sequences and not chain:
         raise UnsupportedModelError(
-            f"data read chunk by chunk (lvm.chunks: {names}) need the closed-form EM route (a recognised mixture); "
-            "this model runs the generic EM route, whose E-step needs all the data at once. Pass the data in memory."
+            f"data read chunk by chunk as sequences (lvm.chunks with lengths or sequences=True: {sequences}) are "
+            "fitted by a hidden Markov chain written with lvm.markov; this model is not one. Pass the rows without "
+            "lengths (lvm.chunks(x, chunk_size))"
         )
-    if hasattr(pattern, "trans"):
-        raise UnsupportedModelError(
-            f"data read chunk by chunk (lvm.chunks: {names}) are fitted through lvm.infer for recognised mixtures; "
-            "for a hidden Markov chain stream the sequences into the kernel: "
-            "ppl_lvm.em.hmm.fit_hmm(lvm.chunks(x, chunk_size, lengths=lengths), None, family, start)"
-        )
+    if pattern is None:  # the generic route reads every streamed argument side by side (ModelChunks)
+        return
+    if chain:
+        if not pattern.latents:
+            raise UnsupportedModelError(
+                f"data read chunk by chunk (lvm.chunks: {names}) are fitted for a hidden Markov chain written with "
+                "lvm.markov (one latent per step, e.g. ppl_lvm.models.hmm.gaussian_hmm); this chain is one "
+                "DiscreteHMM site, whose sequences share one length. Write it with lvm.markov, or pass the data "
+                "in memory"
+            )
+        if len(names) != 1 or sequences != names:
+            raise UnsupportedModelError(
+                f"a hidden Markov chain reads one argument chunk by chunk, its observed sequences, given as "
+                f"lvm.chunks(x, chunk_size, lengths=lengths) or lvm.chunks(list_of_sequences, chunk_size, "
+                f"sequences=True); got {names} (as sequences: {sequences})"
+            )
+        return
     if names != [pattern.data_argument]:
         raise UnsupportedModelError(
             f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
@@ -257,7 +272,7 @@ def _write_init_values(store: Any, values: dict) -> None:
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
-    accepts_chunks = True  # a recognised mixture's data may be lvm.chunks (read chunk by chunk)
+    accepts_chunks = True  # a recognised mixture's or chain's data may be lvm.chunks (read chunk by chunk)
 
     def fit(self, problem: Problem) -> EMOutcome:
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
@@ -286,7 +301,7 @@ class EMBackend(Backend):
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
                 return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
-            _check_streams(problem.streams, pattern)
+            _check_streams(problem, pattern)
             if pattern is not None:
                 options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
             else:
@@ -313,7 +328,10 @@ class EMBackend(Backend):
                                         "drop online=True (batch EM)")
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         reducer = Reducer(opts.distributed)
-        if chain:
+        if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
+            stream = next(iter(streams.values()))
+            source = chain_source(pattern.family, stream.transformed(pattern.step_rows), reducer=reducer)
+        elif chain:
             source = chain_source(pattern.family, x, [int(v) for v in pattern.lengths], reducer=reducer)
         elif streams:
             source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
@@ -334,7 +352,8 @@ class EMBackend(Backend):
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
         check_enumeration_size(model, kwargs, structure.max_plate_nesting, opts.max_bytes)  # once, not per restart
-        return options, generic_fit(model, kwargs, structure, initial, options, callback)
+        data = ModelChunks(kwargs, problem.streams) if problem.streams else None
+        return options, generic_fit(model, kwargs, structure, initial, options, callback, data)
 
 
 EM = EMBackend()

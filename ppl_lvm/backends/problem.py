@@ -15,7 +15,7 @@ import torch
 
 from ..data import BoundData, bind_data, to_tensor
 from ..em.stream import Chunks
-from ..errors import DataError, DataWarning
+from ..errors import DataError, DataWarning, ModelCheckError
 from ..model import Model, check_model
 from ..structure import ModelStructure
 
@@ -44,6 +44,9 @@ class Problem:
     #: arguments given as :func:`~ppl_lvm.em.stream.chunks` (data read chunk by chunk); ``data`` holds their first
     #: chunk, on which the model is inspected and recognised
     streams: dict[str, Chunks] = field(default_factory=dict)
+    #: the streams whose chunks carry whole sequences (``lvm.chunks`` with ``lengths`` or ``sequences=True``);
+    #: ``data`` holds their first sequence in the padded layout of one sequence, shape ``(1, T_0, ...)``
+    sequence_streams: frozenset[str] = frozenset()
 
 
 def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]) -> ModelStructure:
@@ -90,21 +93,42 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
     if missing:
         raise DataError(f"{model.__name__}() needs argument(s) {missing}; pass them in data (a dict by name)")
     parsed = backend.parse_options(options)  # before the (possibly slow) prototype run
-    streams = _first_chunks(backend, kwargs)
-    structure = _convert_integer_data(model, bound, kwargs)
+    streams, sequence_streams = _first_chunks(backend, kwargs)
+    try:
+        structure = _convert_integer_data(model, bound, kwargs)
+    except (ModelCheckError, ValueError, RuntimeError) as exc:
+        if not sequence_streams:
+            raise
+        raise DataError(
+            f"{model.__name__}() failed on the first sequence of {sorted(sequence_streams)} (data read as whole "
+            "sequences, lvm.chunks with lengths or sequences=True, reach the model as a batch of one padded "
+            "sequence, shape (1, T, ...), the layout of a hidden Markov chain model). The chunks carry the "
+            "sequences' lengths: leave a lengths argument of the model out. For a model of rows pass "
+            f"lvm.chunks(x, chunk_size) without lengths. The model said: {exc}"
+        ) from exc
     return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,
-                   init_state=init_state, options=options, parsed_options=parsed, streams=streams)
+                   init_state=init_state, options=options, parsed_options=parsed, streams=streams,
+                   sequence_streams=sequence_streams)
 
 
-def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> dict[str, Chunks]:
-    """Arguments read chunk by chunk: replaced in ``kwargs`` by their first chunk (the model's prototype runs on it)."""
+def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Chunks], frozenset[str]]:
+    """Arguments read chunk by chunk: replaced in ``kwargs`` by their first chunk (the model's prototype runs on it).
+
+    A stream of sequences is replaced by its first sequence as a batch of one, ``(1, T_0, ...)``: the layout of a
+    chain model's padded ``(B, T, ...)`` argument, with no padding to mask.
+    """
     streams = {name: value for name, value in kwargs.items() if isinstance(value, Chunks)}
     if streams and not getattr(backend, "accepts_chunks", False):
         raise TypeError(f"data read chunk by chunk (lvm.chunks, argument(s) {sorted(streams)}) are fitted by "
-                        f"method='em' only (the closed-form route); method {backend.name!r} needs the data in memory")
+                        f"method='em' only; method {backend.name!r} needs the data in memory")
+    sequence_streams = set()
     for name, stream in streams.items():
-        first = next((x for x, _ in stream if x.shape[0]), None)
+        first = next(((x, lengths) for x, lengths in stream if x.shape[0]), None)
         if first is None:
             raise DataError(f"data '{name}' (lvm.chunks) gave no rows; pass at least one data point")
-        kwargs[name] = to_tensor(first, name)
-    return streams
+        x, lengths = first
+        if lengths is not None:
+            sequence_streams.add(name)
+            x = x[: lengths[0]].unsqueeze(0)
+        kwargs[name] = to_tensor(x, name)
+    return streams, frozenset(sequence_streams)

@@ -16,6 +16,10 @@ centring every chunk on the same shift (the data mean, from one first pass); a d
 the rank's shard followed by the all-reduce. Only two rare cases read the data a second time within an iteration
 (one more all-reduce each): a Gaussian component whose moment statistics cancel (the two-pass covariance) and an
 empty component's fallback (the data covariance).
+
+The generic route (:mod:`ppl_lvm.em.generic`, no closed-form M-step) sums over the same chunks with
+:class:`ModelChunks`: the model's arguments, the streamed ones replaced chunk by chunk, and per chunk the
+log-likelihood (the E-step) or ``Q`` with its gradient (each evaluation of the M-step's optimiser).
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..data import to_tensor
 from ..errors import DataError, DistributedError
 from .families.base import add_statistics, local_centred_sums
-from .stream import Chunks
+from .stream import Chunks, lockstep
 
-__all__ = ["DataPass", "Reducer", "Source", "chunk_statistics"]
+__all__ = ["DataPass", "ModelChunks", "Reducer", "Source", "chunk_statistics"]
 
 #: what a chunk's posterior function returns: the (N, K) posteriors and extra additive sums (log-likelihood, ...)
 ChunkPosterior = Callable[[dict, Any, dict], tuple[torch.Tensor, dict]]
@@ -154,7 +159,12 @@ class Source:
             if x.shape[0] == 0:
                 continue
             first = x[:1] if first is None else first
-            part = family.summary(x)
+            try:
+                part = family.summary(x)
+            except ValueError as exc:  # e.g. a symbol past the categories the model was sized for
+                raise DataError(f"chunk {i} of the data (rows {x.shape[0]}): {exc}. A model fitted on data read "
+                                "chunk by chunk is built on its first chunk (the first sequence of a chain): pass "
+                                "sizes read from the data, such as the number of symbols, as arguments") from exc
             if not all(bool(torch.isfinite(v).all()) for v in part.values()):
                 raise DataError(f"chunk {i} of the data (rows {x.shape[0]}) holds NaN or infinite values; drop or "
                                 "impute them before fitting")
@@ -198,7 +208,7 @@ class Source:
         first chunk."""
         if not self.streamed:
             return self._data, self._cache
-        if self._data.in_memory and self._lengths is None:
+        if self._data.per_row:
             x = self._data.sample_rows(self._data.chunk_size)
             return x, self.family.precompute(x)
         x, _ = next(x for x in self._data if x[0].shape[0])
@@ -253,3 +263,45 @@ class DataPass:
 
     def second_moment(self) -> torch.Tensor:
         return self._sum(lambda cache, layout: cache["xc"].T @ cache["xc"])
+
+
+class ModelChunks:
+    """A model's arguments with the streamed ones read chunk by chunk, side by side, and the sums over the chunks.
+
+    Parameters
+    ----------
+    kwargs : dict
+        The model's arguments; a streamed argument's value is the first chunk's (the prototype), whose dtype every
+        chunk is converted to (integer data feeding a continuous likelihood become floats once, like in memory).
+    streams : dict of str to Chunks, optional
+        The arguments read chunk by chunk (:func:`~ppl_lvm.em.stream.chunks`); every chunk of them holds the same
+        rows. None or empty: the data in memory, one chunk.
+    """
+
+    def __init__(self, kwargs: dict[str, Any], streams: dict[str, Chunks] | None = None) -> None:
+        self.kwargs = dict(kwargs)
+        self.streams = dict(streams or {})
+        self.streamed = bool(self.streams)
+
+    def chunks(self) -> Iterator[tuple[int, dict[str, Any], int | None]]:
+        """``(index, the model's arguments for this chunk, its rows)``; rows None for data in memory."""
+        if not self.streamed:
+            yield 0, self.kwargs, None
+            return
+        for index, part in enumerate(lockstep(self.streams)):
+            rows = next(iter(part.values())).shape[0]
+            if rows == 0:
+                continue
+            values = {}
+            for name, x in part.items():
+                value = to_tensor(x, f"{name} (chunk {index})")
+                values[name] = value.to(self.kwargs[name].dtype) if value.dtype != self.kwargs[name].dtype else value
+            yield index, {**self.kwargs, **values}, int(rows)
+
+    def total(self, part: Callable[[int, dict[str, Any], int | None], dict[str, torch.Tensor]]
+              ) -> dict[str, torch.Tensor]:
+        """``part(index, kwargs, rows)`` summed key by key over the chunks."""
+        total = None
+        for index, kwargs, rows in self.chunks():
+            total = add_statistics(total, part(index, kwargs, rows))
+        return total

@@ -81,6 +81,10 @@ class HMMPattern:
         """The name under which the state posteriors are reported: the chain's site name without its step."""
         return self.latents[0].rsplit("_", 1)[0] if self.latents else "states"
 
+    def step_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows of steps read chunk by chunk (hmmlearn's layout) in the kernels' layout, like :attr:`data`."""
+        return rows.reshape(-1, 1) if self.univariate else rows
+
     def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
         mixture = MixturePattern(self.latent, "", "", self.n_components, self.family, self.start, self.emission,
                                  self.univariate)

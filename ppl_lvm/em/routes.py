@@ -4,7 +4,8 @@
 
 * the closed-form route, for a recognised finite mixture or hidden Markov chain: the kernels of
   :mod:`ppl_lvm.em.mixture` and :mod:`ppl_lvm.em.hmm`, started from :mod:`ppl_lvm.em.init`;
-* the generic route, for any other model whose latents are all enumerable: :func:`ppl_lvm.em.generic.fit_generic_em`.
+* the generic route, for any other model whose latents are all enumerable: :func:`ppl_lvm.em.generic.fit_generic_em`
+  (in memory, or over data read chunk by chunk: :mod:`ppl_lvm.em.generic.passes`).
 
 Starts of the generic route
 ---------------------------
@@ -32,7 +33,7 @@ from ..errors import ConvergenceWarning
 from ..guides import empty_guide
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state
-from .accumulate import Source
+from .accumulate import ModelChunks, Source
 from .convergence import not_converged_message
 from .generic import fit_generic_em, site_marginals
 from .hmm import fit_hmm, hmm_e_step
@@ -121,7 +122,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
     family = pattern.family
     reducer = source.reducer
     x, cache = source.local_data()
-    lengths = [int(v) for v in pattern.lengths] if chain else None
+    lengths = [int(v) for v in pattern.lengths] if chain and not source.streamed else None
     init, reg, tol, max_iter = options["init_params"], options["reg_covar"], options["tol"], options["max_iter"]
     # the chain kernel reports total log-likelihoods (hmmlearn's units); ours are per observation
     per = float(source.n) if chain else 1.0
@@ -144,9 +145,22 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
             total = fit.log_likelihood
             per_point, resp = (None, None) if source.streamed else mixture_log_likelihood(x, family, fit.params,
                                                                                            cache=cache)
-            if source.streamed and source.data.in_memory:
+            if source.streamed and source.data.per_row:
                 per_point, resp = _by_chunks(source, fit.params)
-        elif source.streamed and source.data.in_memory:  # a large tensor read in chunks: every row's values too
+        elif chain:
+            fit = fit_hmm(source, None, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
+                          reg=reg, callback=kernel_callback)
+            if source.streamed:  # no (N, K) state posteriors of data never held at once; the final log-likelihood
+                per_point, resp = None, None
+                total = sum(float(hmm_e_step(family.log_prob(None, fit.params, cache=c), None,
+                                             fit.params["startprob"], fit.params["transmat"],
+                                             buckets=buckets).log_likelihood.sum())
+                            for c, buckets in source.chunks())
+            else:
+                e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
+                               fit.params["transmat"])
+                per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
+        elif source.streamed and source.data.per_row:  # a large tensor read in chunks: every row's values too
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = _by_chunks(source, fit.params)
         elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
@@ -154,12 +168,6 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
             per_point, resp = None, None
             total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum())
                         for c, _ in source.chunks())
-        elif chain:
-            fit = fit_hmm(source, None, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
-                          reg=reg, callback=kernel_callback)
-            e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
-                           fit.params["transmat"])
-            per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
         else:
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
@@ -171,7 +179,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         responsibilities = {} if resp is None else {pattern.latent: resp.clone()}
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
                      total, None if per_point is None else per_point.clone(), responsibilities,
-                     source.n if reducer.distributed or (source.streamed and not source.data.in_memory) else None)
+                     source.n if reducer.distributed or (source.streamed and not source.data.per_row) else None)
 
     return fit_once
 
@@ -179,7 +187,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
 def _online(source: Source, family: Any, start: dict, options: dict, seed: int, callback: Any) -> Any:
     """Online EM over the source's data; the fit reads like a kernel's (``n_iter``: passes)."""
     # a tensor in memory is shuffled whole every pass, also when the batch EM route reads it in chunks
-    data = source.data.tensor if source.streamed and source.data.in_memory else source.data
+    data = source.data.tensor if source.streamed and source.data.per_row else source.data
     fit = fit_mixture_online(data, family, start, batch_size=options["batch_size"] or 1000,
                              max_passes=options["max_iter"], tol=options["tol"],
                              step_exponent=options["step_exponent"], polyak=options["polyak"],
@@ -204,24 +212,30 @@ def jitter_state(state: dict, seed: int) -> dict:
 
 
 def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options: dict,
-                callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
+                callback: Callable[[int, float], bool], data: ModelChunks | None = None) -> Callable[[int, int], EMRun]:
     """``fit_once(restart, seed) -> EMRun`` of the generic route; the starts are those of the module docstring.
 
-    The enumeration size is checked once by the caller, not per restart.
+    The enumeration size is checked once by the caller, not per restart. ``data``: the arguments read chunk by
+    chunk (:class:`~ppl_lvm.em.accumulate.ModelChunks`); their fit keeps no per-point values or
+    responsibilities, its ``n_samples`` is the data plate's total size.
     """
     store = pyro.get_param_store()
     tol, max_iter = options["tol"], options["max_iter"]
     random_start = options["init_params"] == "random"
+    streamed = data is not None and data.streamed
 
     def fit_once(restart: int, seed: int) -> EMRun:
         jitter = random_start or restart > 0
         store.set_state(jitter_state(initial, seed) if jitter else clone_param_state(initial))
         out = fit_generic_em(model, kwargs, structure.max_plate_nesting, max_iter=max_iter, tol=tol,
-                             callback=callback, max_bytes=None)
-        e_step = out["e_step"]
+                             callback=callback, max_bytes=None, data=data)
         _warn_unless_converged(out["converged"], max_iter, tol, restart, seed)
-        return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]),
-                     clone_param_state(store.get_state()), float(e_step.log_likelihood),
-                     e_step.log_likelihood_per_point, site_marginals(e_step, structure))
+        state = clone_param_state(store.get_state())
+        if streamed:
+            return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), state,
+                         float(out["log_likelihood"]), None, {}, int(out["n_data"]))
+        e_step = out["e_step"]
+        return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), state,
+                     float(e_step.log_likelihood), e_step.log_likelihood_per_point, site_marginals(e_step, structure))
 
     return fit_once

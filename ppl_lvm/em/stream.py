@@ -2,11 +2,14 @@
 
 :func:`chunks` wraps the data; every EM iteration reads it once from the start, one chunk at a time, so only one
 chunk (and its temporaries) is in memory at once. Sequences (hidden Markov chains) are never cut: a chunk holds
-whole sequences. :meth:`Chunks.shard` gives one rank of a data-parallel fit its contiguous part.
+whole sequences, given as one array with ``lengths`` (hmmlearn's layout) or one by one (``sequences=True``: a
+list of sequences, or a function yielding them, grouped into chunks of ``chunk_size`` rows as they are read).
+:meth:`Chunks.shard` gives one rank of a data-parallel fit its contiguous part.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -14,7 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["MEMORY_CHUNK_ROWS", "MEMORY_CHUNK_THRESHOLD", "Chunks", "NpyFile", "chunks", "memory_chunks", "shard_range"]
+__all__ = ["MEMORY_CHUNK_ROWS", "MEMORY_CHUNK_THRESHOLD", "Chunks", "NpyFile", "chunks", "lockstep", "memory_chunks",
+           "shard_range"]
 
 #: closed-form EM reads data in memory with more rows than this in chunks of :data:`MEMORY_CHUNK_ROWS` rows
 MEMORY_CHUNK_THRESHOLD = 2**20
@@ -63,6 +67,31 @@ class NpyFile:
         return values.reshape((max(stop - start, 0),) + tuple(self.shape[1:]))
 
 
+class _MappedPages:
+    """Hands the pages of a chunk read from a ``numpy.memmap`` back to the kernel (``madvise(MADV_DONTNEED)``).
+
+    The pages of a memory map that were read count in the process's resident memory until the kernel reclaims
+    them; releasing each chunk's pages once it is copied keeps resident memory at one chunk (the pages stay in
+    the page cache, so a second pass over a file that fits there reads no disk). Only read-only and shared
+    writable maps (``mode`` "r", "r+"): a copy-on-write map (``mode="c"``) would lose its changes.
+    """
+
+    def __init__(self, array: Any) -> None:
+        mapped = getattr(array, "_mmap", None)
+        self._map = mapped if isinstance(array, np.memmap) and array.mode in ("r", "r+") and hasattr(
+            mmap, "MADV_DONTNEED") and isinstance(mapped, mmap.mmap) else None
+        if self._map is not None:
+            self._start = np.frombuffer(self._map, dtype=np.uint8).ctypes.data  # the map's first byte
+
+    def release(self, view: np.ndarray) -> None:
+        if self._map is None or view.size == 0:
+            return
+        lo = view.ctypes.data - self._start
+        hi = min(lo + view.nbytes, len(self._map))
+        lo -= lo % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+
+
 def _as_chunk(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -81,10 +110,12 @@ class Chunks:
     def __init__(self, array: Any = None, chunk_size: int | None = None, lengths: Sequence[int] | None = None,
                  pieces: Sequence | None = None, factory: Callable[[], Any] | None = None,
                  rows: tuple[int, int] | None = None, sequences: tuple[int, int] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, one_by_one: bool = False) -> None:
         self._array, self.chunk_size, self._pieces, self._factory = array, chunk_size, pieces, factory
         self._transform = transform
+        self._one_by_one = one_by_one  # the pieces (or the factory's items) are single sequences
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
+        self._pages = _MappedPages(array)
         if array is not None:
             total = int(array.shape[0])
             if self._lengths is not None:
@@ -98,6 +129,8 @@ class Chunks:
             else:
                 self._rows = rows or (0, total)
         self.n_rows = None if array is None else self._rows[1] - self._rows[0]
+        #: set by :func:`memory_chunks`: a fit in memory read in chunks, whose every row's values are kept
+        self.per_row = False
 
     @property
     def in_memory(self) -> bool:
@@ -142,6 +175,9 @@ class Chunks:
             yield from self._array_chunks()
             return
         source = self._pieces if self._pieces is not None else self._factory()
+        if self._one_by_one:
+            yield from self._grouped(source)
+            return
         for piece in source:
             if isinstance(piece, tuple):
                 x, lengths = piece
@@ -149,12 +185,29 @@ class Chunks:
             else:
                 yield _as_chunk(piece), None
 
+    def _grouped(self, source: Any) -> Iterator[tuple[torch.Tensor, list[int]]]:
+        """Sequences read one by one, grouped into chunks of at most ``chunk_size`` rows (at least one sequence)."""
+        rows: list[torch.Tensor] = []
+        lengths: list[int] = []
+        for i, sequence in enumerate(source):
+            x = _as_chunk(sequence)
+            if x.dim() == 0 or x.shape[0] == 0:
+                raise ValueError(f"sequence {i} has no steps (shape {tuple(x.shape)}); every sequence needs at "
+                                 "least one")
+            if rows and self.chunk_size is not None and sum(lengths) + x.shape[0] > self.chunk_size:
+                yield torch.cat(rows), lengths
+                rows, lengths = [], []
+            rows.append(x)
+            lengths.append(int(x.shape[0]))
+        if rows:
+            yield torch.cat(rows), lengths
+
     def _array_chunks(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         size = self.chunk_size or max(self.n_rows, 1)
         if self._lengths is None:
             start, stop = self._rows
             for lo in range(start, stop, size):
-                yield _as_chunk(self._array[lo : min(lo + size, stop)]), None
+                yield self._read(lo, min(lo + size, stop)), None
             return
         first, last = self._seq
         seq = first
@@ -163,12 +216,19 @@ class Chunks:
             while end < last and self._offsets[end + 1] - self._offsets[seq] <= size:
                 end += 1
             lo, hi = int(self._offsets[seq]), int(self._offsets[end])
-            yield _as_chunk(self._array[lo:hi]), self._lengths[seq:end].tolist()
+            yield self._read(lo, hi), self._lengths[seq:end].tolist()
             seq = end
+
+    def _read(self, lo: int, hi: int) -> torch.Tensor:
+        view = self._array[lo:hi]
+        chunk = _as_chunk(view)
+        self._pages.release(view)
+        return chunk
 
     def _like(self, **changes: Any) -> Chunks:
         spec = {"array": self._array, "chunk_size": self.chunk_size, "lengths": self._lengths,
-                "pieces": self._pieces, "factory": self._factory, "transform": self._transform}
+                "pieces": self._pieces, "factory": self._factory, "transform": self._transform,
+                "one_by_one": self._one_by_one}
         if self._array is not None:
             spec["rows" if self._lengths is None else "sequences"] = self._rows if self._lengths is None else self._seq
         spec.update(changes)
@@ -180,7 +240,8 @@ class Chunks:
 
     def shard(self, rank: int, world_size: int) -> Chunks:
         """The part of the data rank ``rank`` of ``world_size`` reads: a contiguous range of rows (of whole
-        sequences, balanced by rows, for sequences; of chunks, for chunks given as a list)."""
+        sequences, balanced by rows, for sequences; of chunks or sequences, for chunks or sequences given as a
+        list)."""
         if self._array is not None and self._lengths is None:
             lo, hi = shard_range(self.n_rows, rank, world_size)
             base = self._rows[0]
@@ -204,7 +265,33 @@ class Chunks:
         return f"Chunks({what})"
 
 
-def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int] | None = None) -> Chunks:
+def lockstep(streams: dict[str, Chunks]) -> Iterator[dict[str, torch.Tensor]]:
+    """The chunks of several streams read side by side (the rows of a model's per-point arguments).
+
+    Chunk ``i`` of every stream must hold the same number of rows (the same rows of the data); a stream that
+    ends before the others, or a chunk of a different size, is refused with the names of the streams.
+    """
+    names = sorted(streams)
+    readers = [iter(streams[name]) for name in names]
+    index = 0
+    while True:
+        parts = [next(reader, None) for reader in readers]
+        ended = [name for name, part in zip(names, parts, strict=True) if part is None]
+        if len(ended) == len(names):
+            return
+        if ended:
+            raise ValueError(f"the data read chunk by chunk end at different chunks: {ended} end after {index} "
+                             f"chunks, {sorted(set(names) - set(ended))} go on; give every argument the same rows")
+        rows = {name: int(part[0].shape[0]) for name, part in zip(names, parts, strict=True)}
+        if len(set(rows.values())) > 1:
+            raise ValueError(f"chunk {index} of the data read chunk by chunk has different numbers of rows per "
+                             f"argument ({rows}); give every argument the same chunk_size and number of rows")
+        yield {name: part[0] for name, part in zip(names, parts, strict=True)}
+        index += 1
+
+
+def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int] | None = None,
+           sequences: bool = False) -> Chunks:
     """Data for EM read chunk by chunk, never held at once.
 
     Parameters
@@ -221,6 +308,10 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
         as fit in ``chunk_size`` rows (at least one).
     lengths : sequence of int, optional
         Sequence lengths of an array holding sequences one after the other (hmmlearn's layout).
+    sequences : bool
+        ``source`` (a list, or a function returning an iterable) gives one whole sequence per item, an array of
+        shape ``(T_b, ...)``; consecutive sequences are grouped into chunks of at most ``chunk_size`` rows (at
+        least one sequence; default: one chunk), so a stream of sequences is read one group at a time.
 
     Returns
     -------
@@ -234,10 +325,24 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     [(2, 2), (2, 2), (1, 2)]
     >>> [tuple(x.shape) for x, _ in data.shard(1, 2)]
     [(2, 2)]
+    >>> [lengths for _, lengths in chunks([np.zeros(3), np.zeros(4), np.zeros(2)], 6, sequences=True)]
+    [[3], [4, 2]]
     """
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
                                    or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if not isinstance(sequences, bool):
+        raise ValueError(f"sequences must be True or False, got {sequences!r}")
+    if sequences:
+        if lengths is not None:
+            raise ValueError("sequences=True reads one sequence per item, whose length is its number of rows; "
+                             "drop lengths (or pass one array with lengths and sequences=False)")
+        if callable(source):
+            return Chunks(factory=source, chunk_size=chunk_size, one_by_one=True)
+        if isinstance(source, (list, tuple)):
+            return Chunks(pieces=list(source), chunk_size=chunk_size, one_by_one=True)
+        raise TypeError(f"sequences=True needs a list of sequences or a function returning an iterable of them, got "
+                        f"{type(source).__name__}; for one array of sequences back to back pass lengths instead")
     if isinstance(source, (str, os.PathLike)):
         source = NpyFile(source)
     if hasattr(source, "shape") and hasattr(source, "__getitem__"):
@@ -260,4 +365,6 @@ def memory_chunks(x: torch.Tensor) -> torch.Tensor | Chunks:
     its (rows, K) log densities), never of all N rows at once."""
     if x.shape[0] <= MEMORY_CHUNK_THRESHOLD:
         return x
-    return Chunks(x, MEMORY_CHUNK_ROWS)
+    chunked = Chunks(x, MEMORY_CHUNK_ROWS)
+    chunked.per_row = True
+    return chunked

@@ -11,7 +11,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.ops.rings import LogRing
 
-from .factors import _collect_factors, _enum_trace, _Factors, _find_data_plate, _tree
+from .factors import _collect_factors, _enum_trace, _Factors, _find_data_plate, _in_plate, _tree
 from .size import DEFAULT_MAX_BYTES, check_enumeration_size
 
 __all__ = ["EStep", "e_step", "marginal_log_likelihood", "site_marginal", "site_marginals"]
@@ -127,6 +127,12 @@ def e_step(
             grads = torch.autograd.grad(log_z, [leaves[n] for n in names], allow_unused=True)
         else:
             grads = [None] * len(names)
+    if per_point is None and plate is not None and n_data == 1:
+        # a plate of one point has no dim in the packed factors: that point's value is log Z less the terms outside
+        # the plate, when none of them depends on an enumerated latent
+        outside = [t for n, t in fs.factors.items() if not _in_plate(trace, n, plate)]
+        if not any(set(t._pyro_dims) & fs.sum_dims for t in outside):
+            per_point = (log_z - sum((t.sum() for t in outside), torch.zeros(()))).reshape(1)
     marginals = {}
     for n, g in zip(names, grads, strict=True):
         marg = torch.ones_like(leaves[n]) if g is None else g.detach()

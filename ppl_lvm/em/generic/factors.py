@@ -86,6 +86,11 @@ def _ordinal(trace: poutine.Trace, node: dict) -> frozenset:
     return frozenset(trace.plate_to_symbol[f.name] for f in node["cond_indep_stack"] if f.vectorized and f.size > 1)
 
 
+def _in_plate(trace: poutine.Trace, name: str, plate: str) -> bool:
+    """Is site ``name`` inside ``plate`` (a plate of size 1 too, which packed factors and ordinals leave out)?"""
+    return any(f.name == plate for f in trace.nodes[name]["cond_indep_stack"])
+
+
 def _collect_factors(model: Any, trace: poutine.Trace) -> _Factors:
     factors: OrderedDict = OrderedDict()
     ordinals: dict = {}

@@ -10,9 +10,10 @@ from typing import Any
 import torch
 
 from ...errors import EMDegeneracyWarning
+from ..accumulate import ModelChunks
 from ..convergence import ConvergenceMonitor
-from .estep import e_step
-from .mstep import _store_params, generic_m_step
+from .mstep import _store_params, maximise_q
+from .passes import e_step_pass, q_objective
 from .size import DEFAULT_MAX_BYTES, check_enumeration_size
 
 __all__ = ["fit_generic_em"]
@@ -29,6 +30,7 @@ def fit_generic_em(
     params: list[str] | None = None,
     max_steps: int = 50,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
+    data: ModelChunks | None = None,
 ) -> dict[str, Any]:
     """Exact (generalised) EM: alternate :func:`e_step` and :func:`generic_m_step` until convergence.
 
@@ -50,7 +52,11 @@ def fit_generic_em(
     max_steps : int
         L-BFGS iterations per M-step.
     max_bytes : int or None
-        Memory limit of the E-step (checked once, before the first E-step).
+        Memory limit of the E-step (checked once, before the first E-step, on ``kwargs``).
+    data : ModelChunks, optional
+        The data read chunk by chunk (:class:`~ppl_lvm.em.accumulate.ModelChunks`; ``kwargs`` then hold the first
+        chunk); every E-step and every evaluation of the M-step's ``Q`` is a pass over the chunks
+        (:mod:`ppl_lvm.em.generic.passes`). Default: ``kwargs`` in memory.
 
     Returns
     -------
@@ -58,7 +64,8 @@ def fit_generic_em(
         ``history``: list of floats, the log-likelihood of the start and after each iteration
         (``len(history) == n_iter + 1``) divided by the size of the data plate when there is one, else the total;
         ``converged`` (bool); ``n_iter`` (iterations run); ``e_step``: the final :class:`EStep` (at the final
-        parameters).
+        parameters; None for data read chunk by chunk); ``log_likelihood`` (float) and ``n_data`` (the data
+        plate's size, or None) at the final parameters.
 
     Notes
     -----
@@ -69,9 +76,10 @@ def fit_generic_em(
     slack the parameters are restored and the loop stops with an :class:`~ppl_lvm.em.mixture.EMDegeneracyWarning`.
     """
     check_enumeration_size(model, kwargs, max_plate_nesting, max_bytes)
-    estep = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
+    data = data if data is not None else ModelChunks(kwargs)
+    estep = e_step_pass(model, data, max_plate_nesting)
     n = estep.n_data if estep.n_data else 1
-    ll = float(estep.log_likelihood)
+    ll = estep.log_likelihood
     monitor = ConvergenceMonitor(tol)
     monitor.report(ll / n)
     n_iter = 0
@@ -81,8 +89,7 @@ def fit_generic_em(
         n_iter = iteration
         if not stuck:
             snapshot = {k: p.detach().clone() for k, p in leaves.items()}
-            info = generic_m_step(model, kwargs, max_plate_nesting, estep.marginals, params=params,
-                                  max_steps=max_steps)
+            info = maximise_q(q_objective(model, data, max_plate_nesting, estep), params=params, max_steps=max_steps)
             if info["nan"]:
                 warnings.warn(
                     f"generic EM: the M-step of iteration {iteration} produced NaN; parameters restored, fit stopped",
@@ -94,8 +101,8 @@ def fit_generic_em(
         if stuck:
             converged = monitor.fixed_point()
         else:
-            new = e_step(model, kwargs, max_plate_nesting, max_bytes=None)
-            new_ll = float(new.log_likelihood)
+            new = e_step_pass(model, data, max_plate_nesting, estep.data_plate)
+            new_ll = new.log_likelihood
             if not math.isfinite(new_ll) or new_ll < ll - 1e-9 * max(1.0, abs(ll)):
                 with torch.no_grad():
                     for k, p in leaves.items():
@@ -113,4 +120,5 @@ def fit_generic_em(
             break
         if converged:
             break
-    return {"history": monitor.history, "converged": monitor.converged, "n_iter": n_iter, "e_step": estep}
+    return {"history": monitor.history, "converged": monitor.converged, "n_iter": n_iter, "e_step": estep.e_step,
+            "log_likelihood": ll, "n_data": estep.n_data}

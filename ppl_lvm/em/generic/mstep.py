@@ -10,9 +10,9 @@ import pyro
 import torch
 
 from .estep import EStep
-from .factors import _collect_factors, _enum_trace
+from .factors import _collect_factors, _enum_trace, _in_plate
 
-__all__ = ["expected_complete_log_likelihood", "generic_m_step"]
+__all__ = ["Objective", "expected_complete_log_likelihood", "generic_m_step", "maximise_q"]
 
 
 def _align(marg: torch.Tensor, target_dims: str, name: str) -> torch.Tensor:
@@ -28,7 +28,12 @@ def _align(marg: torch.Tensor, target_dims: str, name: str) -> torch.Tensor:
 
 
 def expected_complete_log_likelihood(
-    model: Callable, kwargs: dict[str, Any], max_plate_nesting: int, marginals: dict[str, torch.Tensor] | EStep
+    model: Callable,
+    kwargs: dict[str, Any],
+    max_plate_nesting: int,
+    marginals: dict[str, torch.Tensor] | EStep,
+    *,
+    outside_plate: str | None = None,
 ) -> torch.Tensor:
     """``Q(theta | theta_old) = sum_f sum(marginal_f * log_prob_f(theta))`` at the current parameters.
 
@@ -38,6 +43,9 @@ def expected_complete_log_likelihood(
         As for :func:`e_step`.
     marginals : dict or EStep
         The marginals of an :func:`e_step` at ``theta_old`` (or the EStep itself).
+    outside_plate : str, optional
+        Leave out the factors outside this plate (a chunk of the data after the first: the terms outside the
+        data plate, such as parameter priors, belong to the first chunk's ``Q`` only).
 
     Returns
     -------
@@ -53,6 +61,8 @@ def expected_complete_log_likelihood(
         raise ValueError(f"marginals and model sites differ: {sorted(missing)}")
     q = None
     for name, term in fs.factors.items():
+        if outside_plate is not None and not _in_plate(fs.trace, name, outside_plate):
+            continue
         marg = _align(marginals[name], term._pyro_dims, name)
         if marg.shape != term.shape:
             term = term.expand(marg.shape) if term.dim() == marg.dim() else term
@@ -64,6 +74,11 @@ def expected_complete_log_likelihood(
     if q is None:
         q = torch.zeros(())
     return q
+
+
+#: ``objective(scale)``: Q at the store's current parameters; with a scale, the gradient of ``-Q / scale`` is
+#: also added to the parameters' ``.grad`` (so a sum over chunks accumulates it chunk by chunk)
+Objective = Callable[[float | None], torch.Tensor]
 
 
 def _store_params(params: list[str] | None) -> dict[str, torch.Tensor]:
@@ -108,14 +123,27 @@ def generic_m_step(
     """
     if isinstance(marginals, EStep):
         marginals = marginals.marginals
+
+    def objective(scale: float | None) -> torch.Tensor:
+        q = expected_complete_log_likelihood(model, kwargs, max_plate_nesting, marginals)
+        if scale is not None and q.requires_grad:
+            (-q / scale).backward()
+        return q.detach()
+
+    return maximise_q(objective, params, max_steps, lr)
+
+
+def maximise_q(objective: Objective, params: list[str] | None = None, max_steps: int = 50,
+               lr: float = 1.0) -> dict[str, Any]:
+    """The M-step of :func:`generic_m_step` on any ``objective`` (:data:`Objective`), e.g. a sum over chunks."""
     leaves = _store_params(params)
     old = {n: p.detach().clone() for n, p in leaves.items()}
 
     def q_value() -> torch.Tensor:
-        return expected_complete_log_likelihood(model, kwargs, max_plate_nesting, marginals)
+        with torch.no_grad():
+            return objective(None)
 
-    with torch.no_grad():
-        q_before = float(q_value())
+    q_before = float(q_value())
     tensors = [p for p in leaves.values() if p.requires_grad]
     if not tensors or not math.isfinite(q_before):
         return {"accepted": False, "q_before": q_before, "q_after": q_before, "steps": 0, "nan": True}
@@ -132,10 +160,7 @@ def generic_m_step(
 
     def closure() -> torch.Tensor:
         optimizer.zero_grad()
-        loss = -q_value() / scale
-        if loss.requires_grad:
-            loss.backward()
-        return loss
+        return -objective(scale) / scale
 
     nan = False
     try:
@@ -152,8 +177,7 @@ def generic_m_step(
     q_after = float("nan")
     if not nan and all(bool(torch.isfinite(p).all()) for p in tensors):
         try:
-            with torch.no_grad():
-                q_after = float(q_value())
+            q_after = float(q_value())
         except (ValueError, RuntimeError):
             q_after = float("nan")
     nan = nan or not math.isfinite(q_after)

@@ -1,0 +1,122 @@
+"""The generic route's passes over the data: the E-step and the M-step's objective, over one chunk or many.
+
+Data in memory are one chunk: the E-step keeps its :class:`~ppl_lvm.em.generic.estep.EStep`, whose marginals
+the M-step's ``Q`` reads at every evaluation of the optimiser. Data read chunk by chunk
+(:class:`~ppl_lvm.em.accumulate.ModelChunks`) keep nothing between chunks, so that memory stays at one chunk:
+
+* the E-step is a pass summing each chunk's log-likelihood and data-plate size;
+* every evaluation of ``Q`` by the M-step's optimiser (L-BFGS evaluates it repeatedly) is a pass that, chunk by
+  chunk, recomputes the chunk's posterior marginals at the iteration's fixed old parameters (the model run with
+  them substituted, :func:`pyro.poutine.substitute`), adds the chunk's ``Q`` and backpropagates its gradient,
+  which accumulates in the parameters' ``.grad``. Recomputing, rather than caching the marginals of every chunk
+  (``N`` times the states per latent), costs one more enumerated run of the model per chunk and evaluation.
+
+The terms outside the data plate (parameter priors, ``lvm.factor`` terms on parameters) are counted in the first
+chunk only, so sums over chunks equal the sums over the data held at once, to rounding. A model whose
+log-likelihood does not factorise over the data plate (a discrete latent shared by all points) cannot be read
+chunk by chunk and is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pyro
+import pyro.poutine as poutine
+import torch
+
+from ...errors import UnsupportedModelError
+from ..accumulate import ModelChunks
+from .estep import EStep, e_step
+from .mstep import Objective, expected_complete_log_likelihood
+
+__all__ = ["DataLikelihood", "e_step_pass", "q_objective"]
+
+
+@dataclass
+class DataLikelihood:
+    """One E-step pass: the exact log-likelihood, the data plate's total size and name, the EStep in memory."""
+
+    log_likelihood: float
+    n_data: int | None
+    data_plate: str | None
+    e_step: EStep | None  # the data in memory's (None when read chunk by chunk)
+
+
+def _check_chunk(estep: EStep, index: int, rows: int) -> None:
+    if estep.data_plate is None or estep.log_likelihood_per_point is None:
+        raise UnsupportedModelError(
+            "data read chunk by chunk need a model whose log-likelihood is a sum over the points of its data plate "
+            "(every latent inside that plate); this model has "
+            + (
+                "no plate around its observations"
+                if estep.data_plate is None
+                else f"a latent outside its data plate '{estep.data_plate}' that couples the points"
+            )
+            + ". Pass the data in memory"
+        )
+    if estep.n_data != rows:
+        raise UnsupportedModelError(
+            f"chunk {index} of the data has {rows} rows but the model's data plate '{estep.data_plate}' has size "
+            f"{estep.n_data}: size the plate from the data (lvm.plate(len(x))), not from an argument"
+        )
+
+
+def e_step_pass(
+    model: Callable, data: ModelChunks, max_plate_nesting: int, data_plate: str | None = None
+) -> DataLikelihood:
+    """The E-step at the store's parameters over every chunk (see the module docstring)."""
+    if not data.streamed:
+        estep = e_step(model, data.kwargs, max_plate_nesting, max_bytes=None, data_plate=data_plate)
+        return DataLikelihood(float(estep.log_likelihood), estep.n_data, estep.data_plate, estep)
+    state = {"plate": data_plate, "first": True}
+
+    def part(index: int, kwargs: dict, rows: int | None) -> dict[str, torch.Tensor]:
+        estep = e_step(model, kwargs, max_plate_nesting, max_bytes=None, data_plate=state["plate"])
+        _check_chunk(estep, index, rows)
+        # found on the first chunk: a later chunk of one row has no plate dim to find it by
+        state["plate"] = estep.data_plate
+        # the terms outside the data plate once, with the first chunk
+        value = estep.log_likelihood if state["first"] else estep.log_likelihood_per_point.sum()
+        state["first"] = False
+        return {"log_likelihood": value, "n": torch.tensor(float(estep.n_data), dtype=torch.float64)}
+
+    total = data.total(part)
+    return DataLikelihood(float(total["log_likelihood"]), int(total["n"].item()), state["plate"], None)
+
+
+def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood) -> Objective:
+    """``objective(scale)`` of the M-step (:data:`~ppl_lvm.em.generic.mstep.Objective`) at this iteration's old
+    parameters: the store's values now, before the optimiser moves them."""
+    if not data.streamed:
+        marginals = likelihood.e_step.marginals
+
+        def in_memory(scale: float | None) -> torch.Tensor:
+            q = expected_complete_log_likelihood(model, data.kwargs, max_plate_nesting, marginals)
+            if scale is not None and q.requires_grad:
+                (-q / scale).backward()
+            return q.detach()
+
+        return in_memory
+    store = pyro.get_param_store()
+    old = {name: store[name].detach().clone() for name in store.keys()}
+    at_old = poutine.substitute(model, data=old)
+    plate = likelihood.data_plate
+
+    def streamed(scale: float | None) -> torch.Tensor:
+        first: list[bool] = [True]
+
+        def part(index: int, kwargs: dict, rows: int | None) -> dict[str, torch.Tensor]:
+            marginals = e_step(at_old, kwargs, max_plate_nesting, max_bytes=None, data_plate=plate).marginals
+            q = expected_complete_log_likelihood(
+                model, kwargs, max_plate_nesting, marginals, outside_plate=None if first[0] else plate
+            )
+            first[0] = False
+            if scale is not None and q.requires_grad:
+                (-q / scale).backward()
+            return {"q": q.detach()}
+
+        return data.total(part)["q"]
+
+    return streamed
