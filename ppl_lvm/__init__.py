@@ -29,7 +29,8 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
-from .fit_options import FitOptions, linear_warmup
+from .discrete_guides import AmortizedBernoulli, AmortizedCategorical
+from .fit_options import FitOptions, linear_warmup, temperature_schedule
 from .guides import AmortizedFlow, AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment
@@ -39,6 +40,8 @@ from .results import EMResult, MCMCResult, Result, StochasticEMResult, load
 from .structure import ModelStructure
 
 __all__ = [
+    "AmortizedBernoulli",
+    "AmortizedCategorical",
     "AmortizedFlow",
     "AmortizedNormal",
     "ConvergenceWarning",
@@ -83,4 +86,5 @@ __all__ = [
     "observe",
     "param",
     "plate",
+    "temperature_schedule",
 ]
