@@ -88,7 +88,7 @@ def upstream_draws(site: dict, earlier: list[tuple[str, torch.Tensor]]) -> list[
     value depends on, by autograd: such a site's distribution is not a function of the parameters alone."""
     if not earlier:
         return []
-    at_fixed_z = site["fn"].log_prob(site["value"].detach())
+    at_fixed_z = site["fn"].log_prob(_fixed(site["value"]))
     if not at_fixed_z.requires_grad:
         return []
     grads = torch.autograd.grad(at_fixed_z.sum(), [v for _, v in earlier], allow_unused=True, retain_graph=True)
@@ -118,7 +118,16 @@ def stick_the_landing(guide_trace: poutine.Trace) -> None:
         parts = site["score_parts"]
         if not isinstance(parts.entropy_term, torch.Tensor) or not parts.entropy_term.requires_grad:
             continue
-        at_fixed_z = site["fn"].log_prob(site["value"].detach())
+        at_fixed_z = site["fn"].log_prob(_fixed(site["value"]))
         score = ScoreParts(at_fixed_z, 0, at_fixed_z).scale_and_mask(site["scale"], site["mask"]).entropy_term
         site["score_parts"] = ScoreParts(parts.log_prob, parts.score_function,
                                          parts.entropy_term - score + score.detach())
+
+
+def _fixed(value: torch.Tensor) -> torch.Tensor:
+    """``value`` cut from its path; a straight-through draw keeps its relaxed value (what its density reads)."""
+    fixed = value.detach()
+    soft = getattr(value, "_unquantize", None)
+    if soft is not None:
+        fixed._unquantize = soft.detach()
+    return fixed
