@@ -100,8 +100,9 @@ class SigmoidBeliefNet(nn.Module):
             sbn._check_rows(x, "model")
             lvm.module(sbn.generative, name="generative")
             with lvm.plate(len(x)) as data:  # noqa: F841 - names the plate "data"
-                z = lvm.latent(dist.Bernoulli(logits=sbn.generative.prior_logits).expand([len(x), sbn.latent_dim])
-                               .to_event(1))
+                z = lvm.latent(
+                    dist.Bernoulli(logits=sbn.generative.prior_logits).expand([len(x), sbn.latent_dim]).to_event(1)
+                )
                 lvm.observe(dist.Bernoulli(logits=sbn.generative.decoder(z)).to_event(1), x)
 
         return model
@@ -120,16 +121,20 @@ class SigmoidBeliefNet(nn.Module):
         :data:`MAX_EXACT_BITS` bits), shape ``(N,)``."""
         self._check_rows(x, "exact_log_likelihood")
         if self.latent_dim > MAX_EXACT_BITS:
-            raise ValueError(f"exact_log_likelihood sums over 2**{self.latent_dim} codes; it is offered up to "
-                             f"{MAX_EXACT_BITS} bits. Use log_likelihood (importance sampling) instead")
+            raise ValueError(
+                f"exact_log_likelihood sums over 2**{self.latent_dim} codes; it is offered up to "
+                f"{MAX_EXACT_BITS} bits. Use log_likelihood (importance sampling) instead"
+            )
         x = x.to(self.generative.prior_logits.dtype)
         codes = torch.tensor(list(itertools.product((0.0, 1.0), repeat=self.latent_dim)), dtype=x.dtype)
         with torch.no_grad():
-            return torch.cat([torch.logsumexp(self._log_joint(rows, codes.unsqueeze(1)), dim=0)
-                              for rows in x.split(batch_size)])
+            return torch.cat(
+                [torch.logsumexp(self._log_joint(rows, codes.unsqueeze(1)), dim=0) for rows in x.split(batch_size)]
+            )
 
-    def log_likelihood(self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100,
-                       seed: int = 0) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100, seed: int = 0
+    ) -> torch.Tensor:
         """The importance-weighted estimate of log p(x_n) with the guide as proposal (``K = num_particles``
         draws per row), shape ``(N,)``: a lower bound in expectation that tightens as ``K`` grows."""
         self._check_rows(x, "log_likelihood")

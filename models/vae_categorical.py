@@ -93,8 +93,7 @@ class CategoricalVAE(nn.Module):
     torch.Size([4])
     """
 
-    def __init__(self, data_dim: int, num_categories: int = 10, num_latents: int = 1,
-                 hidden: Sequence[int] = (128,)):
+    def __init__(self, data_dim: int, num_categories: int = 10, num_latents: int = 1, hidden: Sequence[int] = (128,)):
         super().__init__()
         self.data_dim = _positive_int("data_dim", data_dim)
         self.num_categories = _positive_int("num_categories", num_categories)
@@ -132,12 +131,14 @@ class CategoricalVAE(nn.Module):
         shape = c.shape[:-1] if self.num_latents == 1 else c.shape[:-2]
         return dist.Bernoulli(logits=self.decoder(c.reshape(*shape, -1))).to_event(1)
 
-    def guide(self, relaxed: bool = False, temperature: float | Callable[[int], float] = 1.0,
-              straight_through: bool = False) -> lvm.AmortizedCategorical:
+    def guide(
+        self, relaxed: bool = False, temperature: float | Callable[[int], float] = 1.0, straight_through: bool = False
+    ) -> lvm.AmortizedCategorical:
         """The amortised guide over ``"c"`` with this VAE's encoder: the score function (``relaxed=False``) or the
         Gumbel-softmax (see :class:`ppl_lvm.AmortizedCategorical`)."""
-        return lvm.AmortizedCategorical(self.encoder, site="c", relaxed=relaxed, temperature=temperature,
-                                        straight_through=straight_through)
+        return lvm.AmortizedCategorical(
+            self.encoder, site="c", relaxed=relaxed, temperature=temperature, straight_through=straight_through
+        )
 
     def _check_rows(self, x, where: str) -> None:
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.data_dim:
@@ -147,26 +148,37 @@ class CategoricalVAE(nn.Module):
     def codes(self) -> torch.Tensor:
         """Every joint code, shape ``(K**M, K)`` or ``(K**M, M, K)``."""
         eye = torch.eye(self.num_categories)
-        joint = torch.stack([torch.stack([eye[i] for i in index])
-                             for index in itertools.product(range(self.num_categories), repeat=self.num_latents)])
+        joint = torch.stack(
+            [
+                torch.stack([eye[i] for i in index])
+                for index in itertools.product(range(self.num_categories), repeat=self.num_latents)
+            ]
+        )
         return joint.squeeze(1) if self.num_latents == 1 else joint
 
     def exact_log_likelihood(self, x: torch.Tensor, batch_size: int = 200) -> torch.Tensor:
         """log p(x_n) for every row, summing over all ``K**M`` codes (at most :data:`MAX_EXACT_CODES`), ``(N,)``."""
         self._check_rows(x, "exact_log_likelihood")
         if self.num_categories**self.num_latents > MAX_EXACT_CODES:
-            raise ValueError(f"exact_log_likelihood sums over K**M = {self.num_categories ** self.num_latents} "
-                             f"codes; it is offered up to {MAX_EXACT_CODES}. Use log_likelihood instead")
+            raise ValueError(
+                f"exact_log_likelihood sums over K**M = {self.num_categories**self.num_latents} "
+                f"codes; it is offered up to {MAX_EXACT_CODES}. Use log_likelihood instead"
+            )
         dtype = next(self.decoder.parameters()).dtype
         x = x.to(dtype)
         codes = self.codes().to(dtype)
         log_prior = -self.num_latents * math.log(self.num_categories)
         with torch.no_grad():
-            return torch.cat([torch.logsumexp(self.p_x_given_c(codes.unsqueeze(1)).log_prob(rows), dim=0) + log_prior
-                              for rows in x.split(batch_size)])
+            return torch.cat(
+                [
+                    torch.logsumexp(self.p_x_given_c(codes.unsqueeze(1)).log_prob(rows), dim=0) + log_prior
+                    for rows in x.split(batch_size)
+                ]
+            )
 
-    def log_likelihood(self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100,
-                       seed: int = 0) -> torch.Tensor:
+    def log_likelihood(
+        self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100, seed: int = 0
+    ) -> torch.Tensor:
         """The importance-weighted estimate of log p(x_n) with the (unrelaxed) guide as proposal, ``(N,)``."""
         self._check_rows(x, "log_likelihood")
         k = _positive_int("num_particles", num_particles)
@@ -176,8 +188,9 @@ class CategoricalVAE(nn.Module):
         with torch.no_grad():
             for rows in x.split(_positive_int("batch_size", batch_size)):
                 q = dist.OneHotCategorical(logits=self.encoder(rows))
-                index = torch.multinomial(q.probs.reshape(-1, self.num_categories), k, replacement=True,
-                                          generator=generator).T.reshape(k, *q.batch_shape)
+                index = torch.multinomial(
+                    q.probs.reshape(-1, self.num_categories), k, replacement=True, generator=generator
+                ).T.reshape(k, *q.batch_shape)
                 c = nn.functional.one_hot(index, self.num_categories).to(x.dtype)
                 log_q = q.log_prob(c)
                 if self.num_latents > 1:

@@ -13,6 +13,7 @@ from . import backends
 from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
+from .discrete_guides import AmortizedBernoulli, AmortizedCategorical
 from .em.stream import chunks
 from .errors import (
     ConvergenceWarning,
@@ -29,7 +30,6 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
-from .discrete_guides import AmortizedBernoulli, AmortizedCategorical
 from .fit_options import FitOptions, linear_warmup, temperature_schedule
 from .guides import AmortizedFlow, AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model

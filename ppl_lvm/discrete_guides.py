@@ -49,8 +49,10 @@ class AmortizedBernoulli(Amortized):
 
     def _check_site(self, info: Any) -> None:
         if info.support != "boolean":
-            raise ValueError(f"AmortizedBernoulli: site '{self.site}' has support {info.support!r} "
-                             f"({info.distribution}); a Bernoulli guide needs a site with values in {{0, 1}}")
+            raise ValueError(
+                f"AmortizedBernoulli: site '{self.site}' has support {info.support!r} "
+                f"({info.distribution}); a Bernoulli guide needs a site with values in {{0, 1}}"
+            )
 
     def _distribution(self, logits: torch.Tensor) -> Any:
         return dist.Bernoulli(logits=logits).to_event(self._event_dim)
@@ -93,17 +95,25 @@ class AmortizedCategorical(Amortized):
     (1.0, 0.5)
     """
 
-    def __init__(self, encoder: torch.nn.Module, site: str, relaxed: bool = False,
-                 temperature: float | Callable[[int], float] = 1.0, straight_through: bool = False,
-                 data: str | None = None):
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        site: str,
+        relaxed: bool = False,
+        temperature: float | Callable[[int], float] = 1.0,
+        straight_through: bool = False,
+        data: str | None = None,
+    ):
         super().__init__(encoder, site, data)
         for name, value in (("relaxed", relaxed), ("straight_through", straight_through)):
             if not isinstance(value, bool):
                 raise TypeError(f"AmortizedCategorical: {name} must be True or False, got {value!r}")
         if not relaxed and (straight_through or temperature != 1.0):
             given = "straight_through=True" if straight_through else f"temperature={temperature!r}"
-            raise ValueError(f"AmortizedCategorical: {given} applies to the Gumbel-softmax relaxation only; pass "
-                             "relaxed=True, or leave it out for the score-function guide")
+            raise ValueError(
+                f"AmortizedCategorical: {given} applies to the Gumbel-softmax relaxation only; pass "
+                "relaxed=True, or leave it out for the score-function guide"
+            )
         if not callable(temperature):
             _check_temperature(temperature, "temperature")
         self.relaxed = relaxed
@@ -121,12 +131,16 @@ class AmortizedCategorical(Amortized):
             self.one_hot = True
             self._extra_param_dims = 0
         else:
-            raise ValueError(f"AmortizedCategorical: site '{self.site}' is {info.distribution} with support "
-                             f"{info.support!r}; a categorical guide needs a Categorical or OneHotCategorical site")
+            raise ValueError(
+                f"AmortizedCategorical: site '{self.site}' is {info.distribution} with support "
+                f"{info.support!r}; a categorical guide needs a Categorical or OneHotCategorical site"
+            )
         if self.relaxed and not self.one_hot:
-            raise ValueError(f"AmortizedCategorical(relaxed=True): site '{self.site}' is a Categorical, whose "
-                             "integer value cannot be relaxed; write it as dist.OneHotCategorical and use the one-hot "
-                             "vector in the model (decoder(z), z @ table), or use relaxed=False (score function)")
+            raise ValueError(
+                f"AmortizedCategorical(relaxed=True): site '{self.site}' is a Categorical, whose "
+                "integer value cannot be relaxed; write it as dist.OneHotCategorical and use the one-hot "
+                "vector in the model (decoder(z), z @ table), or use relaxed=False (score function)"
+            )
 
     def temperature_at(self, step: int) -> float:
         """The temperature of step ``step`` (counted from 0)."""
@@ -189,7 +203,9 @@ class _Relax(Messenger):
             extra += fn.reinterpreted_batch_ndims
             fn = fn.base_dist
         if not isinstance(fn, dist.OneHotCategorical):
-            raise ValueError(f"AmortizedCategorical(relaxed=True): the model's site '{msg['name']}' is "
-                             f"{type(fn).__name__} in this run; a relaxed guide needs a OneHotCategorical there")
+            raise ValueError(
+                f"AmortizedCategorical(relaxed=True): the model's site '{msg['name']}' is "
+                f"{type(fn).__name__} in this run; a relaxed guide needs a OneHotCategorical there"
+            )
         relaxed = _relaxed(fn.logits, tau, self.guide.straight_through)
         msg["fn"] = relaxed.to_event(extra) if extra else relaxed

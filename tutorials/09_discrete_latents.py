@@ -106,7 +106,7 @@ def relaxed_draws(tau):
     return torch.stack([torch.autograd.grad(v, phi, retain_graph=True)[0] for v in (y @ f)[: S // 10]])
 
 
-mean_f = float((torch.softmax(phi, 0) * f).sum())
+mean_f = float((torch.softmax(phi.detach(), 0) * f).sum())
 rows = {"score function, no baseline": score_draws(0.0), "score function, b = E[f]": score_draws(mean_f)}
 for tau in (1.0, 0.5, 0.1):
     rows[f"Gumbel-softmax, tau = {tau}"] = relaxed_draws(tau)
@@ -114,7 +114,9 @@ print(f"exact gradient: {np.round(exact.numpy(), 4)}")
 for name, draws in rows.items():
     bias = float((draws.mean(0) - exact).norm())
     se = float((draws.var(0).sum() / len(draws)) ** 0.5)
-    print(f"{name:30s} |mean - exact| = {bias:.4f} (Monte Carlo se {se:.4f}), total variance {float(draws.var(0).sum()):9.3f}")
+    print(
+        f"{name:30s} |mean - exact| = {bias:.4f} (Monte Carlo se {se:.4f}), total variance {float(draws.var(0).sum()):9.3f}"
+    )
 
 # %% [markdown]
 # (Numbers of the full run, 20000 draws.) The plain score function is unbiased but its total variance is 2.57e2,
@@ -159,12 +161,16 @@ for name in ("enumeration", "score function, average baseline", "score function,
     fits[name] = lvm.infer(vae.model, train, **common, **options)
     seconds = time.perf_counter() - start
     held_out[name] = float(vae.exact_log_likelihood(test).mean())
-    print(f"{name:34s} held-out log p(x) = {held_out[name]:.3f} nats per digit, training ELBO per digit "
-          f"{fits[name].elbo / len(train):.3f}, {seconds:.0f} s")
+    print(
+        f"{name:34s} held-out log p(x) = {held_out[name]:.3f} nats per digit, training ELBO per digit "
+        f"{fits[name].elbo / len(train):.3f}, {seconds:.0f} s"
+    )
 
 gap = held_out["enumeration"] - held_out["Gumbel-softmax"]
-print(f"enumeration minus Gumbel-softmax: {gap:+.3f} nats; enumeration minus score function (average): "
-      f"{held_out['enumeration'] - held_out['score function, average baseline']:+.3f} nats")
+print(
+    f"enumeration minus Gumbel-softmax: {gap:+.3f} nats; enumeration minus score function (average): "
+    f"{held_out['enumeration'] - held_out['score function, average baseline']:+.3f} nats"
+)
 
 # %% [markdown]
 # The full run (3000 steps of 100 digits, one thread) gave, in nats per held-out digit: a random decoder -44.35;

@@ -44,9 +44,11 @@ from .estimators import stick_the_landing
 __all__ = ["BASELINES", "NET_HIDDEN", "BaselineNet", "ScoreFunctionELBO", "baseline_nets", "check_baseline"]
 
 #: the values of ``baseline=`` of ``method="svi"``, each with what it does
-BASELINES = {"average": "a running average of each site's downstream cost",
-             "net": "the running average plus a network of the row's data, fitted to what the average misses",
-             None: "no baseline"}
+BASELINES = {
+    "average": "a running average of each site's downstream cost",
+    "net": "the running average plus a network of the row's data, fitted to what the average misses",
+    None: "no baseline",
+}
 
 #: the weight of the previous average in the running average (Pyro's ``baseline_beta``)
 AVERAGE_BETA = 0.9
@@ -91,8 +93,9 @@ def _features(arguments: list[str], kwargs: dict[str, Any]) -> torch.Tensor:
     return torch.cat([r.reshape(r.shape[0], -1).to(dtype) for r in rows], dim=-1)
 
 
-def baseline_nets(kind: str | None, sites: list[str], structure: ModelStructure,
-                  kwargs: dict[str, Any]) -> dict[str, BaselineNet]:
+def baseline_nets(
+    kind: str | None, sites: list[str], structure: ModelStructure, kwargs: dict[str, Any]
+) -> dict[str, BaselineNet]:
     """One :class:`BaselineNet` per score-function site for ``baseline="net"`` (none otherwise); refuses a site
     outside the data plate, or inside a further plate, where a function of one data row is no baseline."""
     if kind != "net":
@@ -131,8 +134,15 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         Apply :func:`~ppl_lvm.backends.estimators.stick_the_landing` to the guide trace.
     """
 
-    def __init__(self, sites: list[str], baseline: str | None, nets: dict[str, BaselineNet],
-                 structure: ModelStructure, stl: bool = False, **kwargs: Any):
+    def __init__(
+        self,
+        sites: list[str],
+        baseline: str | None,
+        nets: dict[str, BaselineNet],
+        structure: ModelStructure,
+        stl: bool = False,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.sites = frozenset(sites)
         self.baseline = baseline
@@ -155,8 +165,9 @@ class ScoreFunctionELBO(TraceGraph_ELBO):
         trailing = (1,) * (-self._plate_dim - 1)  # the net's one value per row, at the data plate's dim
 
         def with_baselines(*args: Any, **kw: Any) -> Any:
-            modules = {name: pyro.module(f"baseline_{name}", net, update_module_params=True)
-                       for name, net in self.nets.items()}
+            modules = {
+                name: pyro.module(f"baseline_{name}", net, update_module_params=True) for name, net in self.nets.items()
+            }
 
             def config(msg: dict) -> dict:
                 if msg["type"] != "sample" or msg["name"] not in self.sites or "baseline" in msg["infer"]:

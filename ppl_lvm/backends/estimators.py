@@ -25,7 +25,6 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer import Trace_ELBO
-
 from pyro.poutine.util import site_is_subsample
 
 __all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "score_function_sites", "stick_the_landing",

@@ -128,8 +128,11 @@ def test_the_baseline_option_is_checked():
     x = torch.randn(20)
     with pytest.raises(ValueError, match=r"baseline must be one of 'average' .*'net' .*None .*got 'mean'"):
         lvm.infer(normal_normal, x, steps=5, baseline="mean")
-    with pytest.raises(lvm.UnsupportedModelError, match=r"baseline='average' applies to guide sites sampled by the "
-                                                          r"score function .* this guide has none"):
+    with pytest.raises(
+        lvm.UnsupportedModelError,
+        match=r"baseline='average' applies to guide sites sampled by the "
+        r"score function .* this guide has none",
+    ):
         lvm.infer(normal_normal, x, steps=5, baseline="average")
     with pytest.raises(TypeError, match=r"unknown option\(s\) \['baseline'\].*an option of method='svi'"):
         lvm.infer(normal_normal, x, method="meanfield", steps=5, baseline="average")
@@ -150,8 +153,11 @@ def test_a_net_baseline_needs_a_site_in_the_data_plate():
     x = torch.randn(10) + 1
     fit = lvm.infer(one_coin, x, steps=10, baseline="average")
     assert fit.options["score_function_sites"] == ["z"]
-    with pytest.raises(lvm.UnsupportedModelError, match=r"baseline='net' .* site 'z' is not one value per data row "
-                                                          r"\(its plates are \[\].*Use baseline='average'"):
+    with pytest.raises(
+        lvm.UnsupportedModelError,
+        match=r"baseline='net' .* site 'z' is not one value per data row "
+        r"\(its plates are \[\].*Use baseline='average'",
+    ):
         lvm.infer(one_coin, x, steps=10, baseline="net")
 
 
@@ -171,6 +177,9 @@ def test_enumerated_latents_and_a_baseline_are_refused_together():
     x = torch.randn(10)
     fit = lvm.infer(two_bits, x, steps=5)  # 'b' summed out, 'a' scored by TraceEnum_ELBO's own estimator
     assert fit.options["score_function_sites"] == ["a"] and fit.options["baseline"] is None
-    with pytest.raises(lvm.UnsupportedModelError, match=r"baseline='average' needs TraceGraph_ELBO, which cannot sum "
-                                                          r"out the model's enumerated discrete latents \['b'\]"):
+    with pytest.raises(
+        lvm.UnsupportedModelError,
+        match=r"baseline='average' needs TraceGraph_ELBO, which cannot sum "
+        r"out the model's enumerated discrete latents \['b'\]",
+    ):
         lvm.infer(two_bits, x, steps=5, baseline="average")

@@ -50,7 +50,9 @@ def test_the_temperature_follows_its_schedule_at_every_step():
     assert schedule(5) == pytest.approx(1.0)  # geometric: halfway in log-temperature
     guide = lvm.AmortizedCategorical(Encoder(), site="c", relaxed=True, temperature=schedule)
     seen = []
-    fit = lvm.infer(clusters, _x(), guide=guide, steps=14, lr=0.01, callbacks=[lambda s: seen.append(guide.last_temperature)])
+    fit = lvm.infer(
+        clusters, _x(), guide=guide, steps=14, lr=0.01, callbacks=[lambda s: seen.append(guide.last_temperature)]
+    )
     assert seen == pytest.approx([schedule(s) for s in range(14)], rel=1e-12)
     assert fit.options["score_function_sites"] == [] and fit.options["baseline"] is None
     assert fit.guide_name == "amortised categorical over 'c' (Gumbel-softmax)"
@@ -108,7 +110,8 @@ def test_bad_categorical_guides_are_refused():
         guide = lvm.AmortizedCategorical(Encoder(), site="c", relaxed=True, temperature=lambda s: math.nan)
         lvm.infer(clusters, _x(), guide=guide, steps=2)
     with pytest.raises(lvm.UnsupportedModelError, match=r"method 'iwae' with the relaxed guide .* use method='svi'"):
-        lvm.infer(clusters, _x(), method="iwae", guide=lvm.AmortizedCategorical(Encoder(), site="c", relaxed=True),
-                  steps=2)
+        lvm.infer(
+            clusters, _x(), method="iwae", guide=lvm.AmortizedCategorical(Encoder(), site="c", relaxed=True), steps=2
+        )
     with pytest.raises(ValueError, match=r"AmortizedBernoulli: site 'c' has support 'onehot'"):
         lvm.infer(clusters, _x(), guide=lvm.AmortizedBernoulli(Encoder(), site="c"), steps=2)
