@@ -181,7 +181,9 @@ def _check_temperature(value: Any, name: str) -> float:
 
 def _relaxed(logits: torch.Tensor, tau: float, straight_through: bool) -> Any:
     cls = dist.RelaxedOneHotCategoricalStraightThrough if straight_through else dist.RelaxedOneHotCategorical
-    return cls(torch.tensor(tau, dtype=logits.dtype, device=logits.device), logits=logits)
+    # no support check: a float32 draw clamped away from 0 and 1 (as the straight-through class does) can miss the
+    # simplex's tolerance while its density is well defined
+    return cls(torch.tensor(tau, dtype=logits.dtype, device=logits.device), logits=logits, validate_args=False)
 
 
 class _Relax(Messenger):
