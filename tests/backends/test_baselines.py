@@ -3,6 +3,7 @@
 import pyro
 import pytest
 import torch
+from demo_models import normal_normal
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -116,15 +117,11 @@ def test_what_ran_is_recorded_and_fit_more_continues():
     none = lvm.infer(sbn.model, x, guide=sbn.guide, steps=20, lr=0.02, seed=0, baseline=None)
     assert none.options["baseline"] is None and "__baseline_avg_downstream_cost_z" not in none.param_state["params"]
     # a reparameterised guide: nothing is scored, no baseline runs
-    from demo_models import normal_normal
-
     plain = lvm.infer(normal_normal, torch.randn(20), steps=20)
     assert plain.options["score_function_sites"] == [] and plain.options["baseline"] is None
 
 
 def test_the_baseline_option_is_checked():
-    from demo_models import normal_normal
-
     x = torch.randn(20)
     with pytest.raises(ValueError, match=r"baseline must be one of 'average' .*'net' .*None .*got 'mean'"):
         lvm.infer(normal_normal, x, steps=5, baseline="mean")
