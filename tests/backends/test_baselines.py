@@ -16,7 +16,7 @@ from ppl_lvm.guides import build_guide
 from ppl_lvm.models.sbn import SigmoidBeliefNet
 
 
-def _gradient_draws(model, guide, data, baseline, param, draws, warm=30, seed=0):
+def _gradient_draws(model, guide, data, baseline, param, draws, warm=20, seed=0):
     """Draws of the gradient of ``param`` by the ELBO ``method="svi"`` plans, at fixed parameters: ``warm`` steps
     first (the running average settles), then ``draws`` recorded; nothing is optimised."""
     options = {} if baseline == "unset" else {"baseline": baseline}
@@ -72,10 +72,10 @@ def test_score_function_gradient_is_unbiased_against_the_enumerated_elbo_gradien
         elbo = elbo + (q.log_prob(z).exp() * (log_joint - q.log_prob(z))).sum()
     exact = -torch.autograd.grad(elbo, encoder.weight)[0].squeeze()
     for baseline in (None, "average"):
-        draws, _ = _gradient_draws(coin, guide, {"x": x}, baseline, "encoder$$$net.weight", draws=400)
+        draws, _ = _gradient_draws(coin, guide, {"x": x}, baseline, "encoder$$$net.weight", draws=250)
         draws = draws.squeeze()
         se = draws.std() / draws.shape[0] ** 0.5
-        # seeds 0-4: |mean - exact| / se 0.5-1.0 (no baseline) and 0.3-0.9 (average), whose variance is 9 times smaller
+        # seeds 0-4: |mean - exact| / se 0.2-1.2 (no baseline) and 0.1-0.8 (average, with 9 times less variance)
         assert abs(float(draws.mean() - exact)) < 4 * float(se), (baseline, float(draws.mean()), float(exact))
 
 
@@ -85,19 +85,19 @@ def test_the_baseline_cuts_the_gradient_variance_of_an_encoder_weight_of_a_sigmo
     sbn = SigmoidBeliefNet(64, latent_dim=16, hidden=())
     lvm.infer(sbn.model, x, guide=sbn.guide, steps=100, lr=0.02, seed=0)  # a trained point, not the initial one
     weight = "encoder$$$0.weight"
-    plain, plan = _gradient_draws(sbn.model, sbn.guide, {"x": x}, None, weight, draws=80)
+    plain, plan = _gradient_draws(sbn.model, sbn.guide, {"x": x}, None, weight, draws=60)
     assert isinstance(plan.elbo, ScoreFunctionELBO) and plan.elbo.baseline is None
-    averaged, _ = _gradient_draws(sbn.model, sbn.guide, {"x": x}, "average", weight, draws=80)
+    averaged, _ = _gradient_draws(sbn.model, sbn.guide, {"x": x}, "average", weight, draws=60)
     # the weight from pixel 28 (a central pixel) to the first bit, and the sum over the whole (16, 64) matrix:
-    # over seeds 0-4 (models seeded 100-104) the running average cut the variance by a factor of 238-392 (the
-    # element) and 270-335 (the sum); asserted with a margin of about 4 below the smallest
+    # over seeds 0-4 (models seeded 100-104) the running average cut the variance by a factor of 173-277 (the
+    # element) and 209-230 (the sum); asserted with a margin of about 3 below the smallest
     element = (0, 28)
     ratio = plain[:, element[0], element[1]].var() / averaged[:, element[0], element[1]].var()
     total = plain.var(0).sum() / averaged.var(0).sum()
     assert ratio > 60 and total > 70, (float(ratio), float(total))
     # and the mean is the same within Monte Carlo error: seeds 0-4 gave |difference| / se of 0.2-1.8
     difference = plain[:, element[0], element[1]].mean() - averaged[:, element[0], element[1]].mean()
-    se = ((plain[:, element[0], element[1]].var() + averaged[:, element[0], element[1]].var()) / 80) ** 0.5
+    se = ((plain[:, element[0], element[1]].var() + averaged[:, element[0], element[1]].var()) / 60) ** 0.5
     assert abs(float(difference)) < 4 * float(se)
 
 

@@ -39,8 +39,8 @@ def test_a_score_function_fit_raises_the_held_out_log_likelihood():
     fit = lvm.infer(sbn.model, split.x_train[:400], guide=sbn.guide, steps=300, lr=0.02, batch_size=100, seed=0)
     after = float(sbn.exact_log_likelihood(split.x_test[:200]).mean())
     assert fit.options["baseline"] == "average"
-    # seeds 0-4: from -44.4 to -30.0 .. -31.0 nats per digit
-    assert after > before + 8, (after, before)
+    # seeds 0-4: from -43.8 .. -46.7 to -22.2 .. -22.8 nats per digit (a gain of 21.5-24.5)
+    assert after > before + 10, (after, before)
 
 
 def test_bad_arguments_are_refused():

@@ -24,10 +24,10 @@ def test_the_relaxed_categorical_vae_trains_and_beats_a_random_decoder_on_held_o
     guide = vae.guide(relaxed=True, temperature=lvm.temperature_schedule(1.0, 0.5, steps=400))
     fit = lvm.infer(vae.model, train, guide=guide, steps=400, lr=0.01, batch_size=100, seed=0)
     held_out = float(vae.exact_log_likelihood(test).mean())  # log p(x) summed over the 8**2 codes
-    # seeds 0-4: random decoder -44.3 to -44.6 nats per digit; trained -26.6 to -27.4 (a gain of 17-18 nats)
-    assert math.isfinite(held_out) and held_out > random_decoder + 8, (held_out, random_decoder)
+    # seeds 0-4: random decoder -44.1 to -44.6 nats per digit; trained -23.8 to -24.5 (a gain of 19.6-20.7 nats)
+    assert math.isfinite(held_out) and held_out > random_decoder + 10, (held_out, random_decoder)
     assert guide.last_temperature == pytest.approx(0.5 ** (399 / 400))
-    # the importance-weighted bound with the discrete guide sits below the exact value, and near it
+    # the importance-weighted estimate with the discrete guide is near the exact value (seeds 0-4: -0.009 to +0.001)
     iw = float(vae.log_likelihood(test, num_particles=200).mean())
     assert held_out - 3 < iw <= held_out + 0.05, (iw, held_out)
     # result.elbo is the ELBO of the discrete model with the unrelaxed guide: below the exact log-likelihood
@@ -42,8 +42,8 @@ def test_the_score_function_fit_trains_too_and_one_code_is_summed_out_exactly(di
     fit = lvm.infer(vae.model, train, guide=vae.guide(), steps=200, lr=0.01, batch_size=100, seed=0)
     assert fit.options["baseline"] == "average" and fit.options["score_function_sites"] == ["c"]
     after = float(vae.exact_log_likelihood(test).mean())
-    # seeds 0-4: from -44.4 to about -33 nats per digit
-    assert after > before + 5, (after, before)
+    # seeds 0-4: from -44.1 .. -44.8 to -23.7 .. -24.5 nats per digit
+    assert after > before + 10, (after, before)
     # with no guide the code is enumerated: the bound of the fit is the exact log-likelihood
     exact = lvm.infer(vae.model, train, guide="none", steps=5, lr=0.01)
     assert exact.elbo == pytest.approx(float(vae.exact_log_likelihood(train).sum()), rel=1e-5)
