@@ -10,6 +10,8 @@ module                 models
 ``topic``              ProdLDA, an amortised neural topic model, and a simulator of corpora with known topics
 ``vae``                a variational autoencoder (amortised SVI / IWAE)
 ``vae_deep``           a VAE with two stochastic layers, x <- z1 <- z2 (SVI, IWAE with DReG, mean-field)
+``vae_categorical``    a VAE with one-hot categorical codes (enumeration, score function or Gumbel-softmax)
+``sbn``                a sigmoid belief network: binary latents, an amortised Bernoulli guide (score function)
 =====================  ==========================================================================================
 
 Every model's docstring has a runnable example, and its parameters are recovered from data simulated from the model

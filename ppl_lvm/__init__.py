@@ -13,6 +13,7 @@ from . import backends
 from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
+from .discrete_guides import AmortizedBernoulli, AmortizedCategorical
 from .em.stream import chunks
 from .errors import (
     ConvergenceWarning,
@@ -29,7 +30,7 @@ from .errors import (
     PplLvmWarning,
     UnsupportedModelError,
 )
-from .fit_options import FitOptions, linear_warmup
+from .fit_options import FitOptions, linear_warmup, temperature_schedule
 from .guides import AmortizedFlow, AmortizedNormal, MeanFieldNormal
 from .model import Guide, Model, guide, model
 from .posterior import alignment
@@ -39,6 +40,8 @@ from .results import EMResult, MCMCResult, Result, StochasticEMResult, load
 from .structure import ModelStructure
 
 __all__ = [
+    "AmortizedBernoulli",
+    "AmortizedCategorical",
     "AmortizedFlow",
     "AmortizedNormal",
     "ConvergenceWarning",
@@ -83,4 +86,5 @@ __all__ = [
     "observe",
     "param",
     "plate",
+    "temperature_schedule",
 ]

@@ -31,13 +31,15 @@ def infer(
         Bound to the model's arguments: a dict by name, a tuple by position, anything else to the first
         argument. Continuous data become the torch default dtype, integer data ``long``.
     method : str
-        ``"svi"`` (Trace_ELBO; discrete latents the guide does not sample are enumerated exactly),
+        ``"svi"`` (Trace_ELBO; discrete latents the guide does not sample are enumerated exactly, those it samples
+        are fitted by the score function with ``baseline="average"|"net"|None`` through TraceGraph_ELBO),
         ``"meanfield"`` (TraceMeanField_ELBO, analytic KLs), ``"iwae"`` (RenyiELBO with alpha=0 and K
         vectorised importance samples), ``"renyi"`` (any alpha != 1), and the methods registered by other
         backends (``lvm.backends.BACKENDS`` lists them).
     guide : str, function or AutoGuide, optional
         ``"normal"`` (mean-field), ``"fullrank"``, ``"delta"`` (MAP), a function decorated with
-        :func:`ppl_lvm.guide`, an :class:`~ppl_lvm.guides.AmortizedNormal`, or any Pyro guide.
+        :func:`ppl_lvm.guide`, an :class:`~ppl_lvm.guides.AmortizedNormal` (or ``AmortizedFlow``,
+        ``AmortizedBernoulli``, ``AmortizedCategorical``), or any Pyro guide.
     init : Result, optional
         Start from this result's parameters (fitting further).
     **options

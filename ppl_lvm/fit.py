@@ -192,6 +192,7 @@ def run_loop(
                     else:
                         loss_scale = minibatch.size / minibatch.batch_size
                 ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
+                ctx.step = step - 1
 
                 with poutine.trace(param_only=True) as param_capture:
                     try:

@@ -12,6 +12,7 @@ import pyro.optim
 import torch
 
 __all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "Settling", "anneal_factor", "linear_warmup", "settling",
+           "temperature_schedule",
            "smoothed_final_loss", "smoothed_losses"]
 
 OPTIMIZERS = {
@@ -224,6 +225,26 @@ def linear_warmup(steps: int, start: float = 0.0, end: float = 1.0) -> Callable[
 
     def schedule(step: int) -> float:
         return start + (end - start) * min(1.0, step / steps)
+
+    return schedule
+
+
+def temperature_schedule(start: float = 1.0, end: float = 0.5, steps: int = 1000) -> Callable[[int], float]:
+    """A temperature falling geometrically from ``start`` at step 0 to ``end`` at step ``steps``, then constant.
+
+    ``tau(t) = start * (end / start) ** (min(t, steps) / steps)``: the exponential decay of Jang, Gu and Poole
+    (2017), for the ``temperature`` of a relaxed guide (:class:`ppl_lvm.AmortizedCategorical`). The fit loop
+    counts steps from 0, so a fit of ``steps + 1`` steps ends at ``end``.
+    """
+    for name, value in (("start", start), ("end", end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"temperature_schedule: {name} must be a positive number, got {value!r}")
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise ValueError(f"temperature_schedule: steps must be a positive integer, got {steps!r}")
+    ratio = float(end) / float(start)
+
+    def schedule(step: int) -> float:
+        return float(start) * ratio ** (min(max(step, 0), steps) / steps)
 
     return schedule
 

@@ -30,7 +30,7 @@ from pyro.infer import autoguide
 from .model import Guide, Model, ModelStructure
 from .runtime import current_fit
 
-__all__ = ["MeanFieldNormal", "AmortizedFlow", "AmortizedNormal", "GUIDES", "build_guide", "empty_guide"]
+__all__ = ["MeanFieldNormal", "Amortized", "AmortizedFlow", "AmortizedNormal", "GUIDES", "build_guide", "empty_guide"]
 
 
 class MeanFieldNormal(autoguide.AutoNormal):
@@ -69,7 +69,76 @@ def _is_identity(transform: Any) -> bool:
     return isinstance(transform, T.ComposeTransform) and not transform.parts
 
 
-class AmortizedNormal:
+class Amortized:
+    """The shared part of the amortised guides: ``encoder(data)`` gives the parameters of ``q(site | data)`` for one
+    local latent site, row by row; a subclass says which distribution (:meth:`_distribution`).
+
+    Parameters
+    ----------
+    encoder : torch.nn.Module
+        Maps the model's data argument (a batch of rows) to the parameters of the site's distribution.
+    site : str
+        The local latent site the encoder predicts (e.g. ``"z"`` of a VAE).
+    data : str, optional
+        The model argument fed to the encoder; default: the model's first argument.
+    """
+
+    #: dimensions of the encoder's first output right of the site's batch dimensions, beyond its event dimensions
+    _extra_param_dims = 0
+
+    def __init__(self, encoder: torch.nn.Module, site: str, data: str | None = None):
+        if not isinstance(encoder, torch.nn.Module):
+            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
+        self.encoder = encoder
+        self.site = site
+        self.data = data
+        self._frames: list | None = None
+        self._event_dim = 0
+        self._arg_names: list[str] = []
+
+    def bind(self, model: Model, structure: ModelStructure) -> Amortized:
+        info = structure.sites.get(self.site)
+        if info is None or info.kind != "latent":
+            latents = [s.name for s in structure.latent_sites]
+            raise ValueError(f"{type(self).__name__}: the model has no latent site '{self.site}'; its latents: {latents}")
+        self._check_site(info)
+        self._frames = [structure.plates[p] for p in info.plates]
+        self._event_dim = len(info.event_shape)
+        self._arg_names = model.argument_names
+        self.data = self.data or self._arg_names[0]
+        return self
+
+    def _check_site(self, info: Any) -> None:
+        """Refuse a model site this family cannot stand for (a subclass's check)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        if self._frames is None:
+            raise RuntimeError(f"{type(self).__name__} must be bound to a model; pass it to lvm.infer(guide=...)")
+        bound = dict(zip(self._arg_names, args, strict=False)) | kwargs
+        x = bound[self.data]
+        pyro.module("encoder", self.encoder, update_module_params=True)
+        out = self.encoder(x)
+        params = out if isinstance(out, tuple) else (out,)
+        right = self._event_dim + self._extra_param_dims
+        fit = current_fit()
+        with ExitStack() as stack:
+            for frame in self._frames:
+                if fit is not None and frame.name in fit.subsample:
+                    full, indices = fit.subsample[frame.name]
+                    stack.enter_context(pyro.plate(frame.name, full, subsample=indices, dim=frame.dim))
+                else:
+                    stack.enter_context(pyro.plate(frame.name, params[0].shape[frame.dim - right], dim=frame.dim))
+            return pyro.sample(self.site, self._distribution(*params))
+
+    def _distribution(self, *params: torch.Tensor) -> Any:
+        raise NotImplementedError
+
+    def description(self) -> str:
+        """How the guide is named in results (``result.guide_name``)."""
+        return f"amortised {type(self).__name__} over '{self.site}'"
+
+
+class AmortizedNormal(Amortized):
     """An amortised mean-field normal guide: ``encoder(data) -> (loc, scale)`` for one local latent site.
 
     Parameters
@@ -94,49 +163,10 @@ class AmortizedNormal:
     >>> guide = AmortizedNormal(Encoder(), site="z")
     """
 
-    def __init__(self, encoder: torch.nn.Module, site: str, data: str | None = None):
-        if not isinstance(encoder, torch.nn.Module):
-            raise TypeError(f"encoder must be a torch.nn.Module, got {type(encoder).__name__}")
-        self.encoder = encoder
-        self.site = site
-        self.data = data
-        self._frames: list | None = None
-        self._event_dim = 0
-        self._arg_names: list[str] = []
-
-    def bind(self, model: Model, structure: ModelStructure) -> AmortizedNormal:
-        info = structure.sites.get(self.site)
-        if info is None or info.kind != "latent":
-            latents = [s.name for s in structure.latent_sites]
-            raise ValueError(f"AmortizedNormal: the model has no latent site '{self.site}'; its latents: {latents}")
-        self._frames = [structure.plates[p] for p in info.plates]
-        self._event_dim = len(info.event_shape)
-        self._arg_names = model.argument_names
-        self.data = self.data or self._arg_names[0]
-        return self
-
-    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        if self._frames is None:
-            raise RuntimeError("AmortizedNormal must be bound to a model; pass it to lvm.infer(guide=...)")
-        bound = dict(zip(self._arg_names, args, strict=False)) | kwargs
-        x = bound[self.data]
-        pyro.module("encoder", self.encoder, update_module_params=True)
-        loc, scale = self.encoder(x)
-        fit = current_fit()
-        with ExitStack() as stack:
-            for frame in self._frames:
-                if fit is not None and frame.name in fit.subsample:
-                    full, indices = fit.subsample[frame.name]
-                    stack.enter_context(pyro.plate(frame.name, full, subsample=indices, dim=frame.dim))
-                else:
-                    stack.enter_context(pyro.plate(frame.name, loc.shape[frame.dim - self._event_dim], dim=frame.dim))
-            return pyro.sample(self.site, self._distribution(loc, scale))
-
     def _distribution(self, loc: torch.Tensor, scale: torch.Tensor) -> Any:
         return dist.Normal(loc, scale).to_event(self._event_dim)
 
     def description(self) -> str:
-        """How the guide is named in results (``result.guide_name``)."""
         return f"amortised normal over '{self.site}'"
 
 
@@ -224,7 +254,7 @@ def build_guide(spec: Any, model: Model, structure: ModelStructure) -> tuple[Cal
         hidden = [s.name for s in structure.discrete_latents]
         target = poutine.block(model, hide=hidden) if hidden else model
         return GUIDES[key](target), key
-    if isinstance(spec, AmortizedNormal):
+    if isinstance(spec, Amortized):
         return spec.bind(model, structure), spec.description()
     if isinstance(spec, (Guide, autoguide.AutoGuide)) or callable(spec):
         name = getattr(spec, "__name__", type(spec).__name__)

@@ -40,6 +40,8 @@ class FitContext:
     subsample: dict[str, tuple[int, torch.Tensor]] = field(default_factory=dict)
     #: the KL weight on continuous latent sites (beta-VAE, warm-up); 1.0 means untouched
     beta: float = 1.0
+    #: the optimisation step being taken, counted from 0 (what schedules such as a guide's temperature read)
+    step: int = 0
 
 
 _local = threading.local()

@@ -87,6 +87,16 @@ EXPECTED = {
         r"Viterbi paths: lvm and hmmlearn agree on 1\.0000 of 1020 time steps",
         r"Viterbi accuracy vs the true regimes: 0\.8853",
     ],
+    "09_discrete_latents.py": [
+        r"exact gradient: \[-0\.2528 +0\.2077 +-0\.4522 +0\.4973\]",
+        r"score function, b = E\[f\] +\|mean - exact\| = 0\.0\d+ \(Monte Carlo se 0\.0\d+\)",
+        r"random decoder: held-out log p\(x\) = -44\.3\d\d nats per digit",
+        r"enumeration +held-out log p\(x\) = -\d\d\.\d{3} nats per digit",
+        r"Gumbel-softmax +held-out log p\(x\) = -\d\d\.\d{3} nats per digit",
+        r"score function, average baseline +score-function sites \['c'\], baseline average",
+        r"score function, net baseline +score-function sites \['c'\], baseline net",
+        r"Gumbel-softmax +score-function sites \[\], baseline None",
+    ],
     "10_monte_carlo_and_variational_em.py": [
         r"closed-form maximum of the PPCA log-likelihood: -2213\.81",
         r"vem: log-likelihood -221\d\.\d\d \(\d\.\d\d nats, relative \d\.\de-0[34] below the maximum\)",

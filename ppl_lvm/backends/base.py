@@ -26,7 +26,7 @@ from ..fit import FitOptions, Minibatch, run_loop
 from ..guides import build_guide, empty_guide
 from ..handlers import enumerating
 from ..outcome import Outcome
-from ..runtime import clone_param_state, run_scope
+from ..runtime import FitContext, clone_param_state, fit_scope, run_scope
 from ..structure import ModelStructure
 from .guide_check import check_guide
 from .problem import OPTION_HINTS, Problem
@@ -79,8 +79,9 @@ class VIPlan:
 
 
 def guide_sites(guide: Any, kwargs: dict[str, Any]) -> poutine.Trace:
-    """One trace of ``guide`` (sample sites it draws); run inside the fit's parameter scope."""
-    with torch.random.fork_rng(devices=[]), run_scope(guide):
+    """One trace of ``guide`` (sample sites it draws) as a fit step draws them (a relaxed guide draws relaxed
+    values there); run inside the fit's parameter scope."""
+    with torch.random.fork_rng(devices=[]), run_scope(guide), fit_scope(FitContext()):
         return poutine.trace(guide).get_trace(**kwargs)
 
 
@@ -88,6 +89,8 @@ class VariationalBackend(Backend):
     """Shared ``fit`` of svi / meanfield / iwae / renyi: subclasses implement :meth:`plan`."""
 
     default_guide: str | None = None
+    #: whether :meth:`plan` relaxes the model's prior where a relaxed guide samples (the Gumbel-softmax)
+    relaxes_guides = False
 
     @abstractmethod
     def plan(self, problem: Problem, loop: FitOptions, method: dict, guide: Any, guide_name: str,
@@ -179,6 +182,11 @@ class VariationalBackend(Backend):
             guide, guide_name = build_guide(spec, problem.model, problem.structure)
             gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
             check_guide(problem.structure, gtrace, guide, guide_name)
+            if getattr(guide, "relaxed", False) and not self.relaxes_guides:
+                raise UnsupportedModelError(
+                    f"method {self.name!r} with the relaxed guide {guide_name}: the Gumbel-softmax relaxation is "
+                    "fitted by method='svi', which relaxes the model's prior at the site with it; use method='svi', "
+                    "or relaxed=False")
             plan = self.plan(problem, loop, method, guide, guide_name, gtrace)
             minibatch = self._minibatch(problem, loop, plan, gtrace)
             try:

@@ -9,6 +9,11 @@ exactly zero, so a fit whose family contains the posterior settles on it instead
 
 The loss *value* is the ordinary ELBO; only the surrogate that is differentiated changes, and only at guide sites
 with ``rsample``: a site sampled by the score function keeps its score term.
+
+A guide site without ``rsample`` (a discrete latent the guide samples, any non-reparameterisable distribution) is a
+*score-function site* (:func:`score_function_sites`); ``method="svi"`` then differentiates by Pyro's
+``TraceGraph_ELBO`` with a baseline (:mod:`ppl_lvm.backends.baselines`), STL still applying at the reparameterised
+sites (:func:`stick_the_landing`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ import pyro.poutine as poutine
 import torch
 from pyro.distributions.score_parts import ScoreParts
 from pyro.infer import Trace_ELBO
+from pyro.poutine.util import site_is_subsample
 
-__all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "stl_obstacle", "upstream_draws"]
+__all__ = ["ESTIMATORS", "STLTrace_ELBO", "check_estimator", "score_function_sites", "stick_the_landing",
+           "stl_obstacle", "upstream_draws"]
 
 #: the values of the ``estimator`` option of ``method="svi"``, each with what it does
 ESTIMATORS = {"stl": "sticking the landing: the score term of log q is dropped, lower variance near the optimum",
@@ -44,6 +51,13 @@ def _stl_sites(guide_trace: poutine.Trace) -> list[str]:
             and not isinstance(site["fn"], dist.Delta)]
 
 
+def score_function_sites(guide_trace: poutine.Trace) -> list[str]:
+    """The guide's sample sites without ``rsample``: their gradient is the score function's (REINFORCE)."""
+    return [name for name, site in guide_trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"] and not site_is_subsample(site)
+            and not getattr(site["fn"], "has_rsample", False)]
+
+
 def stl_obstacle(guide_trace: poutine.Trace) -> str | None:
     """Why STL as written here does not apply to this guide, or ``None`` when it does.
 
@@ -53,6 +67,9 @@ def stl_obstacle(guide_trace: poutine.Trace) -> str | None:
     """
     earlier: list[tuple[str, torch.Tensor]] = []
     stl_sites = set(_stl_sites(guide_trace))
+    scored = score_function_sites(guide_trace)
+    if scored and not stl_sites:
+        return f"the guide samples every latent by the score function ({scored}): no site has a reparameterised path"
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
@@ -70,7 +87,7 @@ def upstream_draws(site: dict, earlier: list[tuple[str, torch.Tensor]]) -> list[
     value depends on, by autograd: such a site's distribution is not a function of the parameters alone."""
     if not earlier:
         return []
-    at_fixed_z = site["fn"].log_prob(site["value"].detach())
+    at_fixed_z = site["fn"].log_prob(_fixed(site["value"]))
     if not at_fixed_z.requires_grad:
         return []
     grads = torch.autograd.grad(at_fixed_z.sum(), [v for _, v in earlier], allow_unused=True, retain_graph=True)
@@ -89,13 +106,27 @@ class STLTrace_ELBO(Trace_ELBO):
 
     def _get_trace(self, model: Any, guide: Any, args: Any, kwargs: Any) -> tuple[poutine.Trace, poutine.Trace]:
         model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
-        for name in _stl_sites(guide_trace):
-            site = guide_trace.nodes[name]
-            parts = site["score_parts"]
-            if not isinstance(parts.entropy_term, torch.Tensor) or not parts.entropy_term.requires_grad:
-                continue
-            at_fixed_z = site["fn"].log_prob(site["value"].detach())
-            score = ScoreParts(at_fixed_z, 0, at_fixed_z).scale_and_mask(site["scale"], site["mask"]).entropy_term
-            site["score_parts"] = ScoreParts(parts.log_prob, parts.score_function,
-                                             parts.entropy_term - score + score.detach())
+        stick_the_landing(guide_trace)
         return model_trace, guide_trace
+
+
+def stick_the_landing(guide_trace: poutine.Trace) -> None:
+    """Replace, in place, the surrogate term of every reparameterised guide site by its path term alone."""
+    for name in _stl_sites(guide_trace):
+        site = guide_trace.nodes[name]
+        parts = site["score_parts"]
+        if not isinstance(parts.entropy_term, torch.Tensor) or not parts.entropy_term.requires_grad:
+            continue
+        at_fixed_z = site["fn"].log_prob(_fixed(site["value"]))
+        score = ScoreParts(at_fixed_z, 0, at_fixed_z).scale_and_mask(site["scale"], site["mask"]).entropy_term
+        site["score_parts"] = ScoreParts(parts.log_prob, parts.score_function,
+                                         parts.entropy_term - score + score.detach())
+
+
+def _fixed(value: torch.Tensor) -> torch.Tensor:
+    """``value`` cut from its path; a straight-through draw keeps its relaxed value (what its density reads)."""
+    fixed = value.detach()
+    soft = getattr(value, "_unquantize", None)
+    if soft is not None:
+        fixed._unquantize = soft.detach()
+    return fixed

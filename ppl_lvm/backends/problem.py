@@ -24,6 +24,7 @@ __all__ = ["OPTION_HINTS", "Problem", "make_problem"]
 # options that belong to another method: the error says which
 OPTION_HINTS = {
     "free_bits": "free_bits floors the analytic KL per latent dimension, which needs method='meanfield'",
+    "baseline": "baseline sets the variance reduction of score-function gradients, an option of method='svi'",
     "n_components": "the number of components is an argument of the model: pass it in data, e.g. {'x': x, 'K': 3}",
 }
 

@@ -174,7 +174,7 @@ class Result(Outcome):
 
     def fit_more(self, **options: Any) -> Result:
         """Continue fitting from these parameters with the same model, data, method and guide."""
-        merged = {k: v for k, v in self.options.items() if k not in ("device", "n_init")}
+        merged = {k: v for k, v in self.options.items() if k not in ("device", "n_init", "score_function_sites")}
         merged.update(options)
         guide = self.guide_name if self.guide_name in GUIDES else self.guide
         backend = get_backend(self.method)
