@@ -37,7 +37,7 @@ try:
 except ImportError as err:  # scikit-learn is an optional extra; validate_data needs >= 1.6
     raise ImportError(
         "ppl_lvm.sklearn wraps ppl_lvm models as scikit-learn estimators and needs scikit-learn >= 1.6 "
-        f"({err}); install it with: pip install \"ppl_lvm[sklearn]\" (or pip install \"scikit-learn>=1.6\")"
+        f'({err}); install it with: pip install "ppl_lvm[sklearn]" (or pip install "scikit-learn>=1.6")'
     ) from err
 
 from .api import infer
@@ -48,8 +48,14 @@ from .models.mixtures import COVARIANCE_TYPES, gaussian_mixture
 __all__ = ["GaussianMixture", "MixtureEstimator"]
 
 #: options of lvm.infer that are the estimator's own parameters (fit_options may not repeat them)
-_OWN_OPTIONS = {"n_init": "n_init", "max_iter": "max_iter", "tol": "tol", "init_params": "init_params",
-                "reg_covar": "reg_covar", "seed": "random_state"}
+_OWN_OPTIONS = {
+    "n_init": "n_init",
+    "max_iter": "max_iter",
+    "tol": "tol",
+    "init_params": "init_params",
+    "reg_covar": "reg_covar",
+    "seed": "random_state",
+}
 
 
 @contextlib.contextmanager
@@ -194,8 +200,10 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         kwargs = dict(self.model_kwargs or {})
         if self.n_components is not None:
             if "K" in kwargs:
-                raise ValueError(f"the number of components is given twice: n_components={self.n_components!r} "
-                                 f"and model_kwargs['K']={kwargs['K']!r}; set one of them")
+                raise ValueError(
+                    f"the number of components is given twice: n_components={self.n_components!r} "
+                    f"and model_kwargs['K']={kwargs['K']!r}; set one of them"
+                )
             kwargs["K"] = self.n_components
         return kwargs
 
@@ -207,8 +215,14 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             raise ValueError(f"fit_options repeat parameters of the estimator ({own}): set those parameters instead")
         if "method" in options:
             raise ValueError("fit_options['method']: this estimator fits by exact EM (method='em'); drop 'method'")
-        return {**options, "n_init": self.n_init, "max_iter": self.max_iter, "tol": self.tol,
-                "init_params": self.init_params, "reg_covar": self.reg_covar}
+        return {
+            **options,
+            "n_init": self.n_init,
+            "max_iter": self.max_iter,
+            "tol": self.tol,
+            "init_params": self.init_params,
+            "reg_covar": self.reg_covar,
+        }
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None) -> MixtureEstimator:
@@ -231,14 +245,20 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
             raise ValueError(f"model {model.__name__}() takes no argument; its first argument must take the data X")
         kwargs = self._model_arguments()
         if names[0] in kwargs:
-            raise ValueError(f"model_kwargs[{names[0]!r}]: {names[0]!r} is the model's data argument, which fit(X) "
-                             "sets; drop it from model_kwargs")
+            raise ValueError(
+                f"model_kwargs[{names[0]!r}]: {names[0]!r} is the model's data argument, which fit(X) "
+                "sets; drop it from model_kwargs"
+            )
         options = self._options()
         with _float64():
             result = infer(model, {names[0]: X, **kwargs}, method="em", seed=_seed(self.random_state), **options)
         pattern = result.pattern
         if pattern is None or hasattr(pattern, "trans"):
-            what = "a hidden Markov chain" if pattern is not None else "not a recognised finite mixture (EM ran its generic route)"
+            what = (
+                "a hidden Markov chain"
+                if pattern is not None
+                else "not a recognised finite mixture (EM ran its generic route)"
+            )
             raise UnsupportedModelError(
                 f"{type(self).__name__} scores new rows with the closed-form mixture kernels, but model "
                 f"{model.__name__}() is {what}; fit it with lvm.infer(model, data, method='em') and query the result"
