@@ -48,14 +48,7 @@ from .models.mixtures import COVARIANCE_TYPES, gaussian_mixture
 __all__ = ["GaussianMixture", "MixtureEstimator"]
 
 #: options of lvm.infer that are the estimator's own parameters (fit_options may not repeat them)
-_OWN_OPTIONS = {
-    "n_init": "n_init",
-    "max_iter": "max_iter",
-    "tol": "tol",
-    "init_params": "init_params",
-    "reg_covar": "reg_covar",
-    "seed": "random_state",
-}
+_OWN_OPTIONS = ("n_init", "max_iter", "tol", "init_params", "reg_covar")
 
 
 @contextlib.contextmanager
@@ -209,20 +202,13 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
 
     def _options(self) -> dict[str, Any]:
         options = {"progress": False, **(self.fit_options or {})}
-        twice = sorted(name for name in options if name in _OWN_OPTIONS)
+        own = {name: getattr(self, name) for name in _OWN_OPTIONS}
+        twice = ", ".join(f"{n} -> {'random_state' if n == 'seed' else n}=" for n in options if n in own or n == "seed")
         if twice:
-            own = ", ".join(f"{name} -> {_OWN_OPTIONS[name]}=" for name in twice)
-            raise ValueError(f"fit_options repeat parameters of the estimator ({own}): set those parameters instead")
+            raise ValueError(f"fit_options repeat parameters of the estimator ({twice}): set those instead")
         if "method" in options:
             raise ValueError("fit_options['method']: this estimator fits by exact EM (method='em'); drop 'method'")
-        return {
-            **options,
-            "n_init": self.n_init,
-            "max_iter": self.max_iter,
-            "tol": self.tol,
-            "init_params": self.init_params,
-            "reg_covar": self.reg_covar,
-        }
+        return {**options, **own}
 
     # ------------------------------------------------------------------ fit
     def fit(self, X: Any, y: Any = None) -> MixtureEstimator:
