@@ -22,6 +22,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, datasets, dist
+from ppl_lvm.models.hmm import categorical_hmm
 from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture
 from ppl_lvm.sklearn import GaussianMixture, MixtureEstimator
 
@@ -235,6 +236,11 @@ def test_bad_input_is_refused_clearly():
 def test_a_model_that_is_not_a_mixture_is_refused_at_fit():
     with pytest.raises(lvm.UnsupportedModelError, match="not a recognised finite mixture"):
         MixtureEstimator(t_mixture, n_components=2, max_iter=1, tol=None).fit(IRIS[:20, :2])
+    symbols = np.random.default_rng(0).integers(0, 3, size=(6, 20))
+    with pytest.raises(lvm.UnsupportedModelError, match="hidden Markov chain"):
+        MixtureEstimator(categorical_hmm, n_components=2, model_kwargs={"n_symbols": 3}, max_iter=2, tol=None).fit(
+            symbols
+        )
 
 
 def test_any_recognised_mixture_and_clone_and_pickle():
