@@ -27,9 +27,11 @@ def test_a_module_level_model_pickles_as_itself():
 def test_a_fitted_em_result_pickles_and_still_scores(float64):
     x = torch.cat([torch.randn(40, 2) - 3, torch.randn(40, 2) + 3])
     fit = lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
+    fit.standard_errors()  # fills the fit's cache (closures), which is not pickled
     again = pickle.loads(pickle.dumps(fit))
     assert again.model is gaussian_mixture
     torch.testing.assert_close(again.score_samples(x), fit.score_samples(x), rtol=0, atol=0)
+    assert again.cache == {} and fit.cache
 
 
 def test_a_model_defined_inside_a_function_says_why_it_cannot_pickle():
