@@ -3,14 +3,10 @@
 :class:`MixtureEstimator` wraps any model that ``lvm.infer(..., method="em")`` recognises as a finite mixture (the
 ready-made ones of :mod:`ppl_lvm.models.mixtures`, or your own written the natural way) and
 :class:`GaussianMixture` is the Gaussian mixture of :func:`ppl_lvm.models.mixtures.gaussian_mixture` under
-scikit-learn's names. Both follow scikit-learn's estimator contract: parameters stored verbatim by ``__init__``
-(``get_params`` / ``set_params``, ``clone``), data checked by ``sklearn.utils.validation.validate_data``, numpy
-float64 outputs, fitted attributes ending in ``_``, ``NotFittedError`` before ``fit``; so they work in a
-``Pipeline``, ``GridSearchCV`` and ``cross_val_score`` (whose default scoring is :meth:`MixtureEstimator.score`,
-the mean log-likelihood per sample).
-
-The fit runs in float64 (torch's default dtype is set to float64 for the fit and every query, and restored
-after), as scikit-learn's ``GaussianMixture`` does, so from the same start the two give the same numbers.
+scikit-learn's names. Both keep scikit-learn's estimator contract (``__init__`` stores its parameters verbatim,
+``validate_data`` checks the data, numpy float64 outputs, fitted attributes end in ``_``, ``NotFittedError`` before
+``fit``), so they work in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``. The fit and every query run in
+float64 (torch's default dtype is set for them and restored after), as scikit-learn's ``GaussianMixture`` does.
 
 Limits: new rows are scored with the closed-form mixture kernels, so a model that EM does not recognise as a
 mixture (a hidden Markov chain, a model on the generic EM route) is refused at ``fit`` with
@@ -143,6 +139,11 @@ class MixtureEstimator(DensityMixin, BaseEstimator):
         At ``fit``: bad data (NaN, infinite values, fewer rows than components), an argument given twice
         (``n_components`` and ``model_kwargs["K"]``, an option in ``fit_options`` that is a parameter here);
         at ``predict`` and the other queries: data with another number of columns.
+
+    Notes
+    -----
+    Passes every check of ``sklearn.utils.estimator_checks`` that runs; ``check_array_api_input`` is skipped (it
+    runs only with ``SCIPY_ARRAY_API=1``, and the estimators do not take array-API inputs: the fit runs in torch).
 
     See Also
     --------
