@@ -8,7 +8,9 @@ prototype run, as Pyro's autoguides do) to record every site's kind, support, sh
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect as _inspect
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +24,14 @@ from .runtime import SiteRecord, run_scope
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
+
+
+def _by_reference(module: str, qualname: str) -> Any:
+    """The object named ``qualname`` in ``module`` (how a pickled model or guide is found again)."""
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found
 
 
 class _Compiled:
@@ -54,6 +64,20 @@ class _Compiled:
     def location_of(self, site: str) -> SourceLocation | None:
         record = self.site_records.get(site)
         return record.location if record is not None else None
+
+    def __reduce__(self) -> tuple:
+        # pickled by reference, as Python pickles functions: the decorated object under its module and name
+        module, qualname = self.__module__, self.__qualname__
+        try:
+            found = _by_reference(module, qualname)
+        except (ImportError, AttributeError):
+            found = None
+        if found is not self:
+            raise pickle.PicklingError(
+                f"cannot pickle {type(self).__name__.lower()} {qualname}(): it is not importable as {module}.{qualname} "
+                "(defined inside a function, or the name now holds another object); define it at module level"
+            )
+        return _by_reference, (module, qualname)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.__name__} at {self._index.filename}:{self.fn.__code__.co_firstlineno}>"

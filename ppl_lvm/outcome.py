@@ -73,6 +73,10 @@ class Outcome:
     #: answers computed once per fit by the layers above (whether draws vectorise, replayed draws); not saved
     cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False, init=False)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the cache holds closures and replayed traces, recomputed on demand: not pickled, as it is not saved
+        return {**self.__dict__, "cache": {}}
+
     @contextmanager
     def activated(self) -> Iterator[None]:
         """Make this fit's parameters the live Pyro parameter store (restored on exit)."""
