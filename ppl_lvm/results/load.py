@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 
 from ..data import BoundData
+from ..em.queries import fitted_posterior, recognise
 from ..errors import PplLvmError
 from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
@@ -30,6 +32,26 @@ def _check_same_sites(meta: dict, structure: Any, model: Any, path: str) -> None
                 f"{path} was saved from a model with {what} {sorted(saved)}, but {model.__name__}() has "
                 f"{sorted(expected)}; load it with the model it was fitted with"
             )
+
+
+def _restore_e_step(outcome: EMOutcome, extra: dict, path: str) -> None:
+    """Re-derive what an EM fit held beside its parameters: the recognised pattern (which new data, draws and the
+    Viterbi path need), the responsibilities and log p(x_i), from the model on the saved data at the saved
+    parameters (the same computation the fit ended with)."""
+    kwargs = dict(outcome.data.kwargs)
+    with outcome.activated():
+        store = pyro.get_param_store()
+        outcome.pattern = recognise(outcome.model, kwargs, outcome.structure)
+        if (outcome.pattern is not None) != outcome.closed_form:
+            route = "closed-form" if outcome.closed_form else "generic"
+            raise PplLvmError(f"{path} was fitted on the {route} EM route, but {outcome.model.__name__}() on the saved "
+                              "data takes the other one; load it with the model it was fitted with")
+        if extra.get("streamed"):  # a fit on data read chunk by chunk kept no per-point values
+            return
+        per_point, responsibilities = fitted_posterior(outcome.model, kwargs, outcome.structure, outcome.pattern,
+                                                       store)
+    outcome.log_likelihood_per_point = None if per_point is None else per_point.detach()
+    outcome.responsibilities = {k: v.detach() for k, v in responsibilities.items()}
 
 
 def load(path: str, model: Any = None, guide: Any = None) -> Any:
@@ -103,4 +125,7 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
                             seed=info["seed"], guide=other_guide, param_state=entry["state"],
                             interrupted=info["interrupted"], **common))
     kept.restarts = restarts
+    if em and model is not None:
+        for outcome in restarts or [kept]:
+            _restore_e_step(outcome, extra, path)
     return build_result(kept)
