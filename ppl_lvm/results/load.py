@@ -15,6 +15,7 @@ from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
 from ..model import check_model
 from ..outcome import EMOutcome, Outcome, StochasticEMOutcome
+from ..runtime import clone_param_state
 from .build import build_result
 
 __all__ = ["load"]
@@ -108,9 +109,11 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
             "n_iter": int(extra.get("n_iter", meta["steps"])),
         }
     common = dict(method=meta["method"], guide_name=meta["guide_name"], model=model, data=data, structure=structure,
-                  options=meta["options"], enumerated=meta["enumerated"], **fields)
+                  enumerated=meta["enumerated"], **fields)
+    # the parameters as trainable leaves, as a fit leaves them (lvm.module copies them into its network)
     kept = cls(losses=payload["losses"].numpy(), converged=meta["converged"], steps=meta["steps"], seed=meta["seed"],
-               guide=guide_obj, param_state=payload["state"], interrupted=meta["interrupted"], **common)
+               guide=guide_obj, param_state=clone_param_state(payload["state"]), interrupted=meta["interrupted"],
+               options=meta["options"], **common)
     restarts = []
     for entry in payload["restarts"]:
         info = entry["info"]
@@ -122,8 +125,8 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
             with torch.no_grad():  # each restart had its own guide object
                 other_guide, _ = build_guide(meta["guide_name"], model, structure)
         restarts.append(cls(losses=entry["losses"].numpy(), converged=info["converged"], steps=info["steps"],
-                            seed=info["seed"], guide=other_guide, param_state=entry["state"],
-                            interrupted=info["interrupted"], **common))
+                            seed=info["seed"], guide=other_guide, param_state=clone_param_state(entry["state"]),
+                            interrupted=info["interrupted"], options=info.get("options", meta["options"]), **common))
     kept.restarts = restarts
     if em and model is not None:
         for outcome in restarts or [kept]:
