@@ -42,8 +42,12 @@ def _kernel_params(pattern: Any, params: Any) -> dict[str, torch.Tensor]:
 def chain_posteriors(pattern: HMMPattern, params: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """``(log p(x_b) per sequence (B,), state posteriors (B, T, K) padded with 0)`` of the pattern's sequences."""
     kernel = _kernel_params(pattern, params)
-    found = hmm_e_step(pattern.family.log_prob(pattern.data, kernel), [int(v) for v in pattern.lengths],
-                       kernel["startprob"], kernel["transmat"])
+    found = hmm_e_step(
+        pattern.family.log_prob(pattern.data, kernel),
+        [int(v) for v in pattern.lengths],
+        kernel["startprob"],
+        kernel["transmat"],
+    )
     return found.log_likelihood, pattern.pad(found.gamma)
 
 
@@ -55,8 +59,9 @@ def chain_viterbi(pattern: HMMPattern, params: Any) -> torch.Tensor:
     return pattern.pad(states, fill=-1)
 
 
-def fitted_posterior(model: Any, kwargs: dict, structure: Any, pattern: Any,
-                     params: Any) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+def fitted_posterior(
+    model: Any, kwargs: dict, structure: Any, pattern: Any, params: Any
+) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """What an EM fit reports at its parameters: ``log p(x_i)`` per data point (or per sequence) and the
     responsibilities of every discrete latent site.
 
@@ -75,8 +80,9 @@ def fitted_posterior(model: Any, kwargs: dict, structure: Any, pattern: Any,
     return per_point, {pattern.latent: resp}
 
 
-def sample_mixture(pattern: Any, params: Any, num_samples: int,
-                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_mixture(
+    pattern: Any, params: Any, num_samples: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_samples`` draws ``(x, component)`` of a fitted mixture."""
     kernel = _kernel_params(pattern, params)
     components = torch.multinomial(kernel["weights"], num_samples, replacement=True, generator=generator)
@@ -84,8 +90,9 @@ def sample_mixture(pattern: Any, params: Any, num_samples: int,
     return (x.reshape(-1) if pattern.univariate else x), components
 
 
-def sample_chain(pattern: HMMPattern, params: Any, num_sequences: int, n_steps: int,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_chain(
+    pattern: HMMPattern, params: Any, num_sequences: int, n_steps: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_sequences`` sequences of ``n_steps`` steps of a fitted chain: ``(x (B, T, ...), states (B, T))``.
 
     ``x`` is ``(B, T)`` for one symbol or number per step (a categorical chain), ``(B, T, D)`` otherwise.

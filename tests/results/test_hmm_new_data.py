@@ -49,8 +49,9 @@ def test_new_sequences_of_other_lengths_score_as_in_hmmlearn(fitted):
     reference = hmmlearn_of(fitted)
     flat, sizes = torch.cat(sequences).numpy().reshape(-1, 1), [len(s) for s in sequences]
     score = fitted.score_samples(x, lengths=lengths)
-    np.testing.assert_allclose(score.numpy(), [reference.score(s.numpy().reshape(-1, 1)) for s in sequences],
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        score.numpy(), [reference.score(s.numpy().reshape(-1, 1)) for s in sequences], rtol=1e-10
+    )
     proba = fitted.predict_proba(x, lengths=lengths)
     assert proba.shape == (3, 30, 2)
     mask = torch.arange(30)[None, :] < lengths[:, None]
@@ -76,8 +77,9 @@ def test_a_vectorised_gaussian_chain_scores_new_sequences_as_in_hmmlearn(float64
     new = levels[None, :15, None] + torch.randn(3, 15, 2, generator=g)
     flat, sizes = new.reshape(-1, 2).numpy(), [15] * 3
     np.testing.assert_allclose(fit.score_samples(new).numpy(), [reference.score(s.numpy()) for s in new], rtol=1e-10)
-    np.testing.assert_allclose(fit.predict_proba(new).reshape(-1, 2).numpy(), reference.predict_proba(flat, sizes),
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(
+        fit.predict_proba(new).reshape(-1, 2).numpy(), reference.predict_proba(flat, sizes), rtol=1e-8, atol=1e-12
+    )
     np.testing.assert_array_equal(fit.predict(new).reshape(-1).numpy(), reference.predict(flat, sizes))
 
 
@@ -113,14 +115,16 @@ def test_new_data_methods_refuse_what_they_cannot_do(float64):
         mixture.predict_proba(x, lengths=torch.tensor([3]))
     with pytest.raises(TypeError, match=r"n_steps= sets the length of sampled sequences .* a mixture"):
         mixture.sample(3, n_steps=4)
-    rx, ry, _ = simulate_regression_mixture(40, weights=[0.5, 0.5], intercepts=[-3.0, 3.0], coefs=[[2.0], [-1.0]],
-                                            scales=[0.5, 0.5], seed=0)
+    rx, ry, _ = simulate_regression_mixture(
+        40, weights=[0.5, 0.5], intercepts=[-3.0, 3.0], coefs=[[2.0], [-1.0]], scales=[0.5, 0.5], seed=0
+    )
     generic = lvm.infer(regression_mixture, {"x": rx, "y": ry, "K": 2}, method="em", max_iter=200)
     for call in (lambda: generic.predict(rx), lambda: generic.sample(3)):
         with pytest.raises(ValueError, match=r"needs a recognised mixture or hidden Markov chain .* generic EM route"):
             call()
-    chain = lvm.infer(categorical_hmm, {"x": torch.tensor([[0, 0, 1, 1, 2, 2]] * 3), "K": 2}, method="em",
-                      max_iter=50, tol=None)
+    chain = lvm.infer(
+        categorical_hmm, {"x": torch.tensor([[0, 0, 1, 1, 2, 2]] * 3), "K": 2}, method="em", max_iter=50, tol=None
+    )
     with pytest.raises(ValueError, match=r"n_steps must be a positive integer, got 0"):
         chain.sample(3, n_steps=0)
     with pytest.raises(ValueError, match=r"lengths must be 2 integers in \[1, 6\]"):

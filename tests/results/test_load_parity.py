@@ -87,14 +87,16 @@ def _cases():
     g = torch.Generator().manual_seed(0)
     two = torch.cat([torch.randn(15, 2, generator=g) - 3, torch.randn(15, 2, generator=g) + 3]).double()
     binary = torch.cat([torch.rand(15, 4, generator=g) < 0.8, torch.rand(15, 4, generator=g) < 0.2]).double()
-    counts = torch.cat([torch.poisson(torch.full((15, 3), 1.0), generator=g),
-                        torch.poisson(torch.full((15, 3), 6.0), generator=g)]).double()
+    counts = torch.cat(
+        [torch.poisson(torch.full((15, 3), 1.0), generator=g), torch.poisson(torch.full((15, 3), 6.0), generator=g)]
+    ).double()
     symbols = torch.tensor([[0, 0, 0, 2, 2, 2, 0, 0, 1, 2, 2, 2], [2, 2, 1, 0, 0, 0, 0, 2, 2, 2, 0, 0]])
     levels = (4.0 * (torch.arange(10) % 6 < 3)).double()[None, :, None]
     sequences = levels + torch.randn(3, 10, 1, generator=g).double()
     lengths = torch.tensor([10, 7, 5])
-    rx, ry, _ = regression.simulate_regression_mixture(30, weights=[0.5, 0.5], intercepts=[-3.0, 3.0],
-                                                       coefs=[[2.0], [-1.0]], scales=[0.5, 0.5], seed=0)
+    rx, ry, _ = regression.simulate_regression_mixture(
+        30, weights=[0.5, 0.5], intercepts=[-3.0, 3.0], coefs=[[2.0], [-1.0]], scales=[0.5, 0.5], seed=0
+    )
     corpus = topic.generate_corpus(num_docs=12, vocab_size=8, num_topics=2, seed=0)
     lda = topic.ProdLDA(vocab_size=8, num_topics=2, hidden=6)
     auto = vae.VAE(4, latent_dim=2, hidden=(6,))
@@ -106,16 +108,29 @@ def _cases():
     yield "categorical_hmm-em", hmm.categorical_hmm, {"x": symbols, "K": 2}, em
     yield "gaussian_hmm-em", hmm.gaussian_hmm, {"x": sequences, "lengths": lengths, "K": 2}, em
     yield "gaussian_hmm_vectorized-em", hmm.gaussian_hmm_vectorized, {"x": sequences, "K": 2}, em
-    yield "regression_mixture-em-generic", regression.regression_mixture, {"x": rx, "y": ry, "K": 2}, {**em, "max_iter": 30}
-    yield "gaussian_mixture-svi", mixtures.gaussian_mixture, {"x": two, "K": 2, "covariance_type": "diag"}, \
-        {"method": "svi", "steps": 20, "n_init": 2}
+    yield (
+        "regression_mixture-em-generic",
+        regression.regression_mixture,
+        {"x": rx, "y": ry, "K": 2},
+        {**em, "max_iter": 30},
+    )
+    yield (
+        "gaussian_mixture-svi",
+        mixtures.gaussian_mixture,
+        {"x": two, "K": 2, "covariance_type": "diag"},
+        {"method": "svi", "steps": 20, "n_init": 2},
+    )
     yield "ppca-svi", factor.ppca, {"x": two, "q": 1}, {"method": "svi", "steps": 20}
     yield "factor_analysis-iwae", factor.factor_analysis, {"x": two, "q": 1}, {"method": "iwae", "steps": 20}
     yield "ppca-renyi", factor.ppca, {"x": two, "q": 1}, {"method": "renyi", "steps": 10}
     yield "ppca-vem", factor.ppca, {"x": two, "q": 1}, {"method": "vem", "max_iter": 3}
     yield "ppca-mcem", factor.ppca, {"x": two, "q": 1}, {"method": "mcem", "max_iter": 3}
-    yield "prodlda-meanfield", lda.model, corpus.counts, {"method": "meanfield", "steps": 10, "guide": lda.guide,
-                                                          "beta": lvm.linear_warmup(5)}
+    yield (
+        "prodlda-meanfield",
+        lda.model,
+        corpus.counts,
+        {"method": "meanfield", "steps": 10, "guide": lda.guide, "beta": lvm.linear_warmup(5)},
+    )
     yield "vae-svi", auto.model, binary.float(), {"method": "svi", "steps": 10, "guide": auto.guide}
 
 
@@ -158,7 +173,9 @@ def assert_same(a, b, where: str, tol=TOLERANCE[torch.float64]) -> None:
             assert torch.equal(a, b), where
     elif isinstance(a, np.ndarray):
         assert isinstance(b, np.ndarray) and a.shape == b.shape, where
-        np.testing.assert_allclose(b, a, rtol=tol[0], atol=tol[1], err_msg=where) if a.dtype.kind in "fc" else \
+        if a.dtype.kind in "fc":
+            np.testing.assert_allclose(b, a, rtol=tol[0], atol=tol[1], err_msg=where)
+        else:
             np.testing.assert_array_equal(b, a, err_msg=where)
     elif isinstance(a, (float, np.floating)) and not isinstance(a, bool):
         assert b == pytest.approx(a, rel=tol[0], abs=tol[1], nan_ok=True), where
@@ -218,10 +235,18 @@ def _fields(result) -> list[str]:
 @pytest.mark.parametrize("cls", [Result, EMResult, StochasticEMResult, MCMCResult])
 def test_every_public_name_has_a_load_check(cls):
     fields = {f.name for f in dataclasses.fields(cls)}
-    unchecked = [n for n in public_names(cls) if n not in CALLS and n not in EXCLUDED and n not in fields
-                 and not isinstance(inspect.getattr_static(cls, n), property)]
-    assert not unchecked, f"public name(s) {unchecked} of {cls.__name__} have no load check: add them to CALLS " \
-                          "(how to call them) or to EXCLUDED (why not)"
+    unchecked = [
+        n
+        for n in public_names(cls)
+        if n not in CALLS
+        and n not in EXCLUDED
+        and n not in fields
+        and not isinstance(inspect.getattr_static(cls, n), property)
+    ]
+    assert not unchecked, (
+        f"public name(s) {unchecked} of {cls.__name__} have no load check: add them to CALLS "
+        "(how to call them) or to EXCLUDED (why not)"
+    )
 
 
 @pytest.mark.arviz
@@ -268,8 +293,9 @@ def check_fields(fitted, loaded, where: str, tol) -> None:
             assert_same(getattr(a, "pattern", None), getattr(b, "pattern", None), f"{where}.restarts[{i}].pattern", tol)
 
 
-@pytest.mark.parametrize("name", ["gaussian_mixture-diag-em", "categorical_hmm-em", "regression_mixture-em-generic",
-                                  "ppca-svi"])
+@pytest.mark.parametrize(
+    "name", ["gaussian_mixture-diag-em", "categorical_hmm-em", "regression_mixture-em-generic", "ppca-svi"]
+)
 def test_a_loaded_result_saves_to_the_same_file(name, saved, tmp_path):
     again = tmp_path / "again.pt"
     _load(name, saved).save(str(again))
@@ -295,8 +321,11 @@ def test_a_result_loaded_without_its_model_says_which_queries_need_it(saved):
     fitted = saved["gaussian_mixture-diag-em"][0]
     assert all(torch.equal(loaded.params[k], v) for k, v in fitted.params.items())
     assert loaded.bic() == fitted.bic()
-    for call in (lambda: loaded.predict(fitted.data.kwargs["x"]), lambda: loaded.sample(3),
-                 lambda: loaded.map_assignments()):
+    for call in (
+        lambda: loaded.predict(fitted.data.kwargs["x"]),
+        lambda: loaded.sample(3),
+        lambda: loaded.map_assignments(),
+    ):
         with pytest.raises(RuntimeError, match=r"loaded without it; pass model= to lvm.load"):
             call()
 
