@@ -249,7 +249,8 @@ def test_hmm_standard_errors_match_bootstrap_refits(float64):
     # 0.23, 0.23. So on this chain (60 sequences of 25 steps) the bootstrap spread is up to 44% below the standard
     # error for some coordinates, outside the 15% that holds for the mixture; the refits' unfinished EM (slow along
     # the chain's weakest direction) is the leading suspect. The suite runs REFITS refits (seed 0) and asserts
-    # what was measured, with the Monte Carlo error of REFITS refits (1 / sqrt(2 * 49) = 10%) added.
+    # what was measured, with the Monte Carlo error of REFITS refits (1 / sqrt(2 * 49) = 10%) added; measured there:
+    # ratios [1.03 1.05 0.99 0.88 0.97 1.12 1.52], largest |ratio - 1| 0.52, RMS 0.21.
     assert np.all(np.abs(ratio - 1) < MAX_DEVIATION), ratio
     assert np.sqrt(np.mean((ratio - 1) ** 2)) < MAX_RMS, ratio
 
