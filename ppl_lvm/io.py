@@ -122,7 +122,7 @@ def save_result(result: Any, path: str) -> None:
             {
                 "meta": json.dumps({
                     "seed": r.seed, "steps": r.steps, "converged": r.converged, "interrupted": r.interrupted,
-                    "kept": r is result,
+                    "kept": r is result, "options": _jsonable(r.options),
                     "constraints": {k: _encode_constraint(c) for k, c in r.param_state["constraints"].items()},
                 }),
                 "params": {k: v.detach().cpu().clone() for k, v in r.param_state["params"].items()},

@@ -28,7 +28,7 @@ import torch
 from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
-from ..em.recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
+from ..em.queries import recognise
 from ..em.routes import closed_form_fit, em_outcome, generic_fit
 from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
@@ -288,11 +288,7 @@ class EMBackend(Backend):
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
             initial = clone_param_state(store.get_state())
-            pattern = None
-            for recognise in (recognise_mixture, recognise_hmm, recognise_discrete_hmm):
-                pattern = recognise(problem.model, kwargs, structure)
-                if pattern is not None:
-                    break
+            pattern = recognise(problem.model, kwargs, structure)
             bar = None
 
             def callback(i: int, ll: float) -> bool:

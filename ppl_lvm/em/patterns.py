@@ -75,6 +75,7 @@ class HMMPattern:
     lengths: torch.Tensor  # (B,)
     data: torch.Tensor  # all sequences concatenated, hmmlearn's layout
     n_steps: int
+    data_argument: str | None = None  # the model argument holding the sequences
 
     @property
     def latent(self) -> str:

@@ -220,6 +220,12 @@ def _chain_sites(names: list[str]) -> tuple[str, list[str]] | None:
     return base, ordered
 
 
+def _data_argument(structure: ModelStructure) -> str | None:
+    """The one model argument every observed site reads (``x`` of ``x[:, t]``), or None."""
+    arguments = {s.argument for s in structure.observed_sites}
+    return arguments.pop() if len(arguments) == 1 else None
+
+
 def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
     """The closed-form pattern of a hidden Markov model written with ``lvm.markov``, else ``None``.
 
@@ -280,7 +286,8 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     data = steps[mask]
     if univariate:
         data = data.reshape(-1, 1)
-    return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names))
+    return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names),
+                      _data_argument(structure))
 
 
 def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
@@ -326,4 +333,5 @@ def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure
     data = sequences.reshape((-1,) + tuple(event))
     if univariate:
         data = data.reshape(-1, 1)
-    return HMMPattern([], [observed[0].name], k, family, start, trans, emission, univariate, lengths, data, n_steps)
+    return HMMPattern([], [observed[0].name], k, family, start, trans, emission, univariate, lengths, data, n_steps,
+                      _data_argument(structure))

@@ -10,9 +10,11 @@ from typing import Any
 import torch
 
 from .. import arviz_export, summary
-from ..data import BoundData, to_tensor
-from ..em.hmm import viterbi
+from ..data import BoundData, bind_data, to_tensor
 from ..em.mixture import mixture_log_likelihood
+from ..em.patterns import HMMPattern
+from ..em.queries import chain_posteriors, chain_viterbi, recognise, sample_chain, sample_mixture
+from ..errors import DataError
 from ..outcome import EMOutcome
 from ..posterior.laplace import laplace
 from .result import Result
@@ -49,6 +51,7 @@ class EMResult(Result, EMOutcome):
             "n_parameters": self.n_parameters,
             "n_samples": self.n_samples,
             "closed_form": self.closed_form,
+            "streamed": bool(self.streams),
         }
 
     def __repr__(self) -> str:
@@ -112,44 +115,89 @@ class EMResult(Result, EMOutcome):
         """Akaike information criterion ``-2 log L + 2 p`` (lower is better)."""
         return -2.0 * self.log_likelihood + 2.0 * self.n_parameters
 
-    # ------------------------------------------------------------------ new data (recognised mixtures)
-    def _require_pattern(self, what: str):
+    # ------------------------------------------------------------------ new data (recognised mixtures and chains)
+    def _require_pattern(self, what: str) -> Any:
+        if self.pattern is None and self.model is None:
+            raise RuntimeError(f"{what} needs the model: this result was loaded without it; pass model= to "
+                               "lvm.load(...)")
         if self.pattern is None:
-            raise ValueError(f"{what} needs a recognised mixture; for other models refit on the new data")
+            raise ValueError(f"{what} needs a recognised mixture or hidden Markov chain (closed_form=True); this model "
+                             "ran the generic EM route: for new data refit on them")
         return self.pattern
 
-    def _kernel_inputs(self, x: Any):
-        pattern = self._require_pattern("scoring new data")
-        value = to_tensor(x, pattern.data_argument)
-        params = pattern.family.complete_params(pattern.to_kernel(self.params))
-        return pattern, pattern.data_matrix(value), params
+    def _new_data(self, x: Any, arguments: dict, what: str) -> tuple[Any, torch.Tensor | None]:
+        """``(pattern, data matrix)`` of a mixture's new rows, or ``(pattern of the new sequences, None)``."""
+        pattern = self._require_pattern(what)
+        if not isinstance(pattern, HMMPattern):
+            if arguments:
+                raise TypeError(f"{what} of a mixture takes only the new data x, not {sorted(arguments)}")
+            return pattern, pattern.data_matrix(to_tensor(x, pattern.data_argument))
+        name = pattern.data_argument
+        if name is None:
+            raise ValueError(f"{what} needs the chain's observations to come from one argument of "
+                             f"{self.model.__name__}(); they do not: refit on the new data")
+        # arguments that are not tensors (K, n_symbols, ...) are the fit's; tensors (lengths, ...) belong to the data
+        kwargs = {k: v for k, v in self.data.kwargs.items() if not isinstance(v, torch.Tensor)}
+        kwargs.update(bind_data(self.model, {**arguments, name: x}).kwargs)
+        structure = self.model.inspect(**kwargs)
+        with self.activated():
+            found = recognise(self.model, kwargs, structure)
+        if not isinstance(found, HMMPattern) or (found.start, found.trans, found.emission) != (
+                pattern.start, pattern.trans, pattern.emission):
+            raise DataError(f"{what}: on these data {self.model.__name__}() is not the hidden Markov chain it was "
+                            f"fitted as; give sequences shaped like the fit's '{name}' (with lengths= for padded ones)")
+        return found, None
 
-    def score_samples(self, x: Any) -> torch.Tensor:
-        """log p(x_i) of every row of new data under the fitted mixture."""
-        pattern, data, params = self._kernel_inputs(x)
-        return mixture_log_likelihood(data, pattern.family, params)[0]
+    def score_samples(self, x: Any, **arguments: Any) -> torch.Tensor:
+        """log p(x_i) of every row of new data under the fitted mixture; for a hidden Markov chain, log p of every
+        sequence, ``(B,)``.
 
-    def predict_proba(self, x: Any) -> torch.Tensor:
-        """Posterior component probabilities p(z_i = k | x_i) of new data, shape ``(N, K)``."""
-        pattern, data, params = self._kernel_inputs(x)
-        return mixture_log_likelihood(data, pattern.family, params)[1]
+        ``arguments`` are the model's other arguments for the new data (``lengths=`` of padded sequences); the
+        fit's non-tensor arguments (``K``, ...) are used as they were.
+        """
+        pattern, data = self._new_data(x, arguments, "score_samples()")
+        if data is None:
+            return chain_posteriors(pattern, self.params)[0]
+        return mixture_log_likelihood(data, pattern.family, pattern.family.complete_params(
+            pattern.to_kernel(self.params)))[0]
 
-    def predict(self, x: Any) -> torch.Tensor:
-        """The most probable component of every row of new data."""
+    def predict_proba(self, x: Any, **arguments: Any) -> torch.Tensor:
+        """Posterior component probabilities p(z_i = k | x_i) of new data, shape ``(N, K)``; for a hidden Markov
+        chain the state posteriors of every step, ``(B, T, K)`` (zero past each sequence's end)."""
+        pattern, data = self._new_data(x, arguments, "predict_proba()")
+        if data is None:
+            return chain_posteriors(pattern, self.params)[1]
+        return mixture_log_likelihood(data, pattern.family, pattern.family.complete_params(
+            pattern.to_kernel(self.params)))[1]
+
+    def predict(self, x: Any, **arguments: Any) -> torch.Tensor:
+        """The most probable component of every row of new data; for a hidden Markov chain the most probable state
+        path of every sequence (Viterbi, as hmmlearn's ``predict``), ``(B, T)``, ``-1`` past each one's end."""
+        pattern, data = self._new_data(x, arguments, "predict()")
+        if data is None:
+            return chain_viterbi(pattern, self.params)
         return self.predict_proba(x).argmax(-1)
 
-    def sample(self, num_samples: int, seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``num_samples`` new points from the fitted mixture: ``(x, component)``."""
-        if not isinstance(num_samples, int) or num_samples < 1:
+    def sample(self, num_samples: int, seed: int | None = None,
+               n_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``num_samples`` new points from the fitted mixture: ``(x, component)``.
+
+        For a hidden Markov chain, ``num_samples`` sequences of ``n_steps`` steps (default: the fit's longest):
+        ``(x, states)`` of shapes ``(num_samples, n_steps, ...)`` and ``(num_samples, n_steps)``.
+        """
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
         pattern = self._require_pattern("sample()")
-        params = pattern.family.complete_params(pattern.to_kernel(self.params))
         generator = torch.Generator().manual_seed(self.seed if seed is None else seed)
-        components = torch.multinomial(params["weights"], num_samples, replacement=True, generator=generator)
-        x = pattern.family.sample(params, components, generator)
-        if pattern.univariate:
-            x = x.reshape(-1)
-        return x, components
+        if not isinstance(pattern, HMMPattern):
+            if n_steps is not None:
+                raise TypeError("n_steps= sets the length of sampled sequences of a hidden Markov chain; this fit is "
+                                "a mixture: drop it")
+            return sample_mixture(pattern, self.params, num_samples, generator)
+        n_steps = pattern.n_steps if n_steps is None else n_steps
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+            raise ValueError(f"n_steps must be a positive integer, got {n_steps!r}")
+        return sample_chain(pattern, self.params, num_samples, n_steps, generator)
 
     def map_assignments(self) -> dict[str, torch.Tensor]:
         """The most probable value of every discrete latent site.
@@ -157,13 +205,11 @@ class EMResult(Result, EMOutcome):
         For a hidden Markov chain this is the Viterbi path, shape ``(B, T)`` (``-1`` past each sequence's end);
         otherwise the argmax of each site's responsibilities.
         """
-        pattern = self.pattern
-        if pattern is not None and hasattr(pattern, "trans"):
-            params = pattern.family.complete_params(pattern.to_kernel(self.params))
-            log_emission = pattern.family.log_prob(pattern.data, params)
-            _, states = viterbi(log_emission, [int(v) for v in pattern.lengths], params["startprob"],
-                                params["transmat"])
-            return {pattern.latent: pattern.pad(states, fill=-1)}
+        if isinstance(self.pattern, HMMPattern):
+            return {self.pattern.latent: chain_viterbi(self.pattern, self.params)}
+        if self.model is None and not self.responsibilities:
+            raise RuntimeError("map_assignments() needs the model: this result was loaded without it; pass model= "
+                               "to lvm.load(...)")
         return {name: r.argmax(-1) for name, r in self.responsibilities.items()}
 
     def log_evidence(self, num_particles: int = 1, seed: int | None = None) -> float:

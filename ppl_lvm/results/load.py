@@ -5,14 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pyro
 import torch
 
 from ..data import BoundData
+from ..em.queries import fitted_posterior, recognise
 from ..errors import PplLvmError
 from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
 from ..model import check_model
 from ..outcome import EMOutcome, Outcome, StochasticEMOutcome
+from ..runtime import clone_param_state
 from .build import build_result
 
 __all__ = ["load"]
@@ -30,6 +33,26 @@ def _check_same_sites(meta: dict, structure: Any, model: Any, path: str) -> None
                 f"{path} was saved from a model with {what} {sorted(saved)}, but {model.__name__}() has "
                 f"{sorted(expected)}; load it with the model it was fitted with"
             )
+
+
+def _restore_e_step(outcome: EMOutcome, extra: dict, path: str) -> None:
+    """Re-derive what an EM fit held beside its parameters: the recognised pattern (which new data, draws and the
+    Viterbi path need), the responsibilities and log p(x_i), from the model on the saved data at the saved
+    parameters (the same computation the fit ended with)."""
+    kwargs = dict(outcome.data.kwargs)
+    with outcome.activated():
+        store = pyro.get_param_store()
+        outcome.pattern = recognise(outcome.model, kwargs, outcome.structure)
+        if (outcome.pattern is not None) != outcome.closed_form:
+            route = "closed-form" if outcome.closed_form else "generic"
+            raise PplLvmError(f"{path} was fitted on the {route} EM route, but {outcome.model.__name__}() on the saved "
+                              "data takes the other one; load it with the model it was fitted with")
+        if extra.get("streamed"):  # a fit on data read chunk by chunk kept no per-point values
+            return
+        per_point, responsibilities = fitted_posterior(outcome.model, kwargs, outcome.structure, outcome.pattern,
+                                                       store)
+    outcome.log_likelihood_per_point = None if per_point is None else per_point.detach()
+    outcome.responsibilities = {k: v.detach() for k, v in responsibilities.items()}
 
 
 def load(path: str, model: Any = None, guide: Any = None) -> Any:
@@ -86,9 +109,11 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
             "n_iter": int(extra.get("n_iter", meta["steps"])),
         }
     common = dict(method=meta["method"], guide_name=meta["guide_name"], model=model, data=data, structure=structure,
-                  options=meta["options"], enumerated=meta["enumerated"], **fields)
+                  enumerated=meta["enumerated"], **fields)
+    # the parameters as trainable leaves, as a fit leaves them (lvm.module copies them into its network)
     kept = cls(losses=payload["losses"].numpy(), converged=meta["converged"], steps=meta["steps"], seed=meta["seed"],
-               guide=guide_obj, param_state=payload["state"], interrupted=meta["interrupted"], **common)
+               guide=guide_obj, param_state=clone_param_state(payload["state"]), interrupted=meta["interrupted"],
+               options=meta["options"], **common)
     restarts = []
     for entry in payload["restarts"]:
         info = entry["info"]
@@ -100,7 +125,10 @@ def load(path: str, model: Any = None, guide: Any = None) -> Any:
             with torch.no_grad():  # each restart had its own guide object
                 other_guide, _ = build_guide(meta["guide_name"], model, structure)
         restarts.append(cls(losses=entry["losses"].numpy(), converged=info["converged"], steps=info["steps"],
-                            seed=info["seed"], guide=other_guide, param_state=entry["state"],
-                            interrupted=info["interrupted"], **common))
+                            seed=info["seed"], guide=other_guide, param_state=clone_param_state(entry["state"]),
+                            interrupted=info["interrupted"], options=info.get("options", meta["options"]), **common))
     kept.restarts = restarts
+    if em and model is not None:
+        for outcome in restarts or [kept]:
+            _restore_e_step(outcome, extra, path)
     return build_result(kept)
