@@ -85,7 +85,7 @@ def plot_state_path(result: Any, sequence: int = 0, ax: Any = None, path: Any = 
     start = int(lengths[:sequence].sum())
     data = params["data"][start:start + length]
     k = params["transmat"].shape[0]
-    fig, ax, created = _axes(ax, figsize=(7.5, 3.6))
+    fig, ax, created = _axes(ax, figsize=(6.4, 4.0))
     means = None
     if "means" in params:
         values = data.reshape(length, -1).astype(float)
@@ -121,7 +121,8 @@ def plot_state_path(result: Any, sequence: int = 0, ax: Any = None, path: Any = 
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color=colours[j], alpha=0.35, label=f"{latent} = {j} ({int((states == j).sum())} steps)")
                 for j in range(k)]
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(handles), 4),
+              frameon=False)
     ax.set_xlabel("time step")
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(f"Viterbi path of sequence {sequence} ({length} steps, {k} states)", fontsize=10)

@@ -133,6 +133,19 @@ def _diagnosis(result: Any, diagnose_samples: int) -> tuple[Any, str | None]:
         return None, f"The diagnosis (Pareto k-hat, bound ladder) could not be computed: {type(exc).__name__}: {exc}"
 
 
+def _summary(result: Any, summary: Any) -> tuple[Any, str | None, list[str]]:
+    """(table or None, why not, the warnings raised while summarising, each once)."""
+    if summary is not None:
+        return summary, None, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            table, error = result.summary(), None
+        except Exception as exc:  # noqa: BLE001 - a report shows what it can and says what it could not
+            table, error = None, f"{type(exc).__name__}: {exc}"
+    return table, error, list(dict.fromkeys(str(w.message) for w in caught))
+
+
 def add_result(report: Report, result: Any, data: Any = None, *, heading: str | None = None, labels: Any = None,
                candidates: Mapping[Any, Any] | None = None, fit_warnings: Sequence[str] = (),
                summary: Any = None, diagnosis: Any = None, diagnose: bool = True, diagnose_samples: int = 200,
@@ -175,7 +188,9 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     problem = None
     if diagnosis is None and diagnose:
         diagnosis, problem = _diagnosis(result, diagnose_samples)
+    table, table_error, table_warnings = _summary(result, summary)
     words = describe_result(result, diagnosis, candidates, fit_warnings, supplied=supplied)
+    words += [("warn", f"While summarising the fit: {line}") for line in table_warnings]
     if problem:
         words.append(("warn", problem))
     if is_hmm(result):
@@ -211,11 +226,9 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
                               index=[label for label, _ in diagnosis.ladder])
         report.table(ladder, caption=ladder_note or f"log p(x) of the training data; {diagnosis.num_samples} draws "
                      "from the guide; the IWAE_K rungs are lower bounds that tighten as K grows")
-    try:
-        table = summary if summary is not None else result.summary()
-    except Exception as exc:  # noqa: BLE001
+    if table is None:
         report.heading("Summary", 3)
-        report.paragraph(f"The summary table could not be computed: {type(exc).__name__}: {exc}", cls="missing")
+        report.paragraph(f"The summary table could not be computed: {table_error}", cls="missing")
     else:
         if len(table) == 0:
             report.paragraph("Summary table: nothing to list (no global latent and no parameter outside neural "
