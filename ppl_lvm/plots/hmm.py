@@ -32,11 +32,19 @@ def hmm_parameters(result: Any) -> dict[str, Any]:
     _check_result(result, "hmm_parameters")
     pattern = getattr(result, "pattern", None) if _is_em(result) else None
     if pattern is None or not hasattr(pattern, "trans"):
-        raise ValueError("this fit holds no recognised hidden Markov chain (an EM fit of a model written with "
-                         "lvm.markov whose M-step is closed-form, such as ppl_lvm.models.hmm.gaussian_hmm)")
+        raise ValueError(
+            "this fit holds no recognised hidden Markov chain (an EM fit of a model written with "
+            "lvm.markov whose M-step is closed-form, such as ppl_lvm.models.hmm.gaussian_hmm)"
+        )
     kernel = pattern.family.complete_params(pattern.to_kernel(result.params))
-    out = {"latent": pattern.latent, "startprob": _numpy(kernel["startprob"]), "transmat": _numpy(kernel["transmat"]),
-           "data": _numpy(pattern.data), "lengths": _numpy(pattern.lengths).astype(int), "columns": None}
+    out = {
+        "latent": pattern.latent,
+        "startprob": _numpy(kernel["startprob"]),
+        "transmat": _numpy(kernel["transmat"]),
+        "data": _numpy(pattern.data),
+        "lengths": _numpy(pattern.lengths).astype(int),
+        "columns": None,
+    }
     for key in ("means", "probs", "rates"):
         if key in kernel:
             out[key] = _numpy(kernel[key])
@@ -83,7 +91,7 @@ def plot_state_path(result: Any, sequence: int = 0, ax: Any = None, path: Any = 
     length = int(lengths[sequence])
     states = path_states[sequence, :length].astype(int)
     start = int(lengths[:sequence].sum())
-    data = params["data"][start:start + length]
+    data = params["data"][start : start + length]
     k = params["transmat"].shape[0]
     fig, ax, created = _axes(ax, figsize=(6.4, 4.0))
     means = None
@@ -115,14 +123,31 @@ def plot_state_path(result: Any, sequence: int = 0, ax: Any = None, path: Any = 
     from matplotlib.patches import Patch  # matplotlib is optional and slow to import
 
     colours = [f"C{j % 10}" for j in range(k)]
-    ax.imshow(states[None, :], aspect="auto", cmap=ListedColormap(colours), vmin=-0.5, vmax=k - 0.5, alpha=0.25,
-              extent=(-0.5, length - 0.5, low - pad, high + pad), interpolation="nearest", zorder=0)
+    ax.imshow(
+        states[None, :],
+        aspect="auto",
+        cmap=ListedColormap(colours),
+        vmin=-0.5,
+        vmax=k - 0.5,
+        alpha=0.25,
+        extent=(-0.5, length - 0.5, low - pad, high + pad),
+        interpolation="nearest",
+        zorder=0,
+    )
     ax.set_ylim(low - pad, high + pad)
     handles, _ = ax.get_legend_handles_labels()
-    handles += [Patch(color=colours[j], alpha=0.35, label=f"{latent} = {j} ({int((states == j).sum())} steps)")
-                for j in range(k)]
-    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(len(handles), 4),
-              frameon=False)
+    handles += [
+        Patch(color=colours[j], alpha=0.35, label=f"{latent} = {j} ({int((states == j).sum())} steps)")
+        for j in range(k)
+    ]
+    ax.legend(
+        handles=handles,
+        fontsize=8,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.2),
+        ncol=min(len(handles), 4),
+        frameon=False,
+    )
     ax.set_xlabel("time step")
     ax.set_ylabel(ylabel, fontsize=9)
     ax.set_title(f"Viterbi path of sequence {sequence} ({length} steps, {k} states)", fontsize=10)
@@ -159,8 +184,15 @@ def plot_transition_matrix(result: Any, ax: Any = None, path: Any = None) -> Any
     if k <= ANNOTATE_MAX_STATES:
         for i in range(k):
             for j in range(k):
-                ax.text(j, i, f"{trans[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if trans[i, j] > 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{trans[i, j]:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if trans[i, j] > 0.6 else "black",
+                )
     ticks = np.arange(k)
     ax.set_xticks(ticks, [str(j) for j in ticks])
     ax.set_yticks(ticks, [str(j) for j in ticks])

@@ -43,17 +43,25 @@ def fit_facts(result: Any) -> list[tuple[str, Any]]:
     if others:
         facts.append(("arguments", ", ".join(f"{k}={v!r}" for k, v in others.items())))
     if isinstance(result, EMOutcome):
-        facts += [("log-likelihood (exact, total)", result.log_likelihood), ("BIC", result.bic()),
-                  ("AIC", result.aic()), ("free parameters", result.n_parameters), ("iterations", result.n_iter),
-                  ("converged", result.converged)]
+        facts += [
+            ("log-likelihood (exact, total)", result.log_likelihood),
+            ("BIC", result.bic()),
+            ("AIC", result.aic()),
+            ("free parameters", result.n_parameters),
+            ("iterations", result.n_iter),
+            ("converged", result.converged),
+        ]
         if result.options.get("n_init", 1) > 1:
             facts.append(("restarts (n_init), best kept", result.options["n_init"]))
         facts.append(("interrupted", result.interrupted))
         return facts
     facts.append(("guide", guide_description(result)))
     if isinstance(result, MCMCOutcome):
-        facts += [("chains x draws", f"{result.num_chains} x {result.num_draws}"),
-                  ("warm-up steps per chain", result.warmup_steps), ("divergences", result.divergences)]
+        facts += [
+            ("chains x draws", f"{result.num_chains} x {result.num_draws}"),
+            ("warm-up steps per chain", result.warmup_steps),
+            ("divergences", result.divergences),
+        ]
         return facts
     if isinstance(result, StochasticEMOutcome):
         facts.append(("iterations", result.n_iter))

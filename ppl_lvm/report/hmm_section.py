@@ -26,11 +26,20 @@ def hmm_figures(result: Any) -> list[tuple[str, Callable[[], Any]]]:
     lengths = hmm_parameters(result)["lengths"]
     figs: list[tuple[str, Callable[[], Any]]] = []
     for b in range(min(len(lengths), MAX_PATHS)):
-        figs.append((f"Sequence {b} ({int(lengths[b])} steps) with its Viterbi path, the most probable sequence of "
-                     "hidden states: the background is coloured by the state, the black steps are that state's "
-                     "mean.", lambda b=b: plots.plot_state_path(result, sequence=b)))
-    figs.append(("Transition matrix: row i, column j is the probability of moving from state i to state j in one "
-                 "step.", lambda: plots.plot_transition_matrix(result)))
+        figs.append(
+            (
+                f"Sequence {b} ({int(lengths[b])} steps) with its Viterbi path, the most probable sequence of "
+                "hidden states: the background is coloured by the state, the black steps are that state's "
+                "mean.",
+                lambda b=b: plots.plot_state_path(result, sequence=b),
+            )
+        )
+    figs.append(
+        (
+            "Transition matrix: row i, column j is the probability of moving from state i to state j in one step.",
+            lambda: plots.plot_transition_matrix(result),
+        )
+    )
     return figs
 
 
@@ -46,9 +55,14 @@ def hmm_words(result: Any) -> list[tuple[str, str]]:
     stay = np.diag(trans)
     durations = ", ".join(f"{latent}={j}: {1.0 / max(1.0 - s, 1e-12):.3g}" for j, s in enumerate(stay))
     n_seq = len(params["lengths"])
-    out = [("ok", f"Viterbi path over {n_seq} sequence{'s' if n_seq > 1 else ''} ({len(states)} steps): steps per "
-                  f"state {', '.join(str(int(c)) for c in counts)}. Expected stay in each state, 1 / (1 - p(stay)): "
-                  f"{durations} steps.")]
+    out = [
+        (
+            "ok",
+            f"Viterbi path over {n_seq} sequence{'s' if n_seq > 1 else ''} ({len(states)} steps): steps per "
+            f"state {', '.join(str(int(c)) for c in counts)}. Expected stay in each state, 1 / (1 - p(stay)): "
+            f"{durations} steps.",
+        )
+    ]
     empty = [j for j in range(k) if counts[j] == 0]
     if empty:
         out.append(("warn", f"State(s) {empty} never lie on the Viterbi path: fewer states may do."))
@@ -71,8 +85,11 @@ def add_hmm_tables(report: Report, result: Any) -> None:
     trans = pd.DataFrame(params["transmat"], index=[f"from {s}" for s in labels], columns=[f"to {s}" for s in labels])
     trans.insert(0, "start", params["startprob"])
     trans.index.name = "state"
-    report.table(trans, caption="start: the probability of each state at the first step; then each row is the "
-                                "distribution of the next state given this one (rows sum to 1)")
+    report.table(
+        trans,
+        caption="start: the probability of each state at the first step; then each row is the "
+        "distribution of the next state given this one (rows sum to 1)",
+    )
     if "means" in params:
         means = params["means"].reshape(k, -1)
         columns = params["columns"] or [f"x[{d}]" for d in range(means.shape[1])]
@@ -80,7 +97,8 @@ def add_hmm_tables(report: Report, result: Any) -> None:
         frame.index.name = "state"
         report.table(frame, caption="the emission mean of each state, in the units of the data")
     elif "probs" in params:
-        frame = pd.DataFrame(params["probs"], index=labels,
-                             columns=[f"symbol {c}" for c in range(params["probs"].shape[1])])
+        frame = pd.DataFrame(
+            params["probs"], index=labels, columns=[f"symbol {c}" for c in range(params["probs"].shape[1])]
+        )
         frame.index.name = "state"
         report.table(frame, caption="the emission probabilities of each state (rows sum to 1)")

@@ -28,15 +28,15 @@ def _environment() -> jinja2.Environment:
     """The templates' environment (made once, on the first page written)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("ppl_lvm.report", "templates"),
-        autoescape=jinja2.select_autoescape(enabled_extensions=("html", "j2", "css"), default_for_string=True,
-                                            default=True),
+        autoescape=jinja2.select_autoescape(
+            enabled_extensions=("html", "j2", "css"), default_for_string=True, default=True
+        ),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters["fmt"] = _fmt
     return env
-
 
 
 # ---------------------------------------------------------------------------------------------------- page builder
@@ -88,8 +88,7 @@ class Report:
         """A table under a disclosure triangle (no script needed)."""
         self._add("details", label=str(label), open=bool(open_), table=_table(frame, None, max_rows, None))
 
-    def table(self, frame: Any, caption: str | None = None, max_rows: int | None = None,
-              highlight: Any = None) -> None:
+    def table(self, frame: Any, caption: str | None = None, max_rows: int | None = None, highlight: Any = None) -> None:
         """A pandas DataFrame as a table (the first ``max_rows`` rows; the row labelled ``highlight`` marked)."""
         self._add("table", **_table(frame, caption, max_rows, highlight))
 
@@ -118,8 +117,11 @@ class Report:
     def html(self) -> str:
         self.flush_figures()
         stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        return _environment().get_template("page.html.j2").render(title=self.title, subtitle=self.subtitle, body=self.blocks,
-                                                        version=__version__, stamp=stamp)
+        return (
+            _environment()
+            .get_template("page.html.j2")
+            .render(title=self.title, subtitle=self.subtitle, body=self.blocks, version=__version__, stamp=stamp)
+        )
 
     def write(self, path: str | Path) -> Path:
         path = Path(path)
@@ -140,8 +142,12 @@ def _table(frame: Any, caption: str | None, max_rows: int | None, highlight: Any
         notes.append(f"first {len(shown)} of {len(frame)} rows")
     if caption:
         notes.append(caption)
-    return {"index_name": "" if frame.index.name is None else str(frame.index.name),
-            "columns": [str(c) for c in shown.columns], "rows": rows, "note": "; ".join(notes)}
+    return {
+        "index_name": "" if frame.index.name is None else str(frame.index.name),
+        "columns": [str(c) for c in shown.columns],
+        "rows": rows,
+        "note": "; ".join(notes),
+    }
 
 
 # ---------------------------------------------------------------------------------------------------- formatting

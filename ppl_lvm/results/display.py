@@ -134,14 +134,18 @@ def _rows(result: Any) -> list[tuple[str, Any]]:
     if shapes:
         rows.append(("data", ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())))
     if isinstance(result, EMOutcome):
-        rows += [("log-likelihood (exact)", result.log_likelihood), ("BIC", result.bic()), ("AIC", result.aic()),
-                 ("free parameters", result.n_parameters), ("iterations", result.n_iter),
-                 ("converged", result.converged)]
+        rows += [
+            ("log-likelihood (exact)", result.log_likelihood),
+            ("BIC", result.bic()),
+            ("AIC", result.aic()),
+            ("free parameters", result.n_parameters),
+            ("iterations", result.n_iter),
+            ("converged", result.converged),
+        ]
         return rows
     rows.append(("guide", guide_description(result)))
     if isinstance(result, MCMCOutcome):
-        rows += [("chains x draws", f"{result.num_chains} x {result.num_draws}"),
-                 ("divergences", result.divergences)]
+        rows += [("chains x draws", f"{result.num_chains} x {result.num_draws}"), ("divergences", result.divergences)]
         return rows
     if isinstance(result, StochasticEMOutcome):
         rows.append(("iterations", result.n_iter))
@@ -163,16 +167,26 @@ def _param_rows(result: Any, limit: int = 12) -> list[tuple[str, str, str]]:
 
 def repr_html(result: Any) -> str:
     """A compact HTML table of a fit (what Jupyter shows for ``result``): the facts, then the first parameters."""
-    facts = "".join(f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
-                    f"<td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>" for k, v in _rows(result))
+    facts = "".join(
+        f"<tr><th style='text-align:left'>{html.escape(str(k))}</th>"
+        f"<td style='text-align:left'>{html.escape(_fmt(v))}</td></tr>"
+        for k, v in _rows(result)
+    )
     params = _param_rows(result)
     more = len(getattr(result, "params", {})) - len(params)
     table = ""
     if params:
-        body = "".join(f"<tr><td style='text-align:left'>{html.escape(n)}</td><td>{html.escape(s)}</td>"
-                       f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for n, s, v in params)
+        body = "".join(
+            f"<tr><td style='text-align:left'>{html.escape(n)}</td><td>{html.escape(s)}</td>"
+            f"<td style='text-align:left'>{html.escape(v)}</td></tr>"
+            for n, s, v in params
+        )
         note = f"<caption style='caption-side:bottom'>and {more} more</caption>" if more > 0 else ""
-        table = ("<table><thead><tr><th>parameter</th><th>shape</th><th>values</th></tr></thead>"
-                 f"<tbody>{body}</tbody>{note}</table>")
-    return (f"<div class='ppl-lvm-result'><strong>{html.escape(type(result).__name__)}</strong>"
-            f"<table><tbody>{facts}</tbody></table>{table}</div>")
+        table = (
+            "<table><thead><tr><th>parameter</th><th>shape</th><th>values</th></tr></thead>"
+            f"<tbody>{body}</tbody>{note}</table>"
+        )
+    return (
+        f"<div class='ppl-lvm-result'><strong>{html.escape(type(result).__name__)}</strong>"
+        f"<table><tbody>{facts}</tbody></table>{table}</div>"
+    )

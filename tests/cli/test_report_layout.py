@@ -84,11 +84,24 @@ def _layout(page, tmp_path, width):
     probe = tmp_path / f"probe_{width}.html"
     probe.write_text(page.read_text().replace("</body>", PROBE + "</body>"))
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / f'profile_{width}'}", f"--window-size={width},2000", "--dump-dom",
-         probe.as_uri()],
-        capture_output=True, text=True, timeout=300,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / f'profile_{width}'}",
+            f"--window-size={width},2000",
+            "--dump-dom",
+            probe.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     found = re.search(r'<pre id="layout-probe"[^>]*>([^<]*)</pre>', proc.stdout)
     assert found, proc.stderr[-2000:]
@@ -137,10 +150,12 @@ def vae_page(tmp_path_factory):
     x = torch.tensor(digits.data[:200] > 7, dtype=torch.float32)
     torch.manual_seed(0)
     vae = VAE(64, latent_dim=2, hidden=32)
-    fit = lvm.infer(vae.model, x, method="iwae", guide=vae.guide, batch_size=100, lr=1e-2, steps=40,
-                    num_particles=5, seed=0)
-    return fit, build_report(fit, tmp_path_factory.mktemp("vae"), title="digits", labels=digits.target[:200],
-                             diagnose_samples=50)
+    fit = lvm.infer(
+        vae.model, x, method="iwae", guide=vae.guide, batch_size=100, lr=1e-2, steps=40, num_particles=5, seed=0
+    )
+    return fit, build_report(
+        fit, tmp_path_factory.mktemp("vae"), title="digits", labels=digits.target[:200], diagnose_samples=50
+    )
 
 
 # the layouts were checked over the seeds 0..4 of each fit (and of the VAE's initialisation): no overlap, no page wider
@@ -165,8 +180,10 @@ def test_thirty_columns_are_drawn_on_their_principal_components(cancer_page):
     fit, x, page = cancer_page
     text = page.read_text()
     share = PCA(2).fit(x).explained_variance_ratio_ * 100  # an independent PCA of the same data
-    assert (f"The 30 standardised data columns on their first two principal components, which explain "
-            f"{share[0]:.1f}% and {share[1]:.1f}% of the variance ({share.sum():.1f}% together)") in text
+    assert (
+        f"The 30 standardised data columns on their first two principal components, which explain "
+        f"{share[0]:.1f}% and {share[1]:.1f}% of the variance ({share.sum():.1f}% together)"
+    ) in text
     assert "columns of x (30)" in text and "worst fractal dimension" in text
     assert "white-space: nowrap" not in text.split("table.facts", 1)[1].split("}", 1)[0]
 

@@ -3,10 +3,10 @@ exact, and the hidden Markov chain's tables holding the fitted numbers; the temp
 
 import importlib.resources
 import re
-import tomllib
 from pathlib import Path
 
 import numpy as np
+import tomllib
 import torch
 from demo_data import two_clusters
 from demo_models import normal_normal
@@ -50,7 +50,10 @@ def test_em_history_is_called_a_total(tmp_path, float64):
     fit = lvm.infer(gaussian_mixture, {"x": two_clusters(), "K": 2}, method="em", seed=0)
     page = build_report(fit, tmp_path).read_text()
     captions = IMG.findall(page)
-    assert captions[0] == f"Total log-likelihood (summed over the {fit.n_samples} data points) per EM iteration; it never decreases."
+    assert (
+        captions[0]
+        == f"Total log-likelihood (summed over the {fit.n_samples} data points) per EM iteration; it never decreases."
+    )
     assert "Mean log-likelihood" not in page
     assert "model: model" not in page and "gaussian_mixture (ppl_lvm.models.mixtures)" in page
     assert "none needed: every latent is discrete" not in page  # EM facts name no guide at all
@@ -67,8 +70,9 @@ def test_the_hmm_tables_hold_the_fitted_chain():
     values = np.array([cells for _, cells, _ in trans["rows"]], dtype=float)
     np.testing.assert_array_equal(values[:, 0], fit.params["start"].numpy())
     np.testing.assert_array_equal(values[:, 1:], fit.params["trans"].numpy())
-    np.testing.assert_array_equal(np.array([c for _, c, _ in emission["rows"]], dtype=float),
-                                  fit.params["emission"].numpy())
+    np.testing.assert_array_equal(
+        np.array([c for _, c, _ in emission["rows"]], dtype=float), fit.params["emission"].numpy()
+    )
     words = " ".join(text for block in report.blocks if block["kind"] == "pair" for _, text in block["words"])
     path = fit.map_assignments()["z"]
     counts = [int((path == k).sum()) for k in range(2)]

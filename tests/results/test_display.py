@@ -98,9 +98,14 @@ def test_em_and_stochastic_em_results_render(float64):
 
 def test_models_and_guides_built_inside_a_class_are_named_by_it():
     vae = VAE(6, latent_dim=2, hidden=4)
-    assert model_label(vae.model) == "model of VAE (ppl_lvm.models.vae): p(x, z) = N(z; 0, I) p(x | decoder(z)), one z per row of x."
+    assert (
+        model_label(vae.model)
+        == "model of VAE (ppl_lvm.models.vae): p(x, z) = N(z; 0, I) p(x | decoder(z)), one z per row of x."
+    )
     fit = lvm.infer(vae.model, torch.zeros(10, 6).bernoulli_(0.5), method="svi", guide=vae.guide, steps=2, seed=0)
-    assert guide_description(fit) == "the user's guide() of VAE: q(z | x) = N(encoder(x)), amortised over the rows of x."
+    assert (
+        guide_description(fit) == "the user's guide() of VAE: q(z | x) = N(encoder(x)), amortised over the rows of x."
+    )
 
 
 @lvm.model
