@@ -56,7 +56,8 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
             if empty:
                 out.append(("warn", f"Component(s) {empty} hold no point outright: fewer components may do."))
     elif isinstance(result, MCMCOutcome):
-        out.append(("ok", f"{result.num_chains} chains of {result.num_draws} draws after {result.warmup_steps} "
+        chains = f"{result.num_chains} chain{'s' if result.num_chains != 1 else ''}"
+        out.append(("ok", f"{chains} of {result.num_draws} draws after {result.warmup_steps} "
                           f"warm-up steps each; {result.divergences} divergent transitions."))
     else:
         if result.converged:

@@ -3,6 +3,7 @@ exact, and the hidden Markov chain's tables holding the fitted numbers; the temp
 
 import importlib.resources
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from demo_models import normal_normal
 
 import ppl_lvm as lvm
 from ppl_lvm.diagnostics import Diagnosis
+from ppl_lvm.errors import ConvergenceWarning
 from ppl_lvm.models.hmm import categorical_hmm
 from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.report import Report, add_result, build_report, describe_result
@@ -96,3 +98,23 @@ def test_templates_are_package_data_and_escape_everything():
     css = (folder / "report.css").read_text()
     facts = css.split("table.facts td {", 1)[1].split("}", 1)[0]
     assert "overflow-wrap: anywhere" in facts and "nowrap" not in facts
+
+
+def test_an_mcmc_fit_gets_a_section_without_a_loss(float64):
+    with warnings.catch_warnings():  # 20 warm-up steps leave divergences: the section reports them, whatever they are
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = lvm.infer(
+            normal_normal,
+            torch.randn(20, dtype=torch.float64),
+            method="nuts",
+            num_samples=20,
+            warmup_steps=20,
+            num_chains=1,
+            seed=0,
+        )
+    report = Report("chains")
+    add_result(report, fit)
+    page = report.html()
+    assert "chains x draws" in page and "1 chain of 20 draws after 20 warm-up steps each" in page
+    assert "Loss per step" not in page and "not drawn" not in page
+    assert "Marginal posteriors" in page

@@ -1,5 +1,6 @@
 """How fits are named in words (objective, model, guide) and their compact HTML table in Jupyter (``_repr_html_``)."""
 
+import warnings
 from html.parser import HTMLParser
 
 import torch
@@ -7,6 +8,7 @@ from demo_models import normal_normal, one_way_random_effects
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
+from ppl_lvm.errors import ConvergenceWarning
 from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.models.vae import VAE
 from ppl_lvm.results.display import bound_name, guide_description, loss_name, model_label
@@ -125,3 +127,14 @@ def test_the_table_escapes_what_it_shows():
 
 def test_a_model_without_its_function_says_so():
     assert model_label(None) == "not available (a result loaded without its model)"
+
+
+def test_an_mcmc_fit_renders_its_chains(float64):
+    x = torch.randn(20, dtype=torch.float64)
+    with warnings.catch_warnings():  # 20 warm-up steps leave divergences: the table shows them, whatever they are
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        fit = lvm.infer(normal_normal, x, method="nuts", num_samples=20, warmup_steps=20, num_chains=1, seed=0)
+    facts, _ = _cells(fit._repr_html_())
+    assert facts["chains x draws"] == "1 x 20" and facts["divergences"] == str(fit.divergences)
+    assert facts["guide"] == "none (MCMC draws from the posterior itself)"
+    assert bound_name(fit) == "none (MCMC draws)"
