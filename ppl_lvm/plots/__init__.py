@@ -30,7 +30,7 @@ Examples
 >>> fig = plots.plot_responsibilities(fit)            # the data coloured by p(z | x)
 >>> fig = plots.plot_loss(fit)                         # the log-likelihood per iteration; path="em.png" saves it
 >>> fig.axes[0].get_ylabel()
-'log-likelihood (nats)'
+'total log-likelihood (nats)'
 """
 
 from __future__ import annotations

@@ -120,7 +120,7 @@ def _plot_em_history(result: Any, ax: Any, path: Any) -> Any:
     from matplotlib.ticker import MaxNLocator  # matplotlib is optional and slow to import
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations only
-    ax.set_ylabel("log-likelihood (nats)")  # the total over the data points, as the caption of the report says
+    ax.set_ylabel("total log-likelihood (nats)")  # summed over the data points (the history holds means)
     state = "converged" if result.converged else "not converged (max_iter reached)"
     n_init = int(result.options.get("n_init", 1) or 1)
     best_of = f", best of {n_init} restarts" if n_init > 1 else ""
