@@ -67,6 +67,11 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
                                 "(more steps, or result.fit_more()) for a settled result."))
         out.append(("ok", f"{bound_name(result)} at the returned parameters: {result.elbo:.4g} (method "
                           f"{result.method}; guide: {guide_description(result)})."))
+        if all_enumerated(result):
+            out.append(("ok", f"Every latent of this model is discrete and summed out, so method='em' fits it "
+                              f"exactly: the same log-likelihood {result.method} climbs by gradient steps, with "
+                              "closed-form M-steps where the model is recognised, usually higher and in fewer "
+                              "iterations."))
     if diagnosis is not None:
         out += _diagnosis_words(diagnosis, result, supplied)
     if candidates:

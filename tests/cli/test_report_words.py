@@ -31,6 +31,7 @@ def test_an_enumerated_model_has_no_gap_to_draw(tmp_path, float64):
     assert not any("bound ladder" in alt for alt in IMG.findall(page)) and "Bound ladder" not in page
     assert "Pareto k-hat is not available, and not needed: every latent is discrete" in page
     assert "gap -" not in page
+    assert "so method=&#39;em&#39; fits it exactly" in page  # the hint to the exact method
 
 
 def test_a_missing_khat_is_explained(float64):
