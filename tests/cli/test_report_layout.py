@@ -193,6 +193,9 @@ def test_hmm_page_names_its_parts(hmm_page):
     text = page.read_text()
     assert "Viterbi path" in text and "Transition matrix" in text and "Hidden Markov chain" in text
     assert "the emission mean of each state" in text
+    # both sequences start in the same state, so the start probabilities sit on the boundary: the summary's warning
+    # about their standard errors is shown in words, not lost
+    assert "While summarising the fit:" in text
     assert "Total log-likelihood (summed over the 100 data points) per EM iteration" in text
 
 
