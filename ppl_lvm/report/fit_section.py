@@ -74,7 +74,8 @@ def _scatter(result: Any, data: Any) -> tuple[str, Callable[[], Any]]:
 
 def _figures(result: Any, data: Any, labels: Any, diagnosis: Any,
              candidates: Mapping[Any, Any] | None) -> list[tuple[str, Callable[[], Any]]]:
-    """Every figure of a result's section as ``(caption, draw)``; all calls into :mod:`ppl_lvm.plots` are here."""
+    """Every figure of a result's section as ``(caption, draw)``; the calls into :mod:`ppl_lvm.plots` are here and in
+    :func:`~ppl_lvm.report.hmm_section.hmm_figures`."""
     figs: list[tuple[str, Callable[[], Any]]] = []
     em = _is_em(result)
     if em:
