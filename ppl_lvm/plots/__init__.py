@@ -4,14 +4,16 @@ Every function returns a :class:`matplotlib.figure.Figure`, draws into an existi
 the figure when given ``path=`` (PNG, or any format matplotlib infers from the suffix) and never calls
 ``plt.show()``. matplotlib is imported only when a function is called (``pip install matplotlib``).
 
-=============================  =================================================================================
-:func:`plot_loss`              the loss per step and its moving average (VI), the log-likelihood per iteration (EM)
-:func:`plot_bound_ladder`      ELBO, IWAE_K, the importance-sampling estimate and the exact log p(x) when known
-:func:`plot_khat`              Pareto k-hat of the importance ratios, per batch of draws from the guide
-:func:`plot_responsibilities`  the data coloured by the most probable component, faded where it is uncertain
-:func:`plot_posterior`         marginal histograms of draws from q for the global latent sites
-:func:`plot_latent_space`      the posterior means E_q[z | x] of a local latent in 2-D (PCA beyond two dimensions)
-=============================  =================================================================================
+===============================  =================================================================================
+:func:`plot_loss`                the loss per step and its moving average (VI), the log-likelihood per iteration (EM)
+:func:`plot_bound_ladder`        ELBO, IWAE_K, the importance-sampling estimate and the exact log p(x) when known
+:func:`plot_khat`                Pareto k-hat of the importance ratios, per batch of draws from the guide
+:func:`plot_responsibilities`    the data coloured by the most probable component, faded where it is uncertain
+:func:`plot_posterior`           marginal histograms of draws from q for the global latent sites
+:func:`plot_latent_space`        the posterior means E_q[z | x] of a local latent in 2-D (PCA beyond two dimensions)
+:func:`plot_state_path`          a hidden Markov model's Viterbi path on the data of one sequence
+:func:`plot_transition_matrix`   a hidden Markov model's transition matrix as a heatmap
+===============================  =================================================================================
 
 ArviZ is not called here: k-hat and the importance weights come from :mod:`ppl_lvm.posterior`, the ladder from
 :mod:`ppl_lvm.diagnostics`.
@@ -28,7 +30,7 @@ Examples
 >>> fig = plots.plot_responsibilities(fit)            # the data coloured by p(z | x)
 >>> fig = plots.plot_loss(fit)                         # the log-likelihood per iteration; path="em.png" saves it
 >>> fig.axes[0].get_ylabel()
-'log-likelihood (nats)'
+'total log-likelihood (nats)'
 """
 
 from __future__ import annotations
@@ -37,7 +39,11 @@ from __future__ import annotations
 # are importable from here too
 from ._figure import DPI as DPI
 from ._figure import FIGSIZE as FIGSIZE
+from ._figure import looks_standardised as looks_standardised
+from ._figure import pca_2d as pca_2d
 from .assignments import plot_responsibilities
+from .hmm import hmm_parameters as hmm_parameters
+from .hmm import plot_state_path, plot_transition_matrix
 from .khat import MIN_BATCH as MIN_BATCH
 from .khat import VERDICT_COLOURS as VERDICT_COLOURS
 from .khat import plot_khat
@@ -51,4 +57,6 @@ __all__ = [
     "plot_responsibilities",
     "plot_posterior",
     "plot_latent_space",
+    "plot_state_path",
+    "plot_transition_matrix",
 ]

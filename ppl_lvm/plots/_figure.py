@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -82,3 +83,28 @@ def _data_argument(result: Any, plates: Sequence[str] = ()) -> tuple[str, Any]:
     if argument not in result.data.kwargs:
         raise ValueError(f"the observed site '{site.name}' is not fed by a data argument; pass x=")
     return argument, result.data.kwargs[argument]
+
+
+# ---------------------------------------------------------------------------------------------------- projections
+def pca_2d(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``values`` (N, D) on their first two principal components, and the share of the total variance
+    each component explains, shape (2,)."""
+    centred = values - values.mean(0)
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    share = singular**2 / max(float((singular**2).sum()), 1e-300)
+    return centred @ vt[:2].T, np.pad(share[:2], (0, max(0, 2 - len(share))))
+
+
+def looks_standardised(values: np.ndarray, tol: float = 0.05) -> bool:
+    """Whether every column has mean 0 and standard deviation 1 (to ``tol``): data in standard units, no unit."""
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.ndim != 2 or len(values) < 2:
+        return False
+    return bool(np.all(np.abs(values.mean(0)) < tol) and np.all(np.abs(values.std(0) - 1.0) < tol))
+
+
+def standardised_name(name: str) -> str:
+    """A column name for standardised data: its unit in brackets dropped, "(standardised)" said instead."""
+    return re.sub(r"\s*[\(\[][^\)\]]*[\)\]]\s*$", "", name) + " (standardised)"

@@ -11,7 +11,18 @@ import torch
 from ..data import to_tensor
 from ..em.generic import e_step, site_marginal
 from ..runtime import run_scope
-from ._figure import _axes, _check_result, _data_argument, _finish, _is_em, _numpy, _pyplot
+from ._figure import (
+    _axes,
+    _check_result,
+    _data_argument,
+    _finish,
+    _is_em,
+    _numpy,
+    _pyplot,
+    looks_standardised,
+    pca_2d,
+    standardised_name,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- responsibilities
@@ -60,11 +71,14 @@ def _vi_responsibilities(result: Any, site: str, kwargs: dict, num_samples: int,
 
 
 def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0, 1), ax: Any = None,
-                          path: Any = None, site: str | None = None, num_samples: int = 100, seed: int = 0) -> Any:
+                          path: Any = None, site: str | None = None, num_samples: int = 100, seed: int = 0,
+                          projection: str | None = None) -> Any:
     """The data coloured by their most probable component, faded and smaller where the assignment is uncertain.
 
-    Two or more data columns: a scatter of columns ``dims``. One column: the value against
-    max_k p(z = k | x), which shows where components overlap.
+    Two or more data columns: a scatter of columns ``dims``, or with ``projection="pca"`` of the data's first two
+    principal components (each axis says the share of variance it explains). One column: the value against
+    max_k p(z = k | x), which shows where components overlap. Axes of standardised data (every column with mean 0
+    and standard deviation 1) say so and drop the unit of the column's name.
 
     Parameters
     ----------
@@ -84,6 +98,9 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
         The discrete latent; default: the model's first.
     num_samples, seed : int
         Draws of the continuous latents from q (variational fits only).
+    projection : {None, "pca"}
+        ``"pca"``: draw the first two principal components of the data instead of two of its columns (``dims`` is
+        then unused).
 
     Returns
     -------
@@ -94,9 +111,12 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
     ValueError
         If the model has no discrete latent, the responsibilities are not one row per data point (a hidden
         Markov chain), ``dims`` does not name two different columns of the data, or new data ``x`` is given for
-        an EM fit that is not a recognised mixture or a variational fit with local continuous latents.
+        an EM fit that is not a recognised mixture or a variational fit with local continuous latents, or
+        ``projection`` is not None or ``"pca"``.
     """
     _check_result(result, "plot_responsibilities")
+    if projection not in (None, "pca"):
+        raise ValueError(f"projection must be None (two data columns) or 'pca', got {projection!r}")
     if _is_em(result):
         chains = {n: r for n, r in result.responsibilities.items() if r.dim() == 3}
         if chains and (site is None or site in chains):
@@ -135,6 +155,8 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
                 or dims[0] == dims[1] or not all(-width <= d < width for d in dims):
             raise ValueError(f"dims must be two different column indices of the data (0..{width - 1}), got {dims!r}")
     names = _column_names(result, argument, x, width)
+    if looks_standardised(values):
+        names = [standardised_name(n) for n in names]
     k = resp.shape[1]
     best = resp.argmax(1)
     certainty = resp.max(1)
@@ -145,7 +167,13 @@ def plot_responsibilities(result: Any, x: Any = None, dims: tuple[int, int] = (0
     colours = np.array([palette[j] for j in best])
     colours[:, 3] = 0.15 + 0.85 * (certainty - 1.0 / k) / (1.0 - 1.0 / k) if k > 1 else 1.0
     sizes = 8 + 32 * certainty
-    if width >= 2:
+    if width >= 2 and projection == "pca":
+        coords, share = pca_2d(values)
+        px, py = coords[:, 0], coords[:, 1]
+        units = " of the standardised data" if looks_standardised(values) else ""
+        ax.set_xlabel(f"PC 1{units} ({100 * share[0]:.0f}% of variance, {width} columns)")
+        ax.set_ylabel(f"PC 2 ({100 * share[1]:.0f}% of variance)")
+    elif width >= 2:
         px, py = values[:, dims[0]], values[:, dims[1]]
         ax.set_xlabel(names[dims[0]])
         ax.set_ylabel(names[dims[1]])

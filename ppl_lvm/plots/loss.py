@@ -8,6 +8,7 @@ import numpy as np
 
 from ..diagnostics import Diagnosis, diagnose
 from ..fit_options import smoothed_losses
+from ..results.display import bound_name, loss_name
 from ._figure import _axes, _check_result, _finish, _is_em
 
 
@@ -90,9 +91,11 @@ def plot_loss(result: Any, ax: Any = None, path: Any = None, smoothing: int | No
         why = "interrupted" if result.interrupted else ("early stop" if result.converged else "stopped")
         ax.axvline(result.steps, color="k", ls="--", lw=1, label=f"{why} at step {result.steps} of {max_steps}")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (negative ELBO, nats)" + (", log scale" if ax.get_yscale() == "log" else ""))
+    ax.set_ylabel(f"loss ({loss_name(result)}, nats)" + (", log scale" if ax.get_yscale() == "log" else ""),
+                  wrap=True)
     state = "converged" if result.converged else "not converged"
-    ax.set_title(f"{result.method} fit: {result.steps} steps, {state}, final ELBO {result.elbo:.5g}")
+    ax.set_title(f"{result.method} fit: {result.steps} steps, {state}\nfinal {bound_name(result)} {result.elbo:.5g}",
+                 fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return _finish(fig, created, path)
@@ -117,7 +120,7 @@ def _plot_em_history(result: Any, ax: Any, path: Any) -> Any:
     from matplotlib.ticker import MaxNLocator  # matplotlib is optional and slow to import
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole iterations only
-    ax.set_ylabel("log-likelihood (nats)")
+    ax.set_ylabel("total log-likelihood (nats)")  # summed over the data points (the history holds means)
     state = "converged" if result.converged else "not converged (max_iter reached)"
     n_init = int(result.options.get("n_init", 1) or 1)
     best_of = f", best of {n_init} restarts" if n_init > 1 else ""
@@ -175,7 +178,10 @@ def plot_bound_ladder(result_or_diagnosis: Any, ax: Any = None, path: Any = None
     ax.scatter(xs, values, c=colours, s=50, zorder=2)
     for x, (_, value) in zip(xs, rungs, strict=True):
         text = f"{value:.5g}"
-        if d.exact is not None:
+        if d.exact_source == "enumeration":
+            # every latent is summed out: the bound is log p(x) itself, a "gap" would be rounding, never a gap
+            text += "\n= log p(x)"
+        elif d.exact is not None:
             gap = d.exact - value
             text += f"\ngap {0.0 if abs(gap) < 1e-9 * max(1.0, abs(d.exact)) else gap:.3g}"
         ax.annotate(text, (x, value), textcoords="offset points", xytext=(0, 8), ha="center", va="bottom",
@@ -192,7 +198,9 @@ def plot_bound_ladder(result_or_diagnosis: Any, ax: Any = None, path: Any = None
     ax.set_xlabel("estimate (loosest first)")
     ax.set_ylabel("log p(x) estimate (nats)")
     per_point = " max per point" if d.khat_kind == "per point" else ""
-    khat = "n/a" if d.khat is None else f"{d.khat:.2f}{per_point} ({d.khat_verdict})"
-    ax.set_title(f"bound ladder, {d.num_samples} draws from q; Pareto k-hat {khat}")
+    # without k-hat (a guide without a density, or a diagnosis made from bounds only) the title leaves it out; the
+    # report says why in words
+    khat = "" if d.khat is None else f"; Pareto k-hat {d.khat:.2f}{per_point} ({d.khat_verdict})"
+    ax.set_title(f"bound ladder, {d.num_samples} draws from q{khat}", fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     return _finish(fig, created, path)

@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import plots
+from ..outcome import MCMCOutcome
 from ..plots import FIGSIZE
 from ..results import Result
+from ..results.display import bound_name, loss_name
+from .facts import data_values, fit_facts
+from .hmm_section import add_hmm_tables, hmm_figures, hmm_words, is_hmm
 from .page import Report
 from .words import _is_em, _mixture_responsibilities, describe_result
 
@@ -54,26 +58,46 @@ def _local_latent(result: Any, site: str = "z") -> bool:
     return bool(info.plates) and not getattr(info, "discrete", False)
 
 
+def _scatter(result: Any, data: Any) -> tuple[str, Callable[[], Any]]:
+    """The responsibilities figure: two columns as they are, more on their first two principal components."""
+    values = data_values(result, data)
+    what = "coloured by the most probable component; faded where the assignment is uncertain."
+    if values is None or values.ndim != 2 or values.shape[1] <= 2:
+        return f"Data {what}", lambda: plots.plot_responsibilities(result, x=data)
+    _, share = plots.pca_2d(values)
+    scaled = " standardised" if plots.looks_standardised(values) else ""
+    caption = (f"The {values.shape[1]}{scaled} data columns on their first two principal components, which explain "
+               f"{100 * share[0]:.1f}% and {100 * share[1]:.1f}% of the variance ({100 * share.sum():.1f}% "
+               f"together), {what}")
+    return caption, lambda: plots.plot_responsibilities(result, x=data, projection="pca")
+
+
 def _figures(result: Any, data: Any, labels: Any, diagnosis: Any,
              candidates: Mapping[Any, Any] | None) -> list[tuple[str, Callable[[], Any]]]:
-    """Every figure of a result's section as ``(caption, draw)``; all calls into :mod:`ppl_lvm.plots` are here."""
+    """Every figure of a result's section as ``(caption, draw)``; the calls into :mod:`ppl_lvm.plots` are here and in
+    :func:`~ppl_lvm.report.hmm_section.hmm_figures`."""
     figs: list[tuple[str, Callable[[], Any]]] = []
-    if _is_em(result):
-        figs.append(("Mean log-likelihood per EM iteration (never decreases).", lambda: plots.plot_loss(result)))
-    else:
-        figs.append(("Loss per step (negative bound) with its smoothed trace.", lambda: plots.plot_loss(result)))
+    em = _is_em(result)
+    if em:
+        n = getattr(result, "n_samples", 0)
+        figs.append((f"Total log-likelihood (summed over the {n} data points) per EM iteration; it never decreases.",
+                     lambda: plots.plot_loss(result)))
+    elif not isinstance(result, MCMCOutcome):
+        figs.append((f"Loss per step, the {loss_name(result)} in nats, with its moving average.",
+                     lambda: plots.plot_loss(result)))
     if candidates:
         figs.append(("BIC and AIC of the candidate models (lower is better).", lambda: _selection_figure(candidates)))
-    if diagnosis is not None and len(diagnosis.ladder) > 1:
-        figs.append(("The bound ladder: ELBO <= IWAE_K <= log p(x).", lambda: plots.plot_bound_ladder(diagnosis)))
-    mixture = _mixture_responsibilities(result) is not None
-    if mixture or (not _is_em(result) and len(result.enumerated) == 1):
-        figs.append(("Data coloured by the most probable component; faded where the assignment is uncertain.",
-                     lambda: plots.plot_responsibilities(result, x=data)))
-    if not _is_em(result) and _local_latent(result):
+    if diagnosis is not None and len(diagnosis.ladder) > 1 and diagnosis.exact_source != "enumeration":
+        figs.append(("The bound ladder: ELBO <= IWAE_K <= log p(x), loosest first.",
+                     lambda: plots.plot_bound_ladder(diagnosis)))
+    if is_hmm(result):
+        figs += hmm_figures(result)
+    elif _mixture_responsibilities(result) is not None or (not em and len(result.enumerated) == 1):
+        figs.append(_scatter(result, data))
+    if not em and _local_latent(result):
         figs.append(("Latent space: posterior means of z per data point.",
                      lambda: plots.plot_latent_space(result, x=data, labels=labels)))
-    elif not _is_em(result) and result.structure is not None and result.structure.continuous_latents:
+    elif not em and result.structure is not None and result.structure.continuous_latents:
         figs.append(("Marginal posteriors of the latent variables (draws from the guide).",
                      lambda: plots.plot_posterior(result)))
     return figs
@@ -98,6 +122,31 @@ def _selection_figure(candidates: Mapping[Any, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------- sections
+def _diagnosis(result: Any, diagnose_samples: int) -> tuple[Any, str | None]:
+    """``result.diagnose()`` for a variational fit, or None and why not (an MCMC fit, a fit loaded without model)."""
+    if _is_em(result) or isinstance(result, MCMCOutcome) or result.model is None or result.structure is None:
+        return None, None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return result.diagnose(num_samples=diagnose_samples, warn=False), None
+    except Exception as exc:  # noqa: BLE001 - a report shows what it can and says what it could not
+        return None, f"The diagnosis (Pareto k-hat, bound ladder) could not be computed: {type(exc).__name__}: {exc}"
+
+
+def _summary(result: Any, summary: Any) -> tuple[Any, str | None, list[str]]:
+    """(table or None, why not, the warnings raised while summarising, each once)."""
+    if summary is not None:
+        return summary, None, []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            table, error = result.summary(), None
+        except Exception as exc:  # noqa: BLE001 - a report shows what it can and says what it could not
+            table, error = None, f"{type(exc).__name__}: {exc}"
+    return table, error, list(dict.fromkeys(str(w.message) for w in caught))
+
+
 def add_result(report: Report, result: Any, data: Any = None, *, heading: str | None = None, labels: Any = None,
                candidates: Mapping[Any, Any] | None = None, fit_warnings: Sequence[str] = (),
                summary: Any = None, diagnosis: Any = None, diagnose: bool = True, diagnose_samples: int = 200,
@@ -110,7 +159,7 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     result : Result or EMResult
     data : array-like, optional
         The data for the responsibilities and latent-space plots (default: the fit's data; a DataFrame names the
-        axes).
+        axes). Data with more than two columns are drawn on their first two principal components.
     heading : str, optional
         Section heading (default: the method).
     labels : array-like, optional
@@ -136,39 +185,22 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
     if not isinstance(result, Result):
         raise TypeError(f"result must be a ppl_lvm Result, got {type(result).__name__}")
     report.heading(heading or f"Fit by {result.method}")
-    can_diagnose = not _is_em(result) and result.model is not None and result.structure is not None
-    if diagnosis is None and diagnose and can_diagnose:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            diagnosis = result.diagnose(num_samples=diagnose_samples, warn=False)
-    facts: list[tuple[str, Any]] = [("method", result.method)]
-    if result.model is not None:
-        facts.append(("model", getattr(result.model, "__name__", str(result.model))))
-    shapes = {k: tuple(v.shape) for k, v in result.data.kwargs.items() if hasattr(v, "shape")}
-    if shapes:
-        facts.append(("data", ", ".join(f"{k} {'x'.join(map(str, s))}" for k, s in shapes.items())))
-    for name, coords in (result.data.coords or {}).items():
-        if coords.get("columns"):
-            facts.append((f"columns of {name}", ", ".join(coords["columns"])))
-    others = {k: v for k, v in result.data.kwargs.items() if not hasattr(v, "shape")}
-    if others:
-        facts.append(("arguments", ", ".join(f"{k}={v!r}" for k, v in others.items())))
-    if _is_em(result):
-        facts += [("log-likelihood", result.log_likelihood), ("BIC", result.bic()), ("AIC", result.aic()),
-                  ("iterations", result.n_iter), ("converged", result.converged)]
-        if result.options.get("n_init", 1) > 1:
-            facts.append(("restarts (n_init)", result.options["n_init"]))
-    else:
-        facts += [("guide", result.guide_name), ("steps", result.steps), ("final bound", result.elbo)]
-        if result.options.get("n_init", 1) > 1:
-            facts.append(("restarts (n_init), best kept", result.options["n_init"]))
-        rows = [v.shape[0] for v in result.data.kwargs.values() if hasattr(v, "shape") and len(v.shape) >= 1]
-        if rows and rows[0] > 1:
-            facts.append(("final bound per data row", result.elbo / rows[0]))
-        facts.append(("converged", result.converged))
-    facts.append(("interrupted", result.interrupted))
-    words = describe_result(result, diagnosis, candidates, fit_warnings) + [("ok", note) for note in notes]
-    report.facts_and_words(facts, words)
+    supplied = diagnosis is not None
+    problem = None
+    if diagnosis is None and diagnose:
+        diagnosis, problem = _diagnosis(result, diagnose_samples)
+    table, table_error, table_warnings = _summary(result, summary)
+    words = describe_result(result, diagnosis, candidates, fit_warnings, supplied=supplied)
+    words += [("warn", f"While summarising the fit: {line}") for line in table_warnings]
+    if problem:
+        words.append(("warn", problem))
+    if is_hmm(result):
+        try:
+            words += hmm_words(result)
+        except Exception as exc:  # noqa: BLE001 - a report shows what it can and says what it could not
+            words.append(("warn", f"The hidden Markov chain could not be summarised: {type(exc).__name__}: {exc}"))
+    words += [("ok", note) for note in notes]
+    report.facts_and_words(fit_facts(result), words)
     for caption, draw in _figures(result, data, labels, diagnosis, candidates):
         try:
             fig = draw()
@@ -177,11 +209,17 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
         else:
             report.figure(fig, caption)
     report.flush_figures()
+    if is_hmm(result):
+        try:
+            add_hmm_tables(report, result)
+        except Exception as exc:  # noqa: BLE001
+            report.paragraph(f"The tables of the hidden Markov chain could not be made: {type(exc).__name__}: {exc}",
+                             cls="missing")
     if candidates:
         report.heading("Model selection", 3)
         best = min(candidates, key=lambda k: candidates[k].bic())
         report.table(selection_table(candidates), caption=f"the lowest BIC ({best}) is highlighted", highlight=best)
-    if diagnosis is not None and len(diagnosis.ladder) > 1:
+    if diagnosis is not None and len(diagnosis.ladder) > 1 and diagnosis.exact_source != "enumeration":
         report.heading("Bound ladder", 3)
         import pandas as pd  # pandas is slow to import and only the tables need it
 
@@ -189,11 +227,9 @@ def add_result(report: Report, result: Any, data: Any = None, *, heading: str | 
                               index=[label for label, _ in diagnosis.ladder])
         report.table(ladder, caption=ladder_note or f"log p(x) of the training data; {diagnosis.num_samples} draws "
                      "from the guide; the IWAE_K rungs are lower bounds that tighten as K grows")
-    try:
-        table = summary if summary is not None else result.summary()
-    except Exception as exc:  # noqa: BLE001
+    if table is None:
         report.heading("Summary", 3)
-        report.paragraph(f"The summary table could not be computed: {type(exc).__name__}: {exc}", cls="missing")
+        report.paragraph(f"The summary table could not be computed: {table_error}", cls="missing")
     else:
         if len(table) == 0:
             report.paragraph("Summary table: nothing to list (no global latent and no parameter outside neural "
@@ -251,7 +287,7 @@ def build_report(result: Any, out_dir: str | Path, data: Any = None, title: str 
     """
     if not isinstance(result, Result):
         raise TypeError(f"result must be a ppl_lvm Result, got {type(result).__name__}")
-    report = Report(title, subtitle=f"method {result.method}")
+    report = Report(title, subtitle=f"method {result.method}, {bound_name(result)}")
     add_result(report, result, data, labels=labels, candidates=candidates, fit_warnings=fit_warnings,
                summary=summary, heading="Fit", diagnose_samples=diagnose_samples)
     return report.write(Path(out_dir) / filename)

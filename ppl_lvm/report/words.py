@@ -9,7 +9,8 @@ from typing import Any
 import numpy as np
 
 from ..diagnostics import KHAT_BAD
-from ..outcome import EMOutcome
+from ..outcome import EMOutcome, MCMCOutcome
+from ..results.display import bound_name, guide_description
 
 
 # ---------------------------------------------------------------------------------------------------- plain words
@@ -18,8 +19,12 @@ def _is_em(result: Any) -> bool:
 
 
 def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any, Any] | None = None,
-                    fit_warnings: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """What the numbers mean, as ``(level, sentence)`` with level ``ok``, ``warn`` or ``bad``."""
+                    fit_warnings: Sequence[str] = (), supplied: bool = False) -> list[tuple[str, str]]:
+    """What the numbers mean, as ``(level, sentence)`` with level ``ok``, ``warn`` or ``bad``.
+
+    ``supplied`` says that ``diagnosis`` was handed in (e.g. computed on held-out data) rather than made by
+    ``result.diagnose()``, which changes why a missing Pareto k-hat is missing.
+    """
     out: list[tuple[str, str]] = []
     if result.interrupted:
         out.append(("warn", f"The fit was interrupted after {result.steps} steps; the parameters are those reached "
@@ -50,16 +55,25 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
             empty = [k for k, c in enumerate(counts) if c == 0]
             if empty:
                 out.append(("warn", f"Component(s) {empty} hold no point outright: fewer components may do."))
+    elif isinstance(result, MCMCOutcome):
+        chains = f"{result.num_chains} chain{'s' if result.num_chains != 1 else ''}"
+        out.append(("ok", f"{chains} of {result.num_draws} draws after {result.warmup_steps} "
+                          f"warm-up steps each; {result.divergences} divergent transitions."))
     else:
         if result.converged:
             out.append(("ok", f"The loss settled (its trend within its noise) after {result.steps} steps."))
         elif not result.interrupted:
             out.append(("warn", f"The loss was still falling after {result.steps} steps: fit longer "
                                 "(more steps, or result.fit_more()) for a settled result."))
-        out.append(("ok", f"Bound at the returned parameters: {result.elbo:.4g} by {result.method} "
-                          f"(guide: {result.guide_name})."))
+        out.append(("ok", f"{bound_name(result)} at the returned parameters: {result.elbo:.4g} (method "
+                          f"{result.method}; guide: {guide_description(result)})."))
+        if all_enumerated(result):
+            out.append(("ok", f"Every latent of this model is discrete and summed out, so method='em' fits it "
+                              f"exactly: the same log-likelihood {result.method} climbs by gradient steps, with "
+                              "closed-form M-steps where the model is recognised, usually higher and in fewer "
+                              "iterations."))
     if diagnosis is not None:
-        out += _diagnosis_words(diagnosis)
+        out += _diagnosis_words(diagnosis, result, supplied)
     if candidates:
         out += _selection_words(candidates)
     for line in fit_warnings:
@@ -67,9 +81,37 @@ def describe_result(result: Any, diagnosis: Any = None, candidates: Mapping[Any,
     return out
 
 
-def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
+def all_enumerated(result: Any) -> bool:
+    """Whether every latent of the model is discrete and summed out (the bound is then log p(x) itself)."""
+    structure = getattr(result, "structure", None)
+    return structure is not None and not structure.continuous_latents
+
+
+def khat_missing(d: Any, result: Any, supplied: bool) -> str:
+    """Why a diagnosis has no Pareto k-hat, in plain words."""
+    if d.khat_verdict == "exact":
+        return ("Pareto k-hat is not needed: the importance ratios of every data point are constant, so q(z | x) "
+                "is the exact posterior and there is no tail to check.")
+    if all_enumerated(result):
+        return ("Pareto k-hat is not available, and not needed: every latent is discrete and summed out exactly, "
+                "so nothing is drawn from a guide and there are no importance ratios p / q whose tail it measures.")
+    if supplied:
+        return ("Pareto k-hat is not available here: this diagnosis was handed to the report with bounds only, "
+                "without the importance ratios log p(x, z) - log q(z | x) of draws from the guide that k-hat is "
+                "computed from (result.diagnose() computes them on the training data).")
+    if d.is_estimate is None:
+        return (f"Pareto k-hat is not available: the guide ({guide_description(result)}) gives no density for its "
+                "draws (a point mass, or a guide that samples helper sites), so the importance ratios p / q that "
+                "k-hat measures cannot be formed.")
+    return ("Pareto k-hat is not available: the importance ratios p / q are the same for every draw (the guide "
+            "matches the posterior to rounding), so there is no tail to fit.")
+
+
+def _diagnosis_words(d: Any, result: Any, supplied: bool = False) -> list[tuple[str, str]]:
     out = []
-    if d.khat is not None and not math.isnan(d.khat):
+    if d.khat is None or math.isnan(d.khat):
+        out.append(("ok", khat_missing(d, result, supplied)))
+    else:
         verdict = d.khat_verdict
         meaning = {"good": "the guide covers the posterior well",
                    "ok": "usable, but importance-sampling estimates converge slowly",
@@ -83,7 +125,10 @@ def _diagnosis_words(d: Any) -> list[tuple[str, str]]:
         out.append(("ok" if verdict == "good" else "warn" if verdict == "ok" else "bad",
                     f"Pareto k-hat {d.khat:.2f} ({verdict}{where}: {meaning}; < 0.5 good, <= 0.7 ok)."))
     rungs = d.ladder
-    if len(rungs) > 1:
+    if d.exact_source == "enumeration":
+        out.append(("ok", f"Every latent is discrete and summed out exactly, so the {bound_name(result)} is log p(x) "
+                          f"itself ({d.exact:.2f}): there is no gap between a bound and log p(x) to show."))
+    elif len(rungs) > 1:
         first, last = rungs[0], rungs[-1]
         out.append(("ok", f"Bound ladder: {first[0]} {first[1]:.2f} up to {last[0]} {last[1]:.2f}; the gap "
                           f"{last[1] - first[1]:.2f} nats is what the ELBO leaves on the table."))

@@ -18,6 +18,7 @@ from ..guides import GUIDES
 from ..outcome import Outcome
 from ..posterior import queries
 from ..runtime import clone_param_state
+from .display import repr_html
 
 __all__ = ["Result", "fit_into"]
 
@@ -90,6 +91,10 @@ class Result(Outcome):
             f"Result(method={self.method!r}, guide={self.guide_name!r}, steps={self.steps}, "
             f"converged={self.converged}, elbo={self.elbo:.6g}, params=[{names}])"
         )
+
+    def _repr_html_(self) -> str:
+        """A compact table of the fit for Jupyter (method, model, data, objective, convergence, parameters)."""
+        return repr_html(self)
 
 
     # ------------------------------------------------------------------ posterior queries
