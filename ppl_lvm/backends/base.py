@@ -42,6 +42,10 @@ class Backend(ABC):
     options_class: type = FitOptions
     method_options: tuple[str, ...] = ()
 
+    def option_names(self) -> set[str]:
+        """Every option this method accepts (what a fit records besides them, e.g. which estimator ran, is not one)."""
+        return set(self.options_class.names()) | set(self.method_options)
+
     def parse_options(self, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
         """Split ``options`` into loop options and method options; refuse unknown names."""
         loop_names = set(self.options_class.names())

@@ -183,22 +183,24 @@ def _coordinates(outcome: Any) -> tuple[list[str], dict, torch.Tensor, Callable,
 def laplace(outcome: Any) -> Laplace:
     """The observed information and Laplace approximation of an EM fit at its estimate (computed once per fit).
 
-    Warns (``InferenceWarning``) when the information is not positive definite; see the module.
+    Warns (``InferenceWarning``) when the information is not positive definite; see the module. The warnings are
+    given once per fit, and kept in ``outcome.cache["laplace_warnings"]`` for whatever reports on the fit later.
     """
     cached = outcome.cache.get("laplace")
     if cached is not None:
         return cached
+    messages = []
     if outcome.model is None or outcome.structure is None:
         raise ValueError("standard errors need the model: load the result with lvm.load(path, model=...)")
     names, shapes, mode, to_params, boundary = _coordinates(outcome)
     on_boundary = {n: int(mask.sum()) for n, mask in boundary.items() if bool(mask.any())}
     if on_boundary:
         where = ", ".join(f"'{n}' ({k} of its coordinates)" for n, k in on_boundary.items())
-        warnings.warn(
+        messages.append(
             f"EM standard errors: {where} sit on the boundary of the support (a weight or probability of 0 or 1), "
             "where the curvature of the log-likelihood says nothing about their uncertainty: their standard errors "
             "are NaN and their Laplace draws are held at the estimate; the other parameters' are conditional on "
-            "them", InferenceWarning, stacklevel=2)
+            "them")
     kwargs = _float64(dict(outcome.data.kwargs))
     nesting = outcome.structure.max_plate_nesting
 
@@ -218,14 +220,16 @@ def laplace(outcome: Any) -> Laplace:
         covariance = torch.cholesky_inverse(torch.linalg.cholesky(information))
     else:
         smallest = float(eigenvalues.min()) if finite else math.nan
-        warnings.warn(
+        messages.append(
             f"EM standard errors: the observed information at the estimate is not positive definite (smallest "
             f"eigenvalue {smallest:.3g}): a weight or probability sits at 0 or 1, or a parameter is not identified "
             "by the data. The standard errors are NaN and to_arviz() has no Laplace posterior; fewer components "
-            "or states, or more data, usually help",
-            InferenceWarning, stacklevel=3)
+            "or states, or more data, usually help")
     found = Laplace(names, shapes, mode, information, gradient, covariance, to_params, boundary)
     outcome.cache["laplace"] = found
+    outcome.cache["laplace_warnings"] = messages
+    for message in messages:
+        warnings.warn(message, InferenceWarning, stacklevel=3)
     return found
 
 

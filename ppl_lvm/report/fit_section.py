@@ -144,7 +144,9 @@ def _summary(result: Any, summary: Any) -> tuple[Any, str | None, list[str]]:
             table, error = result.summary(), None
         except Exception as exc:  # noqa: BLE001 - a report shows what it can and says what it could not
             table, error = None, f"{type(exc).__name__}: {exc}"
-    return table, error, list(dict.fromkeys(str(w.message) for w in caught))
+    # the Laplace approximation warns once per fit: its warnings, when given before this report, are kept in the cache
+    kept = list(getattr(result, "cache", {}).get("laplace_warnings", ()))
+    return table, error, list(dict.fromkeys([str(w.message) for w in caught] + kept))
 
 
 def add_result(report: Report, result: Any, data: Any = None, *, heading: str | None = None, labels: Any = None,

@@ -179,10 +179,12 @@ class Result(Outcome):
 
     def fit_more(self, **options: Any) -> Result:
         """Continue fitting from these parameters with the same model, data, method and guide."""
-        merged = {k: v for k, v in self.options.items() if k not in ("device", "n_init", "score_function_sites")}
+        backend = get_backend(self.method)
+        # the fit's options, without what it only recorded (the sites scored, the M-steps in closed form, ...)
+        accepted = backend.option_names() - {"device", "n_init"}
+        merged = {k: v for k, v in self.options.items() if k in accepted}
         merged.update(options)
         guide = self.guide_name if self.guide_name in GUIDES else self.guide
-        backend = get_backend(self.method)
         problem = make_problem(backend, queries.require_model(self), dict(self.data.kwargs), guide=guide,
                                init_state=clone_param_state(self.param_state), options=merged)
         return fit_into(lambda outcome: type(self), backend, problem)
