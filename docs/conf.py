@@ -30,3 +30,4 @@ autodoc_default_options = {"show-inheritance": False}
 numpydoc_show_class_members = False  # members are listed by autodoc's :members:, once
 numpydoc_class_members_toctree = False
 numpydoc_xref_param_type = False
+

@@ -44,11 +44,12 @@ MODELS: dict[str, BuiltinModel] = {
     "poisson_mixture": BuiltinModel("ppl_lvm.models.mixtures", "poisson_mixture", "table",
                                     "mixture of K products of Poissons over count columns (args: K)"),
     "ppca": BuiltinModel("ppl_lvm.models.factor", "ppca", "table",
-                         "probabilistic PCA with q latent dimensions, fitted with method svi (args: q)"),
+                         "probabilistic PCA with q latent dimensions; svi from its closed-form maximum (args: q)"),
     "factor_analysis": BuiltinModel("ppl_lvm.models.factor", "factor_analysis", "table",
-                                    "factor analysis with q latent factors, fitted with method svi (args: q)"),
+                                    "factor analysis with q latent factors; svi from its EM maximum (args: q)"),
     "gaussian_hmm": BuiltinModel("ppl_lvm.models.hmm", "gaussian_hmm", "sequence",
-                                 "hidden Markov chain, diagonal-Gaussian emissions; rows are time steps (args: K)"),
+                                 "hidden Markov chain, diagonal-Gaussian emissions; rows are time steps, "
+                                 "--sequence-column for several sequences (args: K)"),
     "categorical_hmm": BuiltinModel("ppl_lvm.models.hmm", "categorical_hmm", "symbols",
                                     "hidden Markov chain over integer symbols; one column, rows are time steps "
                                     "(args: K, n_symbols)"),
