@@ -172,8 +172,9 @@ def cmd_fit(ns: argparse.Namespace) -> int:
         _say(f"interrupted after {elapsed:.1f} s at step {result.steps}; saving the fit so far")
     else:
         _say(f"fitted in {elapsed:.1f} s: {result!r}")
-    if form is not None:
-        exact, at_maximum = reached(form, result)
+    check = reached(form, result) if form is not None else None
+    if check is not None:
+        exact, at_maximum = check
         manifest["closed_form"] = {"maximum": form.maximum, "log_likelihood": exact, "reached": at_maximum,
                                    "how": form.how, "started_there": start_state is not None}
         if at_maximum:
@@ -220,7 +221,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
         if hasattr(result, "responsibilities") and not result.responsibilities and resp_path.is_file():
             with np.load(resp_path, allow_pickle=False) as saved:
                 result.responsibilities = {k: torch.from_numpy(saved[k]) for k in saved.files}
-        path = build_report(result, folder, title=_fit_title(manifest), fit_warnings=manifest.get("warnings", []))
+        with _step(f"writing the report ({REPORT_FILE})"):
+            path = build_report(result, folder, title=_fit_title(manifest), fit_warnings=manifest.get("warnings", []))
     for line in _warning_lines(caught):
         _warn(line)
     _say(f"report: {path}")

@@ -76,10 +76,13 @@ def closed_form(entry: BuiltinModel | None, model: Any, data: dict[str, Any]) ->
     return ClosedForm(entry.function, kwargs, q)
 
 
-def reached(form: ClosedForm, result: Any) -> tuple[float, bool]:
+def reached(form: ClosedForm, result: Any) -> tuple[float, bool] | None:
     """The exact log-likelihood of the fitted parameters and whether it is the maximum (to 1e-4 relative or 0.05
-    nats, the float32 rounding of the parameters)."""
-    exact = form.log_likelihood(result.params)
+    nats, the float32 rounding of the parameters); None when the result holds no such parameters."""
+    params = getattr(result, "params", None) or {}
+    if not all(name in params for name in ("W", "mu", form.noise)):
+        return None
+    exact = form.log_likelihood(params)
     return exact, form.maximum - exact <= max(0.05, 1e-4 * abs(form.maximum))
 
 
