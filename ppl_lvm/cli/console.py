@@ -41,7 +41,6 @@ def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
 
-
 def _hint(message: str) -> None:
     print(f"{PROG}: hint: {message}", file=sys.stderr, flush=True)
 

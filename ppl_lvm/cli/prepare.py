@@ -42,7 +42,7 @@ def standardize(loaded: Any, entry: BuiltinModel | None, model_name: str) -> tup
     table = values.reshape(len(values), -1)
     mean, scale = table.mean(0), table.std(0)
     names = [str(c) for c in loaded.columns] if hasattr(loaded, "columns") else [f"column {i}" for i in range(len(mean))]
-    constant = [n for n, s in zip(names, scale, strict=True) if not s > 0]
+    constant = [n for n, s in zip(names, scale, strict=True) if s == 0]  # NaN data are refused when bound, by position
     if constant:
         raise CLIError(f"--standardize cannot scale the constant column(s) {', '.join(map(repr, constant))}: "
                        "leave them out with --columns")
