@@ -5,21 +5,21 @@
 from the same replay pass (:mod:`ppl_lvm.posterior.draws`) that :func:`ppl_lvm.diagnostics.diagnose` and
 :func:`ppl_lvm.compare` read at the same number of draws and seed:
 
-=====================  ==========================================================================================
-``posterior``          draws of every latent site from the fitted guide, dims ``(chain, draw, *site dims)``;
-                       discrete enumerated latents are drawn from their exact conditional given the draw
-``log_likelihood``     per observed site, log p(x_i | theta_s) with every discrete latent summed out exactly,
-                       dims ``(chain, draw, *batch dims of the site)``. Each site is marginalised on its own: a
-                       discrete latent it shares with other observations is summed out per point. Omitted (with an
-                       ``InferenceWarning``) when discrete latents form a Markov chain (enumeration dims reused),
-                       where no per-observation factorisation exists; continuous latents are conditioned on, so
-                       for local continuous latents (PPCA, VAE) it is log p(x_i | z_i,s, params)
-``posterior_predictive``  replicated observations
-``observed_data``      the data, with pandas index / column labels as coordinates
-``sample_stats``       ``lp`` = log p(x, theta_s) (discrete latents contracted exactly, chains included),
-                       ``log_q`` = log q(theta_s) and ``log_weight = lp - log_q`` when the guide samples the latent
-                       sites themselves (not for ``delta`` or guides with helper sites such as ``fullrank``)
-=====================  ==========================================================================================
+=========================  ==========================================================================================
+``posterior``              draws of every latent site from the fitted guide, dims ``(chain, draw, *site dims)``;
+                           discrete enumerated latents are drawn from their exact conditional given the draw
+``log_likelihood``         per observed site, log p(x_i | theta_s) with every discrete latent summed out exactly,
+                           dims ``(chain, draw, *batch dims of the site)``. Each site is marginalised on its own: a
+                           discrete latent it shares with other observations is summed out per point. Omitted (with an
+                           ``InferenceWarning``) when discrete latents form a Markov chain (enumeration dims reused),
+                           where no per-observation factorisation exists; continuous latents are conditioned on, so
+                           for local continuous latents (PPCA, VAE) it is log p(x_i | z_i,s, params)
+``posterior_predictive``   replicated observations
+``observed_data``          the data, with pandas index / column labels as coordinates
+``sample_stats``           ``lp`` = log p(x, theta_s) (discrete latents contracted exactly, chains included),
+                           ``log_q`` = log q(theta_s) and ``log_weight = lp - log_q`` when the guide samples the latent
+                           sites themselves (not for ``delta`` or guides with helper sites such as ``fullrank``)
+=========================  ==========================================================================================
 
 An MCMC fit (``nuts``) gives the same groups from its chains' draws, ``(chain, draw)`` being the sampler's chains
 (``az.summary`` / ``az.rhat`` / ``az.ess`` of the ``posterior`` are then R-hat and ESS across them; a mixture's

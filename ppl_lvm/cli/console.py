@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 PROG = "ppl-lvm"
@@ -36,3 +40,41 @@ def _say(message: str) -> None:
 def _warn(message: str) -> None:
     print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
 
+
+def _hint(message: str) -> None:
+    print(f"{PROG}: hint: {message}", file=sys.stderr, flush=True)
+
+
+#: seconds between the "still ..." lines of a step when stderr is not a terminal (a log file, CI)
+STEP_HEARTBEAT = 10.0
+
+
+@contextmanager
+def _step(message: str, heartbeat: float = STEP_HEARTBEAT) -> Iterator[None]:
+    """Announce a step on stderr (``writing the report...``), show its elapsed time while it runs (a live counter
+    on a terminal, a ``still ...`` line every ``heartbeat`` seconds otherwise) and end with its duration."""
+    stream = sys.stderr
+    live = stream.isatty()
+    start = time.perf_counter()
+    stop = threading.Event()
+    print(f"{PROG}: {message}...", end="" if live else "\n", file=stream, flush=True)
+
+    def tick() -> None:
+        while not stop.wait(1.0 if live else heartbeat):
+            elapsed = time.perf_counter() - start
+            if live:
+                print(f"\r{PROG}: {message}... {elapsed:.0f} s", end="", file=stream, flush=True)
+            else:
+                print(f"{PROG}:   still {message} ({elapsed:.0f} s)", file=stream, flush=True)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        stop.set()
+        thread.join()
+        end = f"{'done' if finished else 'stopped'} after {time.perf_counter() - start:.1f} s"
+        print(f"\r{PROG}: {message}... {end}" if live else f"{PROG}:   {message}: {end}", file=stream, flush=True)

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..model import Model
 from ..model import model as compile_model
+from ..models.hmm import pad_sequences
 
 
 class CLIError(Exception):
@@ -42,11 +44,12 @@ MODELS: dict[str, BuiltinModel] = {
     "poisson_mixture": BuiltinModel("ppl_lvm.models.mixtures", "poisson_mixture", "table",
                                     "mixture of K products of Poissons over count columns (args: K)"),
     "ppca": BuiltinModel("ppl_lvm.models.factor", "ppca", "table",
-                         "probabilistic PCA with q latent dimensions, fitted with method svi (args: q)"),
+                         "probabilistic PCA with q latent dimensions; svi from its closed-form maximum (args: q)"),
     "factor_analysis": BuiltinModel("ppl_lvm.models.factor", "factor_analysis", "table",
-                                    "factor analysis with q latent factors, fitted with method svi (args: q)"),
+                                    "factor analysis with q latent factors; svi from its EM maximum (args: q)"),
     "gaussian_hmm": BuiltinModel("ppl_lvm.models.hmm", "gaussian_hmm", "sequence",
-                                 "hidden Markov chain, diagonal-Gaussian emissions; rows are time steps (args: K)"),
+                                 "hidden Markov chain, diagonal-Gaussian emissions; rows are time steps, "
+                                 "--sequence-column for several sequences (args: K)"),
     "categorical_hmm": BuiltinModel("ppl_lvm.models.hmm", "categorical_hmm", "symbols",
                                     "hidden Markov chain over integer symbols; one column, rows are time steps "
                                     "(args: K, n_symbols)"),
@@ -168,10 +171,12 @@ def _suffix(path: Path) -> str:
     return next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix.lower())
 
 
-def load_table(path: Path, columns: list[str] | None = None, key: str | None = None) -> tuple[Any, dict[str, Any]]:
+def load_table(path: Path, columns: list[str] | None = None, key: str | None = None,
+               sequence_column: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Read a data file; return ``(data, labels)``: a DataFrame for tables, an array, or {name: array} for npz.
 
-    ``labels`` holds ``columns`` (the chosen column names, tables only) and ``key`` (the npz array used).
+    ``labels`` holds ``columns`` (the chosen column names, tables only) and ``key`` (the npz array used); with
+    ``sequence_column`` (tables only) that column is taken out of the data and its values are ``labels["sequence"]``.
     """
     if not path.exists():
         raise CLIError(f"data file {path} does not exist")
@@ -191,6 +196,14 @@ def load_table(path: Path, columns: list[str] | None = None, key: str | None = N
             raise CLIError(f"cannot read {path} as {suffix.lstrip('.').split('.')[0].upper()}: {exc}") from exc
         if frame.empty:
             raise CLIError(f"data file {path} has no rows")
+        groups = None
+        if sequence_column is not None:
+            if sequence_column not in frame.columns:
+                raise CLIError(f"--sequence-column {sequence_column!r} is not a column of {path.name}; its columns "
+                               f"are: {', '.join(map(str, frame.columns))}")
+            if columns is not None and sequence_column in columns:
+                raise CLIError(f"--sequence-column {sequence_column!r} names the sequences; leave it out of --columns")
+            groups = frame.pop(sequence_column).to_numpy()
         if columns is not None:
             missing = [c for c in columns if c not in frame.columns]
             if missing:
@@ -206,7 +219,12 @@ def load_table(path: Path, columns: list[str] | None = None, key: str | None = N
                 "choose numeric columns with --columns a,b"
             )
         frame.columns = [str(c) for c in frame.columns]
-        return frame, {"columns": list(frame.columns)}
+        labels = {"columns": list(frame.columns)}
+        if groups is not None:
+            labels.update(sequence=groups, sequence_column=sequence_column)
+        return frame, labels
+    if sequence_column is not None:
+        raise CLIError(f"--sequence-column names a column of a CSV/TSV table; {path.name} has no column names")
     if columns is not None:
         raise CLIError(f"--columns selects columns of a CSV/TSV table by name; {path.name} has no column names")
     try:
@@ -279,9 +297,37 @@ def bind_file_data(model: Any, entry: BuiltinModel | None, loaded: Any, labels: 
                            f"{model.__name__}({', '.join(names)}); choose one with --key")
         if names[0] in bound:
             bound[names[0]] = _shape_for(entry, bound[names[0]], path.name)
+    elif labels.get("sequence") is not None:
+        bound = _bind_sequences(model, entry, loaded, labels, names)
     else:
         bound = {names[0]: _shape_for(entry, loaded, path.name)}
     clash = sorted(set(bound) & set(args))
     if clash:
         raise CLIError(f"--arg {', '.join(clash)}: already given by the data file {path.name}")
     return {**bound, **args}
+
+
+def _bind_sequences(model: Any, entry: BuiltinModel | None, table: Any, labels: dict, names: list[str]) -> dict:
+    """Rows grouped by ``--sequence-column`` (groups in order of first appearance, rows in file order): the padded
+    ``(B, T_max, D)`` sequences (``(B, T_max)`` symbols) as the first argument and their ``lengths``."""
+    column = labels["sequence_column"]
+    if (entry is not None and entry.layout == "table") or "lengths" not in names:
+        raise CLIError(f"--sequence-column {column}: {model.__name__}() takes no lengths argument; the option reads "
+                       "several sequences for a hidden Markov model (gaussian_hmm, categorical_hmm)")
+    values = np.asarray(table.to_numpy() if hasattr(table, "to_numpy") else table)
+    keys = [str(g) for g in labels["sequence"]]
+    order = list(dict.fromkeys(keys))  # the groups in order of first appearance
+    rank = {k: r for r, k in enumerate(order)}
+    index = np.array([rank[k] for k in keys])
+    groups = [values[index == k] for k in range(len(order))]
+    if entry is not None and entry.layout == "symbols":
+        if values.shape[1] != 1:
+            raise CLIError(f"--sequence-column {column}: {entry.function} reads one column of integer symbols, got "
+                           f"{values.shape[1]}; choose it with --columns")
+        if not np.array_equal(values, np.round(values)):
+            raise CLIError(f"--sequence-column {column}: the symbols of {entry.function} must be integers 0, 1, ...")
+        x, lengths = pad_sequences([torch.as_tensor(g[:, 0].astype(np.int64)) for g in groups])
+    else:
+        x, lengths = pad_sequences([torch.as_tensor(g, dtype=torch.get_default_dtype()) for g in groups])
+    labels["sequence_names"] = order
+    return {names[0]: x, "lengths": lengths}

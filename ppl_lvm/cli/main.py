@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.add_argument("model", metavar="MODEL", help="built-in model name or path/to/file.py:function")
     fit.add_argument("data", metavar="DATA", help="CSV, TSV, .npy or .npz file")
-    fit.add_argument("--method", required=True, help="em, svi, meanfield, iwae or renyi")
+    fit.add_argument("--method", help="em, svi, meanfield, iwae, renyi, ... in any case (default for a built-in "
+                     "model: em; svi from the closed-form maximum for ppca and factor_analysis)")
     fit.add_argument("--guide", help="normal, fullrank, delta, or path/to/file.py:function (VI methods)")
     fit.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="an option of lvm.infer, e.g. n_init=5, steps=2000, lr=0.01 (repeatable)")
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="another argument of the model, e.g. K=3 (repeatable)")
     fit.add_argument("--columns", metavar="A,B", help="columns of a CSV/TSV table to use, by name")
     fit.add_argument("--key", help="the array of an .npz file to use")
+    fit.add_argument("--standardize", action="store_true",
+                     help="z-score every data column (mean 0, sd 1) before fitting; the means and scales are saved "
+                     "in fit.json, and the columns are labelled '(standardised)'")
+    fit.add_argument("--sequence-column", metavar="NAME",
+                     help="a CSV/TSV column naming the sequence of each row: a hidden Markov model reads one sequence "
+                     "per value (in order of first appearance, rows in file order)")
     fit.add_argument("--out", required=True, metavar="DIR", help="folder for the results (created)")
     fit.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     fit.set_defaults(handler=cmd_fit)
@@ -81,7 +88,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
 
 def _one_line(exc: BaseException) -> str:
     """The message on one line (library messages may wrap)."""
-    text = " ".join(str(exc).split()) if str(exc) else type(exc).__name__
+    text = " ".join(str(exc).split("Trace Shapes:")[0].split()) or type(exc).__name__  # Pyro appends a shape table
     return f"KeyError: {text}" if isinstance(exc, KeyError) else text
 
 
