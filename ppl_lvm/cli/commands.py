@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -21,6 +23,7 @@ from ..results import load
 from .console import PROG, _record_warnings, _say, _warn, _warning_lines
 from .demo import run_demo
 from .inputs import CLIError, _split_spec, bind_file_data, load_guide, load_model, load_table, parse_assignments
+from .launch import from_environment
 
 MANIFEST = "fit.json"
 RESULT_FILE = "result.pt"
@@ -66,7 +69,20 @@ UNSAVED = ("nuts",)
 
 
 def cmd_fit(ns: argparse.Namespace) -> int:
+    launch = from_environment()  # started by torchrun: this copy's rank, and all the copies
+    quiet = open(os.devnull, "w") if launch.rank != 0 else None  # rank 0 prints
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return _fit(ns, launch)
+    finally:
+        launch.stop()
+        if quiet:
+            quiet.close()
+
+
+def _fit(ns: argparse.Namespace, launch: Any) -> int:
     options = parse_assignments(ns.option, "--option")
+    launch.start(options)
     args = parse_assignments(ns.arg, "--arg")
     columns = [c.strip() for c in ns.columns.split(",")] if ns.columns else None
     if columns is not None and (not all(columns) or len(set(columns)) != len(columns)):
@@ -77,10 +93,14 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     if ns.method in UNSAVED:  # the command saves every fit, and these results have no file format yet
         raise CLIError(f"ppl-lvm fit cannot run method {ns.method!r}: its results cannot be saved to a file yet; run "
                        f"lvm.infer(model, data, method={ns.method!r}) from Python")
-    model, entry, model_spec = load_model(ns.model)
-    guide, guide_spec = load_guide(ns.guide)
-    loaded, labels = load_table(data_path, columns, ns.key)
-    data = bind_file_data(model, entry, loaded, labels, args, data_path)
+    with launch.together("reading the model and its rows of the data file"):
+        model, entry, model_spec = load_model(ns.model)
+        guide, guide_spec = load_guide(ns.guide)
+        if launch.distributed and entry is not None and entry.layout != "table":
+            raise CLIError(f"{ns.model} fits one sequence, which cannot be split between the {launch.world_size} "
+                           "processes of torchrun; run it in one process")
+        loaded, labels = load_table(data_path, columns, ns.key, shard=launch.shard)
+        data = bind_file_data(model, entry, loaded, labels, args, data_path)
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
@@ -98,6 +118,8 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     }
     first = next(iter(data))
     shape = "x".join(str(s) for s in getattr(data[first], "shape", ()))
+    if launch.distributed:
+        shape += f" on rank 0, one of {launch.world_size} processes started by torchrun"
     _say(f"fitting {model.__name__} to {data_path.name} ({first}: {shape}) with method {ns.method!r} "
          "(Ctrl-C stops and saves the fit so far)")
     start = time.perf_counter()
@@ -111,6 +133,12 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     finally:
         catcher.__exit__(None, None, None)
     fit_warnings = _warning_lines(caught)
+    if launch.distributed:  # rank 0 writes the outputs of all the rows
+        launch.complete(result, model, lambda: bind_file_data(model, entry, *load_table(data_path, columns, ns.key),
+                                                              args, data_path))
+        if launch.rank != 0:
+            return 130 if result.interrupted else 0
+        manifest["world_size"] = launch.world_size
     for line in fit_warnings:
         _warn(line)
     elapsed = time.perf_counter() - start

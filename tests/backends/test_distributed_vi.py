@@ -5,7 +5,8 @@ shards of the rows (101 and 100 of 201, so the shards differ in size); one proce
 seed. The global minibatch is the same set of rows as in one process and the models' local latents are enumerated
 (``loc_gmm``) or absent (``bayes_linreg``), so the draws are the same and the 2-rank loss curve must follow the
 1-process one to float error (float64; the gradients and losses are summed in another order). Measured over seeds
-0-4 of every case: at most 4e-15 relative on the losses and 3e-13 on the parameters (the tolerance asked is 1e-5).
+0-4 of every case (``PPL_LVM_DIST_SEEDS=0,1,2,3,4``): at most 4.1e-16 relative on the losses and 9.8e-16 on the
+parameters (the tolerance is 1e-5).
 The parameters of the two ranks are bit-identical (the optimiser steps on the same all-reduced gradients).
 """
 
@@ -15,6 +16,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -69,8 +71,10 @@ def _fits(rows: slice, distributed: bool, seed: int) -> dict:
     data = _data()
     out = {}
     for name, (model, keys, method, options) in CASES.items():
-        fit = lvm.infer(model, _bind(keys, data, rows), method=method, seed=seed, distributed=distributed,
-                        **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", lvm.ConvergenceWarning)  # short fits on purpose: the curve is compared
+            fit = lvm.infer(model, _bind(keys, data, rows), method=method, seed=seed, distributed=distributed,
+                            **options)
         out[name] = _record(fit)
     return out
 
