@@ -247,7 +247,7 @@ class DataParallel:
                          + [torch.tensor([loss], dtype=torch.float64, device=self._device)])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
-        for name, grad in zip(names, grads, strict=True):
+        for name in names:
             p = params[name]
             p.grad = flat[offset : offset + p.numel()].reshape(p.shape).to(device=p.device, dtype=p.dtype)
             offset += p.numel()

@@ -4,6 +4,7 @@ and data files (CSV, TSV, .npy, .npz), and how a data file becomes the model's a
 from __future__ import annotations
 
 import ast
+import gzip
 import importlib
 import importlib.util
 import re
@@ -171,8 +172,6 @@ def _suffix(path: Path) -> str:
 
 def _count_rows(path: Path, suffix: str) -> int:
     """Data rows of a table file (its non-blank lines after the header), read line by line."""
-    import gzip  # only compressed tables need it
-
     opener = gzip.open if suffix.endswith(".gz") else open
     with opener(path, "rt") as f:
         return max(sum(1 for line in f if line.strip()) - 1, 0)
