@@ -172,7 +172,12 @@ class DataParallel:
                          "options": _options_signature(loop, method),
                          "data": _data_signature(problem.data.kwargs, n_local),
                          "guide": _guide_signature(problem.guide)}
-        gathered = _gather((signature, n_local))
+        gathered = _gather((signature, n_local, _fingerprint(problem.data.kwargs, n_local)))
+        if len(gathered) > 1 and all(g[1:] == gathered[0][1:] for g in gathered):
+            raise DistributedError(
+                f"every rank passed the same {n_local} data rows: with distributed=True each rank passes its own part "
+                "of the rows (e.g. x[lo:hi] with lo, hi = ppl_lvm.em.stream.shard_range(len(x), rank, world_size), "
+                "or lvm.chunks(path).shard(rank, world_size)), else every row would count once per rank")
         for key in signature:
             values = [g[0][key] for g in gathered]
             if any(v != values[0] for v in values):
@@ -290,6 +295,12 @@ def _difference(mine: list, other: list) -> str:
     a, b = dict(mine), dict(other)
     names = sorted(set(a) ^ set(b)) or sorted(n for n in a if a[n] != b.get(n))
     return ", ".join(f"{n}: {a.get(n)} vs {b.get(n)}" for n in names[:4])
+
+
+def _fingerprint(kwargs: dict, n_local: int) -> tuple[float, ...]:
+    """Sums of the rows' values: equal on every rank when every rank was given the same rows (a common slip)."""
+    return tuple(float(v.detach().double().sum()) for _, v in sorted(kwargs.items())
+                 if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n_local)
 
 
 def _options_signature(loop: Any, method: dict) -> list[tuple[str, str]]:

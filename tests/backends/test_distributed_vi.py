@@ -116,6 +116,8 @@ def _errors(rank: int, rows: slice) -> dict:
                                               distributed=True)),
         "per_row_guide": _error(lambda: lvm.infer(ppca, {"x": data["xp"][rows]}, method="svi", guide="normal",
                                                   steps=5, distributed=True)),
+        "same_rows": _error(lambda: lvm.infer(bayes_linreg, _bind(("X", "y"), data, slice(0, N)), method="svi",
+                                              steps=5, distributed=True)),
         "step_fails": _error(lambda: lvm.infer(fails_on_rank_1, xy, method="svi", steps=10, distributed=True)),
     }
     # after all of these the ranks still talk: a plain fit runs
@@ -216,6 +218,7 @@ def test_an_error_on_one_rank_is_raised_on_both(two_ranks):
         assert e["per_row_guide"][0] == "UnsupportedModelError"
         assert "amortised guide" in e["per_row_guide"][1]
         assert e["step_fails"][0] == "FitError" and "step 3" in e["step_fails"][1]
+        assert e["same_rows"][0] == "DistributedError" and "every rank passed the same 201 data rows" in e["same_rows"][1]
     assert "rank 1 cannot go on" in e1["step_fails"][1]
     assert "rank 1 of the data-parallel fit failed at step 3" in e0["step_fails"][1]
     for name, value in e0["after"]["params"].items():  # the ranks went on together
