@@ -1,14 +1,14 @@
 """Data-parallel SVI: 2 processes (torchrun, gloo, ``distributed=True``) against 1 on the same data and global batch.
 
 A Bernoulli VAE (``ppl_lvm.models.vae.VAE``, 64-128-128-16, the networks registered with ``lvm.module``) on the
-binarised digits tiled to ``--n`` rows, ``method="svi"`` with its own guide, a global ``--batch-size``, ``--steps``
+binarised digits tiled to ``--rows`` rows, ``method="svi"`` with its own guide, a global ``--batch-size``, ``--steps``
 steps with ``anneal=0``. Each process runs one thread. The time is that of the steps (from the end of step 1 to the
 end of the last, read by a callback, so the set-up, the bound at the end and the imports are not counted); for 2
 processes the slower rank's. The 1- and 2-process runs alternate ``--repeats`` times; the table gives the medians.
 
 Usage::
 
-    PYTHONPATH=. python bench/bench_distributed_vi.py [--n 16000] [--batch-size 1000] [--steps 100] [--repeats 3]
+    PYTHONPATH=. python bench/bench_distributed_vi.py [--rows 16000] [--batch-size 1000] [--steps 100] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def fit(args: argparse.Namespace, out: str) -> None:
     """One fit in this process (a torchrun rank when ``WORLD_SIZE`` is set); writes its step time to ``out``."""
     torch.set_num_threads(1)
     x = binarized_digits().x_train
-    x = x.repeat((args.n + len(x) - 1) // len(x), 1)[: args.n]
+    x = x.repeat((args.rows + len(x) - 1) // len(x), 1)[: args.rows]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
     if distributed:
@@ -67,7 +67,7 @@ def run(command: list[str], out: str, ranks: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=16000)
+    parser.add_argument("--rows", type=int, default=16000)
     parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
@@ -76,7 +76,7 @@ def main() -> None:
     if args.fit:
         fit(args, args.fit)
         return
-    sizes = ["--n", str(args.n), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+    sizes = ["--rows", str(args.rows), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     one, two = [], []
     with tempfile.TemporaryDirectory() as folder:
         for i in range(args.repeats):
@@ -88,7 +88,7 @@ def main() -> None:
             print(f"repeat {i}: 1 process {one[-1] * 1e3:.1f} ms/step, 2 processes {two[-1] * 1e3:.1f} ms/step, "
                   f"speed-up {one[-1] / two[-1]:.2f}x", flush=True)
     a, b = float(np.median(one)), float(np.median(two))
-    print(f"N={args.n} batch={args.batch_size} steps={args.steps}: median 1 process {a * 1e3:.1f} ms/step, "
+    print(f"N={args.rows} batch={args.batch_size} steps={args.steps}: median 1 process {a * 1e3:.1f} ms/step, "
           f"2 processes {b * 1e3:.1f} ms/step, speed-up {a / b:.2f}x")
 
 
