@@ -26,7 +26,10 @@ stream. With these choices a model whose local latents are enumerated (or absent
 curve to float error; with continuous local latents the local noise differs from one process's (independent draws
 per rank), which leaves the gradient unbiased. Randomness outside sample sites (dropout in an encoder) draws from
 the shared stream and may desynchronise later global draws; the gradient stays unbiased (each rank's global draw is
-a draw from ``q``), the parameters stay identical.
+a draw from ``q``), the parameters stay identical. The swap covers torch's CPU generator: on a CUDA device the local
+draws come from the device's generator, seeded alike on every rank, so ranks holding the same number of batch rows
+reuse one another's local noise (still unbiased, with noise correlated across ranks), and later global draws may
+differ between ranks.
 
 **Decisions are collective.** The losses seen by the convergence rule, the annealing, NaN checks, restarts and
 ``result.elbo`` are the all-reduced ones, so every rank decides the same. Before a fit every rank checks with the
