@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from .backends import BACKENDS, get_backend
+from .backends.distributed import METHODS as DATA_PARALLEL
+from .backends.distributed import collective
 from .backends.problem import make_problem
 from .results import fit_result
 from .runtime import clone_param_state
@@ -44,7 +46,9 @@ def infer(
         Start from this result's parameters (fitting further).
     **options
         Options of the method: see :class:`ppl_lvm.fit.FitOptions` (``steps``, ``lr``, ``batch_size``,
-        ``num_particles``, ``beta``, ``patience``, ``seed``, ``progress``, ``callbacks``, ...).
+        ``num_particles``, ``beta``, ``patience``, ``seed``, ``progress``, ``callbacks``, ...). ``distributed=True``
+        fits data-parallel inside a ``torch.distributed`` process group (``em``, ``svi``, ``meanfield``, ``iwae``,
+        ``renyi``): every rank passes its own rows (see :mod:`ppl_lvm.backends.distributed`).
 
     Returns
     -------
@@ -70,7 +74,12 @@ def infer(
         if state is None:
             raise TypeError(f"init must be a Result, got {type(init).__name__}")
         init_state = clone_param_state(state)
-    problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
+    if options.get("distributed") is True and backend.name in DATA_PARALLEL:
+        # every rank checks its own data; one that fails tells the others, which would otherwise wait for it
+        with collective("checking the model, data and options"):
+            problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
+    else:
+        problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
     return fit_result(backend, problem)
 
 

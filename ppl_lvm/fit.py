@@ -120,11 +120,15 @@ def run_loop(
     options: FitOptions,
     minibatch: Minibatch | None,
     method: str,
+    parallel: Any = None,
 ) -> dict[str, Any]:
     """Optimise ``loss_and_grads(model, guide, **kwargs)`` and return the history.
 
     Must run inside the fit's parameter-store scope. Returns a dict with ``losses``, ``steps``, ``converged``,
-    ``interrupted`` and ``best_state``.
+    ``interrupted`` and ``best_state``. ``parallel`` (a :class:`~ppl_lvm.backends.distributed.DataParallel`) makes
+    the fit data-parallel: the minibatch indices are global rows (this rank evaluates those of its shard), each
+    step's loss and gradients are summed over the ranks before the optimiser step, and a failure on one rank is
+    raised on all.
     """
     store = pyro.get_param_store()
     optim_cls = OPTIMIZERS[options.optimizer.lower()]
@@ -166,6 +170,8 @@ def run_loop(
     if callable(options.beta) or options.beta != 1.0:
         weight = KLWeight(ctx)
         model, guide = weight(model), weight(guide)
+    if parallel is not None:
+        model, guide = parallel.wrap(model), parallel.wrap(guide)
     step = 0
     try:
         with fit_scope(ctx):
@@ -184,27 +190,48 @@ def run_loop(
                         cursor = 0
                     idx = order[cursor : cursor + minibatch.batch_size]
                     cursor += minibatch.batch_size
+                    full, factor = minibatch.size, 1.0
+                    if parallel is not None:  # the global batch's rows in this rank's shard
+                        idx, full, factor = parallel.local_rows(idx, minibatch.batch_size)
                     step_kwargs = dict(kwargs)
                     for name in minibatch.arguments:
                         step_kwargs[name] = kwargs[name].index_select(0, idx.to(kwargs[name].device))
                     if minibatch.scaling == "plate":
-                        ctx.subsample = {minibatch.plate: (minibatch.size, idx)}
+                        ctx.subsample = {minibatch.plate: (full, idx)}
                     else:
-                        loss_scale = minibatch.size / minibatch.batch_size
+                        loss_scale = factor * minibatch.size / minibatch.batch_size
                 ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
                 ctx.step = step - 1
 
                 with poutine.trace(param_only=True) as param_capture:
+                    error: Exception | None = None
                     try:
                         loss = loss_and_grads(model, guide, **step_kwargs)
-                    except (ValueError, RuntimeError) as exc:
-                        if step == 1 or isinstance(exc, PplLvmError):
-                            raise  # the model or the guide, not the parameters the fit reached
-                        message = _fault_message(exc, step, method, best_step, best, store, options)
+                    except Exception as exc:  # noqa: BLE001 - raised below, on every rank of a data-parallel fit
+                        error = exc
+                    named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
+                    if parallel is not None:  # collective: a failure on another rank is raised here too
+                        try:
+                            parallel.check_step(error, named, step)
+                        except FitError:
+                            store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
+                            raise
+                    if isinstance(error, (ValueError, RuntimeError)):
+                        if step == 1 or isinstance(error, PplLvmError):
+                            raise error  # the model or the guide, not the parameters the fit reached
+                        message = _fault_message(error, step, method, best_step, best, store, options)
                         store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
-                        raise FitError(message, step=step) from exc
-                params = {site["value"].unconstrained() for site in param_capture.trace.nodes.values()}
+                        raise FitError(message, step=step) from error
+                    if error is not None:
+                        raise error
+                params = set(named.values())
                 loss = float(loss) * loss_scale
+                if loss_scale != 1.0:
+                    for p in params:
+                        if p.grad is not None:
+                            p.grad.mul_(loss_scale)
+                if parallel is not None:  # the gradients summed over the ranks, before the optimiser step
+                    loss = parallel.reduce(named, loss)
                 if not math.isfinite(loss):
                     for p in params:
                         p.grad = None
@@ -222,10 +249,6 @@ def run_loop(
                     best = smoothed
                     best_step = step
                     best_state = _snapshot(store, best_state)  # the parameters this loss was computed at
-                if loss_scale != 1.0:
-                    for p in params:
-                        if p.grad is not None:
-                            p.grad.mul_(loss_scale)
                 optim(params)
                 pyro.infer.util.zero_grads(params)
 
@@ -238,6 +261,8 @@ def run_loop(
                     _accumulate(store, averaged, n_averaged)
                 state = FitState(step, loss, smoothed, best, ctx.beta)
                 stop = any(bool(cb(state)) for cb in options.callbacks)
+                if parallel is not None and options.callbacks:
+                    stop = parallel.any(stop)  # a callback on one rank stops every rank
                 if (options.patience is not None and step <= anneal_start and step >= options.patience
                         and step % check_every == 0 and settling(losses[-options.patience:], options.tol).settled):
                     # settled at the constant lr: anneal from here (or stop, without annealing)

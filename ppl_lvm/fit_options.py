@@ -77,6 +77,12 @@ class FitOptions:
     n_init : int
         Independent restarts with seeds ``seed, seed + 1, ...``; the one with the highest bound at its returned
         parameters (``result.elbo``) is returned and all of them are kept in ``result.restarts``.
+    distributed : bool
+        Data-parallel fit over the ranks of the initialised ``torch.distributed`` process group (a script started
+        by ``torchrun``): every rank passes its own contiguous rows of the data, in rank order, with the same
+        model, options and seed; ``batch_size`` is the global batch. Gradients are summed over the ranks each step
+        and every rank ends with the same parameters; the losses, ``converged`` and ``result.elbo`` are those of all
+        the data. See :mod:`ppl_lvm.backends.distributed` for how the loss is split and how the draws are made.
     """
 
     steps: int = 1000
@@ -97,6 +103,7 @@ class FitOptions:
     device: str | torch.device | None = None
     seed: int = 0
     n_init: int = 1
+    distributed: bool = False
 
     @classmethod
     def names(cls) -> list[str]:
@@ -140,6 +147,8 @@ class FitOptions:
             raise ValueError(f"beta must be a number >= 0 or a function of the step, got {self.beta!r}")
         if not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if not isinstance(self.distributed, bool):
+            raise ValueError(f"distributed must be True or False, got {self.distributed!r}")
         for cb in self.callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables, got {cb!r}")

@@ -28,6 +28,7 @@ from ..handlers import enumerating
 from ..outcome import Outcome
 from ..runtime import FitContext, clone_param_state, fit_scope, run_scope
 from ..structure import ModelStructure
+from .distributed import DataParallel, check_rows_guide, collective
 from .guide_check import check_guide
 from .problem import OPTION_HINTS, Problem
 from .restarts import run_restarts
@@ -109,11 +110,14 @@ class VariationalBackend(Backend):
         fails). Networks registered with ``lvm.module`` are trained in place, so their restarts continue from the
         weights the previous restart reached: restarts are meant for models with a few global unknowns (mixtures,
         chains), where local optima differ.
+
+        With ``distributed=True`` every rank runs this together (:mod:`ppl_lvm.backends.distributed`).
         """
         loop, method = self.options_of(problem)
+        parallel = DataParallel.start(self, problem, loop, method) if loop.distributed else None
 
         def fit_once(restart: int, seed: int) -> Outcome:
-            return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method)
+            return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method, parallel)
 
         return run_restarts(fit_once, n_init=loop.n_init, seed=int(loop.seed), name=self.name,
                             score=self.bound_at if loop.n_init > 1 else lambda o: 0.0)
@@ -131,7 +135,7 @@ class VariationalBackend(Backend):
             return TraceEnum_ELBO(strict_enumeration_warning=False, **common)
         return Trace_ELBO(**common)
 
-    def bound_at(self, outcome: Outcome) -> float:
+    def bound_at(self, outcome: Outcome, parallel: DataParallel | None = None) -> float:
         """The bound at the outcome's parameters (what ``result.elbo`` reports and restarts are ranked by).
 
         The mean of up to :attr:`bound_evaluations` evaluations of :meth:`bound_estimator` on the whole data set
@@ -146,6 +150,9 @@ class VariationalBackend(Backend):
             return math.nan
         elbo = self.bound_estimator(outcome)
         model = enumerating(outcome.model, outcome.enumerated) if outcome.enumerated else outcome.model
+        guide = outcome.guide
+        if parallel is not None:  # each evaluation is summed over the ranks' shards (the global terms once)
+            model, guide = parallel.wrap(model), parallel.wrap(guide)
         kwargs = dict(outcome.data.kwargs)
         device = outcome.options.get("device")
         if device is not None:
@@ -156,7 +163,8 @@ class VariationalBackend(Backend):
                 outcome.guide._setup_prototype(**kwargs)
             torch.manual_seed(int(outcome.seed))
             for i in range(self.bound_evaluations):
-                values.append(-float(elbo.loss(model, outcome.guide, **kwargs)))
+                value = -float(elbo.loss(model, guide, **kwargs))
+                values.append(parallel.total(value) if parallel is not None else value)
                 if i == 1 and values[0] == values[1]:
                     break
                 if i >= 3:
@@ -167,8 +175,10 @@ class VariationalBackend(Backend):
         outcome.cache["bound"] = bound
         return bound
 
-    def _fit_once(self, problem: Problem, loop: FitOptions, method: dict):
+    def _fit_once(self, problem: Problem, loop: FitOptions, method: dict, parallel: DataParallel | None = None):
         pyro.set_rng_seed(int(loop.seed))
+        if parallel is not None:
+            parallel.reset_stream(int(loop.seed))
         kwargs = dict(problem.data.kwargs)
         device_ctx: Any = contextlib.nullcontext()
         if loop.device is not None:
@@ -182,17 +192,25 @@ class VariationalBackend(Backend):
         spec = problem.guide
         if spec is None and problem.model.user_guide is None:  # the declared guide wins
             spec = self.default_guide
+        together = collective(f"setting up the fit (seed {loop.seed})") if parallel else contextlib.nullcontext()
         with device_ctx, pyro.get_param_store().scope(state) as state:
-            guide, guide_name = build_guide(spec, problem.model, problem.structure)
-            gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
-            check_guide(problem.structure, gtrace, guide, guide_name)
-            if getattr(guide, "relaxed", False) and not self.relaxes_guides:
-                raise UnsupportedModelError(
-                    f"method {self.name!r} with the relaxed guide {guide_name}: the Gumbel-softmax relaxation is "
-                    "fitted by method='svi', which relaxes the model's prior at the site with it; use method='svi', "
-                    "or relaxed=False")
-            plan = self.plan(problem, loop, method, guide, guide_name, gtrace)
-            minibatch = self._minibatch(problem, loop, plan, gtrace)
+            with together:
+                guide, guide_name = build_guide(spec, problem.model, problem.structure)
+                gtrace = guide_sites(guide, kwargs) if guide is not empty_guide else poutine.Trace()
+                check_guide(problem.structure, gtrace, guide, guide_name)
+                if getattr(guide, "relaxed", False) and not self.relaxes_guides:
+                    raise UnsupportedModelError(
+                        f"method {self.name!r} with the relaxed guide {guide_name}: the Gumbel-softmax relaxation is "
+                        "fitted by method='svi', which relaxes the model's prior at the site with it; use "
+                        "method='svi', or relaxed=False")
+                plan = self.plan(problem, loop, method, guide, guide_name, gtrace)
+                minibatch = self._minibatch(problem, loop, plan, gtrace, parallel)
+                if parallel is not None:
+                    check_rows_guide(gtrace, parallel.plate, plan.guide_name)
+                    with torch.random.fork_rng(devices=[]), run_scope(problem.model):  # creates the model's params
+                        poutine.trace(poutine.replay(problem.model, trace=gtrace)).get_trace(**kwargs)
+            if parallel is not None:
+                parallel.broadcast_params(pyro.get_param_store())  # DDP's start: rank 0's values everywhere
             try:
                 history = run_loop(
                     loss_and_grads=plan.elbo.loss_and_grads,
@@ -202,6 +220,7 @@ class VariationalBackend(Backend):
                     options=loop,
                     minibatch=minibatch,
                     method=self.name,
+                    parallel=parallel,
                 )
             except FitError as err:
                 err.outcome = self._outcome(
@@ -210,7 +229,11 @@ class VariationalBackend(Backend):
                 )
                 raise
             final_state = clone_param_state(pyro.get_param_store().get_state())
-        return self._outcome(problem, plan, loop, method, final_state, history)
+        outcome = self._outcome(problem, plan, loop, method, final_state, history)
+        if parallel is not None:  # now, while every rank is here: the bound of all the data, cached for result.elbo
+            parallel.full_data()
+            self.bound_at(outcome, parallel)
+        return outcome
 
     def _outcome(self, problem: Problem, plan: VIPlan, loop: FitOptions, method: dict, state: dict,
                  history: dict) -> Outcome:
@@ -233,7 +256,8 @@ class VariationalBackend(Backend):
             interrupted=bool(history["interrupted"]),
         )
 
-    def _minibatch(self, problem: Problem, loop: FitOptions, plan: VIPlan, gtrace: poutine.Trace):
+    def _minibatch(self, problem: Problem, loop: FitOptions, plan: VIPlan, gtrace: poutine.Trace,
+                   parallel: DataParallel | None = None):
         if loop.batch_size is None:
             return None
         data = problem.data.tensors()
@@ -248,7 +272,7 @@ class VariationalBackend(Backend):
                 f"batch_size={loop.batch_size} needs a plate of size {n} (the number of data rows) around every "
                 "observed site; wrap the likelihood in `with lvm.plate(N) as data:`"
             )
-        if loop.batch_size > n:
+        if parallel is None and loop.batch_size > n:
             raise ValueError(f"batch_size={loop.batch_size} is larger than the number of data rows ({n})")
         for name, node in gtrace.nodes.items():
             if node["type"] == "sample" and plate.name in [f.name for f in node["cond_indep_stack"]]:
@@ -259,7 +283,8 @@ class VariationalBackend(Backend):
                         "(lvm.AmortizedNormal or a guide with an encoder), or fit without batch_size"
                     )
         arguments = [k for k, v in data.items() if v.dim() > 0 and v.shape[0] == n]
-        return Minibatch(plate.name, n, loop.batch_size, arguments, plan.minibatch_scaling)
+        size = n if parallel is None else parallel.n_total  # a data-parallel batch is drawn from all the rows
+        return Minibatch(plate.name, size, loop.batch_size, arguments, plan.minibatch_scaling)
 
 
 def local_and_global(structure: ModelStructure, gtrace: poutine.Trace) -> tuple[str | None, list[str]]:

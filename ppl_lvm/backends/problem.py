@@ -25,6 +25,8 @@ __all__ = ["OPTION_HINTS", "Problem", "make_problem"]
 OPTION_HINTS = {
     "free_bits": "free_bits floors the analytic KL per latent dimension, which needs method='meanfield'",
     "baseline": "baseline sets the variance reduction of score-function gradients, an option of method='svi'",
+    "distributed": "distributed=True (data-parallel) runs methods em, svi, meanfield, iwae and renyi; fit this "
+                   "method in one process",
     "n_components": "the number of components is an argument of the model: pass it in data, e.g. {'x': x, 'K': 3}",
 }
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -24,6 +26,7 @@ from .console import PROG, REPORT_FILE, _hint, _record_warnings, _say, _step, _w
 from .demo import run_demo
 from .exact import CLOSED_FORM_MODELS, GRADIENT_METHODS, closed_form, em_hint, reached
 from .inputs import CLIError, _split_spec, bind_file_data, load_guide, load_model, load_table, parse_assignments
+from .launch import from_environment
 from .prepare import check_arguments, scale_warning, standardize
 
 MANIFEST = "fit.json"
@@ -94,27 +97,48 @@ def _method(given: str | None, entry: Any) -> str:
 
 
 def cmd_fit(ns: argparse.Namespace) -> int:
+    launch = from_environment()  # started by torchrun: this copy's rank, and all the copies
+    quiet = open(os.devnull, "w") if launch.rank != 0 else None  # rank 0 prints
+    try:
+        with contextlib.redirect_stdout(quiet) if quiet else contextlib.nullcontext():
+            return _fit(ns, launch)
+    finally:
+        launch.stop()
+        if quiet:
+            quiet.close()
+
+
+def _fit(ns: argparse.Namespace, launch: Any) -> int:
     options = parse_assignments(ns.option, "--option")
+    launch.start(options)
     args = parse_assignments(ns.arg, "--arg")
     columns = [c.strip() for c in ns.columns.split(",")] if ns.columns else None
     if columns is not None and (not all(columns) or len(set(columns)) != len(columns)):
         raise CLIError(f"--columns expects distinct names separated by commas, got {ns.columns!r}")
     data_path = Path(ns.data)
-    model, entry, model_spec = load_model(ns.model)
-    method = _method(ns.method, entry)
-    guide, guide_spec = load_guide(ns.guide)
-    loaded, labels = load_table(data_path, columns, ns.key, ns.sequence_column)
-    fit_warnings: list[str] = []
-    scaling = None
-    if ns.standardize:
-        loaded, scaling = standardize(loaded, entry, model.__name__)
-    else:
-        unscaled = scale_warning(loaded, entry, args, method in GRADIENT_METHODS, data_path.name)
-        if unscaled is not None:
-            _warn(unscaled)
-            fit_warnings.append(unscaled)
-    data = bind_file_data(model, entry, loaded, labels, args, data_path)
-    check_arguments(model, data, args)
+    with launch.together("reading the model and its rows of the data file"):
+        model, entry, model_spec = load_model(ns.model)
+        method = _method(ns.method, entry)
+        guide, guide_spec = load_guide(ns.guide)
+        if launch.distributed and entry is not None and entry.layout != "table":
+            raise CLIError(f"{ns.model} fits one sequence, which cannot be split between the {launch.world_size} "
+                           "processes of torchrun; run it in one process")
+        if launch.distributed and ns.standardize:
+            raise CLIError("--standardize takes each column's mean and scale over all the rows, and under torchrun "
+                           "each process reads only its own rows; standardise the file first, or run in one process")
+        loaded, labels = load_table(data_path, columns, ns.key, ns.sequence_column, shard=launch.shard)
+        fit_warnings: list[str] = []
+        scaling = None
+        if ns.standardize:
+            loaded, scaling = standardize(loaded, entry, model.__name__)
+        else:
+            unscaled = scale_warning(loaded, entry, args, method in GRADIENT_METHODS, data_path.name)
+            if unscaled is not None:
+                if launch.rank == 0:
+                    _warn(unscaled)
+                fit_warnings.append(unscaled)
+        data = bind_file_data(model, entry, loaded, labels, args, data_path)
+        check_arguments(model, data, args)
     out = Path(ns.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
@@ -146,6 +170,8 @@ def cmd_fit(ns: argparse.Namespace) -> int:
                  + f", and runs {options['steps']} steps at lr={options['lr']} (change with --option steps=, lr=)")
     first = next(iter(data))
     shape = "x".join(str(s) for s in getattr(data[first], "shape", ()))
+    if launch.distributed:
+        shape += f" on rank 0, one of {launch.world_size} processes started by torchrun"
     _say(f"fitting {model.__name__} to {data_path.name} ({first}: {shape}) with method {method!r} "
          "(Ctrl-C stops and saves the fit so far)")
     start = time.perf_counter()
@@ -164,6 +190,12 @@ def cmd_fit(ns: argparse.Namespace) -> int:
     finally:
         catcher.__exit__(None, None, None)
     caught_lines = _warning_lines(caught)
+    if launch.distributed:  # rank 0 writes the outputs of all the rows
+        launch.complete(result, model, lambda: bind_file_data(model, entry, *load_table(data_path, columns, ns.key),
+                                                              args, data_path))
+        if launch.rank != 0:
+            return 130 if result.interrupted else 0
+        manifest["world_size"] = launch.world_size
     for line in caught_lines:
         _warn(line)
     fit_warnings += caught_lines

@@ -4,6 +4,7 @@ and data files (CSV, TSV, .npy, .npz), and how a data file becomes the model's a
 from __future__ import annotations
 
 import ast
+import gzip
 import importlib
 import importlib.util
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..em.stream import shard_range
 from ..model import Model
 from ..model import model as compile_model
 from ..models.hmm import pad_sequences
@@ -171,12 +173,30 @@ def _suffix(path: Path) -> str:
     return next((s for s in sorted(DATA_SUFFIXES, key=len, reverse=True) if name.endswith(s)), path.suffix.lower())
 
 
+def _count_rows(path: Path, suffix: str) -> int:
+    """Data rows of a table file (its non-blank lines after the header), read line by line."""
+    opener = gzip.open if suffix.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        return max(sum(1 for line in f if line.strip()) - 1, 0)
+
+
+def _rows_of(array: Any, shard: tuple[int, int] | None) -> Any:
+    if shard is None or np.ndim(array) == 0:
+        return array
+    lo, hi = shard_range(len(array), *shard)
+    return np.array(array[lo:hi])  # a copy: only these rows of a memory map are read
+
+
 def load_table(path: Path, columns: list[str] | None = None, key: str | None = None,
-               sequence_column: str | None = None) -> tuple[Any, dict[str, Any]]:
+               sequence_column: str | None = None,
+               shard: tuple[int, int] | None = None) -> tuple[Any, dict[str, Any]]:
     """Read a data file; return ``(data, labels)``: a DataFrame for tables, an array, or {name: array} for npz.
 
     ``labels`` holds ``columns`` (the chosen column names, tables only) and ``key`` (the npz array used); with
     ``sequence_column`` (tables only) that column is taken out of the data and its values are ``labels["sequence"]``.
+    ``shard=(rank, world_size)`` reads only that rank's contiguous range of rows
+    (:func:`~ppl_lvm.em.stream.shard_range`): the lines of a table (one row per line), the rows of a memory-mapped
+    ``.npy``; of an ``.npz``, the rows of every array as long as the first one.
     """
     if not path.exists():
         raise CLIError(f"data file {path} does not exist")
@@ -185,13 +205,21 @@ def load_table(path: Path, columns: list[str] | None = None, key: str | None = N
     suffix = _suffix(path)
     if suffix not in DATA_SUFFIXES:
         raise CLIError(f"data file {path}: unknown type {suffix or '(no suffix)'}; use one of {', '.join(DATA_SUFFIXES)}")
+    if sequence_column is not None and shard is not None:
+        raise CLIError("--sequence-column groups rows into sequences, which a rank's range of rows would cut; run "
+                       "the HMM fit in one process (without torchrun)")
     if suffix in (".csv", ".tsv", ".csv.gz", ".tsv.gz"):
         import pandas as pd  # pandas is slow to import and only tables need it
 
         if key is not None:
             raise CLIError("--key selects an array of an .npz file; for a table use --columns")
+        sep = "\t" if suffix.startswith(".tsv") else ","
+        rows: dict[str, Any] = {}
+        if shard is not None:
+            lo, hi = shard_range(_count_rows(path, suffix), *shard)
+            rows = {"skiprows": range(1, lo + 1), "nrows": hi - lo}
         try:
-            frame = pd.read_csv(path, sep="\t" if suffix.startswith(".tsv") else ",")
+            frame = pd.read_csv(path, sep=sep, **rows)
         except Exception as exc:  # noqa: BLE001 - any parser failure is bad input
             raise CLIError(f"cannot read {path} as {suffix.lstrip('.').split('.')[0].upper()}: {exc}") from exc
         if frame.empty:
@@ -228,15 +256,19 @@ def load_table(path: Path, columns: list[str] | None = None, key: str | None = N
     if columns is not None:
         raise CLIError(f"--columns selects columns of a CSV/TSV table by name; {path.name} has no column names")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r" if suffix == ".npy" else None)
     except Exception as exc:  # noqa: BLE001
         raise CLIError(f"cannot read {path} as {suffix}: {exc}") from exc
     if suffix == ".npy":
         if key is not None:
             raise CLIError("--key selects an array of an .npz file; an .npy file holds one array")
-        return loaded, {}
+        return np.array(_rows_of(loaded, shard)), {}
     with loaded:
         arrays = {k: loaded[k] for k in loaded.files}
+    if shard is not None and arrays:
+        first = arrays.get(key, next(iter(arrays.values())))
+        n = len(first) if np.ndim(first) else None
+        arrays = {k: _rows_of(v, shard) if np.ndim(v) and len(v) == n else v for k, v in arrays.items()}
     if not arrays:
         raise CLIError(f"{path} holds no arrays")
     if key is not None:
