@@ -53,12 +53,13 @@ def test_every_public_function_and_class_is_documented(html):
                if f"ppl_lvm.{name}" not in ids and f"{getattr(lvm, name).__module__}.{name}" not in ids]
     assert not missing, f"docs/api documents no {missing}"
     # every ready-made model (a Model object, which autodoc's :members: passes over) and the result methods
-    for module in ("mixtures", "hmm", "factor", "regression", "topic", "vae"):
+    for module in ("mixtures", "hmm", "factor", "regression", "topic", "vae", "vae_deep", "vae_categorical", "sbn"):
         namespace = importlib.import_module(f"ppl_lvm.models.{module}")
         for name in namespace.__all__:
             if isinstance(getattr(namespace, name), lvm.Model):
                 assert f"ppl_lvm.models.{module}.{name}" in ids, f"docs/api/models.rst lacks {module}.{name}"
     for name in ("ppl_lvm.models.mixtures.gaussian_mixture", "ppl_lvm.models.hmm.gaussian_hmm",
                  "ppl_lvm.models.factor.ppca", "ppl_lvm.models.factor.ppca_mle",
-                 "ppl_lvm.EMResult.standard_errors", "ppl_lvm.Result.summary", "ppl_lvm.infer"):
+                 "ppl_lvm.EMResult.standard_errors", "ppl_lvm.Result.summary", "ppl_lvm.infer",
+                 "ppl_lvm.sklearn.GaussianMixture", "ppl_lvm.sklearn.MixtureEstimator"):
         assert name in ids, name
