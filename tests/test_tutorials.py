@@ -105,6 +105,8 @@ EXPECTED = {
         r"vem: tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
         r"mcem: tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
         r"mcem \(prior proposal\): tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ \([-+][0-4]\.\d\d%\)",
+        r"mcem \(nuts proposal\), 8 iterations: tau\^2 = 0\.9\d+ \([-+][0-4]\.\d\d%\), sigma\^2 = 0\.4\d+ "
+        r"\([-+][0-4]\.\d\d%\)",
     ],
     "11_vi_vs_nuts.py": [
         r"closed form: mean = \[ 1\.5051 -1\.0373\], sd = \[0\.5062 0\.4839\], correlation = -0\.9637",

@@ -166,7 +166,8 @@ for method, extra in runs:
     options = {"max_iter": ITERATIONS, **extra}
     fit = lvm.infer(one_way, {"y": y}, method=method, seed=0, tol=None, **options)
     tau2, sigma2 = float(fit.params["tau"] ** 2), float(fit.params["sigma"] ** 2)
-    label = method + (f" ({extra['proposal']} proposal, {fit.n_iter} iterations)" if extra else "")
+    label = method + (f" ({extra['proposal']} proposal)" if extra else "")
+    label += f", {fit.n_iter} iterations" if "max_iter" in extra else ""
     print(f"{label}: tau^2 = {tau2:.4f} ({tau2 / tau2_hat - 1:+.2%}), sigma^2 = {sigma2:.4f} "
           f"({sigma2 / sigma2_hat - 1:+.2%}), mu = {float(fit.params['mu']):.4f}; draws per group behind the "
           f"last M-step: {fit.sample_sizes[-1]}")
