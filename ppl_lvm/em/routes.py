@@ -102,9 +102,17 @@ def _warn_unless_converged(converged: bool, max_iter: int, tol: float | None, re
 
 
 def _by_chunks(source: Source, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every row's log-likelihood and responsibilities under ``params``, chunk by chunk (data in memory)."""
-    parts = [mixture_log_likelihood(None, source.family, params, cache=c) for c, _ in source.chunks()]
-    return torch.cat([p for p, _ in parts]), torch.cat([r for _, r in parts])
+    """Every row's log-likelihood and responsibilities under ``params``, chunk by chunk (data in memory), written
+    into one (N,) and one (N, K) tensor (no second copy of either)."""
+    per_point, resp, row = None, None, 0
+    for cache, _ in source.chunks():
+        ll, r = mixture_log_likelihood(None, source.family, params, cache=cache)
+        if resp is None:
+            per_point = torch.empty(source.n, dtype=ll.dtype)
+            resp = torch.empty((source.n,) + tuple(r.shape[1:]), dtype=r.dtype)
+        per_point[row : row + len(ll)], resp[row : row + len(ll)] = ll, r
+        row += len(ll)
+    return per_point, resp
 
 
 def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
@@ -176,9 +184,11 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         if per_point is not None:
             total = per_point.sum()
         total = float(reducer.sum({"log_likelihood": torch.as_tensor(total)})["log_likelihood"])
-        responsibilities = {} if resp is None else {pattern.latent: resp.clone()}
+        fresh = source.streamed and source.data.per_row  # made for this run alone: no copy needed
+        responsibilities = {} if resp is None else {pattern.latent: resp if fresh else resp.clone()}
+        per_point = None if per_point is None else per_point if fresh else per_point.clone()
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
-                     total, None if per_point is None else per_point.clone(), responsibilities,
+                     total, per_point, responsibilities,
                      source.n if reducer.distributed or (source.streamed and not source.data.per_row) else None)
 
     return fit_once
