@@ -304,8 +304,9 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
         ``(rows, lengths)`` pairs for sequences); or a function returning an iterable of such chunks (called once
         per pass over the data).
     chunk_size : int, optional
-        Rows per chunk of an array (default: one chunk). With ``lengths`` a chunk holds whole sequences, as many
-        as fit in ``chunk_size`` rows (at least one).
+        Rows per chunk of an array (default: one chunk). With ``lengths`` (or ``sequences=True``) a chunk holds
+        whole sequences, as many as fit in ``chunk_size`` rows (at least one). Chunks given one by one (a list, a
+        function) are read as they come, so ``chunk_size`` is refused for them.
     lengths : sequence of int, optional
         Sequence lengths of an array holding sequences one after the other (hmmlearn's layout).
     sequences : bool
@@ -352,10 +353,14 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     if lengths is not None:
         raise ValueError("lengths describes the rows of one array; chunks given one by one carry their own lengths "
                          "as (rows, lengths) pairs")
+    if chunk_size is not None and (callable(source) or isinstance(source, (list, tuple))):
+        raise ValueError("chunk_size cuts an array into chunks of rows; chunks given one by one (a list, or a "
+                         "function yielding them) are read as they come: drop chunk_size, or pass sequences=True "
+                         "to group sequences into chunks of chunk_size rows")
     if callable(source):
         return Chunks(factory=source)
     if isinstance(source, (list, tuple)):
-        return Chunks(pieces=list(source), chunk_size=chunk_size)
+        return Chunks(pieces=list(source))
     raise TypeError(f"chunks needs an array, a .npy path, a list of chunks or a function, got {type(source).__name__}")
 
 

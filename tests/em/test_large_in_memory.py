@@ -74,3 +74,10 @@ def test_distinct_entries_of_broadcast_views():
     full[:, -1] += 1e-3
     cut, value = _distinct(full, locs)
     assert cut.shape == (3, 1000, 4) and not torch.allclose(cut, value)
+
+
+def test_chunk_size_is_refused_for_chunks_given_one_by_one():
+    with pytest.raises(ValueError, match="chunk_size cuts an array into chunks of rows"):
+        lvm.chunks([np.zeros((3, 2)), np.zeros((2, 2))], chunk_size=2)
+    with pytest.raises(ValueError, match="drop chunk_size"):
+        lvm.chunks(lambda: iter([np.zeros((3, 2))]), chunk_size=2)
