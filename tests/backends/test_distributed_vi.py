@@ -13,17 +13,15 @@ The parameters of the two ranks are bit-identical (the optimiser steps on the sa
 from __future__ import annotations
 
 import os
-import socket
 import sys
-import time
 import warnings
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from demo_models import Encoder, bayes_linreg, loc_gmm, ppca
+from ranks import run_ranks
 
 import ppl_lvm as lvm
 from ppl_lvm import dist as ldist
@@ -144,23 +142,9 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("ranks"))
-    context = mp.start_processes(_worker, args=(2, _free_port(), folder), nprocs=2, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the 2 ranks did not finish in {TIMEOUT_S} s")
-    return [torch.load(os.path.join(folder, f"rank{r}.pt"), weights_only=False) for r in range(2)]
+    return run_ranks(_worker, str(tmp_path_factory.mktemp("ranks")), TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
