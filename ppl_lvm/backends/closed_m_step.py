@@ -59,14 +59,15 @@ def _assign(leaves: list[torch.Tensor], flat: torch.Tensor) -> None:
             i += k
 
 
-def _real_block(objective: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> str | None:
-    """One Newton step on the real parameters, checked to be the exact maximum of a quadratic."""
+def _real_block(objective: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> tuple[str | None, float]:
+    """One Newton step on the real parameters, checked to be the exact maximum of a quadratic; returns why not (or
+    None) and the largest gradient coordinate at the start."""
     theta = _flat(leaves)
     with torch.enable_grad():
         out = objective()
         grads = torch.autograd.grad(out, leaves, create_graph=True, allow_unused=True)
         if any(g is None or not g.requires_grad for g in grads):
-            return "a real parameter does not enter the objective"
+            return "a real parameter does not enter the objective", math.nan
         flat_g = torch.cat([g.reshape(-1) for g in grads])
         rows = [torch.autograd.grad(flat_g[j], leaves, retain_graph=True, allow_unused=True)
                 for j in range(len(theta))]
@@ -75,17 +76,19 @@ def _real_block(objective: Callable[[], torch.Tensor], leaves: list[torch.Tensor
                                       for h, p in zip(row, leaves, strict=True)]) for row in rows]).to(torch.float64)
     hessian = 0.5 * (hessian + hessian.T)
     chol, info = torch.linalg.cholesky_ex(-hessian)
+    g_max = float(g.abs().max())
     if int(info) != 0:
-        return "the objective is not concave in the real parameters (or one of them does not enter it)"
+        return "the objective is not concave in the real parameters (or one of them does not enter it)", g_max
     delta = torch.cholesky_solve(g[:, None], chol)[:, 0]
     _assign(leaves, theta + delta)
     new_value, new_g = _grad(objective, leaves)
     predicted = value + 0.5 * float(g @ delta)
     scale = max(1.0, abs(value))
-    if not (abs(new_value - predicted) <= _TOL * scale and float(new_g.abs().max()) <= _TOL * max(1.0, float(g.abs().max()))):
+    if not (abs(new_value - predicted) <= _TOL * scale and float(new_g.abs().max()) <= _TOL * max(1.0, g_max)):
         _assign(leaves, theta)
-        return "the objective is not quadratic in the real parameters (they do not enter Normal locations linearly)"
-    return None
+        return ("the objective is not quadratic in the real parameters (they do not enter Normal locations "
+                "linearly)"), g_max
+    return None, g_max
 
 
 def _positive_block(objective: Callable[[], torch.Tensor], leaves: list[torch.Tensor]) -> str | None:
@@ -139,27 +142,35 @@ def closed_form_maximise(objective: Callable[[], torch.Tensor], leaves: dict[str
         return None, f"the real parameters have more than {MAX_REAL_COORDINATES} coordinates"
     if any(p.dtype != torch.float64 for p in real + positive):
         return None, "the parameters are not float64 (the checks of the closed form need its precision)"
-    start = [p.detach().clone() for p in real + positive]
+    start = torch.cat([p.detach().reshape(-1) for p in real + positive]).to(torch.float64)
+
+    def restore() -> None:
+        _assign(real + positive, start)
+
     with torch.no_grad():
         before = float(objective())
     if not math.isfinite(before):
         return None, f"the objective is {before} at the current parameters"
-    _, g_start = _grad(objective, real) if real and positive else (0.0, None)
+    g_start = None
     for cycles in range(1, max_cycles + 1):  # noqa: B007 - reported
-        for block, leaves_of in ((_real_block, real), (_positive_block, positive)):
-            reason = block(objective, leaves_of) if leaves_of else None
+        if real:
+            reason, g_max = _real_block(objective, real)
+            g_start = g_max if g_start is None else g_start
             if reason is not None:
-                _assign(real + positive, torch.cat([s.reshape(-1) for s in start]).to(torch.float64))
+                restore()
                 return None, reason
-        if g_start is None:  # one block: its maximum is the maximum
+        reason = _positive_block(objective, positive) if positive else None
+        if reason is not None:
+            restore()
+            return None, reason
+        if not (real and positive):  # one block: its maximum is the maximum
             break
         # the positive block moved after the real one: stop when the real parameters are still at their maximum
-        after_g = _grad(objective, real)[1]
-        if float(after_g.abs().max()) <= _TOL * max(1.0, float(g_start.abs().max())):
+        if float(_grad(objective, real)[1].abs().max()) <= _TOL * max(1.0, g_start):
             break
     with torch.no_grad():
         after = float(objective())
     if not after >= before - _TOL * 1e-3 * max(1.0, abs(before)):
-        _assign(real + positive, torch.cat([s.reshape(-1) for s in start]).to(torch.float64))
+        restore()
         return None, f"the closed-form step lowered the objective from {before} to {after}"
     return {"accepted": True, "before": before, "after": after, "cycles": cycles}, ""

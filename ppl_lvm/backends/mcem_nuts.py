@@ -52,9 +52,8 @@ class NUTSEStep:
     def draw(self, num: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """``num`` posterior draws per data point, shaped as under the particle plate, and their log weights
         (zeros: equal weights), ``(num, n)``."""
-        init = init_to_value(values=self.last) if self.last is not None else init_to_value(values={})
         kernel = NUTS(self.model, max_plate_nesting=self.nesting, target_accept_prob=self.target,
-                      init_strategy=init)
+                      init_strategy=init_to_value(values=self.last or {}))  # Pyro's uniform start the first time
         mcmc = MCMC(kernel, num_samples=int(num), warmup_steps=self.warmup, num_chains=1, disable_progbar=True)
         mcmc.run(**self.kwargs)
         self.divergences.append(sum(1 for t in kernel._divergences if t >= 0))  # warm-up ones are negative

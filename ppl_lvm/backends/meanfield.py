@@ -134,13 +134,17 @@ class FreeBitsMeanField_ELBO(TraceMeanField_ELBO):
             guide_site = guide_trace.nodes[name]
             if is_validation_enabled():
                 check_fully_reparametrized(guide_site)
-            try:
-                if name in self.monte_carlo:
-                    raise NotImplementedError(name)
-                elbo_particle = elbo_particle - self._kl_term(name, guide_site, model_site)
-            except NotImplementedError:
+            kl = None
+            if name not in self.monte_carlo:
+                try:
+                    kl = self._kl_term(name, guide_site, model_site)
+                except NotImplementedError:  # no closed-form KL for this pair of distributions
+                    kl = None
+            if kl is None:  # the Monte Carlo term: log p - log q at the draw
                 entropy_term = guide_site["score_parts"].entropy_term
                 elbo_particle = elbo_particle + model_site["log_prob_sum"] - entropy_term.sum()
+            else:
+                elbo_particle = elbo_particle - kl
         for name, guide_site in guide_trace.nodes.items():
             if guide_site["type"] == "sample" and name not in model_trace.nodes:
                 if is_validation_enabled():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import warnings
+from abc import abstractmethod
 from typing import Any, Protocol
 
 import pyro
@@ -79,9 +80,9 @@ class StochasticEMBackend(Backend):
     def check(self, problem: Problem, opts: Any) -> None:
         """Refuse what this method cannot run with these options (nothing, unless a subclass says so)."""
 
+    @abstractmethod
     def start(self, problem: Problem, opts: Any) -> EMRun:
         """Create the parameters of one restart (inside its parameter-store scope) and return the run."""
-        raise NotImplementedError
 
     def finish(self, run: EMRun, options: dict) -> None:
         """Add what the run recorded to the fit's ``options`` (nothing, unless a subclass says so)."""
