@@ -156,10 +156,12 @@ class EMOptions:
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
 
-    def for_route(self, route: str, default_reg: float | None = None) -> dict[str, Any]:
+    def for_route(self, route: str, default_reg: float | None = None, default_init: str | None = None
+                  ) -> dict[str, Any]:
         """The options as the route runs them (``"closed form"`` or ``"generic"``): defaults filled, refusals raised.
 
-        Returns the plain record kept in ``outcome.options``: ``init_params`` is the start actually used
+        ``default_init``: the start of a family that has its own (a mixture of regressions starts from the
+        model's values). Returns the plain record kept in ``outcome.options``: ``init_params`` is the start actually used
         (``"dict"`` for a dict of values), ``reg_covar`` the regularisation actually used (``None`` on the generic
         route).
         """
@@ -192,7 +194,7 @@ class EMOptions:
                     "regularise. Drop reg_covar, or write a prior into the model (lvm.factor) to regularise it."
                 )
         record = {k: v for k, v in vars(self).items() if k != "callbacks"}
-        record["init_params"] = "dict" if isinstance(init, dict) else (init or DEFAULT_INIT[route])
+        record["init_params"] = "dict" if isinstance(init, dict) else (init or default_init or DEFAULT_INIT[route])
         if route != "generic":
             record["reg_covar"] = float(default_reg if self.reg_covar is None else self.reg_covar)
         return record
@@ -253,6 +255,12 @@ def _check_streams(problem: Problem, pattern: Any) -> None:
                 f"sequences=True); got {names} (as sequences: {sequences})"
             )
         return
+    if pattern.data_argument is None:
+        raise UnsupportedModelError(
+            f"data read chunk by chunk (lvm.chunks: {names}) are fitted for a mixture whose observed data are one "
+            "argument of the model; this mixture's kernels read their data from several observed sites or from a "
+            "regression's design: pass the data in memory"
+        )
     if names != [pattern.data_argument]:
         raise UnsupportedModelError(
             f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
@@ -322,7 +330,7 @@ class EMBackend(Backend):
         if chain and opts.online:
             raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
                                         "drop online=True (batch EM)")
-        x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
+        x = pattern.data if chain else pattern.matrix(kwargs)
         reducer = Reducer(opts.distributed)
         if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
             stream = next(iter(streams.values()))
@@ -338,7 +346,8 @@ class EMBackend(Backend):
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")
             raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
-        options = opts.for_route("closed form", pattern.family.default_reg)
+        options = opts.for_route("closed form", pattern.family.default_reg,
+                                 getattr(pattern.family, "default_init", None))
         return options, closed_form_fit(pattern, source, initial, options, callback)
 
     def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):

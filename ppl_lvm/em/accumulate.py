@@ -233,7 +233,7 @@ class DataPass:
     """The whole data, read again for a rare M-step need, with the responsibilities of this iteration's E-step.
 
     The interface of :class:`~ppl_lvm.em.families.base.LocalPass` (``n``, ``summary()``, ``centred_sums``,
-    ``second_moment()``), over every chunk and rank. Every rank calls these at the same point, since the M-step
+    ``second_moment()``, ``weighted_sum``), over every chunk and rank. Every rank calls these at the same point, since the M-step
     decides from reduced totals.
     """
 
@@ -263,6 +263,16 @@ class DataPass:
 
     def second_moment(self) -> torch.Tensor:
         return self._sum(lambda cache, layout: cache["xc"].T @ cache["xc"])
+
+    def weighted_sum(self, part: Callable[[dict, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``part(cache, resp)`` summed over every chunk and rank (a family's own second pass)."""
+        def chunk(cache: dict, layout: Any) -> torch.Tensor:
+            resp = self.source._last_resp
+            if resp is None:
+                resp = self.posterior(cache, layout, self.params)[0]
+            return part(cache, resp)
+
+        return self._sum(chunk)
 
 
 class ModelChunks:

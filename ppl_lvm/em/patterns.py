@@ -28,14 +28,23 @@ class MixturePattern:
     emission: dict[str, tuple[str, str]]
     univariate: bool  # x is (N,) and was reshaped to (N, 1) for the kernels
 
+    #: the kernels' data matrix when it is not one model argument as given: the columns of several observed
+    #: sites, or a regression's response and design (read from the model at recognition)
+    data: torch.Tensor | None = None
+
     def data_matrix(self, value: torch.Tensor) -> torch.Tensor:
         return value.reshape(-1, 1) if self.univariate else value
 
+    def matrix(self, kwargs: dict) -> torch.Tensor:
+        """The kernels' data matrix of the model's arguments ``kwargs`` (those of the fit)."""
+        return self.data if self.data is not None else self.data_matrix(kwargs[self.data_argument])
+
     # -------------------------------------------------------------- model params <-> kernel params
     def to_kernel(self, store: Any) -> dict[str, torch.Tensor]:
+        k = self.n_components
         out = {"weights": store[self.weights].detach().to(torch.float64)}
         for key, (name, how) in self.emission.items():
-            value = store[name].detach().to(torch.float64)
+            value = _read(store, name, k)
             if self.univariate and value.dim() == 1 and key in ("means", "probs", "rates"):
                 value = value.unsqueeze(-1)
             if how == "square":
@@ -44,6 +53,8 @@ class MixturePattern:
                     value = value.unsqueeze(-1)
             elif how == "cholesky":
                 value = value @ value.transpose(-1, -2)
+            elif how == "precision":
+                value = _inverse(value)
             out[key] = value
         return out
 
@@ -56,8 +67,34 @@ class MixturePattern:
                 value = value.clamp_min(0).sqrt()
             elif how == "cholesky":
                 value = torch.linalg.cholesky(value)
-            target_shape = store[name].shape
-            store[name] = value.reshape(target_shape).to(dtype)
+            elif how == "precision":
+                value = _inverse(value)
+            _write(store, name, value, self.n_components)
+
+
+def _inverse(matrix: torch.Tensor) -> torch.Tensor:
+    """The inverse of a (batch of) symmetric positive definite matrices, symmetric to rounding."""
+    return torch.cholesky_inverse(torch.linalg.cholesky(matrix))
+
+
+def _read(store: Any, name: str | tuple, k: int) -> torch.Tensor:
+    """A parameter in float64, or (a tuple of names: a parameter built per column) their columns side by side."""
+    if isinstance(name, str):
+        return store[name].detach().to(torch.float64)
+    return torch.cat([store[n].detach().to(torch.float64).reshape(k, -1) for n in name], dim=-1)
+
+
+def _write(store: Any, name: str | tuple, value: torch.Tensor, k: int) -> None:
+    """:func:`_read` reversed: ``value`` written back, in each parameter's shape and dtype."""
+    if isinstance(name, str):
+        store[name] = value.reshape(store[name].shape).to(store[name].dtype)
+        return
+    value = value.reshape(k, -1)
+    col = 0
+    for n in name:
+        width = store[n].numel() // k
+        store[n] = value[:, col : col + width].reshape(store[n].shape).to(store[n].dtype)
+        col += width
 
 
 @dataclass

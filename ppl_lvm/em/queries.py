@@ -75,7 +75,7 @@ def fitted_posterior(
     if isinstance(pattern, HMMPattern):
         per_sequence, gamma = chain_posteriors(pattern, params)
         return per_sequence, {pattern.latent: gamma}
-    x = pattern.data_matrix(kwargs[pattern.data_argument])
+    x = pattern.matrix(kwargs)
     per_point, resp = mixture_log_likelihood(x, pattern.family, _kernel_params(pattern, params))
     return per_point, {pattern.latent: resp}
 

@@ -31,8 +31,9 @@ from pyro.distributions import constraints
 from ..model import Model
 from ..runtime import run_scope
 from ..structure import ModelStructure
-from .families import Bernoulli, Categorical, Gaussian, Poisson
+from .linear import linear_emission
 from .patterns import HMMPattern, MixturePattern
+from .recognise_emission import emission_of, find, matches, same, unwrap
 
 __all__ = ["HMMPattern", "MixturePattern", "recognise_discrete_hmm", "recognise_hmm", "recognise_mixture"]
 
@@ -45,24 +46,6 @@ def _perturbed_state(store: Any, generator: torch.Generator) -> dict:
         noise = torch.rand(value.shape, generator=generator, dtype=torch.float64).to(value.dtype)
         params[name] = value.detach() + 0.1 + 0.5 * noise
     return {"params": params, "constraints": dict(state["constraints"])}
-
-
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    # distributions renormalise probabilities, so equality holds up to rounding, not bit for bit
-    rtol = 1e-10 if a.dtype == torch.float64 else 1e-5
-    return a.dtype == b.dtype and torch.allclose(a, b, rtol=rtol, atol=0.0)
-
-
-def _distinct(arg: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``arg`` and ``value`` (broadcast to ``arg``'s shape) cut to one index along every dim where ``arg`` is a
-    broadcast view (stride 0): its entries repeat there, so comparing the cut is comparing the whole, exactly. A
-    mixture's distribution arguments are such views along the data plate (K x N x D views of K x D parameters), so
-    the comparison costs K x D, not K x N x D."""
-    value = torch.broadcast_to(value, arg.shape)
-    for d in range(arg.dim()):
-        if arg.shape[d] > 1 and arg.stride(d) == 0:
-            arg, value = arg.narrow(d, 0, 1), value.narrow(d, 0, 1)
-    return arg, value
 
 
 def _probe(model: Model, kwargs: dict, structure: ModelStructure, enumerated: list[str]):
@@ -82,130 +65,86 @@ def _probe(model: Model, kwargs: dict, structure: ModelStructure, enumerated: li
     return trace, values, constraint_of
 
 
-def _matches(arg: torch.Tensor, value: torch.Tensor, k_dim: int, k: int) -> str | None:
-    """Is ``arg`` equal to ``value`` indexed by z (laid along ``k_dim``), or to ``value`` broadcast?"""
-    if arg.shape[k_dim] == k and value.dim() >= 1 and value.shape[0] == k:
-        # insert singleton dims between K and the param's own dims so that K lands on k_dim
-        ndim = arg.dim()
-        k_pos = ndim + k_dim
-        rest = list(value.shape[1:])
-        gap = ndim - k_pos - 1 - len(rest)
-        if gap >= 0:
-            # the param's own dims are right-aligned (event dims); plate dims in between are singletons
-            shape = [1] * k_pos + [k] + [1] * gap + rest
-            try:
-                if _same(*_distinct(arg, value.reshape(shape))):
-                    return "indexed"
-            except RuntimeError:
-                pass
-    try:
-        if _same(*_distinct(arg, value)):
-            return "shared"
-    except RuntimeError:
-        pass
-    return None
+#: families whose columns are independent given z: observed sites of one of them side by side are one emission
+_FACTOR_FAMILIES = ("Gaussian(covariance_type='diag')", "Poisson()", "Bernoulli()")
 
 
-def _find(arg: torch.Tensor | None, store_values: dict, k_dim: int, k: int) -> tuple[str, str] | None:
-    if arg is None:
+def _product(parts: list[tuple[torch.Tensor, tuple]]) -> tuple[Any, dict, torch.Tensor] | None:
+    """Several observed sites sharing z as one emission: their columns side by side, when they are of one family
+    with independent columns (diagonal Gaussian, Poisson, Bernoulli) and share no parameter."""
+    families = {repr(found[0]) for _, found in parts}
+    if len(families) != 1 or families.pop() not in _FACTOR_FAMILIES:
         return None
-    found = [(name, how) for name, v in store_values.items() if (how := _matches(arg, v, k_dim, k)) is not None]
-    return found[0] if len(found) == 1 else None
-
-
-def _unwrap(fn: Any) -> Any:
-    while isinstance(fn, (dist.Independent, dist.ExpandedDistribution, dist.MaskedDistribution)) or type(
-        fn
-    ).__name__ in ("Independent", "ExpandedDistribution", "MaskedDistribution"):
-        fn = fn.base_dist
-    return fn
-
-
-def _emission(x_fn: Any, x_value: torch.Tensor, other: dict, constraint_of: dict, k_dim: int, k: int):
-    """``(family, emission map, univariate)`` when ``x_fn``'s arguments are params indexed by the state."""
-    univariate = x_value.dim() == 1
-
-    def role(arg: torch.Tensor | None, constraint: Any = None, dim: int = k_dim) -> tuple[str, str] | None:
-        hit = _find(arg, other, dim, k)
-        if hit is None or (constraint is not None and constraint_of.get(hit[0]) is not constraint):
-            return None
-        return hit
-
-    if isinstance(x_fn, dist.Normal):
-        loc, scale = role(x_fn.loc), role(x_fn.scale, constraints.positive)
-        if loc is None or scale is None or loc[1] != "indexed" or scale[1] != "indexed":
-            return None
-        shape = other[scale[0]].shape
-        if univariate or shape == (k, x_value.shape[-1]):
-            family = Gaussian("diag")
-        elif shape == (k,):
-            family = Gaussian("spherical")
-        else:
-            return None
-        return family, {"means": (loc[0], "identity"), "covariances": (scale[0], "square")}, univariate
-    if isinstance(x_fn, dist.MultivariateNormal) and not univariate:
-        loc, tril = role(x_fn.loc), role(x_fn.scale_tril, constraints.lower_cholesky, k_dim - 1)
-        if loc is None or tril is None or loc[1] != "indexed":
-            return None
-        family = Gaussian("full" if tril[1] == "indexed" else "tied")
-        return family, {"means": (loc[0], "identity"), "covariances": (tril[0], "cholesky")}, univariate
-    if isinstance(x_fn, dist.Bernoulli):
-        probs = role(x_fn.probs, constraints.unit_interval)
-        if probs is None or probs[1] != "indexed":
-            return None
-        return Bernoulli(), {"probs": (probs[0], "identity")}, univariate
-    if isinstance(x_fn, dist.Poisson):
-        rate = role(x_fn.rate, constraints.positive)
-        if rate is None or rate[1] != "indexed":
-            return None
-        return Poisson(), {"rates": (rate[0], "identity")}, univariate
-    if isinstance(x_fn, dist.Categorical) and univariate:
-        probs = role(x_fn.probs, constraints.simplex, k_dim - 1)
-        if probs is None or probs[1] != "indexed":
-            return None
-        # the categorical kernel takes (N,) integer symbols as they are
-        return Categorical(n_categories=other[probs[0]].shape[-1]), {"probs": (probs[0], "identity")}, False
-    return None
+    emission: dict[str, tuple[tuple, str]] = {}
+    for _, (_, part, _) in parts:
+        for key, (name, how) in part.items():
+            names, previous = emission.get(key, ((), how))
+            if previous != how:
+                return None
+            emission[key] = (names + (name if isinstance(name, tuple) else (name,)), how)
+    used = [n for names, _ in emission.values() for n in names]
+    if len(used) != len(set(used)):
+        return None
+    n = parts[0][0].shape[0]
+    data = torch.cat([value.reshape(n, -1).to(torch.float64) for value, _ in parts], dim=1)
+    return parts[0][1][0], emission, data
 
 
 def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> MixturePattern | None:
     """The closed-form pattern of ``model``, or ``None`` when it is not a recognised finite mixture.
 
-    Must be called inside the fit's parameter-store scope, after the model's parameters exist.
+    One discrete latent z in the data plate and observed sites in that plate: one site of a recognised emission
+    family (:mod:`ppl_lvm.em.recognise_emission`), several sites of one family with independent columns (their
+    columns side by side: independent factors), or one Normal site whose mean is linear in parameters given z
+    (:mod:`ppl_lvm.em.linear`: weighted least squares). Must be called inside the fit's parameter-store scope,
+    after the model's parameters exist.
     """
     latents = structure.discrete_latents
     observed = structure.observed_sites
-    if len(latents) != 1 or len(observed) != 1 or structure.continuous_latents:
+    if len(latents) != 1 or not observed or structure.continuous_latents:
         return None
-    z_info, x_info = latents[0], observed[0]
-    if len(z_info.plates) != 1 or x_info.plates != z_info.plates or x_info.argument not in kwargs:
+    z_info = latents[0]
+    if len(z_info.plates) != 1 or any(x.plates != z_info.plates for x in observed):
         return None
     trace, values, constraint_of = _probe(model, kwargs, structure, [z_info.name])
-    z_site, x_site = trace.nodes[z_info.name], trace.nodes[x_info.name]
-    z_fn = _unwrap(z_site["fn"])
+    z_site = trace.nodes[z_info.name]
+    z_fn = unwrap(z_site["fn"])
     if not isinstance(z_fn, dist.Categorical) or isinstance(z_fn, dist.OneHotCategorical):
         return None
     k = z_fn.probs.shape[-1]
-    weights = next((n for n, v in values.items() if v.shape == (k,) and _matches(z_fn.probs, v, -1, k)), None)
+    weights = next((n for n, v in values.items() if v.shape == (k,) and matches(z_fn.probs, v, -1, k)), None)
     if weights is None or constraint_of.get(weights) is not constraints.simplex:
         return None
-    x_value = x_site["value"]
-    k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
     other = {n: v for n, v in values.items() if n != weights}
-    found = _emission(_unwrap(x_site["fn"]), x_value, other, constraint_of, k_dim, k)
-    if found is None:
+    parts = []
+    for x_info in observed:
+        x_value = trace.nodes[x_info.name]["value"]
+        k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
+        found = emission_of(unwrap(trace.nodes[x_info.name]["fn"]), x_value, other, constraint_of, k_dim, k)
+        if found is None and len(observed) == 1:
+            store = pyro.get_param_store()
+            states = tuple(_perturbed_state(store, torch.Generator().manual_seed(s)) for s in (0, 1))
+            linear = linear_emission(model, kwargs, structure, trace, values, constraint_of, z_info.name,
+                                     x_info.name, weights, k, states)
+            if linear is None:
+                return None
+            family, emission, data = linear
+            return MixturePattern(z_info.name, x_info.name, None, k, family, weights, emission, False, data)
+        if found is None:
+            return None
+        parts.append((x_value, found))
+    if len(parts) == 1:
+        if observed[0].argument not in kwargs:
+            return None
+        family, emission, univariate = parts[0][1]
+        return MixturePattern(z_info.name, observed[0].name, observed[0].argument, k, family, weights, emission,
+                              univariate)
+    product = _product(parts)
+    if product is None:
         return None
-    family, emission, univariate = found
-    return MixturePattern(
-        latent=z_info.name,
-        observed=x_info.name,
-        data_argument=x_info.argument,
-        n_components=k,
-        family=family,
-        weights=weights,
-        emission=emission,
-        univariate=univariate,
-    )
+    family, emission, data = product
+    return MixturePattern(z_info.name, ", ".join(x.name for x in observed), None, k, family, weights, emission,
+                          False, data)
 
 
 def _chain_sites(names: list[str]) -> tuple[str, list[str]] | None:
@@ -244,11 +183,11 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     if len(plates) != 1 or len(next(iter(plates))) != 1:
         return None
     trace, values, constraint_of = _probe(model, kwargs, structure, z_names)
-    first = _unwrap(trace.nodes[z_names[0]]["fn"])
+    first = unwrap(trace.nodes[z_names[0]]["fn"])
     if not isinstance(first, dist.Categorical) or isinstance(first, dist.OneHotCategorical):
         return None
     k = first.probs.shape[-1]
-    start = next((n for n, v in values.items() if v.shape == (k,) and _matches(first.probs, v, -1, k)), None)
+    start = next((n for n, v in values.items() if v.shape == (k,) and matches(first.probs, v, -1, k)), None)
     if start is None or constraint_of.get(start) is not constraints.simplex:
         return None
     trans = None
@@ -260,7 +199,7 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
             previous = trace.nodes[z_names[t - 1]]["value"]
             # after the first step only the parameter already found is a candidate (checks stay O(T))
             candidates = {trans: values[trans]} if trans is not None else {n: v for n, v in values.items() if n != start}
-            hit = _find(_unwrap(z_site["fn"]).probs, candidates, -previous.dim() - 1, k)
+            hit = find(unwrap(z_site["fn"]).probs, candidates, -previous.dim() - 1, k)
             if hit is None or hit[1] != "indexed":
                 return None
             trans = hit[0]
@@ -270,7 +209,7 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
             candidates = {n: v for n, v in values.items() if n not in (start, trans)}
         else:
             candidates = {name: values[name] for name, _ in emission.values()}
-        found = _emission(_unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
+        found = emission_of(unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
         if found is None or (emission is not None and found[1] != emission):
             return None
         family, emission, univariate = found
@@ -305,7 +244,7 @@ def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure
         return None
     trace, values, constraint_of = _probe(model, kwargs, structure, [])
     site = trace.nodes[observed[0].name]
-    fn = _unwrap(site["fn"])
+    fn = unwrap(site["fn"])
     if not isinstance(fn, dist.DiscreteHMM):
         return None
     x = site["value"]
@@ -316,14 +255,14 @@ def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure
         return None
     first, rest = probs[..., :1, :, :], probs[..., 1:, :, :]
     simplex = {n: v for n, v in values.items() if constraint_of.get(n) is constraints.simplex}
-    start = next((n for n, v in simplex.items() if v.shape == (k,) and _same(torch.broadcast_to(v, first.shape).to(first.dtype), first)), None)
+    start = next((n for n, v in simplex.items() if v.shape == (k,) and same(torch.broadcast_to(v, first.shape).to(first.dtype), first)), None)
     trans = next((n for n, v in simplex.items() if v.shape == (k, k) and n != start
-                  and (n_steps == 1 or _same(torch.broadcast_to(v, rest.shape).to(rest.dtype), rest))), None)
+                  and (n_steps == 1 or same(torch.broadcast_to(v, rest.shape).to(rest.dtype), rest))), None)
     if start is None or trans is None:
         return None
     event = fn.observation_dist.event_shape
     obs_value = torch.zeros((1,) * (2 - len(event)) + tuple(event) if event else (1,))
-    found = _emission(_unwrap(fn.observation_dist), obs_value, {n: v for n, v in values.items() if n not in (start, trans)},
+    found = emission_of(unwrap(fn.observation_dist), obs_value, {n: v for n, v in values.items() if n not in (start, trans)},
                       constraint_of, -1 - len(event), k)
     if found is None:
         return None

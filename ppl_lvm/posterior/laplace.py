@@ -251,7 +251,7 @@ def pointwise_log_likelihood(outcome: Any, draws: dict[str, torch.Tensor]) -> to
                                            params["transmat"]))
         elif pattern is not None:
             params = pattern.family.complete_params(pattern.to_kernel(values))
-            x = _double(pattern.data_matrix(outcome.data.kwargs[pattern.data_argument]))
+            x = _double(pattern.matrix(outcome.data.kwargs))
             rows.append(mixture_log_likelihood(x, pattern.family, params)[0])
         else:
             with torch.no_grad(), poutine.block():

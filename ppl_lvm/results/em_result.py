@@ -129,6 +129,10 @@ class EMResult(Result, EMOutcome):
         """``(pattern, data matrix)`` of a mixture's new rows, or ``(pattern of the new sequences, None)``."""
         pattern = self._require_pattern(what)
         if not isinstance(pattern, HMMPattern):
+            if pattern.data_argument is None:
+                raise ValueError(f"{what} scores new rows of one data argument; the kernels of this mixture read "
+                                 f"{pattern.observed} of {self.model.__name__}() (several observed sites, or a "
+                                 "regression's response and design): refit on the new data")
             if arguments:
                 raise TypeError(f"{what} of a mixture takes only the new data x, not {sorted(arguments)}")
             return pattern, pattern.data_matrix(to_tensor(x, pattern.data_argument))

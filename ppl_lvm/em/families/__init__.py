@@ -40,12 +40,14 @@ from typing import Any
 from .base import Params
 from .discrete import Bernoulli, Categorical, Poisson
 from .gaussian import COVARIANCE_TYPES, Gaussian
+from .regression import LinearGaussian
 
 __all__ = [
     "COVARIANCE_TYPES",
     "Bernoulli",
     "Categorical",
     "Gaussian",
+    "LinearGaussian",
     "Params",
     "Poisson",
     "get_family",

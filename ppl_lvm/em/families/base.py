@@ -53,6 +53,10 @@ class LocalPass:
         xc = self.cache["xc"]
         return xc.T @ xc
 
+    def weighted_sum(self, part: Any) -> torch.Tensor:
+        """``part(cache, resp)`` of the whole data (a family's own second pass, e.g. direct residual sums)."""
+        return part(self.cache, self.resp)
+
 
 def add_statistics(total: dict | None, part: dict) -> dict:
     """``total + part``, key by key (``None`` + part = part).
