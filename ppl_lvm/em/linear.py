@@ -89,10 +89,10 @@ def _design(mean: torch.Tensor, leaves: dict, names: list[str], k: int) -> tuple
     return used, torch.stack(columns, dim=-1)
 
 
-def _close(a: torch.Tensor, b: torch.Tensor) -> bool:
+def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> bool:
+    """Equal to rounding, relative to ``scale`` (the size of what ``a`` and ``b`` are parts of)."""
     rtol = 1e-9 if a.dtype == torch.float64 else 1e-4
-    scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
-    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(scale, 1e-300)))
+    return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(float(scale.abs().max()), 1e-300)))
 
 
 def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values: dict, constraint_of: dict,
@@ -126,17 +126,17 @@ def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values
         return None
     used, jacobian = found
     design = jacobian[0]
-    if not all(_close(jacobian[j], design) for j in range(1, k)):
+    if not all(_close(jacobian[j], design, jacobian) for j in range(1, k)):
         return None
     theta = torch.cat([leaves[m].detach().reshape(k, -1) for m in used], dim=-1)
     offsets = mean.detach() - theta @ design.T
     offset = offsets[0]
-    if not all(_close(offsets[j], offset) for j in range(1, k)):
+    if not all(_close(offsets[j], offset, mean.detach()) for j in range(1, k)):
         return None
     loc2, leaves2 = _mean(model, kwargs, states[1], z_name, x_name, first_dim, grad=False)
     mean2 = _as_rows(loc2, k_dim, k, n)
     theta2 = torch.cat([leaves2[m].detach().reshape(k, -1) for m in used], dim=-1)
-    if mean2 is None or not _close(mean2, offset + theta2 @ design.T):
+    if mean2 is None or not _close(mean2, offset + theta2 @ design.T, mean2):
         return None
     data = torch.cat([(y - offset).unsqueeze(1), design], dim=1).to(torch.promote_types(y.dtype, design.dtype))
     return LinearGaussian(), {"coefs": (tuple(used), "identity"), "variances": (scale[0], "square")}, data

@@ -1,0 +1,138 @@
+"""A mixture of linear regressions written naturally is recognised from its structure (the mean is linear in
+parameters given z) and fitted by weighted least squares: the numbers of a numpy EM from the same start. Means that
+are not linear in a component's own parameters run the generic route."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+import ppl_lvm as lvm
+from ppl_lvm import constraints, dist
+from ppl_lvm.models.regression import regression_mixture, simulate_regression_mixture
+
+REG = 1e-6  # the variance floor added by the closed-form M-step (scikit-learn's reg_covar)
+
+
+def numpy_wls_em(design, y, weights, coefs, variances, iters, reg=REG):
+    """EM for a mixture of linear regressions in numpy: E-step, then per component weighted least squares."""
+    history = []
+    for _ in range(iters):
+        residual = y[:, None] - design @ coefs.T
+        log_p = np.log(weights) - 0.5 * np.log(2 * np.pi * variances) - 0.5 * residual**2 / variances
+        total = logsumexp(log_p, axis=1)
+        history.append(total.mean())
+        resp = np.exp(log_p - total[:, None])
+        nk = resp.sum(0) + 10 * np.finfo(float).eps
+        weights = nk / nk.sum()
+        coefs = np.stack([np.linalg.solve(design.T @ (r[:, None] * design), design.T @ (r * y)) for r in resp.T])
+        variances = (resp * (y[:, None] - design @ coefs.T) ** 2).sum(0) / nk + reg
+    return np.array(history), weights, coefs, variances
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.set_default_dtype(torch.float64)
+    try:
+        x, y, z = simulate_regression_mixture(400, weights=[0.3, 0.3, 0.4], intercepts=[-2.0, 0.0, 2.0],
+                                              coefs=[[1.0, -1.0], [-2.0, 0.5], [0.5, 1.5]], scales=[0.5, 0.3, 0.8],
+                                              seed=0)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    return x, y
+
+
+def _reference(x, y, fit_start, iters):
+    design = np.concatenate([np.ones((len(x), 1)), x.numpy()], axis=1)
+    coefs = np.concatenate([fit_start["intercepts"][:, None], fit_start["coefs"]], axis=1)
+    return numpy_wls_em(design, y.numpy(), fit_start["weights"], coefs, fit_start["scales"] ** 2, iters)
+
+
+START = {"weights": np.array([0.3, 0.3, 0.4]), "intercepts": np.array([-1.0, 0.5, 1.0]),
+         "coefs": np.array([[0.5, -0.5], [-1.0, 0.0], [0.0, 1.0]]), "scales": np.array([1.0, 1.0, 1.0])}
+
+
+def _torch(values):
+    return {name: torch.tensor(value) for name, value in values.items()}
+
+
+def test_the_ready_made_regression_mixture_is_weighted_least_squares(data, float64):
+    x, y = data
+    with pytest.warns(lvm.ConvergenceWarning):
+        fit = lvm.infer(regression_mixture, {"x": x, "y": y, "K": 3}, method="em", init_params=_torch(START),
+                        max_iter=30, tol=0.0)
+    assert fit.closed_form and repr(fit.pattern.family) == "LinearGaussian()"
+    history, weights, coefs, variances = _reference(x, y, START, 30)
+    np.testing.assert_allclose(fit.history, history, rtol=1e-10)
+    np.testing.assert_allclose(fit.params["weights"].numpy(), weights, rtol=1e-8)
+    np.testing.assert_allclose(fit.params["intercepts"].numpy(), coefs[:, 0], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fit.params["coefs"].numpy(), coefs[:, 1:], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fit.params["scales"].numpy() ** 2, variances, rtol=1e-8)
+    assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-10)
+    assert fit.n_parameters == 3 * 3 + 3 + 2  # coefficients, variances, weights
+    # without init_params the fit starts from the model's own values, as the generic route did
+    default = lvm.infer(regression_mixture, {"x": x, "y": y, "K": 3}, method="em", max_iter=200, tol=1e-8)
+    assert default.closed_form and default.options["init_params"] == "params" and default.converged
+
+
+def _natural(spelling):
+    @lvm.model
+    def regression(X, y, K=3):
+        w = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+        beta = lvm.param(torch.zeros(K, X.shape[1]))
+        sigma = lvm.param(torch.ones(K), constraint=constraints.positive)
+        with lvm.plate(len(y)):
+            z = lvm.latent(dist.Categorical(w))
+            if spelling == "sum":
+                mean = (X * beta[z]).sum(-1)
+            elif spelling == "einsum":
+                mean = torch.einsum("np,...np->...n", X, beta[z])
+            else:  # a matrix product per component, then the component's column
+                mean = (beta[z] @ X.T.unsqueeze(0)).squeeze(-2)
+            lvm.observe(dist.Normal(mean, sigma[z]), y)
+
+    return regression
+
+
+@pytest.mark.parametrize("spelling", ["sum", "einsum", "matmul"])
+def test_a_regression_written_naturally_is_recognised_from_its_structure(data, spelling, float64):
+    x, y = data
+    X = torch.cat([torch.ones(len(x), 1), x], dim=1)
+    start = {"w": START["weights"], "beta": np.concatenate([START["intercepts"][:, None], START["coefs"]], 1),
+             "sigma": START["scales"]}
+    with pytest.warns(lvm.ConvergenceWarning):
+        fit = lvm.infer(_natural(spelling), {"X": X, "y": y}, method="em", init_params=_torch(start), max_iter=25,
+                        tol=0.0)
+    assert fit.closed_form
+    history, weights, coefs, variances = numpy_wls_em(X.numpy(), y.numpy(), start["w"], start["beta"],
+                                                      start["sigma"] ** 2, 25)
+    np.testing.assert_allclose(fit.history, history, rtol=1e-10)
+    np.testing.assert_allclose(fit.params["beta"].numpy(), coefs, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(fit.params["sigma"].numpy() ** 2, variances, rtol=1e-8)
+    with pytest.raises(ValueError, match="refit on the new data"):
+        fit.predict_proba(y[:3])
+
+
+@lvm.model
+def not_linear(X, y, K=2, how="square"):
+    w = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+    beta = lvm.param(torch.tensor([[0.5], [1.5]]))
+    sigma = lvm.param(torch.ones(K), constraint=constraints.positive)
+    with lvm.plate(len(y)):
+        z = lvm.latent(dist.Categorical(w))
+        if how == "square":  # linear in beta**2, not in beta
+            mean = (X * beta[z] ** 2).sum(-1)
+        else:  # linear, but component k reads every component's slope
+            mean = (X * (beta[z] + beta.sum(0))).sum(-1)
+        lvm.observe(dist.Normal(mean, sigma[z]), y)
+
+
+@pytest.mark.parametrize("how", ["square", "coupled"])
+def test_a_mean_not_linear_in_its_own_component_runs_the_generic_route(how, float64):
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(80, 1, generator=g)
+    y = X[:, 0] * torch.where(torch.arange(80) < 40, 1.0, 3.0) + 0.3 * torch.randn(80, generator=g)
+    fit = lvm.infer(not_linear, {"X": X, "y": y, "how": how}, method="em", max_iter=4, tol=None)
+    assert not fit.closed_form
+    assert np.all(np.diff(fit.history) >= -1e-9)
+    assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-10)
