@@ -2,8 +2,9 @@
 
 ``z_n ~ Categorical(weights)``, ``y_n | x_n, z_n = k ~ N(alpha_k + x_n^T beta_k, sigma_k^2)``.
 
-``method="em"`` sums ``z`` out exactly and runs the generic route (exact E-step, L-BFGS M-step accepted only when it
-raises the expected complete-data log-likelihood); ``method="svi"`` fits the same model with ``z`` enumerated.
+``method="em"`` sums ``z`` out exactly and, since the mean is linear in ``intercepts`` and ``coefs`` given ``z``,
+runs the closed-form route: each M-step is a weighted least-squares fit per component (``ppl_lvm.em.linear``);
+``method="svi"`` fits the same model with ``z`` enumerated.
 Components are identifiable only up to relabelling.
 """
 

@@ -67,7 +67,7 @@ class EMOptions:
         returned.
     init_params : str or dict, optional
         How each restart starts. ``None`` (default): the route's default, ``"k-means++"`` for a recognised mixture
-        or chain, ``"params"`` for the generic route. Recognised models: ``"k-means++"``, ``"kmeans"``,
+        or chain (``"params"`` for a mixture of regressions), ``"params"`` for the generic route. Recognised models: ``"k-means++"``, ``"kmeans"``,
         ``"random"`` (random responsibilities), ``"random_from_data"``, ``"params"`` (the initial values written
         in the model's ``lvm.param`` calls). The generic route: ``"params"`` (restart 0 from the model's values,
         later restarts from random starts around them) or ``"random"`` (every restart from a random start); the

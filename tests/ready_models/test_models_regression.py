@@ -1,4 +1,4 @@
-"""Parameter recovery of the mixture of linear regressions, by exact EM (generic route) and by SVI.
+"""Parameter recovery of the mixture of linear regressions, by exact EM (closed form: weighted least squares) and by SVI.
 
 Data are simulated from the model with known parameters; components are matched to the truth by optimal assignment
 on the distance between coefficient vectors (intercept and slopes). Tolerances are about twice the errors measured
@@ -52,9 +52,9 @@ def test_em_and_svi_recover_coefficients_noise_scales_and_weights(float64):
     x, y, z = simulate_regression_mixture(600, WEIGHTS, INTERCEPTS, COEFS, SCALES, seed=40)
     data = {"x": x, "y": y, "K": 3}
     fit = lvm.infer(regression_mixture, data, method="em", max_iter=100, tol=1e-6)
-    assert not fit.closed_form and fit.converged
+    assert fit.closed_form and fit.converged  # weighted least squares: the mean is linear in the coefficients
     h = np.asarray(fit.history)
-    assert np.all(h[1:] >= h[:-1] - 1e-9 * np.abs(h[:-1]))  # generalised EM never lowers the log-likelihood
+    assert np.all(h[1:] >= h[:-1] - 1e-9 * np.abs(h[:-1]))  # EM never lowers the log-likelihood
     err, order = _errors(fit)
     oracle_err = float((_learned(fit)[order] - _oracle(x, y, z)).abs().max())
     print(f"em vs per-component least squares given the true z: {oracle_err:.4f}")

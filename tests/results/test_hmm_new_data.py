@@ -12,6 +12,7 @@ import ppl_lvm as lvm
 from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm_vectorized, pad_sequences
 from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.models.regression import regression_mixture, simulate_regression_mixture
+from ppl_lvm import constraints, dist
 
 START, TRANS = np.array([0.7, 0.3]), np.array([[0.9, 0.1], [0.2, 0.8]])
 EMISSION = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])
@@ -108,6 +109,17 @@ def test_sampled_sequences_follow_the_fitted_chain(fitted):
         assert abs(float(z)) < 4.5, (float(z), float(p), n)
 
 
+@lvm.model
+def _t_mixture(y, K=2):
+    """A mixture of Student t's: no closed-form M-step (the generic EM route)."""
+    w = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+    loc = lvm.param(torch.tensor([-1.0, 1.0]))
+    scale = lvm.param(torch.ones(K), constraint=constraints.positive)
+    with lvm.plate(len(y)):
+        z = lvm.latent(dist.Categorical(w))
+        lvm.observe(dist.StudentT(4.0, loc[z], scale[z]), y)
+
+
 def test_new_data_methods_refuse_what_they_cannot_do(float64):
     x = torch.cat([torch.randn(20, 2) - 3, torch.randn(20, 2) + 3])
     mixture = lvm.infer(gaussian_mixture, {"x": x, "K": 2, "covariance_type": "diag"}, method="em")
@@ -118,10 +130,17 @@ def test_new_data_methods_refuse_what_they_cannot_do(float64):
     rx, ry, _ = simulate_regression_mixture(
         40, weights=[0.5, 0.5], intercepts=[-3.0, 3.0], coefs=[[2.0], [-1.0]], scales=[0.5, 0.5], seed=0
     )
-    generic = lvm.infer(regression_mixture, {"x": rx, "y": ry, "K": 2}, method="em", max_iter=200)
-    for call in (lambda: generic.predict(rx), lambda: generic.sample(3)):
+    generic = lvm.infer(_t_mixture, ry, method="em", max_iter=20)
+    assert not generic.closed_form
+    for call in (lambda: generic.predict(ry), lambda: generic.sample(3)):
         with pytest.raises(ValueError, match=r"needs a recognised mixture or hidden Markov chain .* generic EM route"):
             call()
+    # a mixture of regressions is closed form, but its kernels read a response and a design, not one argument
+    regressions = lvm.infer(regression_mixture, {"x": rx, "y": ry, "K": 2}, method="em", max_iter=200)
+    with pytest.raises(ValueError, match=r"reads? .* refit on the new data"):
+        regressions.predict(rx)
+    with pytest.raises(ValueError, match=r"draws responses given covariates"):
+        regressions.sample(3)
     chain = lvm.infer(
         categorical_hmm, {"x": torch.tensor([[0, 0, 1, 1, 2, 2]] * 3), "K": 2}, method="em", max_iter=50, tol=None
     )

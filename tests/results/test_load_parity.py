@@ -109,7 +109,7 @@ def _cases():
     yield "gaussian_hmm-em", hmm.gaussian_hmm, {"x": sequences, "lengths": lengths, "K": 2}, em
     yield "gaussian_hmm_vectorized-em", hmm.gaussian_hmm_vectorized, {"x": sequences, "K": 2}, em
     yield (
-        "regression_mixture-em-generic",
+        "regression_mixture-em",
         regression.regression_mixture,
         {"x": rx, "y": ry, "K": 2},
         {**em, "max_iter": 30},
@@ -294,7 +294,7 @@ def check_fields(fitted, loaded, where: str, tol) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["gaussian_mixture-diag-em", "categorical_hmm-em", "regression_mixture-em-generic", "ppca-svi"]
+    "name", ["gaussian_mixture-diag-em", "categorical_hmm-em", "regression_mixture-em", "ppca-svi"]
 )
 def test_a_loaded_result_saves_to_the_same_file(name, saved, tmp_path):
     again = tmp_path / "again.pt"
