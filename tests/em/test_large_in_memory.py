@@ -10,7 +10,7 @@ import torch
 
 import ppl_lvm as lvm
 import ppl_lvm.em.stream as stream
-from ppl_lvm.em.recognise import _distinct
+from ppl_lvm.em.recognise_emission import _distinct
 from ppl_lvm.models.mixtures import gaussian_mixture
 
 RTOL = 1e-10
