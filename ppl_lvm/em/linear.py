@@ -39,19 +39,19 @@ from .recognise_emission import find, unwrap
 __all__ = ["linear_emission"]
 
 
-def _mean(model: Any, kwargs: dict, state: dict, z_name: str, x_name: str, first_dim: int,
-          grad: bool) -> tuple[torch.Tensor, dict]:
-    """The observed site's Normal mean with z enumerated, at the parameter values ``state``, and those values."""
+def _means(model: Any, kwargs: dict, state: dict, enumerated: frozenset, x_names: list[str], first_dim: int,
+           grad: bool) -> tuple[list, dict]:
+    """The observed sites' Normal means with ``enumerated`` summed out, at the parameter values ``state``, and
+    those values."""
     store = pyro.get_param_store()
     # fresh leaves: the Jacobian is taken with respect to them
     state = {"params": {m: v.detach().clone().requires_grad_(grad and v.is_floating_point())
                         for m, v in state["params"].items()}, "constraints": state["constraints"]}
-    enum_model = poutine.infer_config(model, lambda msg: {"enumerate": "parallel"} if msg["name"] == z_name else {})
+    enum_model = poutine.infer_config(model, lambda msg: {"enumerate": "parallel"} if msg["name"] in enumerated else {})
     with store.scope(state), torch.random.fork_rng(devices=[]), torch.set_grad_enabled(grad), run_scope(model):
         trace = poutine.trace(poutine.enum(enum_model, first_available_dim=first_dim)).get_trace(**kwargs)
         leaves = {name: store._params[name] for name in store.keys()}
-        fn = unwrap(trace.nodes[x_name]["fn"])
-        return getattr(fn, "loc", None), leaves
+        return [getattr(unwrap(trace.nodes[x]["fn"]), "loc", None) for x in x_names], leaves
 
 
 def _as_rows(loc: torch.Tensor, k_dim: int, k: int, n: int) -> torch.Tensor | None:
@@ -95,30 +95,49 @@ def _close(a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> bool:
     return bool(torch.allclose(a, b, rtol=rtol, atol=rtol * max(float(scale.abs().max()), 1e-300)))
 
 
-def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values: dict, constraint_of: dict,
-                    z_name: str, x_name: str, weights: str, k: int, states: tuple[dict, dict]):
-    """``(family, emission map, data matrix)`` of a Normal site whose mean is linear in parameters given z.
+def _stacked(locs: list, k_dims: list[int], k: int, n: int) -> torch.Tensor | None:
+    """Every site's mean as (K, N), side by side: (K, sites x N)."""
+    rows = [_as_rows(loc, k_dim, k, n) for loc, k_dim in zip(locs, k_dims, strict=True)]
+    return None if any(r is None for r in rows) else torch.cat(rows, dim=1)
 
-    ``trace``, ``values``: the recogniser's probe (z enumerated, parameters at ``states[0]``); ``states``: two
-    independent random parameter states (the probe's, and one more for the check of step 2 above).
+
+def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values: dict, constraint_of: dict,
+                    pairs: list[tuple[str, str]], exclude: tuple[str, ...], k: int, states: tuple[dict, dict]):
+    """``(family, emission map, rows)`` of Normal sites whose mean is linear in parameters given their state.
+
+    ``pairs``: ``(z, x)`` site names, one for a mixture, one per step for a chain (each ``x`` emitted from its
+    ``z``); ``rows``: each ``x`` site's data matrix (response minus offset, then design), ``(N, 1 + F)``.
+    ``trace``, ``values``: the recogniser's probe (every z enumerated, parameters at ``states[0]``); ``states``: two
+    independent random parameter states (the probe's, and one more for the check of step 2 above); ``exclude``:
+    the parameters already placed (mixing weights, a chain's start and transitions).
     """
-    z_site, x_site = trace.nodes[z_name], trace.nodes[x_name]
-    fn, y = unwrap(x_site["fn"]), x_site["value"]
-    if type(fn).__name__ != "Normal" or y.dim() != 1 or not y.is_floating_point():
+    scale_name, ys, k_dims = None, [], []
+    for z_name, x_name in pairs:
+        fn, y = unwrap(trace.nodes[x_name]["fn"]), trace.nodes[x_name]["value"]
+        if type(fn).__name__ != "Normal" or y.dim() != 1 or not y.is_floating_point():
+            return None
+        k_dim = -trace.nodes[z_name]["value"].dim()
+        # after the first site only the scale already found is a candidate (checks stay O(sites))
+        pool = {m: v for m, v in values.items() if m not in exclude} if scale_name is None else \
+            {scale_name: values[scale_name]}
+        scale = find(fn.scale, pool, k_dim, k)
+        if scale is None or scale[1] != "indexed" or values[scale[0]].shape != (k,):
+            return None
+        scale_name = scale[0]
+        ys.append(y)
+        k_dims.append(k_dim)
+    if constraint_of.get(scale_name) is not constraints.positive or len({y.shape[0] for y in ys}) != 1:
         return None
-    k_dim, n = -z_site["value"].dim(), y.shape[0]
-    scale = find(fn.scale, {m: v for m, v in values.items() if m != weights}, k_dim, k)
-    if scale is None or scale[1] != "indexed" or values[scale[0]].shape != (k,):
-        return None
-    if constraint_of.get(scale[0]) is not constraints.positive:
-        return None
-    candidates = [m for m, v in values.items() if m not in (weights, scale[0]) and v.is_floating_point()
+    n = ys[0].shape[0]
+    candidates = [m for m, v in values.items() if m not in exclude + (scale_name,) and v.is_floating_point()
                   and v.dim() >= 1 and v.shape[0] == k and constraint_of.get(m, constraints.real) is constraints.real]
     if not candidates:
         return None
     first_dim = -1 - structure.max_plate_nesting
-    loc, leaves = _mean(model, kwargs, states[0], z_name, x_name, first_dim, grad=True)
-    mean = _as_rows(loc, k_dim, k, n)
+    enumerated = frozenset(z for z, _ in pairs)
+    x_names = [x for _, x in pairs]
+    locs, leaves = _means(model, kwargs, states[0], enumerated, x_names, first_dim, grad=True)
+    mean = _stacked(locs, k_dims, k, n)
     if mean is None or not mean.requires_grad:
         return None
     found = _design(mean, leaves, candidates, k)
@@ -133,10 +152,12 @@ def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values
     offset = offsets[0]
     if not all(_close(offsets[j], offset, mean.detach()) for j in range(1, k)):
         return None
-    loc2, leaves2 = _mean(model, kwargs, states[1], z_name, x_name, first_dim, grad=False)
-    mean2 = _as_rows(loc2, k_dim, k, n)
+    locs2, leaves2 = _means(model, kwargs, states[1], enumerated, x_names, first_dim, grad=False)
+    mean2 = _stacked(locs2, k_dims, k, n)
     theta2 = torch.cat([leaves2[m].detach().reshape(k, -1) for m in used], dim=-1)
     if mean2 is None or not _close(mean2, offset + theta2 @ design.T, mean2):
         return None
+    y = torch.cat(ys)
     data = torch.cat([(y - offset).unsqueeze(1), design], dim=1).to(torch.promote_types(y.dtype, design.dtype))
-    return LinearGaussian(), {"coefs": (tuple(used), "identity"), "variances": (scale[0], "square")}, data
+    emission = {"coefs": (tuple(used), "identity"), "variances": (scale_name, "square")}
+    return LinearGaussian(), emission, list(data.split(n))

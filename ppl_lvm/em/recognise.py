@@ -124,12 +124,12 @@ def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> 
         if found is None and len(observed) == 1:
             store = pyro.get_param_store()
             states = tuple(_perturbed_state(store, torch.Generator().manual_seed(s)) for s in (0, 1))
-            linear = linear_emission(model, kwargs, structure, trace, values, constraint_of, z_info.name,
-                                     x_info.name, weights, k, states)
+            linear = linear_emission(model, kwargs, structure, trace, values, constraint_of,
+                                     [(z_info.name, x_info.name)], (weights,), k, states)
             if linear is None:
                 return None
-            family, emission, data = linear
-            return MixturePattern(z_info.name, x_info.name, None, k, family, weights, emission, False, data)
+            family, emission, rows = linear
+            return MixturePattern(z_info.name, x_info.name, None, k, family, weights, emission, False, rows[0])
         if found is None:
             return None
         parts.append((x_value, found))
@@ -169,8 +169,9 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     """The closed-form pattern of a hidden Markov model written with ``lvm.markov``, else ``None``.
 
     Recognised: ``z_0 ~ Categorical(start)``, ``z_t ~ Categorical(trans[z_{t-1}])``, one observation per step
-    whose distribution's arguments are params indexed by ``z_t`` (the emission families of mixtures), all inside
-    one plate over sequences, with steps past a sequence's length masked out (``poutine.mask(t < lengths)``).
+    whose distribution's arguments are params indexed by ``z_t`` (the emission families of mixtures), or a Normal
+    whose mean is linear in parameters given ``z_t`` (a regression within the states, :mod:`ppl_lvm.em.linear`),
+    all inside one plate over sequences, with steps past a sequence's length masked out (``poutine.mask(t < lengths)``).
     """
     if structure.continuous_latents or len(structure.discrete_latents) < 2:
         return None
@@ -192,6 +193,7 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
         return None
     trans = None
     emission = family = univariate = None
+    regression = False  # the first step's emission is no family of mixtures: a regression within the states?
     masks = []
     for t, (z_name, x_name) in enumerate(zip(z_names, x_names, strict=True)):
         z_site, x_site = trace.nodes[z_name], trace.nodes[x_name]
@@ -208,11 +210,15 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
         if emission is None:
             candidates = {n: v for n, v in values.items() if n not in (start, trans)}
         else:
-            candidates = {name: values[name] for name, _ in emission.values()}
-        found = emission_of(unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
-        if found is None or (emission is not None and found[1] != emission):
-            return None
-        family, emission, univariate = found
+            candidates = {n: values[n] for name, _ in emission.values()
+                          for n in (name if isinstance(name, tuple) else (name,))}
+        if not regression:
+            found = emission_of(unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
+            regression = found is None and t == 0
+            if not regression and (found is None or (emission is not None and found[1] != emission)):
+                return None
+            if not regression:
+                family, emission, univariate = found
         mask = z_site["mask"]
         masks.append(torch.ones(x_value.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1).bool())
     if trans is None or constraint_of.get(trans) is not constraints.simplex:
@@ -221,12 +227,23 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     lengths = mask.sum(1)
     if not torch.equal(mask, torch.arange(mask.shape[1])[None, :] < lengths[:, None]) or bool((lengths == 0).any()):
         return None  # only prefix masks (padded sequences) are sequences of different lengths
-    steps = torch.stack([trace.nodes[n]["value"] for n in x_names], dim=1)  # (B, T, ...)
+    argument = _data_argument(structure)
+    if regression:  # the rows of every step: response minus offset, then the design (ppl_lvm.em.linear)
+        states = tuple(_perturbed_state(pyro.get_param_store(), torch.Generator().manual_seed(s)) for s in (0, 1))
+        linear = linear_emission(model, kwargs, structure, trace, values, constraint_of,
+                                 list(zip(z_names, x_names, strict=True)), (start, trans), k, states)
+        if linear is None:
+            return None
+        family, emission, rows = linear
+        univariate, argument = False, None
+        steps = torch.stack(rows, dim=1)  # (B, T, 1 + F)
+    else:
+        steps = torch.stack([trace.nodes[n]["value"] for n in x_names], dim=1)  # (B, T, ...)
     data = steps[mask]
     if univariate:
         data = data.reshape(-1, 1)
     return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names),
-                      _data_argument(structure))
+                      argument)
 
 
 def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:

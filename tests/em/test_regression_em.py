@@ -3,6 +3,7 @@ parameters given z) and fitted by weighted least squares: the numbers of a numpy
 are not linear in a component's own parameters run the generic route."""
 
 import numpy as np
+import pyro.poutine as poutine
 import pytest
 import torch
 from scipy.special import logsumexp
@@ -135,4 +136,76 @@ def test_a_mean_not_linear_in_its_own_component_runs_the_generic_route(how, floa
     fit = lvm.infer(not_linear, {"X": X, "y": y, "how": how}, method="em", max_iter=4, tol=None)
     assert not fit.closed_form
     assert np.all(np.diff(fit.history) >= -1e-9)
+    assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-10)
+
+
+def numpy_hmm_regression_em(designs, ys, start, trans, coefs, variances, iters, reg=REG):
+    """Baum-Welch in numpy (scaled forward-backward, hmmlearn's updates) with a weighted-least-squares M-step."""
+    history = []
+    for _ in range(iters):
+        total, first, pairs = 0.0, np.zeros_like(start), np.zeros_like(trans)
+        gram, rhs, weights, rows = 0.0, 0.0, 0.0, []
+        for X, y in zip(designs, ys, strict=True):
+            residual = y[:, None] - X @ coefs.T
+            emit = np.exp(-0.5 * residual**2 / variances) / np.sqrt(2 * np.pi * variances)
+            alpha, scale = np.zeros_like(emit), np.zeros(len(y))
+            for t in range(len(y)):
+                alpha[t] = (start if t == 0 else alpha[t - 1] @ trans) * emit[t]
+                scale[t] = alpha[t].sum()
+                alpha[t] /= scale[t]
+            beta = np.ones_like(emit)
+            for t in range(len(y) - 2, -1, -1):
+                beta[t] = trans @ (emit[t + 1] * beta[t + 1]) / scale[t + 1]
+            gamma = alpha * beta
+            total += np.log(scale).sum()
+            first += gamma[0]
+            for t in range(len(y) - 1):
+                pairs += alpha[t][:, None] * trans * (emit[t + 1] * beta[t + 1])[None, :] / scale[t + 1]
+            gram = gram + np.einsum("tk,ti,tj->kij", gamma, X, X)
+            rhs = rhs + np.einsum("tk,ti,t->ki", gamma, X, y)
+            weights = weights + gamma.sum(0)
+            rows.append(gamma)
+        history.append(total)
+        start = first / first.sum()
+        trans = pairs / pairs.sum(1, keepdims=True)
+        coefs = np.linalg.solve(gram, rhs[..., None])[..., 0]
+        rss = sum((g * (y[:, None] - X @ coefs.T) ** 2).sum(0) for g, X, y in zip(rows, designs, ys, strict=True))
+        variances = rss / (weights + 10 * np.finfo(float).eps) + reg
+    return np.array(history), start, trans, coefs, variances
+
+
+@lvm.model
+def regression_hmm(u, y, lengths, K=2):
+    """Within each hidden state a line: y_t = a[z_t] + b[z_t] u_t + noise; steps past a sequence's end masked."""
+    start = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+    trans = lvm.param(torch.full((K, K), 1.0 / K), constraint=constraints.simplex)
+    a = lvm.param(torch.tensor([-1.0, 1.0]))
+    b = lvm.param(torch.tensor([0.5, -0.5]))
+    s = lvm.param(torch.ones(K), constraint=constraints.positive)
+    with lvm.plate(y.shape[0]):
+        z = None
+        for t in lvm.markov(range(y.shape[1])):
+            with poutine.mask(mask=t < lengths):
+                z = lvm.latent(dist.Categorical(start if z is None else trans[z]))
+                lvm.observe(dist.Normal(a[z] + b[z] * u[:, t], s[z]), y[:, t])
+
+
+def test_a_regression_within_hmm_states_is_baum_welch_with_weighted_least_squares(float64):
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(3, 40, generator=g)
+    state = (torch.arange(40) // 10 % 2).expand(3, 40)
+    y = torch.where(state == 0, -2 + 1.5 * u, 2 - 1.0 * u) + 0.3 * torch.randn(3, 40, generator=g)
+    lengths = torch.tensor([40, 31, 22])
+    with pytest.warns(lvm.ConvergenceWarning):
+        fit = lvm.infer(regression_hmm, {"u": u, "y": y, "lengths": lengths}, method="em", max_iter=15, tol=0.0)
+    assert fit.closed_form and repr(fit.pattern.family) == "LinearGaussian()"
+    designs = [np.stack([np.ones(n), u[i, :n].numpy()], 1) for i, n in enumerate(lengths.tolist())]
+    ys = [y[i, :n].numpy() for i, n in enumerate(lengths.tolist())]
+    history, start, trans, coefs, variances = numpy_hmm_regression_em(
+        designs, ys, np.ones(2) / 2, np.full((2, 2), 0.5), np.array([[-1.0, 0.5], [1.0, -0.5]]), np.ones(2), 15)
+    np.testing.assert_allclose(fit.history, history / int(lengths.sum()), rtol=1e-9)
+    np.testing.assert_allclose(fit.params["trans"].numpy(), trans, rtol=1e-7, atol=1e-12)
+    np.testing.assert_allclose(fit.params["a"].numpy(), coefs[:, 0], rtol=1e-7)
+    np.testing.assert_allclose(fit.params["b"].numpy(), coefs[:, 1], rtol=1e-7)
+    np.testing.assert_allclose(fit.params["s"].numpy() ** 2, variances, rtol=1e-7)
     assert lvm.Result.log_evidence(fit) == pytest.approx(fit.log_likelihood, rel=1e-10)
