@@ -9,10 +9,10 @@ import torch
 from hmmlearn.hmm import CategoricalHMM, GaussianHMM
 
 import ppl_lvm as lvm
+from ppl_lvm import constraints, dist
 from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm_vectorized, pad_sequences
 from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.models.regression import regression_mixture, simulate_regression_mixture
-from ppl_lvm import constraints, dist
 
 START, TRANS = np.array([0.7, 0.3]), np.array([[0.9, 0.1], [0.2, 0.8]])
 EMISSION = np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]])
