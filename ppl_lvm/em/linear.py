@@ -14,10 +14,14 @@ component k, ``mean[k, n] = b_n + phi_n . theta_k`` with ``theta_k`` the k-th ro
    mean with respect to each candidate parameter (each real-valued parameter with one row per component) is
    taken by automatic differentiation, one column of the design per coordinate (forward-mode products through
    two reverse passes); it must be the same for every component, and the offset ``b = mean - phi theta_1`` too;
-2. the model is run again at an independent random value ``theta_2`` of every parameter, and the mean must equal
-   ``b + phi theta_2`` for every component and point (to rounding). A mean that is not affine in those parameters,
-   or whose component k depends on another component's rows, or on any other parameter, fails this check (except
-   on a set of parameter values of measure zero, which two independent random draws do not hit).
+2. the model is run again at three more values of every parameter: a small random move ``theta_2``, the
+   first value with its signs flipped, ``-theta_1``, and a wide random one (normal noise of both signs, three
+   times the values' size plus three); the mean must equal ``b + phi theta`` at each, for every component and
+   point (to rounding). A mean that is not affine in those parameters, or whose component k depends on another
+   component's rows, or on any other parameter, fails this check except on a set of parameter values of measure
+   zero, which independent random draws do not hit. A mean affine only piecewise fails it when a value falls on
+   another piece: always for a kink at zero (``relu(beta[z])``, ``abs``: the flipped value), likely for a kink
+   elsewhere (the wide draw), not certainly.
 
 The scale must be a positive parameter indexed by z. The kernel then is
 :class:`~ppl_lvm.em.families.LinearGaussian`, whose M-step is weighted least squares.
@@ -52,6 +56,22 @@ def _means(model: Any, kwargs: dict, state: dict, enumerated: frozenset, x_names
         trace = poutine.trace(poutine.enum(enum_model, first_available_dim=first_dim)).get_trace(**kwargs)
         leaves = {name: store._params[name] for name in store.keys()}
         return [getattr(unwrap(trace.nodes[x]["fn"]), "loc", None) for x in x_names], leaves
+
+
+def _moved(state: dict, seed: int, flip: bool) -> dict:
+    """``state`` with every unconstrained value negated (``flip``), or moved by normal noise of size
+    ``3 (1 + |value|)``."""
+    generator = torch.Generator().manual_seed(seed)
+    params = {}
+    for name in sorted(state["params"]):
+        value = state["params"][name].detach()
+        if value.is_floating_point() and flip:
+            value = -value
+        elif value.is_floating_point():
+            noise = torch.randn(value.shape, generator=generator, dtype=torch.float64).to(value.dtype)
+            value = value + 3.0 * (1.0 + value.abs()) * noise
+        params[name] = value
+    return {"params": params, "constraints": state["constraints"]}
 
 
 def _as_rows(loc: torch.Tensor, k_dim: int, k: int, n: int) -> torch.Tensor | None:
@@ -108,7 +128,7 @@ def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values
     ``pairs``: ``(z, x)`` site names, one for a mixture, one per step for a chain (each ``x`` emitted from its
     ``z``); ``rows``: each ``x`` site's data matrix (response minus offset, then design), ``(N, 1 + F)``.
     ``trace``, ``values``: the recogniser's probe (every z enumerated, parameters at ``states[0]``); ``states``: two
-    independent random parameter states (the probe's, and one more for the check of step 2 above); ``exclude``:
+    independent random parameter states (the probe's, and the small move of step 2 above); ``exclude``:
     the parameters already placed (mixing weights, a chain's start and transitions).
     """
     scale_name, ys, k_dims = None, [], []
@@ -152,11 +172,12 @@ def linear_emission(model: Any, kwargs: dict, structure: Any, trace: Any, values
     offset = offsets[0]
     if not all(_close(offsets[j], offset, mean.detach()) for j in range(1, k)):
         return None
-    locs2, leaves2 = _means(model, kwargs, states[1], enumerated, x_names, first_dim, grad=False)
-    mean2 = _stacked(locs2, k_dims, k, n)
-    theta2 = torch.cat([leaves2[m].detach().reshape(k, -1) for m in used], dim=-1)
-    if mean2 is None or not _close(mean2, offset + theta2 @ design.T, mean2):
-        return None
+    for state in (states[1], _moved(states[0], 2, flip=True), _moved(states[0], 2, flip=False)):
+        locs2, leaves2 = _means(model, kwargs, state, enumerated, x_names, first_dim, grad=False)
+        mean2 = _stacked(locs2, k_dims, k, n)
+        theta2 = torch.cat([leaves2[m].detach().reshape(k, -1) for m in used], dim=-1)
+        if mean2 is None or not _close(mean2, offset + theta2 @ design.T, mean2):
+            return None
     y = torch.cat(ys)
     data = torch.cat([(y - offset).unsqueeze(1), design], dim=1).to(torch.promote_types(y.dtype, design.dtype))
     emission = {"coefs": (tuple(used), "identity"), "variances": (scale_name, "square")}

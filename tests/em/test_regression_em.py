@@ -123,12 +123,14 @@ def not_linear(X, y, K=2, how="square"):
         z = lvm.latent(dist.Categorical(w))
         if how == "square":  # linear in beta**2, not in beta
             mean = (X * beta[z] ** 2).sum(-1)
+        elif how == "relu":  # linear where beta > 0 (every value near the start), not across 0
+            mean = (X * torch.relu(beta[z])).sum(-1)
         else:  # linear, but component k reads every component's slope
             mean = (X * (beta[z] + beta.sum(0))).sum(-1)
         lvm.observe(dist.Normal(mean, sigma[z]), y)
 
 
-@pytest.mark.parametrize("how", ["square", "coupled"])
+@pytest.mark.parametrize("how", ["square", "relu", "coupled"])
 def test_a_mean_not_linear_in_its_own_component_runs_the_generic_route(how, float64):
     g = torch.Generator().manual_seed(3)
     X = torch.randn(80, 1, generator=g)
