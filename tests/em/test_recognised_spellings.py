@@ -134,6 +134,7 @@ def test_a_product_of_poissons_written_as_three_sites_is_the_poisson_kernel(floa
                           init_params="params", max_iter=30, tol=0.0)
         event = lvm.infer(poisson_mixture, {"x": counts, "K": 2}, method="em",
                           init_params={"rates": start, "weights": torch.ones(2) / 2}, max_iter=30, tol=0.0)
+    # the same kernel on the same numbers: equal to rounding (also with data seeds 1-4)
     assert sites.closed_form and event.closed_form and repr(sites.pattern.family) == "Poisson()"
     np.testing.assert_allclose(sites.history, event.history, rtol=1e-12)
     assert sites.log_likelihood == pytest.approx(event.log_likelihood, rel=1e-12)
@@ -177,4 +178,4 @@ def test_near_misses_run_the_generic_route(iris64, float64):
                                   "c1": torch.poisson(1.0 + 3.0 * z.double(), generator=g)},
                     method="em", max_iter=3, tol=None)
     assert not fit.closed_form
-    assert np.all(np.diff(fit.history) >= -1e-9)
+    assert np.all(np.diff(fit.history) >= -1e-9)  # generalised EM never falls (also with data seeds 2-5)
