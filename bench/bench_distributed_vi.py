@@ -34,8 +34,8 @@ from ppl_lvm.models.vae import VAE
 
 def fit(args: argparse.Namespace, out: str) -> None:
     """One fit in this process (a torchrun rank when ``WORLD_SIZE`` is set); writes its step time to ``out``."""
-    x = binarized_digits()
-    limit_threads()  # every pool to one thread, after the data's imports (scikit-learn); prints them.x_train
+    x = binarized_digits().x_train
+    limit_threads()  # every pool to one thread, after the data's imports (scikit-learn); prints them
     x = x.repeat((args.rows + len(x) - 1) // len(x), 1)[: args.rows]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
