@@ -68,8 +68,10 @@ def prepare_guide(fit: Outcome) -> None:
 def _vectorizes(fit: Outcome, what: str, run: Any) -> bool:
     """Whether ``run(2)`` (two draws under a sample plate) works and gives every site its full shape.
 
-    Decided once per fit and cached: models that index with plain tensors (``locs[z]``) cannot take a plate of
-    draws, and are then drawn one at a time by every query.
+    Decided once per fit and cached: models that index a latent's draws with a plain tensor (``locs[z]`` with
+    ``locs`` a latent, whose draws carry the plate's dim first) cannot take a plate of draws, and are then drawn one
+    at a time by every query. Indexing parameters with an enumerated site (``locs[z]`` with ``locs`` a parameter)
+    takes it.
     """
     key = ("vectorizes", what)
     if key not in fit.cache:
