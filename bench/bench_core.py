@@ -4,8 +4,9 @@ Run (a full run takes about 3-4 minutes on 2 shared cores; ``--quick`` about 30 
 
     . /work/venv/bin/activate && PYTHONPATH=/work/main python bench/bench_core.py [--quick]
 
-Everything runs on one thread (``torch.set_num_threads(1)``, ``threadpoolctl.threadpool_limits(1)``)
-with the same seeds for every implementation:
+Everything runs on one thread (torch and every BLAS / OpenMP pool, limited by ``bench/_timing.py`` after every
+library, scikit-learn included, is imported; the pools and the machine's load are printed) with the same seeds for
+every implementation:
 
 1. Time per step of ``lvm.infer(..., method="svi", progress=False)`` against the same model
    hand-written in plain Pyro (``pyro.sample`` with string names, the same guide, ``Trace_ELBO`` /
@@ -62,16 +63,14 @@ import pyro.poutine as poutine
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from _timing import limit_threads, load
 from pyro.distributions import constraints
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO, TraceEnum_ELBO
 from pyro.poutine.util import site_is_subsample
-from threadpoolctl import threadpool_limits
+from sklearn.datasets import load_digits
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
-
-torch.set_num_threads(1)
-_THREADPOOL = threadpool_limits(1)
 
 SEED = 0
 LATENT = 16
@@ -84,8 +83,6 @@ GMM_N, GMM_K, GMM_D = 1000, 3, 2
 
 # -------------------------------------------------------------------------------------- data
 def digits() -> torch.Tensor:
-    from sklearn.datasets import load_digits
-
     x = load_digits().data.astype(np.float32) / 16.0
     return torch.from_numpy((x > 0.5).astype(np.float32))
 
@@ -582,6 +579,7 @@ def main(argv=None) -> int:
     ap.add_argument("--icount-steps", type=int, default=20, help="S for --icount (S vs 2S steps)")
     ap.add_argument("--icount-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    limit_threads()  # after every import; prints the pools
     if args.icount_child:
         return icount_child(args.icount_steps, args.icount_child)
     if args.icount:
@@ -598,10 +596,10 @@ def main(argv=None) -> int:
     print(
         f"# bench_core: python {platform.python_version()}, torch {torch.__version__}, "
         f"pyro {pyro.__version__}, {torch.get_num_threads()} torch thread(s), "
-        "threadpoolctl limit 1, "
+        "every thread pool limited to 1, "
         f"cpu count {os.cpu_count()}"
     )
-    print(f"# ppl_lvm at {git_state()}; load average at start {os.getloadavg()[0]:.2f}")
+    print(f"# ppl_lvm at {git_state()}; at start: {load()}")
     print(
         f"# steps={steps} iwae_steps={iwae_steps} K={args.particles} repeats={repeats} "
         f"warmup={warmup}"
@@ -751,8 +749,8 @@ def main(argv=None) -> int:
         f"torch {np.mean(vae['torch_vae']['losses'][-tail:]):.1f}"
     )
     print(
-        f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; load average at end "
-        f"{os.getloadavg()[0]:.2f} (2 cores: above ~1 other processes share this one's core)"
+        f"\ntotal wall time {time.perf_counter() - t_start:.0f} s; at end: {load()} "
+        "(2 cores: above ~1 other processes share this one's core)"
     )
     ok = all(math.isfinite(v) for v in cpu.values())
     return 0 if ok else 1

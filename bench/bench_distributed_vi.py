@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from _timing import limit_threads, load
 
 import ppl_lvm as lvm
 from ppl_lvm.datasets import binarized_digits
@@ -33,8 +34,8 @@ from ppl_lvm.models.vae import VAE
 
 def fit(args: argparse.Namespace, out: str) -> None:
     """One fit in this process (a torchrun rank when ``WORLD_SIZE`` is set); writes its step time to ``out``."""
-    torch.set_num_threads(1)
     x = binarized_digits().x_train
+    limit_threads()  # every pool to one thread, after the data's imports (scikit-learn); prints them
     x = x.repeat((args.rows + len(x) - 1) // len(x), 1)[: args.rows]
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     rank = 0
@@ -78,6 +79,7 @@ def main() -> None:
         return
     sizes = ["--rows", str(args.rows), "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
     one, two = [], []
+    print(f"torch {torch.__version__}, {load()}")
     with tempfile.TemporaryDirectory() as folder:
         for i in range(args.repeats):
             out = os.path.join(folder, f"one{i}")
@@ -89,7 +91,9 @@ def main() -> None:
                   f"speed-up {one[-1] / two[-1]:.2f}x", flush=True)
     a, b = float(np.median(one)), float(np.median(two))
     print(f"N={args.rows} batch={args.batch_size} steps={args.steps}: median 1 process {a * 1e3:.1f} ms/step, "
-          f"2 processes {b * 1e3:.1f} ms/step, speed-up {a / b:.2f}x")
+          f"2 processes {b * 1e3:.1f} ms/step, speed-up {a / b:.2f}x; min 1 process {min(one) * 1e3:.1f}, "
+          f"2 processes {min(two) * 1e3:.1f} ms/step")
+    print(load())
 
 
 if __name__ == "__main__":

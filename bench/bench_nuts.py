@@ -11,7 +11,8 @@ component locations and the assignment ``z`` of each of the N points enumerated 
 ``pyro.sample`` and string names, the same seed (``pyro.set_rng_seed``), draws and warm-up. Both must produce the
 same chain: the largest absolute difference of the two chains' draws is printed (0 means bit-identical).
 
-Everything runs on one thread (torch and BLAS). Both are first run once untimed (first-call costs), then the
+Everything runs on one thread (torch and every BLAS / OpenMP pool, limited by ``bench/_timing.py`` after every
+import; the pools and the machine's load are printed). Both are first run once untimed (first-call costs), then the
 set-up cost of a call with one warm-up step and one draw is measured. Each repeat runs both, in alternating order. The clock is the
 process CPU time of the whole call (``lvm.infer`` includes its model check, prototype run and building the
 result; the peer includes ``get_samples``); wall-clock is printed too. Effective sample size: the smallest
@@ -30,15 +31,13 @@ import warnings
 import pyro
 import pyro.distributions as pdist
 import torch
+from _timing import limit_threads, load
 from pyro.infer.mcmc import MCMC, NUTS
 from pyro.ops.stats import effective_sample_size
-from threadpoolctl import threadpool_limits
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
 
-torch.set_num_threads(1)
-_THREADPOOL = threadpool_limits(1)
 torch.set_default_dtype(torch.float64)
 K = 2
 
@@ -91,10 +90,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N=100, 150 draws after 100 warm-up")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    limit_threads()  # after every import; prints the pools
     n, draws, warmup = (100, 150, 100) if args.quick else (200, 500, 300)
     x = data(n)
     print(f"python {platform.python_version()}, torch {torch.__version__}, pyro {pyro.__version__}; "
-          f"N={n}, K={K}, {draws} draws after {warmup} warm-up, one chain, {args.repeats} repeats, 1 thread")
+          f"N={n}, K={K}, {draws} draws after {warmup} warm-up, one chain, {args.repeats} repeats, 1 thread; {load()}")
     runners = {"dsl": run_dsl, "pyro": run_pyro}
     fixed = {}
     with warnings.catch_warnings():  # chains this short are not converged, and say so
@@ -118,17 +118,20 @@ def main() -> None:
         print(f"repeat {r} (seed {r}): dsl {per['dsl']['cpu'][-1]:.2f} s CPU, ess {per['dsl']['ess'][-1]:.0f}; "
               f"pyro {per['pyro']['cpu'][-1]:.2f} s CPU, ess {per['pyro']['ess'][-1]:.0f}; "
               f"largest |draw difference| {diff:.3g}", flush=True)
-    print("\n| implementation | CPU s (median) | wall s (median) | min ESS (median) | CPU ms per effective sample |")
+    print("\n| implementation | CPU s, median (min) | wall s, median (min) | min ESS (median) | "
+          "CPU ms per effective sample, median (min) |")
     print("|---|---|---|---|---|")
     for name in runners:
         p = per[name]
-        print(f"| {name} | {statistics.median(p['cpu']):.2f} | {statistics.median(p['wall']):.2f} | "
-              f"{statistics.median(p['ess']):.0f} | {1000 * statistics.median(p['cpu_per_ess']):.2f} |")
+        print(f"| {name} | {statistics.median(p['cpu']):.2f} ({min(p['cpu']):.2f}) | "
+              f"{statistics.median(p['wall']):.2f} ({min(p['wall']):.2f}) | {statistics.median(p['ess']):.0f} | "
+              f"{1000 * statistics.median(p['cpu_per_ess']):.2f} ({1000 * min(p['cpu_per_ess']):.2f}) |")
     ratio_medians = statistics.median(per["dsl"]["cpu_per_ess"]) / statistics.median(per["pyro"]["cpu_per_ess"])
     paired = statistics.median(a / b for a, b in zip(per["dsl"]["cpu_per_ess"], per["pyro"]["cpu_per_ess"],
                                                      strict=True))
     print(f"\nDSL / Pyro, CPU time per effective sample: ratio of medians {ratio_medians:.3f}, "
           f"median paired ratio {paired:.3f}")
+    print(load())
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """The replay pass behind to_arviz / diagnose / compare: a 40-point mixture with GLOBAL means written with
 ``locs[z]`` (its model cannot take a plate of draws, so each draw is replayed on its own) and ``n_init=2``.
 
-Times ``to_arviz(200)`` on a fresh fit (nothing cached: the probe whether draws vectorise, one pass per restart and
+No peer: the time of one query. Every thread pool is limited to one thread after the imports (``--threads``
+then sets torch's), the pools and the machine's load are printed. Times ``to_arviz(200)`` on a fresh fit (nothing cached: the probe whether draws vectorise, one pass per restart and
 the component count for the alignment are all inside the timing) and counts the runs of the model body.
 
     PYTHONPATH=. python bench/bench_replay.py [--repeats 5] [--threads 1]
@@ -15,6 +16,7 @@ import time
 import warnings
 
 import torch
+from _timing import limit_threads, load
 
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
@@ -38,7 +40,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (the test suite uses 1)")
     parser.add_argument("--num-samples", type=int, default=200)
     args = parser.parse_args()
+    limit_threads()  # every pool to 1 after the imports (prints them); then torch's own count as asked
     torch.set_num_threads(args.threads)
+    print(load())
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(20, 2, generator=g) - 3, torch.randn(20, 2, generator=g) + 3])
     times, runs = [], []
@@ -59,6 +63,7 @@ def main() -> None:
           f"over {args.repeats} fresh fits")
     print(f"  model-body runs: {runs} (2 restarts x ({args.num_samples} draws + 1 probe) + 1 component count)")
     print(f"  diagnose(num_samples={args.num_samples}, seed=None) afterwards: {shared} more model runs")
+    print(load())
 
 
 if __name__ == "__main__":

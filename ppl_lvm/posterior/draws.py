@@ -20,7 +20,6 @@ So an export, a diagnosis, a comparison and a k-hat plot at the same (S, seed) s
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,13 +97,13 @@ def cached_draws(fit: Outcome, num_samples: int, seed: int) -> dict[str, torch.T
 
 def _model_trace(fit: Outcome, values: Any, s: int | None, nesting: int) -> poutine.Trace:
     """The model replayed at ``values`` (a guide trace, or a trace of values), enumerated sites in parallel."""
-    fn = poutine.replay(enumerating_model(fit), trace=values)
+    model = enumerating_model(fit)
+    if s is not None:  # the plate of draws inside the enumeration, which then broadcasts the enumerated sites too
+        model = terms.in_draws(model, s, nesting)
+    fn = poutine.replay(model, trace=values)
     if fit.enumerated:
         fn = poutine.enum(fn, first_available_dim=-(nesting + 2))  # left of the draws' dim, also one at a time
-    with contextlib.ExitStack() as stack:
-        if s is not None:
-            stack.enter_context(pyro.plate(terms.DRAW_PLATE, s, dim=-(nesting + 1)))
-        return poutine.trace(fn).get_trace(**fit.data.kwargs)
+    return poutine.trace(fn).get_trace(**fit.data.kwargs)
 
 
 def _cat(parts: list[torch.Tensor], s: int) -> np.ndarray:

@@ -21,7 +21,7 @@ from ..handlers import enumerating
 from ..model import Model
 from ..outcome import MCMCOutcome, Outcome
 from ..runtime import run_scope
-from .terms import DRAW_PLATE
+from .terms import DRAW_PLATE, in_draws
 
 __all__ = [
     "check_count",
@@ -68,8 +68,10 @@ def prepare_guide(fit: Outcome) -> None:
 def _vectorizes(fit: Outcome, what: str, run: Any) -> bool:
     """Whether ``run(2)`` (two draws under a sample plate) works and gives every site its full shape.
 
-    Decided once per fit and cached: models that index with plain tensors (``locs[z]``) cannot take a plate of
-    draws, and are then drawn one at a time by every query.
+    Decided once per fit and cached: models that index a latent's draws with a plain tensor (``locs[z]`` with
+    ``locs`` a latent, whose draws carry the plate's dim first) cannot take a plate of draws, and are then drawn one
+    at a time by every query. Indexing parameters with an enumerated site (``locs[z]`` with ``locs`` a parameter)
+    takes it.
     """
     key = ("vectorizes", what)
     if key not in fit.cache:
@@ -112,18 +114,21 @@ def _trace_draws(fit: Outcome, num_samples: int | None, predictive: bool) -> pou
     """One trace of guide + model; vectorised over a sample plate when ``num_samples`` is given."""
     nesting = fit.structure.max_plate_nesting
     kwargs = fit.data.kwargs
+    first_dim = -(nesting + 1)
+    model = enumerating_model(fit)
     with contextlib.ExitStack() as stack:
-        first_dim = -(nesting + 1)
         if num_samples is not None:
             stack.enter_context(pyro.plate(DRAW_PLATE, num_samples, dim=-(nesting + 1)))
             first_dim -= 1
+            # the plate of draws inside infer_discrete, which then broadcasts the enumerated sites too
+            model = in_draws(model, num_samples, nesting)
         guide_trace = poutine.trace(fit.guide).get_trace(**kwargs)
-        fn = poutine.replay(enumerating_model(fit), trace=guide_trace)
-        if fit.enumerated:
-            fn = infer_discrete(fn, first_available_dim=first_dim, temperature=1)
-        if predictive:
-            fn = poutine.uncondition(fn)
-        return poutine.trace(fn).get_trace(**kwargs)
+    fn = poutine.replay(model, trace=guide_trace)
+    if fit.enumerated:
+        fn = infer_discrete(fn, first_available_dim=first_dim, temperature=1)
+    if predictive:
+        fn = poutine.uncondition(fn)
+    return poutine.trace(fn).get_trace(**kwargs)
 
 
 def _one_at_a_time(fit: Outcome, num_samples: int) -> Iterator[None]:

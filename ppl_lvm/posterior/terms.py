@@ -22,10 +22,25 @@ from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 from ..handlers import enum_dims
 from ..runtime import broadcast_shape
 
-__all__ = ["DRAW_PLATE", "Unsupported", "log_joint", "pointwise_log_lik", "point_model_terms", "guide_terms",
+__all__ = ["DRAW_PLATE", "Unsupported", "in_draws", "log_joint", "pointwise_log_lik", "point_model_terms", "guide_terms",
            "sample_enumerated", "predictive_draws", "per_draw"]
 
 DRAW_PLATE = "_num_samples"
+
+
+def in_draws(fn: Any, num_samples: int, nesting: int) -> Any:
+    """``fn`` run inside the plate of ``num_samples`` draws (dim ``-(nesting + 1)``).
+
+    Wrap the model with it *inside* an enumeration handler (``poutine.enum``, ``infer_discrete``): a site that
+    handler enumerates is marked done before any plate outside the handler sees it, so a plate of draws entered
+    around the handler would not broadcast it, and its draws would be missing their dim.
+    """
+
+    def plated(*args: Any, **kwargs: Any) -> Any:
+        with pyro.plate(DRAW_PLATE, num_samples, dim=-(nesting + 1)):
+            return fn(*args, **kwargs)
+
+    return plated
 
 
 class Unsupported(Exception):
