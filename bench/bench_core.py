@@ -242,8 +242,14 @@ def run_dsl_vae(x, steps, method="svi", num_particles=1, vectorize=True):
 
     stamps = Stamps()
     options = dict(
-        steps=steps, lr=VAE_LR, batch_size=BATCH, seed=SEED, progress=False, callbacks=[stamps]
+        steps=steps, lr=VAE_LR, batch_size=BATCH, seed=SEED, progress=False, callbacks=[stamps],
+        # the hand-written loop's gradient and schedule: the standard estimator (not STL), a constant learning rate
+        # and the last iterate (no annealing or averaging), so both sides do the same work
+        anneal=0,
     )
+    if method == "svi":
+        options["estimator"] = "standard"
+
     if method == "iwae":
         options.update(num_particles=num_particles, vectorize_particles=vectorize)
     guide = lvm.AmortizedNormal(encoder, site="z")
@@ -369,7 +375,8 @@ def run_dsl_gmm(x, steps):
     stamps = Stamps()
     t0 = now()
     fit = lvm.infer(
-        gmm, x, method="svi", steps=steps, lr=GMM_LR, seed=SEED, progress=False, callbacks=[stamps]
+        gmm, x, method="svi", steps=steps, lr=GMM_LR, seed=SEED, progress=False, callbacks=[stamps],
+        anneal=0,  # the hand-written loop's constant learning rate and last iterate
     )
     t1 = now()
     return {"losses": list(fit.losses), "stamps": stamps.t, "t_call": t0, "t_return": t1}
