@@ -11,6 +11,7 @@ import functools
 import importlib
 import inspect as _inspect
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,8 @@ import torch
 
 from .errors import SourceLocation
 from .naming import source_index
-from .runtime import SiteRecord, run_scope
+from .chains import extend_chains
+from .runtime import SiteRecord, run_scope, select_steps
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
@@ -148,8 +150,24 @@ def guide(target: Model | Callable | None = None) -> Any:
 
 
 def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStructure:
-    """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`)."""
-    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
+    """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`).
+
+    A long ``lvm.markov`` loop runs a few of its steps when they show that the others repeat them
+    (:mod:`ppl_lvm.chains`); otherwise, and for every other model, the run is of the whole model.
+    """
+    store = pyro.get_param_store()
+    with store.scope(), torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with select_steps() as selection, run_scope(compiled, preflight=True) as run:
+            trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
+        arguments = compiled.signature.bind_partial(*args, **kwargs).arguments
+        extended = extend_chains(trace, run.sites, selection, arguments) if selection.loops else None
+    if extended is not None or not selection.loops:
+        for w in caught:  # the warnings of the run that stands
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+        structure, compiled.site_records = extended or (structure_from_trace(trace, run.sites), run.sites)
+        return structure
+    with store.scope(), torch.random.fork_rng(devices=[]):
         with run_scope(compiled, preflight=True) as run:
             trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
         compiled.site_records = run.sites

@@ -19,7 +19,8 @@ from pyro.distributions import constraints
 
 from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
 from .naming import ResolvedName, resolve
-from .runtime import SiteRecord, broadcast_shape, current_fit, current_run
+from .runtime import (ChainLoop, SiteRecord, broadcast_shape, chain_positions, current_fit, current_run,
+                      current_selection)
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
@@ -347,16 +348,33 @@ def markov(iterable: Iterable[int], history: int = 1, keep: bool = False) -> Ite
 
     Sites named automatically inside the loop get the step appended (``z_0``, ``z_1``, ...), and the loop is a
     :func:`pyro.markov` context, so enumeration reuses dimensions (memory linear in T, not exponential).
+
+    A model's prototype run runs a long loop on a few of its steps (see :mod:`ppl_lvm.chains`).
     """
     run = current_run()
-    for index in pyro.markov(iterable, history=history, keep=keep):
+    selection = current_selection()
+    loop = None
+    if selection is not None and run is not None:
+        if run.markov_indices:
+            selection.nested = True  # an inner loop runs every step; the prototype then runs the whole model
+        else:
+            indices = list(iterable)
+            loop = ChainLoop(indices, chain_positions(len(indices)))
+            selection.loops.append(loop)
+            iterable = [indices[p] for p in loop.positions]
+    for position, index in enumerate(pyro.markov(iterable, history=history, keep=keep)):
         if run is not None:
             run.markov_indices.append(index)
+        before = len(run.sites) if loop is not None else 0
         try:
             yield index
         finally:
             if run is not None:
                 run.markov_indices.pop()
+            if loop is not None:
+                loop.record(position, run.sites, before)
+    if loop is not None:
+        loop.complete = True
 
 
 def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module_params: bool = True):
