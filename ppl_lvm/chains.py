@@ -26,7 +26,7 @@ import torch
 from .runtime import ChainLoop, SiteRecord, StepSelection
 from .structure import ModelStructure, SiteInfo, structure_from_trace
 
-__all__ = ["extend_chains", "step_base"]
+__all__ = ["extend_chains", "step_base", "time_dim"]
 
 _SIGNATURE = ("kind", "distribution", "discrete", "enumerable", "reparameterized", "support", "batch_shape",
               "event_shape", "shape", "plates", "location", "argument")
@@ -50,7 +50,7 @@ def _signature(loop: ChainLoop, position: int, sites: dict[str, SiteInfo]) -> tu
     return tuple(out)
 
 
-def _time_dim(values: list[tuple[Any, torch.Tensor]], data: torch.Tensor) -> int | None:
+def time_dim(values: list[tuple[Any, torch.Tensor]], data: torch.Tensor) -> int | None:
     """The dim of ``data`` along which it holds every ``(index, value)`` pair's value at its index, or None."""
     first = values[0][1]
     for dim in range(data.dim()):
@@ -76,7 +76,7 @@ def _observations_repeat(loop: ChainLoop, template: int, trace: poutine.Trace, s
             return False
         base = step_base(name, loop.indices[template])
         values = [(loop.indices[p], trace.nodes[f"{base}_{loop.indices[p]}"]["value"]) for p in loop.positions if p]
-        dim = _time_dim(values, data)
+        dim = time_dim(values, data)
         if dim is None or not all(isinstance(i, int) and 0 <= i < data.shape[dim] for i in loop.indices):
             return False
         steps = data if loop.indices == list(range(data.shape[dim])) else data.index_select(
