@@ -18,6 +18,7 @@ support) :func:`extend_chains` returns ``None`` and the prototype runs every ste
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pyro.poutine as poutine
@@ -92,19 +93,12 @@ def _observations_repeat(loop: ChainLoop, template: int, trace: poutine.Trace, s
     return True
 
 
-def _renamed(obj: Any, name: str) -> Any:
-    """A copy of a site's record or info under another name (without re-running a dataclass's checks)."""
-    new = object.__new__(type(obj))
-    new.__dict__.update(obj.__dict__)
-    new.__dict__["name"] = name
-    return new
-
-
 def extend_chains(trace: poutine.Trace, records: dict[str, SiteRecord], selection: StepSelection,
                   arguments: dict[str, Any]) -> tuple[ModelStructure, dict[str, SiteRecord]] | None:
-    """The structure (and site records) of a run of every step, from a run of the selected steps of each loop
-    (``selection``, made under :func:`~ppl_lvm.runtime.select_steps`); ``None`` when the steps that ran do not
-    show that the others repeat them (see the module docstring). ``arguments`` are the model's by name."""
+    """The structure of a run of every step, from a run of the selected steps of each loop (``selection``, made
+    under :func:`~ppl_lvm.runtime.select_steps`), and the site records of the steps that ran; ``None`` when the
+    steps that ran do not show that the others repeat them (see the module docstring). ``arguments`` are the
+    model's by name."""
     structure = structure_from_trace(trace, records)
     if selection.nested or not all(loop.complete for loop in selection.loops):
         return None
@@ -137,17 +131,23 @@ def extend_chains(trace: poutine.Trace, records: dict[str, SiteRecord], selectio
             if gap:
                 before[loop.sites[p][0]] = (loop, template, gap)
     new_sites: dict[str, SiteInfo] = {}
-    new_records = dict(records)
-    for name, info in sites.items():
-        if name in before:
-            loop, template, gap = before[name]
-            sources = [(step_base(n, loop.indices[template]), n) for n in loop.sites[template]]
-            for p in gap:
-                index = loop.indices[p]
-                for base, source in sources:
-                    new = f"{base}_{index}"
-                    new_sites[new] = _renamed(sites[source], new)
-                    if source in records:
-                        new_records[new] = _renamed(records[source], new)
-        new_sites[name] = info
-    return ModelStructure(new_sites, structure.plates, structure.max_plate_nesting), new_records
+    collecting = gc.isenabled()
+    gc.disable()  # many small objects at once: no collection passes over the heap while they are made
+    try:
+        for name, info in sites.items():
+            if name in before:
+                loop, template, gap = before[name]
+                sources = [(step_base(n, loop.indices[template]), sites[n].__dict__) for n in loop.sites[template]]
+                for p in gap:
+                    index = loop.indices[p]
+                    for base, fields in sources:
+                        new = f"{base}_{index}"
+                        copy = object.__new__(SiteInfo)
+                        copy.__dict__.update(fields)
+                        copy.__dict__["name"] = new
+                        new_sites[new] = copy
+            new_sites[name] = info
+    finally:
+        if collecting:
+            gc.enable()
+    return ModelStructure(new_sites, structure.plates, structure.max_plate_nesting), records

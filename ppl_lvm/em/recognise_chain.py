@@ -35,6 +35,9 @@ _UNDECIDED = object()  # the steps that ran cannot tell: run every step
 
 def _chain_sites(names: list[str]) -> tuple[str, list[str]] | None:
     """``("z", ["z_0", ..., "z_{T-1}"])`` when the names are one markov-suffixed family."""
+    base = names[0].rsplit("_", 1)[0] if names else ""
+    if all(n == f"{base}_{i}" for i, n in enumerate(names)):  # in step order already (the structure's order)
+        return base, names
     bases = {n.rsplit("_", 1)[0] for n in names}
     if len(bases) != 1 or not all(n.rsplit("_", 1)[-1].isdigit() for n in names):
         return None
@@ -52,14 +55,15 @@ def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMP
     whose distribution's arguments are params indexed by ``z_t`` (the emission families of mixtures), all inside
     one plate over sequences, with steps past a sequence's length masked out (``poutine.mask(t < lengths)``).
     """
-    if structure.continuous_latents or len(structure.discrete_latents) < 2:
+    discrete, observed_sites = structure.discrete_latents, structure.observed_sites
+    if structure.continuous_latents or len(discrete) < 2:
         return None
-    latents = _chain_sites([s.name for s in structure.discrete_latents])
-    observed = _chain_sites([s.name for s in structure.observed_sites])
+    latents = _chain_sites([s.name for s in discrete])
+    observed = _chain_sites([s.name for s in observed_sites])
     if latents is None or observed is None or len(latents[1]) != len(observed[1]):
         return None
     z_names, x_names = latents[1], observed[1]
-    plates = {structure.sites[n].plates for n in z_names + x_names}
+    plates = {s.plates for s in discrete} | {s.plates for s in observed_sites}
     if len(plates) != 1 or len(next(iter(plates))) != 1:
         return None
     with select_steps() as selection:
