@@ -19,6 +19,7 @@ support) :func:`extend_chains` returns ``None`` and the prototype runs every ste
 from __future__ import annotations
 
 import gc
+from dataclasses import fields
 from typing import Any
 
 import pyro.poutine as poutine
@@ -29,6 +30,7 @@ from .structure import ModelStructure, SiteInfo, structure_from_trace
 
 __all__ = ["extend_chains", "step_base", "time_dim"]
 
+_FIELDS = tuple(f.name for f in fields(SiteInfo))  # "name" first
 _SIGNATURE = ("kind", "distribution", "discrete", "enumerable", "reparameterized", "support", "batch_shape",
               "event_shape", "shape", "plates", "location", "argument")
 
@@ -137,15 +139,13 @@ def extend_chains(trace: poutine.Trace, records: dict[str, SiteRecord], selectio
         for name, info in sites.items():
             if name in before:
                 loop, template, gap = before[name]
-                sources = [(step_base(n, loop.indices[template]), sites[n].__dict__) for n in loop.sites[template]]
+                sources = [(step_base(n, loop.indices[template]), [getattr(sites[n], f) for f in _FIELDS[1:]])
+                           for n in loop.sites[template]]
                 for p in gap:
                     index = loop.indices[p]
-                    for base, fields in sources:
+                    for base, values in sources:
                         new = f"{base}_{index}"
-                        copy = object.__new__(SiteInfo)
-                        copy.__dict__.update(fields)
-                        copy.__dict__["name"] = new
-                        new_sites[new] = copy
+                        new_sites[new] = SiteInfo(new, *values)
             new_sites[name] = info
     finally:
         if collecting:

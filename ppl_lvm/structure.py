@@ -28,9 +28,9 @@ class PlateInfo:
     dim: int | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteInfo:
-    """What the prototype run found about one site."""
+    """What the prototype run found about one site (slots: a chain of 10^5 steps has 2 x 10^5 of them)."""
 
     name: str
     kind: str  # "latent", "observed", "param", "deterministic"
