@@ -30,6 +30,7 @@ import subprocess
 import sys
 import time
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -120,9 +121,9 @@ def vectorised(repeats: int, d: int) -> None:
         seqs, x, means = _data(50, 100, d, k)
         lengths = [len(s) for s in seqs]
         data = {"x": torch.tensor(np.stack(seqs)), "K": k}
-        fns = {"peer_6": lambda: _hmmlearn(x, lengths, means, k, 6), "peer_1": lambda: _hmmlearn(x, lengths, means, k, 1),
-               "ours_6": lambda: _ours(gaussian_hmm_vectorized, data, means, k, d, 6),
-               "ours_1": lambda: _ours(gaussian_hmm_vectorized, data, means, k, d, 1)}
+        fns = {"peer_6": partial(_hmmlearn, x, lengths, means, k, 6), "peer_1": partial(_hmmlearn, x, lengths, means, k, 1),
+               "ours_6": partial(_ours, gaussian_hmm_vectorized, data, means, k, d, 6),
+               "ours_1": partial(_ours, gaussian_hmm_vectorized, data, means, k, d, 1)}
         t, out = interleaved(fns, repeats)
         peer = {s: (t["peer_6"][s] - t["peer_1"][s]) / 5 for s in ("median", "min")}
         ours = {s: (t["ours_6"][s] - t["ours_1"][s]) / 5 for s in ("median", "min")}

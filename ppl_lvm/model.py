@@ -19,9 +19,9 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from .chains import extend_chains
 from .errors import SourceLocation
 from .naming import source_index
-from .chains import extend_chains
 from .runtime import SiteRecord, run_scope, select_steps
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 

@@ -19,8 +19,7 @@ from pyro.distributions import constraints
 
 from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
 from .naming import ResolvedName, resolve
-from .runtime import (ChainLoop, SiteRecord, broadcast_shape, chain_positions, current_fit, current_run,
-                      current_selection)
+from .runtime import SiteRecord, broadcast_shape, current_fit, current_run, selected_steps
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
@@ -352,16 +351,7 @@ def markov(iterable: Iterable[int], history: int = 1, keep: bool = False) -> Ite
     A model's prototype run runs a long loop on a few of its steps (see :mod:`ppl_lvm.chains`).
     """
     run = current_run()
-    selection = current_selection()
-    loop = None
-    if selection is not None and run is not None:
-        if run.markov_indices:
-            selection.nested = True  # an inner loop runs every step; the prototype then runs the whole model
-        else:
-            indices = list(iterable)
-            loop = ChainLoop(indices, chain_positions(len(indices)))
-            selection.loops.append(loop)
-            iterable = [indices[p] for p in loop.positions]
+    iterable, loop = selected_steps(iterable, run)
     for position, index in enumerate(pyro.markov(iterable, history=history, keep=keep)):
         if run is not None:
             run.markov_indices.append(index)

@@ -8,9 +8,10 @@ the data plate and the KL weight. Both live in thread-local stacks so nested and
 from __future__ import annotations
 
 import threading
-from itertools import islice
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -118,6 +119,21 @@ def run_scope(owner: Any, preflight: bool = False):
 def current_selection() -> StepSelection | None:
     stack = _stack("selections")
     return stack[-1] if stack else None
+
+
+def selected_steps(iterable: Iterable, run: Run | None) -> tuple[Iterable, ChainLoop | None]:
+    """The steps an ``lvm.markov`` loop of ``run`` runs: those of :func:`chain_positions` within
+    :func:`select_steps` (the loop, recorded in the selection, comes too), else all of ``iterable``."""
+    selection = current_selection()
+    if selection is None or run is None:
+        return iterable, None
+    if run.markov_indices:
+        selection.nested = True  # an inner loop runs every step; the prototype then runs the whole model
+        return iterable, None
+    indices = list(iterable)
+    loop = ChainLoop(indices, chain_positions(len(indices)))
+    selection.loops.append(loop)
+    return [indices[p] for p in loop.positions], loop
 
 
 @contextmanager

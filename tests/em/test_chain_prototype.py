@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ppl_lvm as lvm
-import ppl_lvm.primitives
+import ppl_lvm.runtime
 from ppl_lvm import constraints, dist
 from ppl_lvm.em.queries import recognise
 from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
@@ -24,7 +24,7 @@ LENGTHS = [40, 33, 12]
 def every_step(monkeypatch):
     """Prototypes that run every step of every chain (the reference)."""
     def use():
-        monkeypatch.setattr(ppl_lvm.primitives, "chain_positions", lambda n: list(range(n)))
+        monkeypatch.setattr(ppl_lvm.runtime, "chain_positions", lambda n: list(range(n)))
     return use
 
 
