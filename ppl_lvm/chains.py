@@ -14,6 +14,10 @@ The structure then lists every step's sites, as a run of every step would, at a 
 number of steps run by the model (a chain of 10^5 steps is known from 11 of them). Otherwise (steps that differ,
 a loop inside a loop, a loop left early, observations that are not slices of an argument, data outside the
 support) :func:`extend_chains` returns ``None`` and the prototype runs every step, whose checks name the step.
+
+What the steps that ran cannot show is a step that differs from the others where none of them runs (a branch on
+one particular ``t``): such a step is listed as a repeat of the others. The spread steps (the last among them)
+catch a chain that changes from some step on, or along a period of two or three steps.
 """
 
 from __future__ import annotations
