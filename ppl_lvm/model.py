@@ -156,16 +156,24 @@ def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStru
     (:mod:`ppl_lvm.chains`); otherwise, and for every other model, the run is of the whole model.
     """
     store = pyro.get_param_store()
-    with store.scope(), torch.random.fork_rng(devices=[]), warnings.catch_warnings(record=True) as caught:
+    extended = None
+    with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with select_steps() as selection, run_scope(compiled, preflight=True) as run:
-            trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
-        arguments = compiled.signature.bind_partial(*args, **kwargs).arguments
-        extended = extend_chains(trace, run.sites, selection, arguments) if selection.loops else None
-    if extended is not None or not selection.loops:
-        for w in caught:  # the warnings of the run that stands
+        try:
+            with store.scope(), torch.random.fork_rng(devices=[]):
+                with select_steps() as selection, run_scope(compiled, preflight=True) as run:
+                    trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
+                arguments = compiled.signature.bind_partial(*args, **kwargs).arguments
+                extended = (extend_chains(trace, run.sites, selection, arguments) if selection.loops
+                            else (structure_from_trace(trace, run.sites), run.sites))
+        except Exception:  # with a chain shortened, a run of every step below meets the error where it first occurs
+            if not selection.loops:
+                raise
+    if extended is not None:  # the warnings of the run that stands
+        for w in caught:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-        structure, compiled.site_records = extended or (structure_from_trace(trace, run.sites), run.sites)
+    if extended is not None:
+        structure, compiled.site_records = extended
         return structure
     with store.scope(), torch.random.fork_rng(devices=[]):
         with run_scope(compiled, preflight=True) as run:

@@ -116,6 +116,20 @@ def test_data_outside_the_support_at_a_step_that_did_not_run_is_reported_for_tha
         gaussian_hmm.inspect(x=y, K=2)
 
 
+def test_an_error_at_a_step_that_ran_is_reported_at_the_first_step_it_occurs():
+    assert 20 in chain_positions(T) and 5 not in chain_positions(T)
+    x = torch.randint(0, 3, (2, T))
+    x[0, 20] = x[1, 5] = 7
+    with pytest.raises(lvm.ModelCheckError, match="x_5"):
+        categorical_hmm.inspect(x=x, K=2, n_symbols=4)
+
+
+def test_integer_data_for_a_continuous_chain_warn_once():
+    with pytest.warns(lvm.DataWarning) as caught:
+        lvm.infer(gaussian_hmm, {"x": torch.randint(0, 5, (2, T, 1)), "K": 2}, method="em", max_iter=2)
+    assert sum(issubclass(w.category, lvm.DataWarning) for w in caught) == 1
+
+
 @lvm.model
 def reversed_reads(x):
     """Observes the data back to front: no step's value is ``x[:, t]``."""
