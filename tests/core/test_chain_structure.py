@@ -1,6 +1,8 @@
 """A long ``lvm.markov`` chain's prototype runs a few of its steps (ppl_lvm.chains): the structure it gives equals
 that of a run of every step, and a chain whose steps differ is run whole."""
 
+import warnings
+
 import pyro
 import pyro.poutine as poutine
 import pytest
@@ -124,10 +126,14 @@ def test_an_error_at_a_step_that_ran_is_reported_at_the_first_step_it_occurs():
         categorical_hmm.inspect(x=x, K=2, n_symbols=4)
 
 
-def test_integer_data_for_a_continuous_chain_warn_once():
-    with pytest.warns(lvm.DataWarning) as caught:
-        lvm.infer(gaussian_hmm, {"x": torch.randint(0, 5, (2, T, 1)), "K": 2}, method="em", max_iter=2)
-    assert sum(issubclass(w.category, lvm.DataWarning) for w in caught) == 1
+@pytest.mark.parametrize("change, runs", [(T, len(chain_positions(T))), (T // 2, T)])
+def test_the_warnings_are_those_of_the_run_that_stands(change, runs):
+    """Integer data for a continuous likelihood warn at every observed step that runs: the steps of the shortened
+    run when it stands, those of the run of every step (and not both) when the steps differ."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        switching.inspect(x=torch.randint(0, 3, (2, T)), change=change)
+    assert sum(issubclass(w.category, lvm.DataWarning) for w in caught) == runs
 
 
 @lvm.model
