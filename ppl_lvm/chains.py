@@ -8,7 +8,8 @@ steps of :func:`~ppl_lvm.runtime.chain_positions` only: the first :data:`~ppl_lv
 * every step that ran after the first has the same sites in the same order: the same names up to the step's
   suffix (``z_5`` for ``z`` at step 5), kinds, distributions, supports, shapes, plates, source lines and arguments;
 * every observed step reads its value from one model argument, at the step's index along one of its dims
-  (``x[:, t]``), and the argument lies in the support of the step's distribution at every step's index.
+  (``x[:, t]``; the argument read in the code, else the only one that fits), and the argument lies in the support
+  of the step's distribution at every step's index.
 
 The structure then lists every step's sites, as a run of every step would, at a cost that does not grow with the
 number of steps run by the model (a chain of 10^5 steps is known from 11 of them). Otherwise (steps that differ,
@@ -32,7 +33,7 @@ import torch
 from .runtime import ChainLoop, SiteRecord, StepSelection
 from .structure import ModelStructure, SiteInfo, structure_from_trace
 
-__all__ = ["extend_chains", "step_base", "time_dim"]
+__all__ = ["extend_chains", "step_base", "step_source", "time_dim"]
 
 _FIELDS = tuple(f.name for f in fields(SiteInfo))  # "name" first
 _SIGNATURE = ("kind", "distribution", "discrete", "enumerable", "reparameterized", "support", "batch_shape",
@@ -70,6 +71,17 @@ def time_dim(values: list[tuple[Any, torch.Tensor]], data: torch.Tensor) -> int 
     return None
 
 
+def step_source(values: list[tuple[Any, torch.Tensor]], arguments: dict[str, Any],
+                name: str | None) -> tuple[torch.Tensor, int] | None:
+    """``(argument, dim)``: the model argument whose slices along ``dim`` are the observed ``(index, value)`` pairs;
+    the argument named ``name`` (the one read in the code, ``x`` of ``x[:, t]``), else the only one that fits."""
+    named = arguments.get(name) if name else None
+    candidates = [named] if isinstance(named, torch.Tensor) else [v for v in arguments.values()
+                                                                  if isinstance(v, torch.Tensor)]
+    found = [(data, dim) for data in candidates if (dim := time_dim(values, data)) is not None]
+    return found[0] if len(found) == 1 else None
+
+
 def _observations_repeat(loop: ChainLoop, template: int, trace: poutine.Trace, sites: dict[str, SiteInfo],
                          arguments: dict[str, Any]) -> bool:
     """Whether every observed site of the template step is one argument's slice at the step's index, in support
@@ -78,13 +90,13 @@ def _observations_repeat(loop: ChainLoop, template: int, trace: poutine.Trace, s
         info = sites[name]
         if info.kind != "observed":
             continue
-        data = arguments.get(info.argument) if info.argument else None
-        if not isinstance(data, torch.Tensor):
-            return False
         base = step_base(name, loop.indices[template])
         values = [(loop.indices[p], trace.nodes[f"{base}_{loop.indices[p]}"]["value"]) for p in loop.positions if p]
-        dim = time_dim(values, data)
-        if dim is None or not all(isinstance(i, int) and 0 <= i < data.shape[dim] for i in loop.indices):
+        source = step_source(values, arguments, info.argument)
+        if source is None:
+            return False
+        data, dim = source
+        if not all(isinstance(i, int) and 0 <= i < data.shape[dim] for i in loop.indices):
             return False
         steps = data if loop.indices == list(range(data.shape[dim])) else data.index_select(
             dim, torch.as_tensor(loop.indices))

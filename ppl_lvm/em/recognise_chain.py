@@ -21,7 +21,7 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from ..chains import time_dim
+from ..chains import step_source
 from ..model import Model
 from ..runtime import select_steps
 from ..structure import ModelStructure
@@ -123,7 +123,7 @@ def _read_chain(probe: tuple, z_names: list[str], x_names: list[str], kwargs: di
         sequences = torch.stack([trace.nodes[n]["value"] for n in x_names], dim=1)  # (B, T, ...)
     else:
         lengths = _lengths(masks, steps, len(z_names), kwargs)
-        sequences = _sequences(trace, x_names, steps, kwargs.get(argument))
+        sequences = _sequences(trace, x_names, steps, kwargs, argument)
         if lengths is None or sequences is None:
             return _UNDECIDED
         mask = torch.arange(len(z_names))[None, :] < lengths[:, None]
@@ -151,12 +151,11 @@ def _lengths(masks: list[torch.Tensor], steps: list[int], n_steps: int, kwargs: 
     return found[0].to(torch.long).clamp(max=n_steps)
 
 
-def _sequences(trace, x_names: list[str], steps: list[int], data) -> torch.Tensor | None:
+def _sequences(trace, x_names: list[str], steps: list[int], kwargs: dict, argument: str | None):
     """(B, T, ...) of the argument every step observes a slice of, or None when the steps that ran say otherwise."""
-    if not isinstance(data, torch.Tensor):
-        return None
     values = [(t, trace.nodes[x_names[t]]["value"]) for t in steps]
-    dim = time_dim(values, data)
-    if dim is None or data.shape[dim] < len(x_names):
+    source = step_source(values, kwargs, argument)
+    if source is None or source[0].shape[source[1]] < len(x_names):
         return None
+    data, dim = source
     return data.narrow(dim, 0, len(x_names)).movedim(dim, 1).to(values[0][1].dtype)

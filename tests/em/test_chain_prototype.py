@@ -129,10 +129,28 @@ def lengths_inside(x, K: int = 2):
                 lvm.observe(dist.Normal(locs[z], scales[z]).to_event(1), x[:, t])
 
 
-@pytest.mark.parametrize("model", [scaled_late, lengths_inside])
+@lvm.model
+def obs_keyword(x, lengths, K: int = 2):
+    """``gaussian_hmm`` observing through ``lvm.latent(..., obs=x[:, t])``: the site names no argument."""
+    d = x.shape[-1]
+    start = lvm.param(torch.ones(K) / K, constraint=constraints.simplex)
+    trans = lvm.param(torch.full((K, K), 1.0 / K), constraint=constraints.simplex)
+    locs = lvm.param(torch.linspace(-1.0, 1.0, K).unsqueeze(-1).expand(K, d).clone())
+    scales = lvm.param(torch.ones(K, d), constraint=constraints.positive)
+    with lvm.plate(x.shape[0]):
+        z = None
+        for t in lvm.markov(range(x.shape[1])):
+            with poutine.mask(mask=t < lengths):
+                z = lvm.latent(dist.Categorical(start if z is None else trans[z]))
+                y = lvm.latent(dist.Normal(locs[z], scales[z]).to_event(1), obs=x[:, t])  # noqa: F841
+
+
+@pytest.mark.parametrize("model", [scaled_late, lengths_inside, obs_keyword])
 def test_what_the_steps_that_ran_cannot_tell_is_read_from_every_step(float64, every_step, model):
     x, lengths = _sequences()
     data = {"x": x, "K": K} if model is lengths_inside else {"x": x, "lengths": lengths, "K": K}
+    if model is obs_keyword:  # read from the one argument that fits: the prototype's run stands, step 5 did not run
+        assert "y_5" in model.inspect(**data).sites and "y_5" not in model.site_records
     start = {"locs": torch.tensor([[-1.0, 0.5], [1.0, -0.5]]), "scales": torch.ones(K, 2)}
     shortened = _fit(model, data, reg_covar=0.0, init_params=start)
     assert shortened.closed_form
