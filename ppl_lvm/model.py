@@ -11,6 +11,7 @@ import functools
 import importlib
 import inspect as _inspect
 import pickle
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,9 +19,10 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from .chains import extend_chains
 from .errors import SourceLocation
 from .naming import source_index
-from .runtime import SiteRecord, run_scope
+from .runtime import SiteRecord, run_scope, select_steps
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
@@ -148,8 +150,32 @@ def guide(target: Model | Callable | None = None) -> Any:
 
 
 def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStructure:
-    """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`)."""
-    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
+    """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`).
+
+    A long ``lvm.markov`` loop runs a few of its steps when they show that the others repeat them
+    (:mod:`ppl_lvm.chains`); otherwise, and for every other model, the run is of the whole model.
+    """
+    store = pyro.get_param_store()
+    extended = None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with store.scope(), torch.random.fork_rng(devices=[]):
+                with select_steps() as selection, run_scope(compiled, preflight=True) as run:
+                    trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
+                arguments = compiled.signature.bind_partial(*args, **kwargs).arguments
+                extended = (extend_chains(trace, run.sites, selection, arguments) if selection.loops
+                            else (structure_from_trace(trace, run.sites), run.sites))
+        except Exception:  # with a chain shortened, a run of every step below meets the error where it first occurs
+            if not selection.loops:
+                raise
+    if extended is not None:  # the warnings of the run that stands
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    if extended is not None:
+        structure, compiled.site_records = extended
+        return structure
+    with store.scope(), torch.random.fork_rng(devices=[]):
         with run_scope(compiled, preflight=True) as run:
             trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
         compiled.site_records = run.sites

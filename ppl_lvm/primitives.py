@@ -19,7 +19,7 @@ from pyro.distributions import constraints
 
 from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
 from .naming import ResolvedName, resolve
-from .runtime import SiteRecord, broadcast_shape, current_fit, current_run
+from .runtime import SiteRecord, broadcast_shape, current_fit, current_run, selected_steps
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
@@ -347,16 +347,28 @@ def markov(iterable: Iterable[int], history: int = 1, keep: bool = False) -> Ite
 
     Sites named automatically inside the loop get the step appended (``z_0``, ``z_1``, ...), and the loop is a
     :func:`pyro.markov` context, so enumeration reuses dimensions (memory linear in T, not exponential).
+
+    A model's prototype run (``inspect``, and the set-up of ``method="em"``) runs a loop of more than 11 steps on its
+    first 3 and 8 spread up to the last, and lists the other steps' sites from them when the steps that ran agree
+    (same sites, distributions, shapes and source lines; observations read as ``x[:, t]`` of an argument); when they
+    differ it runs every step. A step that differs from the others only where none of those 11 runs (``if t == 517``)
+    is not seen by that run: write such a step outside the loop (see :mod:`ppl_lvm.chains`).
     """
     run = current_run()
-    for index in pyro.markov(iterable, history=history, keep=keep):
+    iterable, loop = selected_steps(iterable, run)
+    for position, index in enumerate(pyro.markov(iterable, history=history, keep=keep)):
         if run is not None:
             run.markov_indices.append(index)
+        before = len(run.sites) if loop is not None else 0
         try:
             yield index
         finally:
             if run is not None:
                 run.markov_indices.pop()
+            if loop is not None:
+                loop.record(position, run.sites, before)
+    if loop is not None:
+        loop.complete = True
 
 
 def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module_params: bool = True):

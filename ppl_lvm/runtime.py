@@ -8,8 +8,10 @@ the data plate and the KL weight. Both live in thread-local stacks so nested and
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import torch
@@ -44,6 +46,44 @@ class FitContext:
     step: int = 0
 
 
+#: a long chain's prototype runs its first steps and this many more spread over the rest (the last one among them)
+CHAIN_PREFIX = 3
+CHAIN_SPREAD = 8
+
+
+@dataclass
+class ChainLoop:
+    """One ``lvm.markov`` loop of a prototype run that ran a few of its steps (see :func:`select_steps`)."""
+
+    indices: list  # every index of the loop's iterable, in order
+    positions: list[int]  # the positions (into ``indices``) that ran
+    #: position -> names of the sample sites created at that step, in order
+    sites: dict[int, list[str]] = field(default_factory=dict)
+    complete: bool = False  # the loop ran to its end (no ``break``)
+
+    def record(self, position: int, sites: dict, before: int) -> None:
+        """Attribute the sample sites made since the run had ``before`` sites to the ``position``-th step run."""
+        self.sites[self.positions[position]] = [name for name in islice(sites, before, None)
+                                                if sites[name].kind not in ("param", "module")]
+
+
+@dataclass
+class StepSelection:
+    """What the ``lvm.markov`` loops of one run did when only a few of their steps ran."""
+
+    loops: list[ChainLoop] = field(default_factory=list)
+    nested: bool = False  # a loop inside a loop: it ran every step
+
+
+def chain_positions(n: int) -> list[int]:
+    """The steps a prototype runs of a loop of ``n`` steps: the first :data:`CHAIN_PREFIX`, then
+    :data:`CHAIN_SPREAD` spread evenly up to the last; every step of a short loop."""
+    if n <= CHAIN_PREFIX + CHAIN_SPREAD:
+        return list(range(n))
+    spread = {CHAIN_PREFIX - 1 + round(j * (n - CHAIN_PREFIX) / CHAIN_SPREAD) for j in range(1, CHAIN_SPREAD + 1)}
+    return sorted(set(range(CHAIN_PREFIX)) | spread)
+
+
 _local = threading.local()
 
 
@@ -72,6 +112,39 @@ def run_scope(owner: Any, preflight: bool = False):
     stack.append(run)
     try:
         yield run
+    finally:
+        stack.pop()
+
+
+def current_selection() -> StepSelection | None:
+    stack = _stack("selections")
+    return stack[-1] if stack else None
+
+
+def selected_steps(iterable: Iterable, run: Run | None) -> tuple[Iterable, ChainLoop | None]:
+    """The steps an ``lvm.markov`` loop of ``run`` runs: those of :func:`chain_positions` within
+    :func:`select_steps` (the loop, recorded in the selection, comes too), else all of ``iterable``."""
+    selection = current_selection()
+    if selection is None or run is None:
+        return iterable, None
+    if run.markov_indices:
+        selection.nested = True  # an inner loop runs every step; the prototype then runs the whole model
+        return iterable, None
+    indices = list(iterable)
+    loop = ChainLoop(indices, chain_positions(len(indices)))
+    selection.loops.append(loop)
+    return [indices[p] for p in loop.positions], loop
+
+
+@contextmanager
+def select_steps():
+    """Within this scope every top-level ``lvm.markov`` loop of a model run runs only the steps of
+    :func:`chain_positions`; the :class:`StepSelection` yielded records what each loop did."""
+    stack = _stack("selections")
+    selection = StepSelection()
+    stack.append(selection)
+    try:
+        yield selection
     finally:
         stack.pop()
 

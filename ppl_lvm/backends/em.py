@@ -34,7 +34,7 @@ from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
 from ..handlers import enumerating
 from ..outcome import EMOutcome
-from ..runtime import clone_param_state
+from ..runtime import clone_param_state, select_steps
 from .base import Backend, Problem
 from .restarts import run_restarts
 
@@ -291,8 +291,11 @@ class EMBackend(Backend):
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
         with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
             pyro.set_rng_seed(int(opts.seed))
-            poutine.trace(problem.model).get_trace(**kwargs)  # creates every lvm.param
             store = pyro.get_param_store()
+            with select_steps():  # a long lvm.markov chain: its first steps create its parameters
+                poutine.trace(problem.model).get_trace(**kwargs)
+            if problem.structure.model_param_names(store.keys()) != problem.structure.model_param_names():
+                poutine.trace(problem.model).get_trace(**kwargs)  # a parameter made at a later step: run them all
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
             initial = clone_param_state(store.get_state())

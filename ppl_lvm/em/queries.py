@@ -17,7 +17,8 @@ from .generic import e_step, site_marginals
 from .hmm import hmm_e_step, viterbi
 from .mixture import mixture_log_likelihood
 from .patterns import HMMPattern
-from .recognise import recognise_discrete_hmm, recognise_hmm, recognise_mixture
+from .recognise import recognise_discrete_hmm, recognise_mixture
+from .recognise_chain import recognise_hmm
 
 __all__ = ["chain_posteriors", "chain_viterbi", "fitted_posterior", "recognise", "sample_chain", "sample_mixture"]
 

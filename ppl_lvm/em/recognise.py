@@ -35,7 +35,7 @@ from .linear import linear_emission
 from .patterns import HMMPattern, MixturePattern
 from .recognise_emission import emission_of, find, matches, same, unwrap
 
-__all__ = ["HMMPattern", "MixturePattern", "recognise_discrete_hmm", "recognise_hmm", "recognise_mixture"]
+__all__ = ["HMMPattern", "MixturePattern", "recognise_discrete_hmm", "recognise_mixture"]
 
 
 def _perturbed_state(store: Any, generator: torch.Generator) -> dict:
@@ -147,103 +147,10 @@ def recognise_mixture(model: Model, kwargs: dict, structure: ModelStructure) -> 
                           False, data)
 
 
-def _chain_sites(names: list[str]) -> tuple[str, list[str]] | None:
-    """``("z", ["z_0", ..., "z_{T-1}"])`` when the names are one markov-suffixed family."""
-    bases = {n.rsplit("_", 1)[0] for n in names}
-    if len(bases) != 1 or not all(n.rsplit("_", 1)[-1].isdigit() for n in names):
-        return None
-    base = bases.pop()
-    ordered = sorted(names, key=lambda n: int(n.rsplit("_", 1)[1]))
-    if [int(n.rsplit("_", 1)[1]) for n in ordered] != list(range(len(ordered))):
-        return None
-    return base, ordered
-
-
 def _data_argument(structure: ModelStructure) -> str | None:
     """The one model argument every observed site reads (``x`` of ``x[:, t]``), or None."""
     arguments = {s.argument for s in structure.observed_sites}
     return arguments.pop() if len(arguments) == 1 else None
-
-
-def recognise_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
-    """The closed-form pattern of a hidden Markov model written with ``lvm.markov``, else ``None``.
-
-    Recognised: ``z_0 ~ Categorical(start)``, ``z_t ~ Categorical(trans[z_{t-1}])``, one observation per step
-    whose distribution's arguments are params indexed by ``z_t`` (the emission families of mixtures), or a Normal
-    whose mean is linear in parameters given ``z_t`` (a regression within the states, :mod:`ppl_lvm.em.linear`),
-    all inside one plate over sequences, with steps past a sequence's length masked out (``poutine.mask(t < lengths)``).
-    """
-    if structure.continuous_latents or len(structure.discrete_latents) < 2:
-        return None
-    latents = _chain_sites([s.name for s in structure.discrete_latents])
-    observed = _chain_sites([s.name for s in structure.observed_sites])
-    if latents is None or observed is None or len(latents[1]) != len(observed[1]):
-        return None
-    z_names, x_names = latents[1], observed[1]
-    plates = {structure.sites[n].plates for n in z_names + x_names}
-    if len(plates) != 1 or len(next(iter(plates))) != 1:
-        return None
-    trace, values, constraint_of = _probe(model, kwargs, structure, z_names)
-    first = unwrap(trace.nodes[z_names[0]]["fn"])
-    if not isinstance(first, dist.Categorical) or isinstance(first, dist.OneHotCategorical):
-        return None
-    k = first.probs.shape[-1]
-    start = next((n for n, v in values.items() if v.shape == (k,) and matches(first.probs, v, -1, k)), None)
-    if start is None or constraint_of.get(start) is not constraints.simplex:
-        return None
-    trans = None
-    emission = family = univariate = None
-    regression = False  # the first step's emission is no family of mixtures: a regression within the states?
-    masks = []
-    for t, (z_name, x_name) in enumerate(zip(z_names, x_names, strict=True)):
-        z_site, x_site = trace.nodes[z_name], trace.nodes[x_name]
-        if t > 0:
-            previous = trace.nodes[z_names[t - 1]]["value"]
-            # after the first step only the parameter already found is a candidate (checks stay O(T))
-            candidates = {trans: values[trans]} if trans is not None else {n: v for n, v in values.items() if n != start}
-            hit = find(unwrap(z_site["fn"]).probs, candidates, -previous.dim() - 1, k)
-            if hit is None or hit[1] != "indexed":
-                return None
-            trans = hit[0]
-        x_value = x_site["value"]
-        k_dim = -z_site["value"].dim() - (0 if x_value.dim() == 1 else 1)
-        if emission is None:
-            candidates = {n: v for n, v in values.items() if n not in (start, trans)}
-        else:
-            candidates = {n: values[n] for name, _ in emission.values()
-                          for n in (name if isinstance(name, tuple) else (name,))}
-        if not regression:
-            found = emission_of(unwrap(x_site["fn"]), x_value, candidates, constraint_of, k_dim, k)
-            regression = found is None and t == 0
-            if not regression and (found is None or (emission is not None and found[1] != emission)):
-                return None
-            if not regression:
-                family, emission, univariate = found
-        mask = z_site["mask"]
-        masks.append(torch.ones(x_value.shape[0], dtype=torch.bool) if mask is None else mask.reshape(-1).bool())
-    if trans is None or constraint_of.get(trans) is not constraints.simplex:
-        return None
-    mask = torch.stack(masks, dim=1)  # (B, T)
-    lengths = mask.sum(1)
-    if not torch.equal(mask, torch.arange(mask.shape[1])[None, :] < lengths[:, None]) or bool((lengths == 0).any()):
-        return None  # only prefix masks (padded sequences) are sequences of different lengths
-    argument = _data_argument(structure)
-    if regression:  # the rows of every step: response minus offset, then the design (ppl_lvm.em.linear)
-        states = tuple(_perturbed_state(pyro.get_param_store(), torch.Generator().manual_seed(s)) for s in (0, 1))
-        linear = linear_emission(model, kwargs, structure, trace, values, constraint_of,
-                                 list(zip(z_names, x_names, strict=True)), (start, trans), k, states)
-        if linear is None:
-            return None
-        family, emission, rows = linear
-        univariate, argument = False, None
-        steps = torch.stack(rows, dim=1)  # (B, T, 1 + F)
-    else:
-        steps = torch.stack([trace.nodes[n]["value"] for n in x_names], dim=1)  # (B, T, ...)
-    data = steps[mask]
-    if univariate:
-        data = data.reshape(-1, 1)
-    return HMMPattern(z_names, x_names, k, family, start, trans, emission, univariate, lengths, data, len(z_names),
-                      argument)
 
 
 def recognise_discrete_hmm(model: Model, kwargs: dict, structure: ModelStructure) -> HMMPattern | None:
