@@ -175,9 +175,9 @@ def test_hmm_standard_errors_match_a_numerical_hessian_of_the_hmmlearn_log_likel
     loglik = lambda v: _hmmlearn(v).score(obs, lengths)  # noqa: E731
     assert loglik(v) == pytest.approx(fit.log_likelihood, rel=1e-10)
     expected = delta_se(_hmm_params, v, central_hessian(loglik, v))
-    # Measured (data seeds 0-4): largest relative difference 2.0e-3 (seed 1; EM stops near, not at, the maximum);
-    # the acceptance asks for 5%
-    np.testing.assert_allclose(flat_se(fit, ["start", "trans", "emission"]), expected, rtol=1e-2)
+    # Measured (data seeds 0-4, 400 sequences of 30 steps): largest relative difference 1.9e-5 (seed 4; EM stops
+    # near, not at, the maximum); the acceptance asks for 5%
+    np.testing.assert_allclose(flat_se(fit, ["start", "trans", "emission"]), expected, rtol=1e-3)
 
 
 # ---------------------------------------------------------------------------------------------------- bootstrap
@@ -245,11 +245,13 @@ def hmm_log_likelihood(theta: torch.Tensor, onehot: torch.Tensor, weights: torch
 
 
 def newton_refits(theta: torch.Tensor, onehot: torch.Tensor, weights: torch.Tensor | None = None, gtol: float = 1e-6,
-                  max_iter: int = 30) -> torch.Tensor:
+                  max_iter: int = 30, strict: bool = True) -> torch.Tensor:
     """The maximum-likelihood estimate of each data set r, by Newton's method from ``theta`` (R, 7): each data
     set's own Hessian (autograd), the step halved while it lowers the log-likelihood, until every max|gradient| <
     gtol (the estimates are then exact to ~1e-8); only the unfinished ones are evaluated. EM (Baum-Welch) from the
-    same start stops short along the chain's weakest direction; Newton converges in 4-6 steps here."""
+    same start stops short along the chain's weakest direction; Newton converges in 4-6 steps here. A refit whose
+    maximum is on the boundary (a probability of 0, an infinite logit) never meets gtol: an AssertionError, or with
+    ``strict=False`` the estimates after max_iter steps."""
     theta = theta.clone()
     active = torch.arange(len(theta))
     shared = onehot.shape[0] == 1
@@ -277,7 +279,9 @@ def newton_refits(theta: torch.Tensor, onehot: torch.Tensor, weights: torch.Tens
                 break
             step[worse] /= 2
         theta[active] = start + step
-    raise AssertionError(f"{len(active)} refits did not converge in {max_iter} Newton steps")
+    if strict:
+        raise AssertionError(f"{len(active)} refits did not converge in {max_iter} Newton steps")
+    return theta
 
 
 def onehot(x) -> torch.Tensor:
@@ -307,11 +311,16 @@ REFITS, MAX_DEVIATION, MAX_RMS = 50, 0.35, 0.2
 
 def test_hmm_standard_errors_match_parametric_bootstrap_refits(float64):
     """The parametric bootstrap (refits to data simulated from the fit) is the check of observed-information
-    standard errors for dependent data; bench/bench_hmm_bootstrap.py runs the acceptance's 200 refits."""
+    standard errors for dependent data; bench/bench_hmm_bootstrap.py runs the acceptance's 200 refits. Both sides
+    are of the probabilities: the standard errors by the delta method from the unconstrained coordinates, the
+    spread of the refitted probabilities themselves."""
     se, spread = hmm_parametric_bootstrap(0, REFITS, bootstrap_seed=1000)
     ratio = se / spread
-    # Monte Carlo error of the sd of 50 refits alone: 1 / sqrt(2 * 49) = 10%. Measured (data seeds 0-4, bootstrap
-    # seed 1000 + data seed, 50 refits): FILL. With 200 refits (bench/RESULTS.md): FILL.
+    # The sd of 50 refits has a Monte Carlo error of 1 / sqrt(2 * 49) = 10% alone. Measured (data seeds 0-4,
+    # bootstrap seed 1000 + data seed, 50 refits): largest |ratio - 1| per seed 0.115, 0.136, 0.199, 0.299, 0.153;
+    # RMS of ratio - 1 0.083, 0.084, 0.093, 0.154, 0.077. The acceptance's 200 refits (bench/bench_hmm_bootstrap.py,
+    # numbers in bench/RESULTS.md): 34 of the 35 ratios within 15% of 1, the other 1.18 (seed 2, trans_00); largest
+    # |ratio - 1| per seed 0.103, 0.140, 0.180, 0.070, 0.084. No refit reached the boundary; no label switched.
     assert np.all(np.abs(ratio - 1) < MAX_DEVIATION), ratio
     assert np.sqrt(np.mean((ratio - 1) ** 2)) < MAX_RMS, ratio
 
