@@ -28,7 +28,6 @@ import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parents[1] / "tests" / d) for d in ("results", "")]
 import test_em_uncertainty as T  # noqa: E402
-
 from _timing import limit_threads, load  # noqa: E402
 
 ISSUE_HMM = {"start": np.array([0.6, 0.4]), "trans": np.array([[0.85, 0.15], [0.25, 0.75]]),
