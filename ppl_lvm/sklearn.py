@@ -5,8 +5,8 @@ ready-made ones of :mod:`ppl_lvm.models.mixtures`, or your own written the natur
 :class:`GaussianMixture` is the Gaussian mixture of :func:`ppl_lvm.models.mixtures.gaussian_mixture` under
 scikit-learn's names. Both keep scikit-learn's estimator contract (``__init__`` stores its parameters verbatim,
 ``validate_data`` checks the data, numpy float64 outputs, fitted attributes end in ``_``, ``NotFittedError`` before
-``fit``), so they work in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``. The fit and every query run in
-float64 (torch's default dtype is set for them and restored after), as scikit-learn's ``GaussianMixture`` does.
+``fit``), so they work in ``Pipeline``, ``GridSearchCV`` (:func:`bic_scorer` chooses by BIC) and ``cross_val_score``.
+The fit and every query run in float64 (torch's default dtype is set and restored), as scikit-learn's does.
 
 Limits: new rows are scored with the closed-form mixture kernels, so a model that EM does not recognise as a
 mixture (a hidden Markov chain, a model on the generic EM route) is refused at ``fit`` with
@@ -40,8 +40,9 @@ from .api import infer
 from .errors import UnsupportedModelError
 from .model import check_model
 from .models.mixtures import COVARIANCE_TYPES, gaussian_mixture
+from .sklearn_scoring import bic_scorer
 
-__all__ = ["GaussianMixture", "MixtureEstimator"]
+__all__ = ["GaussianMixture", "MixtureEstimator", "bic_scorer"]
 
 #: options of lvm.infer that are the estimator's own parameters (fit_options may not repeat them)
 _OWN_OPTIONS = ("n_init", "max_iter", "tol", "init_params", "reg_covar")

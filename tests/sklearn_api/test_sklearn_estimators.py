@@ -24,7 +24,7 @@ import ppl_lvm as lvm
 from ppl_lvm import constraints, datasets, dist
 from ppl_lvm.models.hmm import categorical_hmm
 from ppl_lvm.models.mixtures import bernoulli_mixture, gaussian_mixture
-from ppl_lvm.sklearn import GaussianMixture, MixtureEstimator
+from ppl_lvm.sklearn import GaussianMixture, MixtureEstimator, bic_scorer
 
 IRIS = load_iris().data
 
@@ -115,27 +115,31 @@ def test_works_in_a_pipeline_with_standard_scaler():
     assert scores.shape == (3,) and np.all(np.isfinite(scores))
 
 
-def _neg_bic(estimator, x, y=None):
-    return -estimator.bic(x)
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_grid_search_over_k_picks_the_k_of_bic_on_iris(seed):
-    # BIC of fits on all of iris picks K = 2 for every seed (574.0 against 580.8 for K = 3). GridSearchCV scored by
-    # minus the BIC of each held-out fold (scikit-learn's gallery recipe, plot_gmm_selection) picks K = 2 too; its
-    # margin over the runner-up (K = 1), in mean fold score, was 1.52 to 7.25 across these five seeds.
-    # GridSearchCV's default scoring, the estimator's score (the held-out mean log-likelihood per sample), is another
-    # criterion: with K = 1..6, n_init=5 and the same shuffled folds it picked K = 3, 3, 3, 4, 3 over seeds 0-4
-    # (scikit-learn's own GaussianMixture: 3, 2, 3, 3, 3); the next test checks what it computes.
+    # Full covariances (the default), K = 1..4. BIC of fits on all of iris picks K = 2 for every seed (574.0 against
+    # 580.8 for K = 3). GridSearchCV scored by bic_scorer (minus each held-out fold's BIC, scikit-learn's gallery
+    # recipe, plot_gmm_selection) picks K = 2 too; its margin over the runner-up (K = 1), in mean fold score, was
+    # 1.52 to 7.25 across these five seeds. GridSearchCV's default scoring, the estimator's score (the held-out mean
+    # log-likelihood per sample), is another criterion: with K = 1..6, n_init=5 and the same shuffled folds it
+    # picked K = 3, 3, 3, 4, 3 over seeds 0-4 (scikit-learn's own GaussianMixture: 3, 2, 3, 3, 3); the next test
+    # checks what it computes.
     ks = list(range(1, 5))
-    bics = [GaussianMixture(k, n_init=2, random_state=seed).fit(IRIS).bic(IRIS) for k in ks]
+    bics = [GaussianMixture(k, covariance_type="full", n_init=2, random_state=seed).fit(IRIS).bic(IRIS) for k in ks]
     search = GridSearchCV(
-        GaussianMixture(n_init=2, random_state=seed),
+        GaussianMixture(covariance_type="full", n_init=2, random_state=seed),
         {"n_components": ks},
-        scoring=_neg_bic,
+        scoring=bic_scorer,
         cv=KFold(5, shuffle=True, random_state=seed),
     ).fit(IRIS)
     assert search.best_params_["n_components"] == ks[int(np.argmin(bics))] == 2
+    best = search.best_estimator_
+    assert bic_scorer(best, IRIS) == -best.bic(IRIS)
+
+
+def test_bic_scorer_takes_scikit_learns_own_gaussian_mixture():
+    sk = SklearnGaussianMixture(2, random_state=0).fit(IRIS)
+    assert bic_scorer(sk, IRIS) == pytest.approx(-sk.bic(IRIS), rel=1e-15)
 
 
 def test_grid_search_default_scoring_is_the_held_out_mean_log_likelihood():
