@@ -11,7 +11,7 @@ from ._checks import positive_int
 
 __all__ = ["importance_log_likelihood"]
 
-#: ``log_weights(rows, K, generator)``: ``log p(rows, z_k) - log q(z_k | rows)`` for ``K`` guide draws, ``(K, len(rows))``
+#: ``log_weights(rows, K, generator)``: the log weights of ``K`` guide draws per row, shape ``(K, len(rows))``
 LogWeights = Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]
 
 
