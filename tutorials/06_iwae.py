@@ -167,11 +167,12 @@ print(f"IWAE_K rises with K: {all(b >= a for a, b in zip(values, values[1:], str
 #   for the encoder (the same bound and the same expected gradient, with less variance at large $k$). With two
 #   layers the guide's $z_2$ is drawn from $z_1$, and the estimator follows that dependence.
 #
-# Every entry trains from the same initial weights (seed 0), for the same number of epochs, with minibatches of 100
-# and Adam (learning rate $2 \cdot 10^{-3}$). Every entry is judged the same way: the held-out log-likelihood per image,
-# estimated by IWAE$_{5000}$ with the model's own guide as proposal (`VAE.log_likelihood(x, 5000)`, ten images at a
-# time to bound memory). A callback records a cheaper IWAE$_{50}$ estimate on the held-out images while the
-# one-layer VAE and IWAE$_5$ train.
+# Every entry trains from the same initial weights (seed 0), for the same number of epochs (60; `PPL_LVM_EPOCHS=N`
+# sets another), with minibatches of 100 and Adam (learning rate $2 \cdot 10^{-3}$). Every entry is judged the same
+# way: the held-out log-likelihood per image, estimated by IWAE$_{5000}$ with the model's own guide as proposal
+# (`VAE.log_likelihood(x, 5000)`, ten images at a time to bound memory). While each entry trains, a callback records
+# a cheaper IWAE$_{50}$ estimate on the held-out images and on as many training images (the learning curves, and the
+# gap between the data the model was fitted to and new data).
 
 # %%
 digits = binarized_digits(test_fraction=0.2, seed=0)
