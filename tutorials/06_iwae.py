@@ -302,11 +302,11 @@ print(f"diagnose (two layers, IWAE_50-trained): Pareto k-hat {deep.khat:.2f} ({d
 #   IWAE$_{50}$ (-16.587) stays below the one-layer IWAE$_{50}$ (-16.473). Two things measured at 200 epochs say why:
 #   * *The second stochastic layer is switched off.* Active units (Burda et al.'s measure, $\mathrm{Var}_x
 #     \mathbb E_q[z \mid x] > 0.01$, from `diagnose()`): $z_2$ has 0 of 8 in every two-layer entry (the largest
-#     activity 0.009), where after 60 epochs IWAE$_5$ kept 5 of 8 (IWAE$_{50}$ had already lost all 8). With $z_2$ ignored, $p(z_1) = \int p(z_1 \mid
-#     z_2)\, p(z_2)\, dz_2$ is a single diagonal Normal, so the two-layer model is the one-layer model with a learned
-#     prior scale (its largest $z_1$ activities are 3 to 540 instead of below 1), plus an unused
-#     $q(z_2 \mid z_1)$ that adds noise to every importance weight. The paper's "the second layer adds more" cannot
-#     happen while the second layer is unused.
+#     activity 0.009), where after 60 epochs IWAE$_5$ kept 5 of 8 (IWAE$_{50}$ had already lost all 8). With $z_2$
+#     ignored, $p(z_1) = \int p(z_1 \mid z_2)\, p(z_2)\, dz_2$ is a single diagonal Normal, so the two-layer model
+#     is the one-layer model with a learned prior scale (its largest $z_1$ activities are 3 to 540 instead of below
+#     1), plus an unused $q(z_2 \mid z_1)$ that adds noise to every importance weight. The paper's "the second layer
+#     adds more" cannot happen while the second layer is unused.
 #   * *What it gains fits the training images only.* On 360 of its own training images the two-layer IWAE$_{50}$
 #     reaches IWAE$_{50}$ = -14.81 per image, 0.34 nats better than the one layer's -15.15; on the 360 held-out images
 #     it is 0.10 worse (-16.89 against -16.79): the gap between training and held-out images grows from 1.64 to 2.08
@@ -322,7 +322,10 @@ print(f"diagnose (two layers, IWAE_50-trained): Pareto k-hat {deep.khat:.2f} ({d
 #   without (`bench/iwae_digits_table.py --depth 2 --epochs 60 --order IWAE50`, which reproduces the tutorial's
 #   -17.800 to the last digit), with 2 of 8 units of $z_2$ active against 0 of 8; the one-layer IWAE$_{50}$ with
 #   the same warm-up reaches -17.168 (-17.555 without). So with the warm-up applied to both depths the second layer
-#   adds 0.20 nats, the direction of Burda et al.'s table; DREGWARM
+#   adds 0.20 nats, the direction of Burda et al.'s table, and the two-layer IWAE$_{50}$ is the best of the
+#   $k = 50$ entries run with the warm-up (one layer: DReG -17.081, VAE -17.617; two layers: DReG -18.030, VAE
+#   -18.157). The $k \le 5$ entries and 200 epochs with the warm-up were not run. The two-layer DReG entry trails
+#   with and without the warm-up; one seed per entry cannot separate that from its training path.
 #
 # `diagnose()` on the ELBO-trained one-layer model prints the ladder summed over the 1437 training images: ELBO
 # -26122.9, IWAE$_{10}$ -25585.4, IWAE$_{100}$ -25496.5 (-18.18, -17.80 and -17.74 per image). Every latent of this
