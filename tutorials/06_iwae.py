@@ -401,9 +401,11 @@ save(fig, "06_samples.png")
 #   the doubly reparameterised gradient), `result.log_evidence(K)` and `VAE.log_likelihood(x, K)` to evaluate,
 #   `result.diagnose()` for k-hat and the ladder.
 #
-# The full run (60 epochs per entry, twelve entries) takes 18 minutes of wall clock on the 2-core development machine
-# shared with other jobs (4 min of CPU time, one thread); fast mode (`PPL_LVM_FAST=1`: one epoch per entry, held-out
-# estimates with 100 samples, a shorter ladder) about a minute, of which 20 s CPU.
+# The full run (60 epochs per entry, twelve entries) took 18 minutes of wall clock on the 2-core development machine
+# shared with other jobs (4 min of CPU time, one thread) before every entry recorded its learning curves (twenty
+# IWAE$_{50}$ estimates on 720 images per entry, a few seconds of CPU each entry more); fast mode (`PPL_LVM_FAST=1`:
+# one epoch per entry, held-out estimates with 100 samples, a shorter ladder) about a minute. At 200 epochs the
+# training alone took 299 s of CPU for the one-layer entries and 468 s for the two-layer ones (bench/RESULTS.md).
 
 # %%
 print(f"tutorial 6 finished in {time.perf_counter() - t_start:.1f} s ({'fast' if FAST else 'full'} mode)")
