@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=10, help="epochs between two points of the learning curves")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--warmup", type=int, default=0,
-                        help="epochs of linear KL warm-up (beta from 0 to 1, lvm.linear_warmup); 0: none, as in tutorial 6")
+                        help="epochs of linear KL warm-up (beta from 0 to 1, lvm.linear_warmup); 0: none (tutorial 6)")
     parser.add_argument("--order", default="IWAE50,VAE50,IWAE5,VAE5,DReG50,VAE1", help="entries, in this order")
     parser.add_argument("--json", help="append one JSON line per entry to this file")
     args = parser.parse_args()
@@ -79,8 +79,9 @@ def main() -> None:
     for name in args.order.split(","):
         objective, k = ENTRIES[name]
         r = run_entry(args.depth, objective, k, args.epochs, args.every, args.lr, data, args.warmup)
+        warmup = f" (KL warm-up over {args.warmup})" if args.warmup else ""
         print(f"{args.depth} layer{'s' if args.depth > 1 else ' '} {objective:<10s} k={k:<2d}: {args.epochs} epochs"
-              f"{f' (KL warm-up over {args.warmup})' if args.warmup else ''} in {r['wall_s']:5.0f} s ({r['cpu_s']:.0f} s CPU); held-out log p(x) (IWAE_5000) = "
+              f"{warmup} in {r['wall_s']:5.0f} s ({r['cpu_s']:.0f} s CPU); held-out log p(x) (IWAE_5000) = "
               f"{r['held_out']:.3f}; active units " + ", ".join(f"{s} {n}" for s, n in r["active_units"].items()),
               flush=True)
         print("    IWAE_50 (held out / training images) at epoch "
