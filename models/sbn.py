@@ -9,14 +9,15 @@ of Mnih and Gregor's neural variational inference and learning (2014).
 from __future__ import annotations
 
 import itertools
-import math
-import numbers
 
 import torch
 from torch import nn
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
+
+from ._checks import positive_int as _positive_int
+from ._heldout import importance_log_likelihood
 
 __all__ = ["SigmoidBeliefNet"]
 
@@ -31,12 +32,6 @@ class _Generative(nn.Module):
         super().__init__()
         self.prior_logits = nn.Parameter(torch.zeros(latent_dim))
         self.decoder = nn.Linear(latent_dim, data_dim)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 class SigmoidBeliefNet(nn.Module):
@@ -138,14 +133,11 @@ class SigmoidBeliefNet(nn.Module):
         """The importance-weighted estimate of log p(x_n) with the guide as proposal (``K = num_particles``
         draws per row), shape ``(N,)``: a lower bound in expectation that tightens as ``K`` grows."""
         self._check_rows(x, "log_likelihood")
-        k = _positive_int("num_particles", num_particles)
-        generator = torch.Generator().manual_seed(int(seed))
         x = x.to(self.generative.prior_logits.dtype)
-        out = []
-        with torch.no_grad():
-            for rows in x.split(_positive_int("batch_size", batch_size)):
-                probs = torch.sigmoid(self.encoder(rows))
-                z = torch.bernoulli(probs.expand(k, *probs.shape), generator=generator)
-                log_q = dist.Bernoulli(probs=probs).to_event(1).log_prob(z)
-                out.append(torch.logsumexp(self._log_joint(rows, z) - log_q, dim=0) - math.log(k))
-        return torch.cat(out)
+        return importance_log_likelihood(self._log_weights, x, num_particles, batch_size, seed)
+
+    def _log_weights(self, rows: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+        """``log p(rows, z_k) - log q(z_k | rows)`` for ``k`` guide draws of the codes, shape ``(k, len(rows))``."""
+        probs = torch.sigmoid(self.encoder(rows))
+        z = torch.bernoulli(probs.expand(k, *probs.shape), generator=generator)
+        return self._log_joint(rows, z) - dist.Bernoulli(probs=probs).to_event(1).log_prob(z)

@@ -7,7 +7,6 @@ every variational method fits them: ``svi`` (the ELBO), ``meanfield`` (analytic 
 
 from __future__ import annotations
 
-import math
 import numbers
 from collections.abc import Sequence
 
@@ -16,6 +15,9 @@ from torch import nn
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
+
+from ._checks import positive_int as _positive_int
+from ._heldout import importance_log_likelihood
 
 __all__ = ["VAE", "LIKELIHOODS"]
 
@@ -58,12 +60,6 @@ class Decoder(nn.Module):
     @property
     def scale(self) -> torch.Tensor:
         return self.log_scale.exp()
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _layer_sizes(name: str, value) -> tuple[int, ...]:
@@ -231,20 +227,14 @@ class VAE(nn.Module):
         usual held-out estimate). Rows are processed ``batch_size`` at a time.
         """
         self._check_rows(x, "log_likelihood")
-        k = _positive_int("num_particles", num_particles)
-        batch_size = _positive_int("batch_size", batch_size)
-        generator = torch.Generator().manual_seed(int(seed))
-        prior = dist.Normal(0.0, 1.0)
-        out = []
-        with torch.no_grad():
-            for rows in x.split(batch_size):
-                loc, scale = self.encoder(rows)
-                eps = torch.randn((k, *loc.shape), generator=generator, dtype=loc.dtype)
-                z = loc + scale * eps
-                log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
-                log_p = prior.log_prob(z).sum(-1) + self.p_x_given_z(z).log_prob(rows)
-                out.append(torch.logsumexp(log_p - log_q, dim=0) - math.log(k))
-        return torch.cat(out)
+        return importance_log_likelihood(self._log_weights, x, num_particles, batch_size, seed)
+
+    def _log_weights(self, rows: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+        """``log p(rows, z_k) - log q(z_k | rows)`` for ``k`` draws ``z_k ~ q(z | rows)``, shape ``(k, len(rows))``."""
+        loc, scale = self.encoder(rows)
+        z = loc + scale * torch.randn((k, *loc.shape), generator=generator, dtype=loc.dtype)
+        log_q = dist.Normal(loc, scale).log_prob(z).sum(-1)
+        return dist.Normal(0.0, 1.0).log_prob(z).sum(-1) + self.p_x_given_z(z).log_prob(rows) - log_q
 
     def extra_repr(self) -> str:
         return (f"data_dim={self.data_dim}, latent_dim={self.latent_dim}, hidden={self.hidden}, "

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -24,16 +23,13 @@ from torch import nn
 import ppl_lvm as lvm
 from ppl_lvm import dist
 
+from ._checks import positive_int as _positive_int
+from ._heldout import importance_log_likelihood
+
 __all__ = ["MAX_EXACT_CODES", "CategoricalVAE"]
 
 #: the most joint codes ``K**M`` for which :meth:`CategoricalVAE.exact_log_likelihood` enumerates them all
 MAX_EXACT_CODES = 4096
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
 
 
 def _mlp(sizes: Sequence[int]) -> nn.Sequential:
@@ -181,20 +177,17 @@ class CategoricalVAE(nn.Module):
     ) -> torch.Tensor:
         """The importance-weighted estimate of log p(x_n) with the (unrelaxed) guide as proposal, ``(N,)``."""
         self._check_rows(x, "log_likelihood")
-        k = _positive_int("num_particles", num_particles)
-        generator = torch.Generator().manual_seed(int(seed))
         x = x.to(next(self.decoder.parameters()).dtype)
-        out = []
-        with torch.no_grad():
-            for rows in x.split(_positive_int("batch_size", batch_size)):
-                q = dist.OneHotCategorical(logits=self.encoder(rows))
-                index = torch.multinomial(
-                    q.probs.reshape(-1, self.num_categories), k, replacement=True, generator=generator
-                ).T.reshape(k, *q.batch_shape)
-                c = nn.functional.one_hot(index, self.num_categories).to(x.dtype)
-                log_q = q.log_prob(c)
-                if self.num_latents > 1:
-                    log_q = log_q.sum(-1)
-                log_w = self.prior(rows).log_prob(c) + self.p_x_given_c(c).log_prob(rows) - log_q
-                out.append(torch.logsumexp(log_w, dim=0) - math.log(k))
-        return torch.cat(out)
+        return importance_log_likelihood(self._log_weights, x, num_particles, batch_size, seed)
+
+    def _log_weights(self, rows: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+        """``log p(rows, c_k) - log q(c_k | rows)`` for ``k`` draws from the unrelaxed guide, ``(k, len(rows))``."""
+        q = dist.OneHotCategorical(logits=self.encoder(rows))
+        index = torch.multinomial(
+            q.probs.reshape(-1, self.num_categories), k, replacement=True, generator=generator
+        ).T.reshape(k, *q.batch_shape)
+        c = nn.functional.one_hot(index, self.num_categories).to(rows.dtype)
+        log_q = q.log_prob(c)
+        if self.num_latents > 1:
+            log_q = log_q.sum(-1)
+        return self.prior(rows).log_prob(c) + self.p_x_given_c(c).log_prob(rows) - log_q

@@ -11,7 +11,6 @@ which the guide draws after ``z1`` and from it, so ``E_q[log q(z1 | x) - log p(z
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -20,7 +19,9 @@ from torch import nn
 import ppl_lvm as lvm
 from ppl_lvm import dist
 
-from .vae import _ACTIVATIONS, LIKELIHOODS, Decoder, Encoder, _layer_sizes, _positive_int
+from ._checks import positive_int as _positive_int
+from ._heldout import importance_log_likelihood
+from .vae import _ACTIVATIONS, LIKELIHOODS, Decoder, Encoder, _layer_sizes
 
 __all__ = ["TwoLayerVAE"]
 
@@ -184,23 +185,19 @@ class TwoLayerVAE(nn.Module):
         processed ``batch_size`` at a time (memory grows with ``K * batch_size``).
         """
         self._check_rows(x, "log_likelihood")
-        k = _positive_int("num_particles", num_particles)
-        batch_size = _positive_int("batch_size", batch_size)
-        generator = torch.Generator().manual_seed(int(seed))
-        out = []
-        with torch.no_grad():
-            for rows in x.split(batch_size):
-                loc1, scale1 = self.encoder(rows)
-                z1 = loc1 + scale1 * torch.randn((k, *loc1.shape), generator=generator, dtype=loc1.dtype)
-                loc2, scale2 = self.encoder2(z1)
-                z2 = loc2 + scale2 * torch.randn(loc2.shape, generator=generator, dtype=loc2.dtype)
-                log_q = dist.Normal(loc1, scale1).log_prob(z1).sum(-1) + dist.Normal(loc2, scale2).log_prob(z2).sum(-1)
-                prior_loc, prior_scale = self.prior_net(z2)
-                log_p = (dist.Normal(0.0, 1.0).log_prob(z2).sum(-1)
-                         + dist.Normal(prior_loc, prior_scale).log_prob(z1).sum(-1)
-                         + self.p_x_given_z1(z1).log_prob(rows))
-                out.append(torch.logsumexp(log_p - log_q, dim=0) - math.log(k))
-        return torch.cat(out)
+        return importance_log_likelihood(self._log_weights, x, num_particles, batch_size, seed)
+
+    def _log_weights(self, rows: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+        """``log p(rows, z1_k, z2_k) - log q(z1_k, z2_k | rows)`` for ``k`` guide draws, shape ``(k, len(rows))``."""
+        loc1, scale1 = self.encoder(rows)
+        z1 = loc1 + scale1 * torch.randn((k, *loc1.shape), generator=generator, dtype=loc1.dtype)
+        loc2, scale2 = self.encoder2(z1)
+        z2 = loc2 + scale2 * torch.randn(loc2.shape, generator=generator, dtype=loc2.dtype)
+        log_q = dist.Normal(loc1, scale1).log_prob(z1).sum(-1) + dist.Normal(loc2, scale2).log_prob(z2).sum(-1)
+        prior_loc, prior_scale = self.prior_net(z2)
+        log_p = (dist.Normal(0.0, 1.0).log_prob(z2).sum(-1) + dist.Normal(prior_loc, prior_scale).log_prob(z1).sum(-1)
+                 + self.p_x_given_z1(z1).log_prob(rows))
+        return log_p - log_q
 
     def extra_repr(self) -> str:
         return (f"data_dim={self.data_dim}, latent_dims={self.latent_dims}, hidden={self.hidden}, "
