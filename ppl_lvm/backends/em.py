@@ -269,6 +269,21 @@ def _write_init_values(store: Any, values: dict) -> None:
         store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
 
 
+def _create_params(model: Any, kwargs: dict, structure: Any) -> None:
+    """Run the model once on all the data to create every ``lvm.param`` (initial values may read the data).
+
+    With one discrete latent (a mixture's assignment) it is enumerated, so the run holds K values of it, not one
+    per data point, and the distributions inside the data plate are built on K rows of parameters (a mixture's
+    ``locs[z]`` is (K, 1, D), not (N, D)); a parameter created after the latent is then drawn from the random
+    stream before the latent's draws instead of after them. Other models are run as written.
+    """
+    latents = structure.discrete_latents
+    if len(latents) == 1:
+        first = -1 - structure.max_plate_nesting
+        model = poutine.enum(enumerating(model, [latents[0].name]), first_available_dim=first)
+    poutine.trace(model).get_trace(**kwargs)
+
+
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
@@ -283,7 +298,7 @@ class EMBackend(Backend):
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
         with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
             pyro.set_rng_seed(int(opts.seed))
-            poutine.trace(problem.model).get_trace(**kwargs)  # creates every lvm.param
+            _create_params(problem.model, kwargs, structure)
             store = pyro.get_param_store()
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
