@@ -98,7 +98,7 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
         if not problem:
             _check_plates(name, value, len(event), resolved)
             _check_no_broadcast(name, fn, value, len(event), resolved)
-            _check_support(name, fn, value, resolved)
+            check_support(name, fn, value, resolved.location)
         if problem:
             raise ModelCheckError(
                 f"observed value has shape {_shape(value.shape)}, but {distribution_name(fn)} has batch_shape "
@@ -158,10 +158,6 @@ def _check_no_broadcast(name: str, fn: Any, value: torch.Tensor, event_dim: int,
         )
 
 
-def _check_support(name: str, fn: Any, value: torch.Tensor, resolved: ResolvedName) -> None:
-    check_support(name, fn, value, resolved.location)
-
-
 def check_support(name: str, fn: Any, value: torch.Tensor, location: Any, chunk_rows: int | None = None) -> None:
     """Refuse observed values outside the distribution's support: how many, the first positions and values.
 
@@ -172,8 +168,7 @@ def check_support(name: str, fn: Any, value: torch.Tensor, location: Any, chunk_
     if support is None:
         return
     rows = value.shape[0] if value.dim() else 1
-    step = rows if chunk_rows is None else max(int(chunk_rows), 1)
-    bad_total, total, shown, values = 0, 0, [], []
+    step, bad_total, total, shown, values = rows if chunk_rows is None else max(int(chunk_rows), 1), 0, 0, [], []
     for lo in range(0, rows, step):
         part = value[lo : lo + step] if value.dim() else value
         if not part.is_floating_point() and not support.is_discrete:  # as the model's run converts them
@@ -192,15 +187,14 @@ def check_support(name: str, fn: Any, value: torch.Tensor, location: Any, chunk_
             for i in bad.tolist():
                 values.append(part[tuple(i)].tolist() if event else float(part[tuple(i)]))
                 shown.append((i[0] + lo, *i[1:]))
-    if not bad_total:
-        return
-    where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
-    raise ModelCheckError(
-        f"{bad_total} of {total} observed values lie outside the support of {distribution_name(fn)} "
-        f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories as "
-        "0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
-        site=name, location=location,
-    )
+    if bad_total:
+        where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
+        raise ModelCheckError(
+            f"{bad_total} of {total} observed values lie outside the support of {distribution_name(fn)} "
+            f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories "
+            "as 0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
+            site=name, location=location,
+        )
 
 
 def _support_text(support: Any) -> str:

@@ -14,6 +14,8 @@ log-likelihood is returned. How each route starts is said in :mod:`ppl_lvm.em.ro
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -22,14 +24,13 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 
 from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.queries import recognise
-from ..em.routes import closed_form_fit, em_outcome, generic_fit
+from ..em.routes import closed_form_fit, create_params, em_outcome, generic_fit
 from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
 from ..handlers import enumerating
@@ -45,6 +46,9 @@ INITS = ("k-means++", "kmeans", "random", "random_from_data", "params")
 #: the starts of the generic route (see :mod:`ppl_lvm.em.routes`)
 GENERIC_INITS = ("params", "random")
 DEFAULT_INIT = {"closed form": "k-means++", "generic": "params"}
+#: the values of ``dtype`` (the closed-form E-step kernels' floating-point type)
+KERNEL_DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
+                 torch.float64: torch.float64}
 
 
 @dataclass
@@ -105,6 +109,15 @@ class EMOptions:
         ``alpha`` of the online step sizes ``t^(-alpha)``, in (0.5, 1].
     polyak : int, optional
         Average the online parameters from this step on (Polyak-Ruppert); None: no averaging.
+    dtype : {None, "float64", "float32"}
+        The floating-point type of the closed-form E-step kernels of a recognised mixture (batch EM, in memory,
+        streamed or data-parallel). ``None`` (default) and ``"float64"``: float64 kernels, the data converted
+        chunk by chunk. ``"float32"``: log densities and responsibilities in float32 (float32 data stay float32;
+        float64 data are converted chunk by chunk), each chunk's sufficient statistics (of at most 65 536 rows)
+        summed in float64 and the M-step in float64; the reported responsibilities and per-point
+        log-likelihoods are float32, the total log-likelihood a float64 sum. About twice as fast and half the
+        memory for the responsibilities, at float32's accuracy (log-likelihood per point to ~1e-6 relative).
+        ``torch.float32`` / ``torch.float64`` are accepted too; ``result.options["dtype"]`` records the one used.
     """
 
     max_iter: int = 100
@@ -121,6 +134,7 @@ class EMOptions:
     batch_size: int | None = None
     step_exponent: float = 0.6
     polyak: int | None = None
+    dtype: str | torch.dtype | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -155,6 +169,17 @@ class EMOptions:
             raise ValueError(f"step_exponent must be in (0.5, 1], got {self.step_exponent!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype is not None and KERNEL_DTYPES.get(self.dtype) is None:
+            raise ValueError(f"dtype must be 'float32' or 'float64' (the dtype of the closed-form E-step kernels; "
+                             f"None: float64), got {self.dtype!r}")
+        if self.kernel_dtype == torch.float32 and self.online:
+            raise ValueError("dtype='float32' runs the kernels of batch EM; online=True steps its statistics in "
+                             "float64: drop dtype or online=True")
+
+    @property
+    def kernel_dtype(self) -> torch.dtype:
+        """The torch dtype of the closed-form E-step kernels (``dtype``; float64 by default)."""
+        return torch.float64 if self.dtype is None else KERNEL_DTYPES[self.dtype]
 
     def for_route(self, route: str, default_reg: float | None = None) -> dict[str, Any]:
         """The options as the route runs them (``"closed form"`` or ``"generic"``): defaults filled, refusals raised.
@@ -185,6 +210,12 @@ class EMOptions:
                     "has no such matrix to seed from. Use init_params='params' (the model's lvm.param values, the "
                     "default), 'random' (random starts around them) or a dict of initial values."
                 )
+            if self.kernel_dtype != torch.float64:
+                raise UnsupportedModelError(
+                    f"dtype={self.dtype!r} sets the kernels of the closed-form EM route (a recognised mixture); "
+                    "this model runs the generic EM route (it is not a recognised mixture or chain), which "
+                    "computes in the model's own dtype. Drop dtype (or pass data and parameters in float32)."
+                )
             if self.reg_covar is not None:
                 raise UnsupportedModelError(
                     f"reg_covar={self.reg_covar!r} regularises the covariances of a recognised Gaussian mixture or "
@@ -192,6 +223,7 @@ class EMOptions:
                     "regularise. Drop reg_covar, or write a prior into the model (lvm.factor) to regularise it."
                 )
         record = {k: v for k, v in vars(self).items() if k != "callbacks"}
+        record["dtype"] = str(self.kernel_dtype).removeprefix("torch.") if route != "generic" else None
         record["init_params"] = "dict" if isinstance(init, dict) else (init or DEFAULT_INIT[route])
         if route != "generic":
             record["reg_covar"] = float(default_reg if self.reg_covar is None else self.reg_covar)
@@ -269,21 +301,6 @@ def _write_init_values(store: Any, values: dict) -> None:
         store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
 
 
-def _create_params(model: Any, kwargs: dict, structure: Any) -> None:
-    """Run the model once on all the data to create every ``lvm.param`` (initial values may read the data).
-
-    With one discrete latent (a mixture's assignment) it is enumerated, so the run holds K values of it, not one
-    per data point, and the distributions inside the data plate are built on K rows of parameters (a mixture's
-    ``locs[z]`` is (K, 1, D), not (N, D)); a parameter created after the latent is then drawn from the random
-    stream before the latent's draws instead of after them. Other models are run as written.
-    """
-    latents = structure.discrete_latents
-    if len(latents) == 1:
-        first = -1 - structure.max_plate_nesting
-        model = poutine.enum(enumerating(model, [latents[0].name]), first_available_dim=first)
-    poutine.trace(model).get_trace(**kwargs)
-
-
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
@@ -298,7 +315,7 @@ class EMBackend(Backend):
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
         with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
             pyro.set_rng_seed(int(opts.seed))
-            _create_params(problem.model, kwargs, structure)
+            create_params(problem.model, kwargs, structure)
             store = pyro.get_param_store()
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
@@ -337,6 +354,13 @@ class EMBackend(Backend):
         if chain and opts.online:
             raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
                                         "drop online=True (batch EM)")
+        if opts.kernel_dtype != torch.float64:
+            if chain:
+                raise UnsupportedModelError(f"dtype={opts.dtype!r} sets the kernels of a recognised mixture; this "
+                                            "model is a hidden Markov chain, fitted in float64: drop dtype")
+            family = copy.copy(pattern.family)  # the fit's kernels; the result's queries keep the pattern's
+            family.dtype = opts.kernel_dtype
+            pattern = dataclasses.replace(pattern, family=family)
         x = pattern.data if chain else pattern.data_matrix(kwargs[pattern.data_argument])
         reducer = Reducer(opts.distributed)
         if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
@@ -347,8 +371,9 @@ class EMBackend(Backend):
         elif streams:
             source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
                             reducer=reducer)
-        else:  # a large tensor is read in chunks (the temporaries of one chunk at a time)
-            source = Source(pattern.family, memory_chunks(x), reducer=reducer)
+        else:  # a large tensor is read in chunks (the temporaries of one chunk at a time; float32: summed in float64)
+            source = Source(pattern.family, memory_chunks(x, float32=opts.kernel_dtype == torch.float32),
+                            reducer=reducer)
         n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")

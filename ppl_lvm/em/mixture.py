@@ -246,11 +246,13 @@ def fit_mixture(
         raise ValueError("init_params must contain 'weights'")
 
     posterior = mixture_posterior(family)
+    dtype = getattr(family, "dtype", torch.float64)  # the kernels' (statistics summed and M-step in float64)
 
     def step(params: Params) -> tuple[float, Params]:
         stats = source.accumulate(posterior, params)
         new_params = family.m_step_statistics(stats, params, reg, source.template, source.data_pass(posterior, params))
         new_params["weights"] = weights_m_step(stats["weights_sum"])
+        new_params = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in new_params.items()}
         return float(stats["log_likelihood"]) / source.n, new_params
 
     return iterate(step, params, max_iter, tol, callback, stop_on_nan=True)
