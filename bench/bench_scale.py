@@ -119,7 +119,8 @@ def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int 
                 warnings.simplefilter("ignore")
                 fit = lvm.infer(gaussian_mixture, {"x": x, "K": K, "covariance_type": "diag"}, method="em",
                                 init_params=init, max_iter=iters, tol=None, distributed=kind == "rank",
-                                dtype=kernel, callbacks=[lambda i, ll: clock.append(time.perf_counter())])
+                                callbacks=[lambda i, ll: clock.append(time.perf_counter())],
+                                **({} if kernel == "float64" else {"dtype": kernel}))
             ll = fit.log_likelihood / fit.n_samples
         seconds = time.perf_counter() - t0
     row = {"kind": kind if kernel == "float64" else f"{kind} ({kernel} kernels)", "seconds": seconds,

@@ -146,9 +146,11 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
     chain = hasattr(pattern, "trans")
     family = pattern.family
     reducer = source.reducer
-    x, cache = source.local_data()
+    init = options["init_params"]
+    # rows to seed a data-driven start from (a random chunk's worth of a large tensor): only where they are read
+    x, cache = (None, None) if source.streamed and init in ("params", "dict") else source.local_data()
     lengths = [int(v) for v in pattern.lengths] if chain and not source.streamed else None
-    init, reg, tol, max_iter = options["init_params"], options["reg_covar"], options["tol"], options["max_iter"]
+    reg, tol, max_iter = options["reg_covar"], options["tol"], options["max_iter"]
     # the chain kernel reports total log-likelihoods (hmmlearn's units); ours are per observation
     per = float(source.n) if chain else 1.0
     initialize = initialize_hmm if chain else initialize_mixture
