@@ -38,6 +38,10 @@ __all__ = [
 
 Params = dict[str, torch.Tensor]
 
+#: float32 kernels keep log-responsibilities at or above this (exp(-60) ~ 9e-27: their products with the data stay
+#: normal floats, far from float32's smallest normal, 1.2e-38)
+_FLOAT32_LOG_FLOOR = -60.0
+
 
 class EmissionFamily(Protocol):
     """Interface every emission family implements (structural typing)."""
@@ -110,7 +114,12 @@ def mixture_e_step(
         # A point with -inf under every component (e.g. an unseen category
         # with zero probability): shift by 0 so exp gives an all-zero row.
         row_max = torch.where(finite, row_max, torch.zeros_like(row_max))
-    work.sub_(row_max).exp_()
+    work.sub_(row_max)
+    if work.dtype == torch.float32 and bool(finite.all()):
+        # float32 below exp(-87.3) is subnormal, which the CPU computes ~30x slower (in exp, the division and the
+        # statistics' matmul with the data); raised to exp(-60) they add < 1e-25 to a row summing to >= 1
+        work.clamp_(min=_FLOAT32_LOG_FLOOR)
+    work.exp_()
     total = work.sum(dim=1, keepdim=True)
     if not bool(finite.all()):
         safe = torch.where(total > 0, total, torch.ones_like(total))

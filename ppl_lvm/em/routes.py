@@ -67,13 +67,14 @@ class EMRun:
 def create_params(model: Any, kwargs: dict, structure: Any) -> None:
     """Run the model once on all the data to create every ``lvm.param`` (initial values may read the data).
 
-    With one discrete latent (a mixture's assignment) it is enumerated, so the run holds K values of it, not one
-    per data point, and the distributions inside the data plate are built on K rows of parameters (a mixture's
-    ``locs[z]`` is (K, 1, D), not (N, D)); a parameter created after the latent is then drawn from the random
-    stream before the latent's draws instead of after them. Other models are run as written.
+    With one discrete latent, inside the data plate (a mixture's assignment), it is enumerated, so the run holds K
+    values of it, not one per data point, and the distributions inside the data plate are built on K rows of
+    parameters (a mixture's ``locs[z]`` is (K, 1, D), not (N, D)); a parameter created after the latent is then
+    drawn from the random stream before the latent's draws instead of after them. Other models are run as written
+    (a global discrete latent enumerated could broadcast against every row).
     """
     latents = structure.discrete_latents
-    if len(latents) == 1:
+    if len(latents) == 1 and structure.is_local(latents[0].name):
         first = -1 - structure.max_plate_nesting
         model = poutine.enum(enumerating(model, [latents[0].name]), first_available_dim=first)
     poutine.trace(model).get_trace(**kwargs)
