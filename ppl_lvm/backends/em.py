@@ -115,8 +115,9 @@ class EMOptions:
         chunk by chunk. ``"float32"``: log densities and responsibilities in float32 (float32 data stay float32;
         float64 data are converted chunk by chunk), each chunk's sufficient statistics (of at most 65 536 rows)
         summed in float64 and the M-step in float64; the reported responsibilities and per-point
-        log-likelihoods are float32, the total log-likelihood a float64 sum. About twice as fast and half the
-        memory for the responsibilities, at float32's accuracy (log-likelihood per point to ~1e-6 relative).
+        log-likelihoods are float32, the total log-likelihood a float64 sum. Faster (1.4x per iteration for a
+        diagonal GMM on 1e7 rows) and half the memory for the responsibilities, at float32's accuracy (the
+        log-likelihood within ~1e-7 relative of the float64 fit's in the tests).
         ``torch.float32`` / ``torch.float64`` are accepted too; ``result.options["dtype"]`` records the one used.
     """
 
