@@ -7,13 +7,18 @@ Every configuration runs in its own process (one thread per process), so that it
 disabled. The data are written to a ``.npy`` file first (in blocks, never held at once by the writer).
 
 ``--mmap`` streams from ``np.load(path, mmap_mode="r")`` (a memory map; each chunk's pages are released once
-copied) instead of the path (plain file reads); ``--dtype float32`` writes the file in float32; ``--iters`` sets the
-iterations. "peak RSS" is the process's whole peak resident memory (``VmHWM``, imports included).
+copied) instead of the path (plain file reads); ``--dtype float32`` writes the file in float32 (and makes float32
+the torch default dtype of our fits, so the data stay float32, as for a user of float32 data); ``--iters`` sets the
+iterations. ``--kernels float64,float32`` runs the in-memory route once per kernel dtype (``lvm.infer(...,
+dtype=...)``; default float64 only). "peak RSS" is the process's whole peak resident memory (``VmHWM``, imports
+included). For our routes the time is split, from an EM callback's clock, into the set-up (to the end of the first
+iteration, less one iteration's time), the time per iteration (the mean of iterations 2 to the last) and the rest
+(the final E-step of every row and the result).
 
 Usage::
 
     PYTHONPATH=. python bench/bench_scale.py [--n 1000000] [--chunk 65536] [--skip sklearn,memory,stream,torchrun]
-        [--mmap] [--dtype float64] [--iters 20]
+        [--mmap] [--dtype float64] [--iters 20] [--kernels float64,float32]
 """
 
 from __future__ import annotations
@@ -69,12 +74,14 @@ def start(path: str) -> dict:
     return {"locs": np.array(x[:K * 1000 : 1000], dtype=np.float64), "scales": np.ones((K, D))}
 
 
-def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS) -> dict:
+def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS,
+               kernel: str = "float64") -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
-    torch.set_default_dtype(torch.float64)
+    float32_file = np.load(path, mmap_mode="r").dtype == np.float32
+    torch.set_default_dtype(torch.float32 if float32_file else torch.float64)
     import ppl_lvm as lvm
     from ppl_lvm.models.mixtures import gaussian_mixture
 
@@ -82,6 +89,7 @@ def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int 
         from sklearn.mixture import GaussianMixture  # imported before the baseline and the clock
     base = _reset_peak()
     init = start(path)
+    clock: list[float] = []
     with threadpool_limits(1):
         t0 = time.perf_counter()
         if kind == "sklearn":
@@ -110,16 +118,23 @@ def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 fit = lvm.infer(gaussian_mixture, {"x": x, "K": K, "covariance_type": "diag"}, method="em",
-                                init_params=init, max_iter=iters, tol=None, distributed=kind == "rank")
+                                init_params=init, max_iter=iters, tol=None, distributed=kind == "rank",
+                                callbacks=[lambda i, ll: clock.append(time.perf_counter())],
+                                **({} if kernel == "float64" else {"dtype": kernel}))
             ll = fit.log_likelihood / fit.n_samples
         seconds = time.perf_counter() - t0
-    return {"kind": kind, "seconds": seconds, "extra_peak_mb": _status_mb("VmHWM") - base, "ll_per_point": ll,
-            "peak_rss_mb": max(_PEAK_BEFORE_RESET[0], _status_mb("VmHWM"))}
+    row = {"kind": kind if kernel == "float64" else f"{kind} ({kernel} kernels)", "seconds": seconds,
+           "extra_peak_mb": _status_mb("VmHWM") - base, "ll_per_point": ll,
+           "peak_rss_mb": max(_PEAK_BEFORE_RESET[0], _status_mb("VmHWM"))}
+    if len(clock) > 1:
+        per_iter = (clock[-1] - clock[0]) / (len(clock) - 1)
+        row.update(setup_s=clock[0] - t0 - per_iter, per_iter_s=per_iter, rest_s=t0 + seconds - clock[-1])
+    return row
 
 
-def _child(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS) -> dict:
+def _child(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS, kernel: str = "float64") -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", path, "--chunk", str(chunk),
-                          "--iters", str(iters)] + (["--mmap"] if mmap else []),
+                          "--iters", str(iters), "--kernels", kernel] + (["--mmap"] if mmap else []),
                          capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -146,9 +161,11 @@ def main() -> None:
     parser.add_argument("--mmap", action="store_true")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--iters", type=int, default=ITERS)
+    parser.add_argument("--kernels", default="float64")
     args = parser.parse_args()
+    kernels = args.kernels.split(",")
     if args.child:
-        print(json.dumps(run_config(args.child, args.path, args.chunk, args.mmap, args.iters)))
+        print(json.dumps(run_config(args.child, args.path, args.chunk, args.mmap, args.iters, kernels[0])))
         return
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as folder:
@@ -157,18 +174,22 @@ def main() -> None:
         write_data(path, args.n, args.dtype)
         print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         size_mb = args.n * D * np.dtype(args.dtype).itemsize / 2**20
-        rows = [_child(kind, path, args.chunk, args.mmap, args.iters) for kind in ("sklearn", "memory", "stream")
+        runs = [("sklearn", "float64")] + [("memory", k) for k in kernels] + [("stream", "float64")]
+        rows = [_child(kind, path, args.chunk, args.mmap, args.iters, kernel) for kind, kernel in runs
                 if kind not in skip]
         if "torchrun" not in skip:
             rows.append(_torchrun(path, args.chunk, args.iters))
     ref = next((r for r in rows if r["kind"] == "sklearn"), None)
     print(f"N={args.n:,} D={D} K={K}, {args.iters} iterations, data {size_mb:.0f} MB ({args.dtype}), chunk "
           f"{args.chunk:,} rows, streamed from {'a memory map' if args.mmap else 'the path (file reads)'}")
-    print("| route | seconds | vs sklearn | extra peak MB | x data | peak RSS MB | LL per point |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print("| route | seconds | vs sklearn | set-up s | s per iteration | rest s | extra peak MB | x data | "
+          "peak RSS MB | LL per point |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['seconds'] / ref['seconds']:.2f}" if ref else "-"
-        print(f"| {r['kind']} | {r['seconds']:.2f} | {ratio} | {r['extra_peak_mb']:.0f} | "
+        split = " | ".join(f"{r[k]:.2f}" if k in r else "-" for k in ("setup_s", "per_iter_s", "rest_s"))
+        print(f"| {r['kind']} | {r['seconds']:.2f} | {ratio} | {split} | {r['extra_peak_mb']:.0f} | "
               f"{r['extra_peak_mb'] / size_mb:.2f} | {r['peak_rss_mb']:.0f} | {r['ll_per_point']:.10f} |")
     two = next((r for r in rows if r["kind"] == "torchrun x2"), None)
     stream = next((r for r in rows if r["kind"] == "stream"), None)

@@ -16,7 +16,7 @@ import torch
 
 from .errors import DataError
 
-__all__ = ["BoundData", "bind_data", "to_tensor"]
+__all__ = ["BoundData", "bind_data", "row_arguments", "to_tensor"]
 
 
 @dataclass
@@ -77,11 +77,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
         tensor = tensor.to(torch.long)
     if tensor.is_floating_point():
         tensor = tensor.to(torch.get_default_dtype())
-        bad = ~torch.isfinite(tensor)
-        if bool(bad.any()):
-            n_nan = int(torch.isnan(tensor).sum())
-            n_inf = int(bad.sum()) - n_nan
-            positions = [tuple(int(i) for i in p) for p in bad.nonzero()[:5]]
+        n_nan, n_inf, positions = _non_finite(tensor)
+        if n_nan or n_inf:
             shown = ", ".join(str(list(p)) for p in positions)
             raise DataError(
                 f"data '{name}' contains {n_nan} NaN and {n_inf} infinite value(s) (first at {shown}); "
@@ -92,6 +89,46 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     else:
         tensor = tensor.to(torch.long)
     return tensor
+
+
+#: rows per block of the checks that read every row (their temporaries are one block's, not the data's size)
+CHECK_ROWS = 2**16
+
+
+def _non_finite(tensor: torch.Tensor, shown: int = 5) -> tuple[int, int, list[tuple[int, ...]]]:
+    """``(NaN count, infinite count, first positions)`` of ``tensor``, read in blocks of :data:`CHECK_ROWS` rows."""
+    if tensor.dim() == 0:
+        tensor = tensor.reshape(1, 1)
+        scalar = True
+    else:
+        scalar = False
+    n_nan = n_inf = 0
+    positions: list[tuple[int, ...]] = []
+    for lo in range(0, tensor.shape[0], CHECK_ROWS):
+        block = tensor[lo : lo + CHECK_ROWS]
+        finite = torch.isfinite(block)
+        if bool(finite.all()):
+            continue
+        nan = int(torch.isnan(block).sum())
+        n_nan += nan
+        n_inf += int(finite.numel() - finite.sum()) - nan
+        for p in (~finite).nonzero()[: shown - len(positions)].tolist():
+            positions.append(() if scalar else (p[0] + lo, *p[1:]))
+    return n_nan, n_inf, positions
+
+
+def row_arguments(tensors: dict[str, Any], n: int | None = None) -> tuple[int | None, list[str]]:
+    """The data rows: ``(n, names)`` of the tensor arguments whose first dim has ``n`` entries.
+
+    ``n=None``: the longest first dim among the tensor arguments (``(None, [])`` without one). What a minibatch
+    slices and what the prototype run of many rows traces a slice of (:func:`ppl_lvm.model.trace_structure`).
+    """
+    lengths = [v.shape[0] for v in tensors.values() if isinstance(v, torch.Tensor) and v.dim() > 0]
+    if n is None:
+        if not lengths:
+            return None, []
+        n = max(lengths)
+    return n, [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n]
 
 
 def _convert(value: Any, name: str) -> Any:

@@ -7,6 +7,7 @@ prototype run, as Pyro's autoguides do) to record every site's kind, support, sh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import inspect as _inspect
@@ -20,9 +21,11 @@ import pyro.poutine as poutine
 import torch
 
 from .chains import extend_chains
+from .data import CHECK_ROWS, row_arguments
 from .errors import SourceLocation
 from .naming import source_index
-from .runtime import SiteRecord, run_scope, select_steps
+from .primitives import check_support
+from .runtime import FitContext, SiteRecord, fit_scope, run_scope, select_steps
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]
@@ -149,12 +152,36 @@ def guide(target: Model | Callable | None = None) -> Any:
     return Guide(target)
 
 
-def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStructure:
+#: rows of the data plate that the prototype run of many rows traces (an odd size, so that a dim of this size
+#: outside the data plate is known to come from the slice)
+PROTOTYPE_ROWS = 1009
+
+
+def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict, rows: int | None = None) -> ModelStructure:
     """Run ``compiled`` once under a trace and summarise its sites (see :meth:`Model.inspect`).
 
+    ``rows``: when the data have more than ``8 * rows`` rows (:func:`~ppl_lvm.data.row_arguments`: the tensor
+    arguments of the longest first dim), trace only their first ``rows`` rows, the data plate run on them by the
+    minibatch machinery (:attr:`~ppl_lvm.runtime.FitContext.rows`: the plate keeps its full size), and record the
+    sites inside it at their full size; the observed values' supports are then checked over every row, block by
+    block. The slice is kept only when it answers as the whole data would (the sliced arguments are the observed
+    data of the one data plate, each site's value is its argument, supports without per-row bounds, no other dim
+    of the slice's size); otherwise, and when the sliced run raises, the whole data are traced, so every error
+    names its site and source line as a run on all rows does.
+
     A long ``lvm.markov`` loop runs a few of its steps when they show that the others repeat them
-    (:mod:`ppl_lvm.chains`); otherwise, and for every other model, the run is of the whole model.
+    (:mod:`ppl_lvm.chains`); otherwise the run is of the whole model.
     """
+    if rows is not None and not args:
+        found = _sliced_structure(compiled, kwargs, int(rows))
+        if found is not None:
+            return found
+    found = _chain_structure(compiled, args, kwargs)
+    return found if found is not None else _traced(compiled, args, kwargs)[0]
+
+
+def _chain_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStructure | None:
+    """The structure from one run with long ``lvm.markov`` loops shortened, or None: run every step then."""
     store = pyro.get_param_store()
     extended = None
     with warnings.catch_warnings(record=True) as caught:
@@ -166,20 +193,70 @@ def trace_structure(compiled: _Compiled, args: tuple, kwargs: dict) -> ModelStru
                 arguments = compiled.signature.bind_partial(*args, **kwargs).arguments
                 extended = (extend_chains(trace, run.sites, selection, arguments) if selection.loops
                             else (structure_from_trace(trace, run.sites), run.sites))
-        except Exception:  # with a chain shortened, a run of every step below meets the error where it first occurs
+        except Exception:  # with a chain shortened, a run of every step meets the error where it first occurs
             if not selection.loops:
                 raise
-    if extended is not None:  # the warnings of the run that stands
-        for w in caught:
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-    if extended is not None:
-        structure, compiled.site_records = extended
-        return structure
-    with store.scope(), torch.random.fork_rng(devices=[]):
+    if extended is None:
+        return None
+    for w in caught:  # the warnings of the run that stands
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+    structure, compiled.site_records = extended
+    return structure
+
+
+def _traced(compiled: _Compiled, args: tuple, kwargs: dict) -> tuple[ModelStructure, poutine.Trace]:
+    with pyro.get_param_store().scope(), torch.random.fork_rng(devices=[]):
         with run_scope(compiled, preflight=True) as run:
             trace = poutine.trace(compiled.fn).get_trace(*args, **kwargs)
         compiled.site_records = run.sites
-        return structure_from_trace(trace, run.sites)
+        return structure_from_trace(trace, run.sites), trace
+
+
+def _sliced_structure(compiled: _Compiled, kwargs: dict, rows: int) -> ModelStructure | None:
+    """The structure of ``compiled`` on all the data, from a run on their first ``rows`` rows, or ``None``."""
+    n, names = row_arguments(kwargs)
+    if n is None or n <= 8 * rows:
+        return None
+    context = FitContext(rows=(n, torch.arange(rows)))
+    sliced = {k: v[:rows] if k in names else v for k, v in kwargs.items()}
+    try:
+        with fit_scope(context):
+            structure, trace = _traced(compiled, (), sliced)
+    except Exception:  # noqa: BLE001 - the run on every row raises it again, naming its site and line
+        return None
+    plate = structure.data_plate
+    observed = {s.argument: s for s in structure.observed_sites if s.argument in names}
+    if plate is None or set(context.sliced_plates) != {plate} or set(observed) != set(names):
+        return None
+    plate_dim = structure.plates[plate].dim
+    for arg, site in observed.items():
+        fn = trace.nodes[site.name]["fn"]
+        if site.shape != tuple(sliced[arg].shape) or len(site.shape) - len(site.event_shape) != -plate_dim \
+                or _per_row_bounds(getattr(fn, "support", None)):
+            return None
+    sites = {}
+    for name, site in structure.sites.items():
+        inside = plate in site.plates
+        restored = {}
+        for field, shape, event in (("batch_shape", site.batch_shape, 0), ("shape", site.shape, len(site.event_shape))):
+            at = len(shape) - event + plate_dim if inside else None
+            if any(size == rows and i != at for i, size in enumerate(shape)):
+                return None  # a dim of the slice's size that the data plate does not explain
+            if at is not None and 0 <= at < len(shape) and shape[at] == rows:
+                restored[field] = shape[:at] + (n,) + shape[at + 1 :]
+        sites[name] = dataclasses.replace(site, **restored)
+    for site in observed.values():  # the whole data's supports, block by block (the slice was checked in the run)
+        check_support(site.name, trace.nodes[site.name]["fn"], kwargs[site.argument], site.location, CHECK_ROWS)
+    plates = dict(structure.plates)
+    plates[plate] = dataclasses.replace(plates[plate], size=n)  # a trace's frame holds the subsample's size
+    return ModelStructure(sites, plates, structure.max_plate_nesting)
+
+
+def _per_row_bounds(support: Any) -> bool:
+    """Whether a support has tensor bounds of more than one entry (which the slice's rows alone carry)."""
+    while support is not None and hasattr(support, "base_constraint"):
+        support = support.base_constraint
+    return any(isinstance(v, torch.Tensor) and v.numel() > 1 for v in vars(support).values()) if support else False
 
 
 def check_model(obj: Any, what: str = "model") -> Model:

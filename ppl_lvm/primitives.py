@@ -98,7 +98,7 @@ def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: Resolv
         if not problem:
             _check_plates(name, value, len(event), resolved)
             _check_no_broadcast(name, fn, value, len(event), resolved)
-            _check_support(name, fn, value, resolved)
+            check_support(name, fn, value, resolved.location)
         if problem:
             raise ModelCheckError(
                 f"observed value has shape {_shape(value.shape)}, but {distribution_name(fn)} has batch_shape "
@@ -158,28 +158,43 @@ def _check_no_broadcast(name: str, fn: Any, value: torch.Tensor, event_dim: int,
         )
 
 
-def _check_support(name: str, fn: Any, value: torch.Tensor, resolved: ResolvedName) -> None:
-    """Refuse observed values outside the distribution's support: how many, the first positions and values."""
+def check_support(name: str, fn: Any, value: torch.Tensor, location: Any, chunk_rows: int | None = None) -> None:
+    """Refuse observed values outside the distribution's support: how many, the first positions and values.
+
+    ``chunk_rows``: check ``value`` in blocks of this many rows along its first dim (a batch dim), so that no
+    temporary is larger than one block; positions are those in the whole ``value``.
+    """
     support = getattr(fn, "support", None)
     if support is None:
         return
-    try:
-        ok = support.check(value)
-    except (RuntimeError, ValueError, TypeError):
-        return  # supports that cannot check this value are left to the distribution's own validation
-    if bool(ok.all()):
-        return
-    bad = torch.nonzero(~ok.expand(value.shape[: ok.dim()]) if ok.dim() else ~ok.reshape(1))
-    shown = bad[:3].tolist()
-    event = value.dim() - ok.dim()
-    values = [value[tuple(i)].tolist() if event else float(value[tuple(i)]) for i in shown] if ok.dim() else []
-    where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
-    raise ModelCheckError(
-        f"{int((~ok).sum())} of {ok.numel()} observed values lie outside the support of {distribution_name(fn)} "
-        f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories as "
-        "0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
-        site=name, location=resolved.location,
-    )
+    rows = value.shape[0] if value.dim() else 1
+    step, bad_total, total, shown, values = rows if chunk_rows is None else max(int(chunk_rows), 1), 0, 0, [], []
+    for lo in range(0, rows, step):
+        part = value[lo : lo + step] if value.dim() else value
+        if not part.is_floating_point() and not support.is_discrete:  # as the model's run converts them
+            part = part.to(torch.get_default_dtype())
+        try:
+            ok = support.check(part)
+        except (RuntimeError, ValueError, TypeError):
+            return  # supports that cannot check this value are left to the distribution's own validation
+        total += ok.numel()
+        if bool(ok.all()):
+            continue
+        bad_total += int((~ok).sum())
+        if len(shown) < 3 and ok.dim():
+            bad = torch.nonzero(~ok.expand(part.shape[: ok.dim()]))[: 3 - len(shown)]
+            event = part.dim() - ok.dim()
+            for i in bad.tolist():
+                values.append(part[tuple(i)].tolist() if event else float(part[tuple(i)]))
+                shown.append((i[0] + lo, *i[1:]))
+    if bad_total:
+        where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
+        raise ModelCheckError(
+            f"{bad_total} of {total} observed values lie outside the support of {distribution_name(fn)} "
+            f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories "
+            "as 0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
+            site=name, location=location,
+        )
 
 
 def _support_text(support: Any) -> str:
@@ -339,6 +354,10 @@ def plate(
         return pyro.plate(name, full, subsample=indices, dim=dim)
     if isinstance(size, torch.Tensor):
         size = int(size)
+    if fit is not None and fit.rows is not None and subsample_size is None and size in (fit.rows[0], len(fit.rows[1])):
+        full, indices = fit.rows  # the prototype run of many rows: the data plate on its first rows, full size kept
+        fit.sliced_plates.append(name)
+        return pyro.plate(name, full, subsample=indices, dim=dim)
     return pyro.plate(name, size, subsample_size=subsample_size, dim=dim)
 
 

@@ -2,7 +2,7 @@
 
 A *run* is one call of a compiled model or guide: it records the sites it created (to refuse duplicate names and
 to map a site back to its source line). A *fit* is set by the fit loop around many runs: the minibatch subsample of
-the data plate and the KL weight. Both live in thread-local stacks so nested and concurrent fits do not mix.
+the data plate and the KL weight (and around the prototype run of many rows: the rows of the data plate it traces). Both live in thread-local stacks so nested and concurrent fits do not mix.
 """
 
 from __future__ import annotations
@@ -44,6 +44,11 @@ class FitContext:
     beta: float = 1.0
     #: the optimisation step being taken, counted from 0 (what schedules such as a guide's temperature read)
     step: int = 0
+    #: the prototype run of many rows (:func:`ppl_lvm.model.trace_structure`): (full size, row indices); a plate
+    #: given the full size or as many rows as the indices runs on those rows, its full size kept
+    rows: tuple[int, torch.Tensor] | None = None
+    #: the names of the plates that ran on ``rows``
+    sliced_plates: list[str] = field(default_factory=list)
 
 
 #: a long chain's prototype runs its first steps and this many more spread over the rest (the last one among them)

@@ -21,6 +21,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import site_is_subsample
 
+from ..data import row_arguments
 from ..errors import FitError, UnsupportedModelError
 from ..fit import FitOptions, Minibatch, run_loop
 from ..guides import build_guide, empty_guide
@@ -282,7 +283,7 @@ class VariationalBackend(Backend):
                         "variational parameters per data row; minibatching it needs an amortised guide "
                         "(lvm.AmortizedNormal or a guide with an encoder), or fit without batch_size"
                     )
-        arguments = [k for k, v in data.items() if v.dim() > 0 and v.shape[0] == n]
+        arguments = row_arguments(data, n)[1]
         size = n if parallel is None else parallel.n_total  # a data-parallel batch is drawn from all the rows
         return Minibatch(plate.name, size, loop.batch_size, arguments, plan.minibatch_scaling)
 

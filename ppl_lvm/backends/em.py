@@ -14,6 +14,8 @@ log-likelihood is returned. How each route starts is said in :mod:`ppl_lvm.em.ro
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import sys
 from collections.abc import Sequence
@@ -22,20 +24,20 @@ from typing import Any
 
 import numpy as np
 import pyro
-import pyro.poutine as poutine
 import torch
 
 from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.queries import recognise
-from ..em.routes import closed_form_fit, em_outcome, generic_fit
+from ..em.routes import closed_form_fit, create_params, em_outcome, generic_fit
 from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
 from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state, select_steps
 from .base import Backend, Problem
+from .em_checks import check_enumerable, check_streams
 from .restarts import run_restarts
 
 __all__ = ["EM", "EMOptions"]
@@ -45,6 +47,9 @@ INITS = ("k-means++", "kmeans", "random", "random_from_data", "params")
 #: the starts of the generic route (see :mod:`ppl_lvm.em.routes`)
 GENERIC_INITS = ("params", "random")
 DEFAULT_INIT = {"closed form": "k-means++", "generic": "params"}
+#: the values of ``dtype`` (the closed-form E-step kernels' floating-point type)
+KERNEL_DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
+                 torch.float64: torch.float64}
 
 
 @dataclass
@@ -105,6 +110,16 @@ class EMOptions:
         ``alpha`` of the online step sizes ``t^(-alpha)``, in (0.5, 1].
     polyak : int, optional
         Average the online parameters from this step on (Polyak-Ruppert); None: no averaging.
+    dtype : {None, "float64", "float32"}
+        The floating-point type of the closed-form E-step kernels of a recognised mixture (batch EM, in memory,
+        streamed or data-parallel). ``None`` (default) and ``"float64"``: float64 kernels, the data converted
+        chunk by chunk. ``"float32"``: log densities and responsibilities in float32 (float32 data stay float32;
+        float64 data are converted chunk by chunk), each chunk's sufficient statistics (of at most 65 536 rows)
+        summed in float64 and the M-step in float64; the reported responsibilities and per-point
+        log-likelihoods are float32, the total log-likelihood a float64 sum. Faster (1.4x per iteration for a
+        diagonal GMM on 1e7 rows) and half the memory for the responsibilities, at float32's accuracy (the
+        log-likelihood within ~1e-7 relative of the float64 fit's in the tests).
+        ``torch.float32`` / ``torch.float64`` are accepted too; ``result.options["dtype"]`` records the one used.
     """
 
     max_iter: int = 100
@@ -121,6 +136,7 @@ class EMOptions:
     batch_size: int | None = None
     step_exponent: float = 0.6
     polyak: int | None = None
+    dtype: str | torch.dtype | None = None
 
     @classmethod
     def names(cls) -> list[str]:
@@ -155,6 +171,17 @@ class EMOptions:
             raise ValueError(f"step_exponent must be in (0.5, 1], got {self.step_exponent!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.dtype is not None and KERNEL_DTYPES.get(self.dtype) is None:
+            raise ValueError(f"dtype must be 'float32' or 'float64' (the dtype of the closed-form E-step kernels; "
+                             f"None: float64), got {self.dtype!r}")
+        if self.kernel_dtype == torch.float32 and self.online:
+            raise ValueError("dtype='float32' runs the kernels of batch EM; online=True steps its statistics in "
+                             "float64: drop dtype or online=True")
+
+    @property
+    def kernel_dtype(self) -> torch.dtype:
+        """The torch dtype of the closed-form E-step kernels (``dtype``; float64 by default)."""
+        return torch.float64 if self.dtype is None else KERNEL_DTYPES[self.dtype]
 
     def for_route(self, route: str, default_reg: float | None = None, default_init: str | None = None
                   ) -> dict[str, Any]:
@@ -187,6 +214,12 @@ class EMOptions:
                     "has no such matrix to seed from. Use init_params='params' (the model's lvm.param values, the "
                     "default), 'random' (random starts around them) or a dict of initial values."
                 )
+            if self.kernel_dtype != torch.float64:
+                raise UnsupportedModelError(
+                    f"dtype={self.dtype!r} sets the kernels of the closed-form EM route (a recognised mixture); "
+                    "this model runs the generic EM route (it is not a recognised mixture or chain), which "
+                    "computes in the model's own dtype. Drop dtype (or pass data and parameters in float32)."
+                )
             if self.reg_covar is not None:
                 raise UnsupportedModelError(
                     f"reg_covar={self.reg_covar!r} regularises the covariances of a recognised Gaussian mixture or "
@@ -194,6 +227,7 @@ class EMOptions:
                     "regularise. Drop reg_covar, or write a prior into the model (lvm.factor) to regularise it."
                 )
         record = {k: v for k, v in vars(self).items() if k != "callbacks"}
+        record["dtype"] = str(self.kernel_dtype).removeprefix("torch.") if route != "generic" else None
         record["init_params"] = "dict" if isinstance(init, dict) else (init or default_init or DEFAULT_INIT[route])
         if route != "generic":
             record["reg_covar"] = float(default_reg if self.reg_covar is None else self.reg_covar)
@@ -207,65 +241,6 @@ def _progress_bar(enabled: bool | None, total: int, desc: str):
     from tqdm.auto import tqdm  # lazy: only a shown progress bar needs it (tqdm.auto may import ipywidgets)
 
     return tqdm(total=total, desc=desc, leave=True, dynamic_ncols=True)
-
-
-def _check_enumerable(structure: Any) -> None:
-    for site in structure.continuous_latents:
-        raise UnsupportedModelError(
-            f"method 'em' needs every latent to be discrete with finite support, but '{site.name}' "
-            f"({site.location}) is a continuous {site.distribution}. Fit this model with method='svi' or "
-            "method='iwae', or make the site a parameter (lvm.param) for maximum likelihood."
-        )
-    for site in structure.discrete_latents:
-        if not site.enumerable:
-            raise UnsupportedModelError(
-                f"method 'em' cannot enumerate '{site.name}' ({site.location}): {site.distribution} has no "
-                "finite support. Use a Categorical/Bernoulli latent, or method='svi'."
-            )
-
-
-def _check_streams(problem: Problem, pattern: Any) -> None:
-    """Which data may be read chunk by chunk on each route (see :mod:`ppl_lvm.em.stream`)."""
-    streams = problem.streams
-    if not streams:
-        return
-    names = sorted(streams)
-    sequences = sorted(problem.sequence_streams)
-    chain = pattern is not None and hasattr(pattern, "trans")
-    if sequences and not chain:
-        raise UnsupportedModelError(
-            f"data read chunk by chunk as sequences (lvm.chunks with lengths or sequences=True: {sequences}) are "
-            "fitted by a hidden Markov chain written with lvm.markov; this model is not one. Pass the rows without "
-            "lengths (lvm.chunks(x, chunk_size))"
-        )
-    if pattern is None:  # the generic route reads every streamed argument side by side (ModelChunks)
-        return
-    if chain:
-        if not pattern.latents:
-            raise UnsupportedModelError(
-                f"data read chunk by chunk (lvm.chunks: {names}) are fitted for a hidden Markov chain written with "
-                "lvm.markov (one latent per step, e.g. ppl_lvm.models.hmm.gaussian_hmm); this chain is one "
-                "DiscreteHMM site, whose sequences share one length. Write it with lvm.markov, or pass the data "
-                "in memory"
-            )
-        if len(names) != 1 or sequences != names:
-            raise UnsupportedModelError(
-                f"a hidden Markov chain reads one argument chunk by chunk, its observed sequences, given as "
-                f"lvm.chunks(x, chunk_size, lengths=lengths) or lvm.chunks(list_of_sequences, chunk_size, "
-                f"sequences=True); got {names} (as sequences: {sequences})"
-            )
-        return
-    if pattern.data_argument is None:
-        raise UnsupportedModelError(
-            f"data read chunk by chunk (lvm.chunks: {names}) are fitted for a mixture whose observed data are one "
-            "argument of the model; this mixture's kernels read their data from several observed sites or from a "
-            "regression's design: pass the data in memory"
-        )
-    if names != [pattern.data_argument]:
-        raise UnsupportedModelError(
-            f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
-            f"feed the model otherwise: pass them in memory"
-        )
 
 
 def _write_init_values(store: Any, values: dict) -> None:
@@ -286,16 +261,16 @@ class EMBackend(Backend):
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
         opts, _ = self.options_of(problem)
         structure = problem.structure
-        _check_enumerable(structure)
+        check_enumerable(structure)
         kwargs = dict(problem.data.kwargs)
         start = problem.init_state if problem.init_state is not None else {"params": {}, "constraints": {}}
         with torch.random.fork_rng(devices=[]), pyro.get_param_store().scope(start):
             pyro.set_rng_seed(int(opts.seed))
             store = pyro.get_param_store()
             with select_steps():  # a long lvm.markov chain: its first steps create its parameters
-                poutine.trace(problem.model).get_trace(**kwargs)
+                create_params(problem.model, kwargs, structure)
             if problem.structure.model_param_names(store.keys()) != problem.structure.model_param_names():
-                poutine.trace(problem.model).get_trace(**kwargs)  # a parameter made at a later step: run them all
+                create_params(problem.model, kwargs, structure)  # a parameter made at a later step: run them all
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
             initial = clone_param_state(store.get_state())
@@ -308,7 +283,7 @@ class EMBackend(Backend):
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
                 return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
-            _check_streams(problem, pattern)
+            check_streams(problem, pattern)
             if pattern is not None:
                 options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
             else:
@@ -333,6 +308,13 @@ class EMBackend(Backend):
         if chain and opts.online:
             raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
                                         "drop online=True (batch EM)")
+        if opts.kernel_dtype != torch.float64:
+            if chain:
+                raise UnsupportedModelError(f"dtype={opts.dtype!r} sets the kernels of a recognised mixture; this "
+                                            "model is a hidden Markov chain, fitted in float64: drop dtype")
+            family = copy.copy(pattern.family)  # the fit's kernels; the result's queries keep the pattern's
+            family.dtype = opts.kernel_dtype
+            pattern = dataclasses.replace(pattern, family=family)
         x = pattern.data if chain else pattern.matrix(kwargs)
         reducer = Reducer(opts.distributed)
         if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
@@ -343,8 +325,9 @@ class EMBackend(Backend):
         elif streams:
             source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
                             reducer=reducer)
-        else:  # a large tensor is read in chunks (the temporaries of one chunk at a time)
-            source = Source(pattern.family, memory_chunks(x), reducer=reducer)
+        else:  # a large tensor is read in chunks (the temporaries of one chunk at a time; float32: summed in float64)
+            source = Source(pattern.family, memory_chunks(x, float32=opts.kernel_dtype == torch.float32),
+                            reducer=reducer)
         n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")

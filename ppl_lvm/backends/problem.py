@@ -16,7 +16,7 @@ import torch
 from ..data import BoundData, bind_data, to_tensor
 from ..em.stream import Chunks
 from ..errors import DataError, DataWarning, ModelCheckError
-from ..model import Model, check_model
+from ..model import PROTOTYPE_ROWS, Model, check_model, trace_structure
 from ..structure import ModelStructure
 
 __all__ = ["OPTION_HINTS", "Problem", "make_problem"]
@@ -56,7 +56,8 @@ def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]
     """Inspect the model; integer data feeding a continuous likelihood are converted once, with one warning."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
-        structure = model.inspect(**kwargs)
+        # the prototype run: on the first rows of many (the data plate's full size kept), supports checked on all
+        structure = trace_structure(model, (), kwargs, rows=PROTOTYPE_ROWS)
     for w in caught:
         if not issubclass(w.category, DataWarning):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -43,13 +43,14 @@ ChunkPosterior = Callable[[dict, Any, dict], tuple[torch.Tensor, dict]]
 
 def chunk_statistics(family: Any, cache: dict, layout: Any, posterior: ChunkPosterior, params: dict,
                      drop: tuple[str, ...] = ()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One chunk's posteriors and its additive statistics: the family's plus the posterior function's extra sums."""
+    """One chunk's posteriors and its additive statistics: the family's plus the posterior function's extra sums,
+    in float64 (the sums of float32 kernels too are accumulated over the chunks in float64)."""
     resp, extra = posterior(cache, layout, params)
     part = family.statistics(resp, cache, params)
     for key in drop:
         part.pop(key, None)
     part.update(extra)
-    return resp, part
+    return resp, {k: v.to(torch.float64) if v.dtype == torch.float32 else v for k, v in part.items()}
 
 
 class Reducer:
@@ -262,7 +263,7 @@ class DataPass:
         return self._sum(part)
 
     def second_moment(self) -> torch.Tensor:
-        return self._sum(lambda cache, layout: cache["xc"].T @ cache["xc"])
+        return self._sum(lambda cache, layout: cache["xc"].T.to(torch.float64) @ cache["xc"].to(torch.float64))
 
     def weighted_sum(self, part: Callable[[dict, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """``part(cache, resp)`` summed over every chunk and rank (a family's own second pass)."""

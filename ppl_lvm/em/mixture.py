@@ -38,6 +38,10 @@ __all__ = [
 
 Params = dict[str, torch.Tensor]
 
+#: float32 kernels set responsibilities below exp(this) (~9e-27) to 0: what they keep, and its products with the
+#: data, stay normal floats, far from float32's smallest normal, 1.2e-38
+_FLOAT32_LOG_FLOOR = -60.0
+
 
 class EmissionFamily(Protocol):
     """Interface every emission family implements (structural typing)."""
@@ -114,7 +118,7 @@ def mixture_e_step(
     floor = _exp_floor(work.dtype)
     if work.numel() and float(work.min()) < floor:
         # exp runs ~10x (float64) to ~80x (float32) slower where its result is subnormal or zero: those entries
-        # (responsibilities below exp(floor), ~1e-301 in float64, ~1e-37 in float32) are set to exactly 0 instead.
+        # (responsibilities below exp(floor), ~1e-301 in float64, ~1e-26 in float32) are set to exactly 0 instead.
         below = work < floor
         work.clamp_(min=floor).exp_().masked_fill_(below, 0.0)
     else:
@@ -130,8 +134,11 @@ def mixture_e_step(
 
 
 def _exp_floor(dtype: torch.dtype) -> float:
-    """The smallest log-responsibility kept: 0.98 times the log of the dtype's smallest normal number."""
-    return 0.98 * math.log(torch.finfo(dtype).tiny)
+    """The smallest log-responsibility kept: 0.98 times the log of the dtype's smallest normal number (float64), -60
+    in float32, whose subnormals below exp(-87.3) the CPU computes ~30x slower also in the division and in the
+    statistics' products with the data, so a margin is kept (an entry below exp(-60) adds < 1e-25 to a row summing
+    to >= 1)."""
+    return _FLOAT32_LOG_FLOOR if dtype == torch.float32 else 0.98 * math.log(torch.finfo(dtype).tiny)
 
 
 def weights_m_step(resp_sum: torch.Tensor) -> torch.Tensor:
@@ -259,11 +266,13 @@ def fit_mixture(
         raise ValueError("init_params must contain 'weights'")
 
     posterior = mixture_posterior(family)
+    dtype = getattr(family, "dtype", torch.float64)  # the kernels' (statistics summed and M-step in float64)
 
     def step(params: Params) -> tuple[float, Params]:
         stats = source.accumulate(posterior, params)
         new_params = family.m_step_statistics(stats, params, reg, source.template, source.data_pass(posterior, params))
         new_params["weights"] = weights_m_step(stats["weights_sum"])
+        new_params = {k: v.to(dtype) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in new_params.items()}
         return float(stats["log_likelihood"]) / source.n, new_params
 
     return iterate(step, params, max_iter, tol, callback, stop_on_nan=True)

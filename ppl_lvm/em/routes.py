@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 import pyro
+import pyro.poutine as poutine
 import torch
 
 from ..errors import ConvergenceWarning
 from ..guides import empty_guide
+from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state
 from .accumulate import ModelChunks, Source
@@ -42,7 +44,7 @@ from .mixture import fit_mixture, mixture_log_likelihood
 from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
 
-__all__ = ["EMRun", "closed_form_fit", "em_outcome", "generic_fit", "jitter_state"]
+__all__ = ["EMRun", "closed_form_fit", "create_params", "em_outcome", "generic_fit", "jitter_state"]
 
 GUIDE_NAME = "none (all latents enumerated)"
 
@@ -60,6 +62,22 @@ class EMRun:
     responsibilities: dict = field(default_factory=dict)
     #: data points of the whole fit when ``per_point`` covers only this rank's shard (a data-parallel fit)
     n_samples: int | None = None
+
+
+def create_params(model: Any, kwargs: dict, structure: Any) -> None:
+    """Run the model once on all the data to create every ``lvm.param`` (initial values may read the data).
+
+    With one discrete latent, inside the data plate (a mixture's assignment), it is enumerated, so the run holds K
+    values of it, not one per data point, and the distributions inside the data plate are built on K rows of
+    parameters (a mixture's ``locs[z]`` is (K, 1, D), not (N, D)); a parameter created after the latent is then
+    drawn from the random stream before the latent's draws instead of after them. Other models are run as written
+    (a global discrete latent enumerated could broadcast against every row).
+    """
+    latents = structure.discrete_latents
+    if len(latents) == 1 and structure.is_local(latents[0].name):
+        first = -1 - structure.max_plate_nesting
+        model = poutine.enum(enumerating(model, [latents[0].name]), first_available_dim=first)
+    poutine.trace(model).get_trace(**kwargs)
 
 
 def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any) -> EMOutcome:
@@ -129,9 +147,11 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
     chain = hasattr(pattern, "trans")
     family = pattern.family
     reducer = source.reducer
-    x, cache = source.local_data()
+    init = options["init_params"]
+    # rows to seed a data-driven start from (a random chunk's worth of a large tensor): only where they are read
+    x, cache = (None, None) if source.streamed and init in ("params", "dict") else source.local_data()
     lengths = [int(v) for v in pattern.lengths] if chain and not source.streamed else None
-    init, reg, tol, max_iter = options["init_params"], options["reg_covar"], options["tol"], options["max_iter"]
+    reg, tol, max_iter = options["reg_covar"], options["tol"], options["max_iter"]
     # the chain kernel reports total log-likelihoods (hmmlearn's units); ours are per observation
     per = float(source.n) if chain else 1.0
     initialize = initialize_hmm if chain else initialize_mixture
@@ -174,7 +194,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
             per_point, resp = None, None
-            total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum())
+            total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum(dtype=torch.float64))
                         for c, _ in source.chunks())
         else:
             fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
@@ -182,7 +202,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         pattern.to_model(fit.params, store)
         _warn_unless_converged(fit.converged, max_iter, tol, restart, seed)
         if per_point is not None:
-            total = per_point.sum()
+            total = per_point.sum(dtype=torch.float64)
         total = float(reducer.sum({"log_likelihood": torch.as_tensor(total)})["log_likelihood"])
         fresh = source.streamed and source.data.per_row  # made for this run alone: no copy needed
         responsibilities = {} if resp is None else {pattern.latent: resp if fresh else resp.clone()}

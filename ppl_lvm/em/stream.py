@@ -364,11 +364,12 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     raise TypeError(f"chunks needs an array, a .npy path, a list of chunks or a function, got {type(source).__name__}")
 
 
-def memory_chunks(x: torch.Tensor) -> torch.Tensor | Chunks:
+def memory_chunks(x: torch.Tensor, float32: bool = False) -> torch.Tensor | Chunks:
     """``x`` itself, or, with more than :data:`MEMORY_CHUNK_THRESHOLD` rows, ``x`` read in chunks of
     :data:`MEMORY_CHUNK_ROWS` rows: then an EM iteration holds the temporaries of one chunk (its design matrix,
-    its (rows, K) log densities), never of all N rows at once."""
-    if x.shape[0] <= MEMORY_CHUNK_THRESHOLD:
+    its (rows, K) log densities), never of all N rows at once. ``float32`` (float32 kernels): in chunks from
+    :data:`MEMORY_CHUNK_ROWS` rows on, so that no float32 sum runs over more rows than one chunk's."""
+    if x.shape[0] <= (MEMORY_CHUNK_ROWS if float32 else MEMORY_CHUNK_THRESHOLD):
         return x
     chunked = Chunks(x, MEMORY_CHUNK_ROWS)
     chunked.per_row = True

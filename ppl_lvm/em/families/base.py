@@ -13,7 +13,9 @@ Params = dict[str, torch.Tensor]
 
 
 def local_centred_sums(xc: torch.Tensor, resp: torch.Tensor, mu: torch.Tensor, idx: torch.Tensor, full: bool) -> torch.Tensor:
-    """``sum_i r_ik (xc_i - mu_k)(xc_i - mu_k)'`` for the components ``idx`` (their diagonals unless ``full``)."""
+    """``sum_i r_ik (xc_i - mu_k)(xc_i - mu_k)'`` for the components ``idx`` (their diagonals unless ``full``), in
+    the dtype of ``mu`` (float64 means of float32 kernels: the data are converted)."""
+    xc, resp = xc.to(mu.dtype), resp.to(mu.dtype)
     d = xc.shape[1]
     out = torch.empty((len(idx), d, d) if full else (len(idx), d), dtype=xc.dtype)
     for j, c in enumerate(idx.tolist()):
@@ -50,7 +52,7 @@ class LocalPass:
 
     def second_moment(self) -> torch.Tensor:
         """``sum_i xc_i xc_i'`` of the centred data (the Gaussian fallback of an empty component)."""
-        xc = self.cache["xc"]
+        xc = self.cache["xc"].to(torch.float64)
         return xc.T @ xc
 
     def weighted_sum(self, part: Any) -> torch.Tensor:
