@@ -18,6 +18,7 @@ import torch
 from pyro.distributions import constraints
 
 from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
+from .interpreter import current_interpreter
 from .naming import ResolvedName, resolve
 from .runtime import SiteRecord, broadcast_shape, current_fit, current_run
 
@@ -213,7 +214,10 @@ def _explain(exc: Exception) -> str:
 
 
 def _sample(name: str, fn: Any, obs: Any, resolved: ResolvedName, infer: dict | None, kind: str):
+    interp = current_interpreter()  # a planned step runs the statement itself (ppl_lvm.interpreter)
     try:
+        if interp is not None:
+            return interp.sample(name, fn, obs, infer)
         return pyro.sample(name, fn, obs=obs, infer=infer)
     except (ValueError, RuntimeError, IndexError) as exc:
         if isinstance(exc, PplLvmError):
@@ -306,7 +310,10 @@ def param(
         run.sites[resolved.name] = SiteRecord(resolved.name, "param", resolved.location)
     if init is not None and not callable(init) and not isinstance(init, torch.Tensor):
         init = torch.as_tensor(np.asarray(init), dtype=torch.get_default_dtype())
+    interp = current_interpreter()
     try:
+        if interp is not None:
+            return interp.param(resolved.name, init, constraint, event_dim)
         return pyro.param(resolved.name, init, constraint=constraint, event_dim=event_dim)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelCheckError(str(exc), site=resolved.name, location=resolved.location) from exc
@@ -333,12 +340,16 @@ def plate(
     size = args[0] if args else None
     if name is None:
         name = resolve("plate", None).name
-    fit = current_fit()
+    fit, interp = current_fit(), current_interpreter()
     if fit is not None and name in fit.subsample:
         full, indices = fit.subsample[name]
+        if interp is not None:
+            return interp.plate(name, full, indices, None, dim)
         return pyro.plate(name, full, subsample=indices, dim=dim)
     if isinstance(size, torch.Tensor):
         size = int(size)
+    if interp is not None:
+        return interp.plate(name, size, None, subsample_size, dim)
     return pyro.plate(name, size, subsample_size=subsample_size, dim=dim)
 
 
@@ -369,6 +380,8 @@ def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module
     run = current_run()
     if run is not None and resolved.name not in run.sites:
         run.sites[resolved.name] = SiteRecord(resolved.name, "module", resolved.location)
+    if current_interpreter() is not None:  # a planned step: the fit checked the weights are the store's
+        return nn_module
     return pyro.module(resolved.name, nn_module, update_module_params=update_module_params)
 
 
@@ -377,4 +390,6 @@ def deterministic(value: torch.Tensor, *, name: str | None = None, event_dim: in
     resolved = resolve("deterministic", name)
     site = _site_name(resolved, name)
     _record(site, "deterministic", resolved)
+    if current_interpreter() is not None:  # no density: nothing of the loss
+        return value
     return pyro.deterministic(site, value, event_dim=event_dim)
