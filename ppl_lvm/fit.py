@@ -75,13 +75,17 @@ class KLWeight(Messenger):
 def _snapshot(store: Any, buffer: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Copy the unconstrained parameters into ``buffer`` (reused across steps: no allocation per step)."""
     buffer = {} if buffer is None else buffer
+    sources, targets = [], []
     with torch.no_grad():
         for name, value in store._params.items():
             kept = buffer.get(name)
-            if kept is None or kept.shape != value.shape:
+            if kept is None or kept.shape != value.shape or kept.dtype != value.dtype or kept.device != value.device:
                 buffer[name] = value.detach().clone()
             else:
-                kept.copy_(value)
+                sources.append(value)
+                targets.append(kept)
+        if targets:
+            torch._foreach_copy_(targets, sources)  # one call for all of them
     return buffer
 
 

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
+from torch.distributions import Distribution
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
@@ -75,13 +76,24 @@ class PlannedLoss:
         raise NotImplementedError
 
     def loss_and_grads(self, model: Any, guide: Any, **kwargs: Any) -> float:
-        loss, surrogate = self.evaluate(model, guide, kwargs)
+        """The step's loss, its gradients accumulated into ``.grad``. The distributions' argument checks are off
+        here (the first step, run by Pyro, checked the same statements; a parameter that runs off gives a
+        non-finite loss, which the fit loop reports)."""
+        validate = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            loss, surrogate = self.evaluate(model, guide, kwargs)
+        finally:
+            Distribution.set_default_validate_args(validate)
         if self.named and isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
             surrogate.backward()
         return loss
 
 
 def _log_prob(site: RunSite) -> torch.Tensor:
+    if site.mask is None:  # scale_and_mask's arithmetic, without its checks
+        log_p = site.fn.log_prob(site.value)
+        return log_p if site.scale == 1.0 else log_p * site.scale
     return scale_and_mask(site.fn.log_prob(site.value), site.scale, site.mask)
 
 
