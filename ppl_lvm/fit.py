@@ -217,9 +217,13 @@ def run_loop(
                     named = planned.named
                     try:
                         loss = planned.loss_and_grads(raw_model, raw_guide, **step_kwargs)
-                    except NotPlannable as exc:  # the structure changed: this step and the rest by Pyro
+                        if not math.isfinite(loss):  # Pyro's step says where (its argument checks are on)
+                            raise NotPlannable(f"the loss became {loss}")
+                    except NotPlannable as exc:  # e.g. the structure changed: this step and the rest by Pyro
                         planner.stop(f"from step {step}: {exc}")
                         torch.set_rng_state(state_before)
+                        for p in named.values():
+                            p.grad = None
                         planned = None
                     except Exception as exc:  # noqa: BLE001 - raised below, as on the Pyro path
                         error = exc

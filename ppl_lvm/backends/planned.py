@@ -102,11 +102,21 @@ def _stl_applies(site: RunSite) -> bool:
     return site.fn.has_rsample and not isinstance(site.fn, dist.Delta)
 
 
-class TraceLoss(PlannedLoss):
-    """``Trace_ELBO`` with one particle; ``stl=True``: its sticking-the-landing surrogate (``STLTrace_ELBO``)."""
+class ParticleLoss(PlannedLoss):
+    """A loss of ``num_particles`` draws, vectorised under a plate at ``dim`` when there are more than one."""
 
-    def __init__(self, stl: bool):
+    def __init__(self, num_particles: int = 1, dim: int = -1):
         super().__init__()
+        self.num_particles = int(num_particles)
+        if self.num_particles > 1:
+            self.outer = (Frame("num_particles_vectorized", dim, self.num_particles, self.num_particles),)
+
+
+class TraceLoss(ParticleLoss):
+    """``Trace_ELBO``; ``stl=True``: its sticking-the-landing surrogate (``STLTrace_ELBO``)."""
+
+    def __init__(self, stl: bool, num_particles: int = 1, dim: int = -1):
+        super().__init__(num_particles, dim)
         self.stl = stl
 
     def evaluate(self, model, guide, kwargs):
@@ -124,11 +134,11 @@ class TraceLoss(PlannedLoss):
                 score = scale_and_mask(site.fn.log_prob(_fixed(site.value)), site.scale, site.mask)
                 entropy = entropy - score + score.detach()
             surrogate = surrogate - entropy.sum()
-        return -elbo, -surrogate
+        return 0.0 + -elbo / self.num_particles, -surrogate / self.num_particles
 
 
-class MeanFieldLoss(PlannedLoss):
-    """``TraceMeanField_ELBO`` with one particle: analytic KL terms where registered, Monte Carlo elsewhere."""
+class MeanFieldLoss(ParticleLoss):
+    """``TraceMeanField_ELBO``: analytic KL terms where registered, Monte Carlo elsewhere."""
 
     def evaluate(self, model, guide, kwargs):
         q_sites, p_sites = self.run(model, guide, kwargs)
@@ -150,7 +160,9 @@ class MeanFieldLoss(PlannedLoss):
         for q in q_sites:
             if q.name not in names:
                 raise NotPlannable(f"the guide's site '{q.name}' is not in the model (an auxiliary site)")
-        return -elbo.item(), -elbo
+        if not torch.is_tensor(elbo):
+            raise NotPlannable("the model has no sample site")
+        return 0.0 + -elbo.item() / self.num_particles, -elbo / self.num_particles
 
 
 class RenyiLoss(PlannedLoss):
@@ -191,18 +203,19 @@ def loss_for(elbo: Any, guide: Any) -> tuple[PlannedLoss | None, str | None]:
     if isinstance(guide, AutoGuide):
         return None, f"the guide is a Pyro autoguide ({type(guide).__name__}), which the interpreter does not run"
     particles = int(getattr(elbo, "num_particles", 1))
+    dim = -int(elbo.max_plate_nesting) if math.isfinite(getattr(elbo, "max_plate_nesting", math.inf)) else None
     if type(elbo) in (Trace_ELBO, STLTrace_ELBO, TraceMeanField_ELBO):
-        if particles != 1:
-            return None, f"{name} with num_particles={particles} (the fast path draws one particle)"
+        if particles > 1 and (not elbo.vectorize_particles or dim is None):
+            return None, f"{name} with num_particles={particles} drawn one at a time (vectorize_particles=False)"
         if type(elbo) is TraceMeanField_ELBO:
-            return MeanFieldLoss(), None
-        return TraceLoss(stl=type(elbo) is STLTrace_ELBO), None
+            return MeanFieldLoss(particles, dim or -1), None
+        return TraceLoss(type(elbo) is STLTrace_ELBO, particles, dim or -1), None
     if type(elbo) is RenyiELBO:
         if particles < 2 or not elbo.vectorize_particles:
             return None, f"{name} with num_particles={particles}, vectorize_particles={elbo.vectorize_particles}"
-        if not math.isfinite(elbo.max_plate_nesting):
+        if dim is None:
             return None, f"{name} without max_plate_nesting"
-        return RenyiLoss(elbo.alpha, particles, -int(elbo.max_plate_nesting)), None
+        return RenyiLoss(elbo.alpha, particles, dim), None
     return None, f"the estimator {name} has no fast path"
 
 
