@@ -2,8 +2,9 @@
 path under the same seed, on every built-in model the gradient methods fit, and Pyro's path where it cannot plan.
 
 The two paths draw the same random numbers in the same order and compute the same sums, so the loss curves agree
-to float error: checked over seeds 0-4 for every case below, the largest relative difference observed was 0.0
-(bit-identical) for every model but the two-layer VAE's iwae (4e-8); the tolerance is 1e-6.
+to float error: checked over seeds 0-4 for every planned case below (12 steps), the loss curves and the final
+parameters were bit-identical (largest difference 0.0); the tolerances (1e-6 relative on the losses, 1e-4 on the
+parameters) leave room for another CPU's summation order.
 """
 
 import warnings
@@ -103,7 +104,7 @@ def _gmm(seed):
 
 
 def _hmm(seed):
-    return gaussian_hmm, {"x": torch.randn(2, 12), "lengths": torch.tensor([12, 8]), "K": 2}, {}
+    return gaussian_hmm, {"x": torch.randn(2, 12, 1), "lengths": torch.tensor([12, 8]), "K": 2}, {}
 
 
 def _regression(seed):
@@ -156,7 +157,7 @@ def test_a_model_whose_structure_changes_leaves_the_fast_path_with_the_same_loss
         mu = lvm.param(torch.zeros(()))
         with lvm.plate(len(x)):
             lvm.observe(dist.Normal(mu, 1.0), x)
-        if float(mu) > 0.1:  # a site appears once mu has moved
+        if float(mu.detach()) > 0.1:  # a site appears once mu has moved
             lvm.observe(dist.Normal(mu, 1.0), torch.tensor(1.0), name="extra")
 
     x = torch.full((20,), 2.0)
