@@ -27,12 +27,12 @@ from typing import Any, NamedTuple
 
 import pyro.distributions as dist
 import torch
-from torch.distributions import Distribution
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
+from torch.distributions import Distribution
 
 from ..interpreter import Frame, Interpreter, NotPlannable, RunSite, interpreting
 from .estimators import STLTrace_ELBO, _fixed
