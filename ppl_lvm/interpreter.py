@@ -6,7 +6,7 @@ statements a variational step needs, and nothing else: plates allocate their dim
 their indices (the fit's minibatch rows) and scale the sites inside them by ``full size / batch size``; a sample
 statement broadcasts its distribution over the active plates as ``BroadcastMessenger`` does, draws (``rsample``, in
 a guide) or replays the guide's value (in a model), and records the site; ``param`` reads the parameter store;
-``module`` returns the module, whose weights the fit already holds in the store. The fit's KL weight ``beta``
+``module`` returns the module, whose weights the fit already holds in the store (the fit checks it). The fit's KL weight ``beta``
 scales continuous latent sites, as :class:`ppl_lvm.fit.KLWeight` does.
 
 Anything the interpreter cannot run exactly as Pyro would raises :class:`NotPlannable` with the reason (a Pyro
@@ -127,6 +127,8 @@ class Interpreter:
         self.replay = replay or {}
         self.frames: list[Frame] = list(outer)
         self.sites: list[RunSite] = []
+        #: the names of the parameters the run read (``lvm.param``), in order
+        self.params: list[str] = []
         fit = current_fit()
         self.beta = 1.0 if fit is None else fit.beta
 
@@ -190,8 +192,8 @@ class Interpreter:
                       for i, t in enumerate(target))
         return fn if shape == tuple(actual) else fn.expand(shape)
 
-    @staticmethod
-    def param(name: str, init: Any, constraint: Any, event_dim: int | None) -> torch.Tensor:
+    def param(self, name: str, init: Any, constraint: Any, event_dim: int | None) -> torch.Tensor:
+        self.params.append(name)
         if _PYRO_STACK:
             raise NotPlannable(f"parameter '{name}' is read under a Pyro handler ({type(_PYRO_STACK[-1]).__name__})")
         return pyro.get_param_store().get_param(name, init, constraint=constraint, event_dim=event_dim)

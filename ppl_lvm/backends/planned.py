@@ -58,7 +58,9 @@ class PlannedLoss:
 
     def __init__(self) -> None:
         self.named: dict[str, torch.Tensor] = {}
-        self.structure: tuple[list[str], list[str]] | None = None
+        #: the guide's and the model's site names and the parameters they read, fixed by the first step
+        self.structure: tuple[list[str], list[str], list[str]] | None = None
+        self.last: tuple[list[str], list[str], list[str]] | None = None
 
     def run(self, model: Any, guide: Any, kwargs: dict) -> tuple[list[RunSite], list[RunSite]]:
         q = Interpreter("guide", outer=self.outer)
@@ -67,8 +69,11 @@ class PlannedLoss:
         p = Interpreter("model", replay={s.name: s.value for s in q.sites if not s.observed}, outer=self.outer)
         with interpreting(p):
             model(**kwargs)
-        if self.structure is not None and ([s.name for s in q.sites], [s.name for s in p.sites]) != self.structure:
-            raise NotPlannable("the model's or the guide's sites changed from those of the first step")
+        structure = ([s.name for s in q.sites], [s.name for s in p.sites], q.params + p.params)
+        if self.structure is None:
+            self.last = structure
+        elif structure != self.structure:
+            raise NotPlannable("the model's or the guide's sites or parameters changed from those of the first step")
         return q.sites, p.sites
 
     def evaluate(self, model: Any, guide: Any, kwargs: dict) -> tuple[float, torch.Tensor]:
@@ -252,11 +257,11 @@ class Planner:
         try:
             with torch.random.fork_rng(devices=[]), torch.enable_grad():
                 torch.set_rng_state(rng)
-                q_sites, p_sites = planned.run(model, guide, kwargs)
-                torch.set_rng_state(rng)
                 value, surrogate = planned.evaluate(model, guide, kwargs)
         except NotPlannable as exc:
             return self._refuse(str(exc))
+        except Exception as exc:  # noqa: BLE001 - Pyro's step ran this model: what failed is the plan, not the model
+            return self._refuse(f"the interpreter failed: {type(exc).__name__}: {exc}")
         if not math.isclose(value, float(loss), rel_tol=LOSS_RTOL, abs_tol=LOSS_RTOL):
             return self._refuse(f"its loss {value!r} differed from the Pyro step's {float(loss)!r}")
         needs = isinstance(surrogate, torch.Tensor) and surrogate.requires_grad and bool(params)
@@ -265,7 +270,7 @@ class Planner:
             if (g is None) != (p.grad is None) or (g is not None and not _close(g, p.grad, GRAD_RTOL)):
                 return self._refuse(f"its gradient of '{name}' differed from the Pyro step's")
         planned.named = dict(named)
-        planned.structure = ([s.name for s in q_sites], [s.name for s in p_sites])
+        planned.structure = planned.last
         return planned
 
     def _refuse(self, reason: str) -> None:
