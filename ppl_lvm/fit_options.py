@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -288,7 +289,8 @@ class FlatOptim:
 
     ``PyroOptim`` keeps one torch optimiser per parameter; the optimisers in :data:`OPTIMIZERS` update each element
     on its own, so one optimiser over all of them takes the same steps (per-parameter gradient clipping included)
-    at one call instead of one per parameter. It is called as ``PyroOptim`` is, with the parameters to step;
+    at one call instead of one per parameter. A torch optimiser runs its multi-tensor (``foreach``) implementation
+    unless ``optim_args`` says otherwise: the same operations, in a few calls over all the parameters. It is called as ``PyroOptim`` is, with the parameters to step;
     a parameter it has not seen joins as a new group at the current learning rate.
     """
 
@@ -298,7 +300,10 @@ class FlatOptim:
         self.pyro_optim = pyro_optim
         self.params = list(params)
         self.known = set(self.params)
-        self.optim = pyro_optim.pt_optim_constructor(self.params, **pyro_optim.pt_optim_args)
+        args = dict(pyro_optim.pt_optim_args)
+        if "foreach" not in args and "foreach" in inspect.signature(pyro_optim.pt_optim_constructor).parameters:
+            args["foreach"] = True  # the same arithmetic as one tensor at a time (bit for bit), in fewer calls
+        self.optim = pyro_optim.pt_optim_constructor(self.params, **args)
         self.clip = dict(pyro_optim.pt_clip_args)
 
     @property

@@ -66,6 +66,10 @@ PLANNED = [
     ("vae svi standard", _vae, "svi", {"estimator": "standard"}),
     ("vae svi 3 particles", _vae, "svi", {"num_particles": 3}),
     ("vae svi warm-up", _vae, "svi", {"beta": lvm.linear_warmup(5)}),
+    ("vae svi clippedadam", _vae, "svi", {"optimizer": "clippedadam", "clip_norm": 5.0}),
+    ("vae svi sgd, clipped", _vae, "svi", {"optimizer": "sgd", "optim_args": {"momentum": 0.9}, "clip_norm": 50.0,
+                                           "lr": 1e-4}),
+    ("vae meanfield rmsprop", _vae, "meanfield", {"optimizer": "rmsprop"}),
     ("vae meanfield", _vae, "meanfield", {}),
     ("vae iwae", _vae, "iwae", {"num_particles": 3}),
     ("vae renyi", _vae, "renyi", {"num_particles": 3, "alpha": 0.5}),
@@ -79,10 +83,11 @@ PLANNED = [
 
 def _fit(build, method, options, fast_path, seed=SEED, steps=12):
     model, data, extra = build(seed)
+    options = {"lr": 0.02, **options}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", lvm.ConvergenceWarning)
-        return lvm.infer(model, data, method=method, steps=steps, lr=0.02, seed=seed, progress=False,
-                         fast_path=fast_path, **extra, **options)
+        return lvm.infer(model, data, method=method, steps=steps, seed=seed, progress=False, fast_path=fast_path,
+                         **extra, **options)
 
 
 @pytest.mark.parametrize("case, build, method, options", PLANNED, ids=[c[0] for c in PLANNED])
