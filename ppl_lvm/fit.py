@@ -237,7 +237,7 @@ def run_loop(
                     named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
                     if state_before is not None and error is None:
                         planned = planner.start(raw_model, raw_guide, step_kwargs, named, loss, state_before)
-                        if planned is not None:
+                        if planned is not None and named:  # nothing to step: the model has no parameters
                             optim = FlatOptim(optim, list(named.values()))
                 if parallel is not None:  # collective: a failure on another rank is raised here too
                     try:

@@ -173,6 +173,24 @@ def test_a_model_whose_structure_changes_leaves_the_fast_path_with_the_same_loss
     np.testing.assert_allclose(fits[True].losses, fits[False].losses, rtol=1e-6)
 
 
+def test_a_model_without_parameters_runs_on_the_fast_path():
+    @lvm.model
+    def fixed(x):
+        with lvm.plate(len(x)):
+            z = lvm.latent(dist.Normal(0.0, 1.0))
+            lvm.observe(dist.Normal(z, 1.0), x)
+
+    @fixed.guide
+    def fixed_guide(x):
+        with lvm.plate(len(x)):
+            lvm.latent(dist.Normal(x / 2, 0.5 ** 0.5), name="z")
+
+    x = torch.randn(10)
+    fits = {fp: lvm.infer(fixed, x, steps=3, seed=0, fast_path=fp, progress=False) for fp in (True, False)}
+    assert fits[True].options["fast_path"] is True
+    np.testing.assert_allclose(fits[True].losses, fits[False].losses, rtol=1e-6)
+
+
 def test_fast_path_must_be_a_bool():
     with pytest.raises(ValueError, match="fast_path must be True or False"):
         lvm.infer(_normal_mean, torch.randn(5), steps=1, fast_path="yes")
