@@ -29,6 +29,7 @@ from .fit_options import (
     OPTIMIZERS,
     FitOptions,
     FitState,
+    FlatOptim,
     Minibatch,
     Settling,
     anneal_factor,
@@ -37,6 +38,7 @@ from .fit_options import (
     smoothed_final_loss,
     smoothed_losses,
 )
+from .interpreter import NotPlannable
 from .runtime import FitContext, fit_scope
 
 __all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "linear_warmup", "run_loop", "smoothed_final_loss",
@@ -73,13 +75,17 @@ class KLWeight(Messenger):
 def _snapshot(store: Any, buffer: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Copy the unconstrained parameters into ``buffer`` (reused across steps: no allocation per step)."""
     buffer = {} if buffer is None else buffer
+    sources, targets = [], []
     with torch.no_grad():
         for name, value in store._params.items():
             kept = buffer.get(name)
-            if kept is None or kept.shape != value.shape:
+            if kept is None or kept.shape != value.shape or kept.dtype != value.dtype or kept.device != value.device:
                 buffer[name] = value.detach().clone()
             else:
-                kept.copy_(value)
+                sources.append(value)
+                targets.append(kept)
+        if targets:
+            torch._foreach_copy_(targets, sources)  # one call for all of them
     return buffer
 
 
@@ -121,6 +127,7 @@ def run_loop(
     minibatch: Minibatch | None,
     method: str,
     parallel: Any = None,
+    planner: Any = None,
 ) -> dict[str, Any]:
     """Optimise ``loss_and_grads(model, guide, **kwargs)`` and return the history.
 
@@ -167,6 +174,7 @@ def run_loop(
     n_averaged = 0
     lr_factor = 1.0
     postfix_every = max(1, options.steps // 100)
+    raw_model, raw_guide, planned = model, guide, None  # the interpreter applies beta itself
     if callable(options.beta) or options.beta != 1.0:
         weight = KLWeight(ctx)
         model, guide = weight(model), weight(guide)
@@ -203,27 +211,48 @@ def run_loop(
                 ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
                 ctx.step = step - 1
 
-                with poutine.trace(param_only=True) as param_capture:
-                    error: Exception | None = None
+                error: Exception | None = None
+                if planned is not None:  # the fast path (ppl_lvm.backends.planned)
+                    state_before = torch.get_rng_state()
+                    named = planned.named
                     try:
-                        loss = loss_and_grads(model, guide, **step_kwargs)
-                    except Exception as exc:  # noqa: BLE001 - raised below, on every rank of a data-parallel fit
+                        loss = planned.loss_and_grads(raw_model, raw_guide, **step_kwargs)
+                        if not math.isfinite(loss):  # Pyro's step says where (its argument checks are on)
+                            raise NotPlannable(f"the loss became {loss}")
+                    except NotPlannable as exc:  # e.g. the structure changed: this step and the rest by Pyro
+                        planner.stop(f"from step {step}: {exc}")
+                        torch.set_rng_state(state_before)
+                        for p in named.values():
+                            p.grad = None
+                        planned = None
+                    except Exception as exc:  # noqa: BLE001 - raised below, as on the Pyro path
                         error = exc
-                    named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
-                    if parallel is not None:  # collective: a failure on another rank is raised here too
+                if planned is None:
+                    state_before = torch.get_rng_state() if planner is not None and step == 1 else None
+                    with poutine.trace(param_only=True) as param_capture:
                         try:
-                            parallel.check_step(error, named, step)
-                        except FitError:
-                            store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
-                            raise
-                    if isinstance(error, (ValueError, RuntimeError)):
-                        if step == 1 or isinstance(error, PplLvmError):
-                            raise error  # the model or the guide, not the parameters the fit reached
-                        message = _fault_message(error, step, method, best_step, best, store, options)
+                            loss = loss_and_grads(model, guide, **step_kwargs)
+                        except Exception as exc:  # noqa: BLE001 - raised below, on every rank of a data-parallel fit
+                            error = exc
+                    named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
+                    if state_before is not None and error is None:
+                        planned = planner.start(raw_model, raw_guide, step_kwargs, named, loss, state_before)
+                        if planned is not None and named:  # nothing to step: the model has no parameters
+                            optim = FlatOptim(optim, list(named.values()))
+                if parallel is not None:  # collective: a failure on another rank is raised here too
+                    try:
+                        parallel.check_step(error, named, step)
+                    except FitError:
                         store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
-                        raise FitError(message, step=step) from error
-                    if error is not None:
-                        raise error
+                        raise
+                if isinstance(error, (ValueError, RuntimeError)):
+                    if step == 1 or isinstance(error, PplLvmError):
+                        raise error  # the model or the guide, not the parameters the fit reached
+                    message = _fault_message(error, step, method, best_step, best, store, options)
+                    store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
+                    raise FitError(message, step=step) from error
+                if error is not None:
+                    raise error
                 params = set(named.values())
                 loss = float(loss) * loss_scale
                 if loss_scale != 1.0:
@@ -250,7 +279,11 @@ def run_loop(
                     best_step = step
                     best_state = _snapshot(store, best_state)  # the parameters this loss was computed at
                 optim(params)
-                pyro.infer.util.zero_grads(params)
+                if planned is not None:
+                    for p in params:
+                        p.grad = None
+                else:
+                    pyro.infer.util.zero_grads(params)
 
                 if bar is not None:
                     bar.update(1)
@@ -303,14 +336,16 @@ def run_loop(
         "best_state": best_state,
         "averaged": n_averaged,
         "settling": check,
+        "fast_path": planned is not None,
     }
 
 
 def _scale_lr(optim: Any, ratio: float) -> None:
     """Multiply the learning rate of every parameter's optimiser by ``ratio`` (composes with ClippedAdam's lrd)."""
-    for opt in optim.optim_objs.values():
-        for group in opt.param_groups:
-            group["lr"] = group["lr"] * ratio
+    groups = optim.param_groups if isinstance(optim, FlatOptim) else [
+        group for opt in optim.optim_objs.values() for group in opt.param_groups]
+    for group in groups:
+        group["lr"] = group["lr"] * ratio
 
 
 def _accumulate(store: Any, averaged: dict[str, torch.Tensor], n: int) -> None:

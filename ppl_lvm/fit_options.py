@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -11,7 +12,7 @@ import numpy as np
 import pyro.optim
 import torch
 
-__all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "Settling", "anneal_factor", "linear_warmup", "settling",
+__all__ = ["OPTIMIZERS", "FitOptions", "FlatOptim", "FitState", "Minibatch", "Settling", "anneal_factor", "linear_warmup", "settling",
            "temperature_schedule",
            "smoothed_final_loss", "smoothed_losses"]
 
@@ -77,6 +78,14 @@ class FitOptions:
     n_init : int
         Independent restarts with seeds ``seed, seed + 1, ...``; the one with the highest bound at its returned
         parameters (``result.elbo``) is returned and all of them are kept in ``result.restarts``.
+    fast_path : bool
+        Run the steps without Pyro's effect stack where the model and guide allow it (default ``True``): after the
+        first step (run by Pyro's ELBO) the loss is evaluated by a plan of the sites that step recorded, run by
+        :mod:`ppl_lvm.interpreter`, and one torch optimiser steps every parameter with the same update rule. The
+        plan is kept only when its loss and gradients equal the Pyro step's on the same draws; models it cannot
+        plan (enumerated or score-function sites, autoguides, Pyro handlers inside the model, estimators it does
+        not implement, ``distributed``) run Pyro throughout. ``result.options["fast_path"]`` says whether it ran
+        and ``result.options["fast_path_reason"]`` why not. ``False`` runs Pyro's ELBO on every step.
     distributed : bool
         Data-parallel fit over the ranks of the initialised ``torch.distributed`` process group (a script started
         by ``torchrun``): every rank passes its own contiguous rows of the data, in rank order, with the same
@@ -104,6 +113,7 @@ class FitOptions:
     seed: int = 0
     n_init: int = 1
     distributed: bool = False
+    fast_path: bool = True
 
     @classmethod
     def names(cls) -> list[str]:
@@ -149,6 +159,8 @@ class FitOptions:
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         if not isinstance(self.distributed, bool):
             raise ValueError(f"distributed must be True or False, got {self.distributed!r}")
+        if not isinstance(self.fast_path, bool):
+            raise ValueError(f"fast_path must be True or False, got {self.fast_path!r}")
         for cb in self.callbacks:
             if not callable(cb):
                 raise ValueError(f"callbacks must be callables, got {cb!r}")
@@ -270,3 +282,41 @@ class Minibatch:
     scaling: str = "plate"
 
 
+
+
+class FlatOptim:
+    """One torch optimiser over every parameter, with the update rule of a :class:`pyro.optim.PyroOptim`.
+
+    ``PyroOptim`` keeps one torch optimiser per parameter; the optimisers in :data:`OPTIMIZERS` update each element
+    on its own, so one optimiser over all of them takes the same steps (per-parameter gradient clipping included)
+    at one call instead of one per parameter. A torch optimiser runs its multi-tensor (``foreach``) implementation
+    unless ``optim_args`` says otherwise: the same operations, in a few calls over all the parameters. It is called as ``PyroOptim`` is, with the parameters to step;
+    a parameter it has not seen joins as a new group at the current learning rate.
+    """
+
+    def __init__(self, pyro_optim: Any, params: Sequence[torch.Tensor]):
+        if callable(pyro_optim.pt_optim_args) or callable(pyro_optim.pt_clip_args):
+            raise TypeError("FlatOptim needs optimiser and clipping arguments given as dicts")
+        self.pyro_optim = pyro_optim
+        self.params = list(params)
+        self.known = set(self.params)
+        args = dict(pyro_optim.pt_optim_args)
+        if "foreach" not in args and "foreach" in inspect.signature(pyro_optim.pt_optim_constructor).parameters:
+            args["foreach"] = True  # the same arithmetic as one tensor at a time (bit for bit), in fewer calls
+        self.optim = pyro_optim.pt_optim_constructor(self.params, **args)
+        self.clip = dict(pyro_optim.pt_clip_args)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.optim.param_groups
+
+    def __call__(self, params: Any) -> None:
+        new = [p for p in params if p not in self.known]
+        if new:
+            self.optim.add_param_group({"params": new, "lr": self.optim.param_groups[0]["lr"]})
+            self.known.update(new)
+            self.params.extend(new)
+        if self.clip:
+            for p in self.params:
+                self.pyro_optim._clip_grad(p, **self.clip)
+        self.optim.step()

@@ -27,6 +27,7 @@ from pyro.distributions import transforms
 from pyro.distributions.transforms import biject_to
 from pyro.infer import autoguide
 
+from .interpreter import current_interpreter
 from .model import Guide, Model, ModelStructure
 from .runtime import current_fit
 
@@ -116,19 +117,24 @@ class Amortized:
             raise RuntimeError(f"{type(self).__name__} must be bound to a model; pass it to lvm.infer(guide=...)")
         bound = dict(zip(self._arg_names, args, strict=False)) | kwargs
         x = bound[self.data]
-        pyro.module("encoder", self.encoder, update_module_params=True)
+        interp = current_interpreter()  # a planned step (ppl_lvm.interpreter) runs the statements itself
+        if interp is None:
+            pyro.module("encoder", self.encoder, update_module_params=True)
         out = self.encoder(x)
         params = out if isinstance(out, tuple) else (out,)
         right = self._event_dim + self._extra_param_dims
         fit = current_fit()
+        plate = pyro.plate if interp is None else lambda name, size, subsample=None, dim=None: interp.plate(
+            name, size, subsample, None, dim)
         with ExitStack() as stack:
             for frame in self._frames:
                 if fit is not None and frame.name in fit.subsample:
                     full, indices = fit.subsample[frame.name]
-                    stack.enter_context(pyro.plate(frame.name, full, subsample=indices, dim=frame.dim))
+                    stack.enter_context(plate(frame.name, full, subsample=indices, dim=frame.dim))
                 else:
-                    stack.enter_context(pyro.plate(frame.name, params[0].shape[frame.dim - right], dim=frame.dim))
-            return pyro.sample(self.site, self._distribution(*params))
+                    stack.enter_context(plate(frame.name, params[0].shape[frame.dim - right], dim=frame.dim))
+            fn = self._distribution(*params)
+            return pyro.sample(self.site, fn) if interp is None else interp.sample(self.site, fn, None, None)
 
     def _distribution(self, *params: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -213,7 +219,8 @@ class AmortizedFlow(AmortizedNormal):
         return self
 
     def _distribution(self, loc: torch.Tensor, scale: torch.Tensor) -> Any:
-        pyro.module("flow", self.flows, update_module_params=True)
+        if current_interpreter() is None:  # a planned step: the fit holds the flows' weights in the store
+            pyro.module("flow", self.flows, update_module_params=True)
         return dist.TransformedDistribution(dist.Normal(loc, scale).to_event(1), list(self.flows))
 
     def description(self) -> str:

@@ -24,8 +24,8 @@ from .chains import extend_chains
 from .data import CHECK_ROWS, row_arguments
 from .errors import SourceLocation
 from .naming import source_index
-from .primitives import check_support
 from .runtime import FitContext, SiteRecord, fit_scope, run_scope, select_steps
+from .site_checks import check_support
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
 __all__ = ["Model", "Guide", "model", "guide", "ModelStructure", "SiteInfo", "PlateInfo"]

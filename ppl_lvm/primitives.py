@@ -7,7 +7,6 @@ for a site are re-raised with the site name and the user's source line.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -17,15 +16,13 @@ import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
 
-from .errors import DataWarning, ModelCheckError, ModelDefinitionError, PplLvmError
+from .errors import ModelCheckError, ModelDefinitionError, PplLvmError
+from .interpreter import current_interpreter
 from .naming import ResolvedName, resolve
-from .runtime import SiteRecord, broadcast_shape, current_fit, current_run, selected_steps
+from .runtime import SiteRecord, current_fit, current_run, selected_steps
+from .site_checks import as_tensor, check_observation, explain
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
-
-
-def _shape(s: torch.Size | tuple) -> str:
-    return "(" + ", ".join(str(int(d)) for d in s) + ("," if len(s) == 1 else "") + ")"
 
 
 def _site_name(resolved: ResolvedName, explicit: str | None) -> str:
@@ -50,190 +47,16 @@ def _record(name: str, kind: str, resolved: ResolvedName, argument: str | None =
     run.sites[name] = SiteRecord(name, kind, resolved.location, argument)
 
 
-def _as_tensor(value: Any, name: str, resolved: ResolvedName) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray) or np.isscalar(value):
-        array = np.asarray(value)
-        if array.dtype.kind == "f":
-            return torch.as_tensor(array, dtype=torch.get_default_dtype())
-        return torch.as_tensor(array)
-    raise ModelCheckError(
-        f"observed value must be a tensor or array, got {type(value).__name__}",
-        site=name,
-        location=resolved.location,
-    )
-
-
-def _check_observation(name: str, fn: Any, value: torch.Tensor, resolved: ResolvedName) -> torch.Tensor:
-    support = getattr(fn, "support", None)
-    if support is not None and not value.is_floating_point() and not support.is_discrete:
-        warnings.warn(
-            f"site '{name}' ({resolved.location}): integer data given to the continuous distribution "
-            f"{distribution_name(fn)}; converted to {torch.get_default_dtype()}.",
-            DataWarning,
-            stacklevel=3,
-        )
-        value = value.to(torch.get_default_dtype())
-    run = current_run()
-    if run is not None and run.preflight:
-        batch, event = tuple(fn.batch_shape), tuple(fn.event_shape)
-        expected = batch + event
-        value_event = tuple(value.shape[len(value.shape) - len(event):]) if event else ()
-        problem = len(value.shape) < len(event) or value_event != event
-        if not problem:
-            value_batch = tuple(value.shape[: len(value.shape) - len(event)])
-            try:
-                joint = broadcast_shape(value_batch, batch)
-            except RuntimeError:
-                problem = True
-            else:
-                # broadcasting that grows both sides (e.g. (N, 1) against (N,)) is almost always a bug
-                problem = joint != value_batch and joint != batch
-        if value.numel() == 0:
-            raise ModelCheckError(
-                f"observed value is empty (shape {_shape(value.shape)}); pass at least one data point",
-                site=name, location=resolved.location,
-            )
-        if not problem:
-            _check_plates(name, value, len(event), resolved)
-            _check_no_broadcast(name, fn, value, len(event), resolved)
-            check_support(name, fn, value, resolved.location)
-        if problem:
-            raise ModelCheckError(
-                f"observed value has shape {_shape(value.shape)}, but {distribution_name(fn)} has batch_shape "
-                f"{_shape(batch)} and event_shape {_shape(event)}: expected a value of shape "
-                f"{_shape(expected)}. Fix: check the data's shape for this site, or make the distribution's "
-                "shape match it (index or reshape its parameters, .to_event(n) for vector-valued data, "
-                "lvm.plate(...) for independent rows).",
-                site=name,
-                location=resolved.location,
-            )
-    return value
-
-
-def _check_plates(name: str, value: torch.Tensor, event_dim: int, resolved: ResolvedName) -> None:
-    batch = value.shape[: value.dim() - event_dim]
-    for frame in pyro.poutine.runtime._PYRO_STACK:
-        if not isinstance(frame, pyro.poutine.plate_messenger.PlateMessenger) or frame.dim is None:
-            continue
-        size = frame.subsample_size
-        if len(batch) >= -frame.dim and batch[frame.dim] not in (1, size):
-            raise ModelCheckError(
-                f"observed value has shape {_shape(value.shape)}: size {batch[frame.dim]} at dim {frame.dim}, but "
-                f"that dim belongs to plate '{frame.name}' of size {size}. Fix: check the data's length, or the "
-                "size given to the plate.",
-                site=name,
-                location=resolved.location,
-            )
-
-
-def _check_no_broadcast(name: str, fn: Any, value: torch.Tensor, event_dim: int, resolved: ResolvedName) -> None:
-    """Refuse a value dim that neither a plate nor the distribution's parameters account for.
-
-    Such a dim broadcasts against the plates: data of shape (N, 1) under ``lvm.plate(N)`` would give N x N
-    likelihood terms instead of N.
-    """
-    batch = tuple(value.shape[: value.dim() - event_dim])
-    fn_batch = tuple(fn.batch_shape)
-    plates = {frame.dim: frame for frame in pyro.poutine.runtime._PYRO_STACK
-              if isinstance(frame, pyro.poutine.plate_messenger.PlateMessenger) and frame.dim is not None}
-    if not plates:
-        return  # no plate to broadcast against: the distribution's batch shape check above applies
-    for position in range(-len(batch), 0):
-        size = batch[position]
-        if size == 1 or position in plates:
-            continue
-        if len(fn_batch) >= -position and fn_batch[position] == size:
-            continue
-        around = ", ".join(f"'{f.name}' (size {f.subsample_size}, dim {d})" for d, f in sorted(plates.items()))
-        squeezed = tuple(d for d in value.shape if d != 1)
-        raise ModelCheckError(
-            f"observed value has shape {_shape(value.shape)}: its dim {position} (size {size}) is neither a plate's "
-            f"dim nor a dim of {distribution_name(fn)}'s parameters, so it would broadcast against the plates "
-            f"around it ({around}) into more likelihood terms than data points. Fix: give a value whose dims match "
-            f"the plates (e.g. shape {_shape(squeezed)}: x.squeeze() or x.reshape(...)), or .to_event(n) when the "
-            "trailing dims belong to one observation.",
-            site=name, location=resolved.location,
-        )
-
-
-def check_support(name: str, fn: Any, value: torch.Tensor, location: Any, chunk_rows: int | None = None) -> None:
-    """Refuse observed values outside the distribution's support: how many, the first positions and values.
-
-    ``chunk_rows``: check ``value`` in blocks of this many rows along its first dim (a batch dim), so that no
-    temporary is larger than one block; positions are those in the whole ``value``.
-    """
-    support = getattr(fn, "support", None)
-    if support is None:
-        return
-    rows = value.shape[0] if value.dim() else 1
-    step, bad_total, total, shown, values = rows if chunk_rows is None else max(int(chunk_rows), 1), 0, 0, [], []
-    for lo in range(0, rows, step):
-        part = value[lo : lo + step] if value.dim() else value
-        if not part.is_floating_point() and not support.is_discrete:  # as the model's run converts them
-            part = part.to(torch.get_default_dtype())
-        try:
-            ok = support.check(part)
-        except (RuntimeError, ValueError, TypeError):
-            return  # supports that cannot check this value are left to the distribution's own validation
-        total += ok.numel()
-        if bool(ok.all()):
-            continue
-        bad_total += int((~ok).sum())
-        if len(shown) < 3 and ok.dim():
-            bad = torch.nonzero(~ok.expand(part.shape[: ok.dim()]))[: 3 - len(shown)]
-            event = part.dim() - ok.dim()
-            for i in bad.tolist():
-                values.append(part[tuple(i)].tolist() if event else float(part[tuple(i)]))
-                shown.append((i[0] + lo, *i[1:]))
-    if bad_total:
-        where = ", ".join(f"{tuple(i)} = {v}" for i, v in zip(shown, values, strict=False))
-        raise ModelCheckError(
-            f"{bad_total} of {total} observed values lie outside the support of {distribution_name(fn)} "
-            f"({_support_text(support)}); the first at {where}. Fix: clean or re-encode the data (e.g. categories "
-            "as 0..K-1, binary data as 0/1), or choose a distribution whose support contains them.",
-            site=name, location=location,
-        )
-
-
-def _support_text(support: Any) -> str:
-    while type(support).__name__ == "_IndependentConstraint":
-        support = support.base_constraint
-    names = {"_Boolean": "0 or 1", "_IntegerGreaterThan": "integers >= {lower_bound}",
-             "_IntegerInterval": "integers {lower_bound}..{upper_bound}", "_Simplex": "a probability vector",
-             "_GreaterThan": "> {lower_bound}", "_Interval": "between {lower_bound} and {upper_bound}"}
-    text = names.get(type(support).__name__, repr(support))
-    return text.format(**{k: getattr(support, k) for k in ("lower_bound", "upper_bound") if hasattr(support, k)})
-
-
-def distribution_name(fn: Any) -> str:
-    """The name of a distribution under its wrappers: ``Normal`` for ``Normal(...).to_event(1)``."""
-    while type(fn).__name__ in ("Independent", "MaskedDistribution", "ExpandedDistribution"):
-        fn = fn.base_dist
-    return type(fn).__name__
-
-
-def _explain(exc: Exception) -> str:
-    text = str(exc)
-    if "Shape mismatch inside plate" in text:
-        return (
-            f"{text}. The site's batch shape does not match the plate sizes around it: the dimension at the "
-            "plate's dim must equal the plate size (or be 1). Fix: check the data's length, or index/reshape the "
-            "distribution's parameters."
-        )
-    if "not broadcastable" in text:
-        return f"{text}. Fix: check the data's shape for this site, or use .to_event(n) for vector-valued data."
-    return text
-
-
 def _sample(name: str, fn: Any, obs: Any, resolved: ResolvedName, infer: dict | None, kind: str):
+    interp = current_interpreter()  # a planned step runs the statement itself (ppl_lvm.interpreter)
     try:
+        if interp is not None:
+            return interp.sample(name, fn, obs, infer)
         return pyro.sample(name, fn, obs=obs, infer=infer)
     except (ValueError, RuntimeError, IndexError) as exc:
         if isinstance(exc, PplLvmError):
             raise
-        raise ModelCheckError(_explain(exc), site=name, location=resolved.location) from exc
+        raise ModelCheckError(explain(exc), site=name, location=resolved.location) from exc
 
 
 def latent(
@@ -275,7 +98,7 @@ def latent(
     kind = "latent" if value is None else "observed"
     _record(site, kind, resolved, argument)
     if value is not None:
-        value = _check_observation(site, fn, _as_tensor(value, site, resolved), resolved)
+        value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
     return _sample(site, fn, value, resolved, infer, kind)
 
 
@@ -291,7 +114,7 @@ def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> to
     argument = resolved.call.value_name if resolved.call is not None else None
     _record(site, kind, resolved, argument)
     if value is not None:
-        value = _check_observation(site, fn, _as_tensor(value, site, resolved), resolved)
+        value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
     return _sample(site, fn, value, resolved, None, kind)
 
 
@@ -321,7 +144,10 @@ def param(
         run.sites[resolved.name] = SiteRecord(resolved.name, "param", resolved.location)
     if init is not None and not callable(init) and not isinstance(init, torch.Tensor):
         init = torch.as_tensor(np.asarray(init), dtype=torch.get_default_dtype())
+    interp = current_interpreter()
     try:
+        if interp is not None:
+            return interp.param(resolved.name, init, constraint, event_dim)
         return pyro.param(resolved.name, init, constraint=constraint, event_dim=event_dim)
     except (ValueError, RuntimeError, KeyError) as exc:
         raise ModelCheckError(str(exc), site=resolved.name, location=resolved.location) from exc
@@ -348,9 +174,11 @@ def plate(
     size = args[0] if args else None
     if name is None:
         name = resolve("plate", None).name
-    fit = current_fit()
+    fit, interp = current_fit(), current_interpreter()
     if fit is not None and name in fit.subsample:
         full, indices = fit.subsample[name]
+        if interp is not None:
+            return interp.plate(name, full, indices, None, dim)
         return pyro.plate(name, full, subsample=indices, dim=dim)
     if isinstance(size, torch.Tensor):
         size = int(size)
@@ -358,6 +186,8 @@ def plate(
         full, indices = fit.rows  # the prototype run of many rows: the data plate on its first rows, full size kept
         fit.sliced_plates.append(name)
         return pyro.plate(name, full, subsample=indices, dim=dim)
+    if interp is not None:
+        return interp.plate(name, size, None, subsample_size, dim)
     return pyro.plate(name, size, subsample_size=subsample_size, dim=dim)
 
 
@@ -400,6 +230,8 @@ def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module
     run = current_run()
     if run is not None and resolved.name not in run.sites:
         run.sites[resolved.name] = SiteRecord(resolved.name, "module", resolved.location)
+    if current_interpreter() is not None:  # a planned step: the fit checked the weights are the store's
+        return nn_module
     return pyro.module(resolved.name, nn_module, update_module_params=update_module_params)
 
 
@@ -408,4 +240,6 @@ def deterministic(value: torch.Tensor, *, name: str | None = None, event_dim: in
     resolved = resolve("deterministic", name)
     site = _site_name(resolved, name)
     _record(site, "deterministic", resolved)
+    if current_interpreter() is not None:  # no density: nothing of the loss
+        return value
     return pyro.deterministic(site, value, event_dim=event_dim)

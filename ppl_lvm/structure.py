@@ -15,8 +15,8 @@ import pyro.poutine as poutine
 from pyro.poutine.util import site_is_subsample
 
 from .errors import SourceLocation
-from .primitives import distribution_name
 from .runtime import SiteRecord
+from .site_checks import distribution_name
 
 __all__ = ["ModelStructure", "PlateInfo", "SiteInfo", "structure_from_trace"]
 

@@ -31,6 +31,7 @@ from ..runtime import FitContext, clone_param_state, fit_scope, run_scope
 from ..structure import ModelStructure
 from .distributed import DataParallel, check_rows_guide, collective
 from .guide_check import check_guide
+from .planned import Planner
 from .problem import OPTION_HINTS, Problem
 from .restarts import run_restarts
 
@@ -212,6 +213,7 @@ class VariationalBackend(Backend):
                         poutine.trace(poutine.replay(problem.model, trace=gtrace)).get_trace(**kwargs)
             if parallel is not None:
                 parallel.broadcast_params(pyro.get_param_store())  # DDP's start: rank 0's values everywhere
+            planner = Planner(plan.elbo, plan.guide, self._no_fast_path(loop, plan, parallel))
             try:
                 history = run_loop(
                     loss_and_grads=plan.elbo.loss_and_grads,
@@ -222,7 +224,9 @@ class VariationalBackend(Backend):
                     minibatch=minibatch,
                     method=self.name,
                     parallel=parallel,
+                    planner=planner if planner.loss is not None else None,
                 )
+                history["fast_path_reason"] = None if history["fast_path"] else planner.reason
             except FitError as err:
                 err.outcome = self._outcome(
                     problem, plan, loop, method, pyro.get_param_store().get_state(),
@@ -236,10 +240,25 @@ class VariationalBackend(Backend):
             self.bound_at(outcome, parallel)
         return outcome
 
+    @staticmethod
+    def _no_fast_path(loop: FitOptions, plan: VIPlan, parallel: DataParallel | None) -> str | None:
+        """Why the fit's steps cannot run on the fast path whatever the model (``None``: the planner decides)."""
+        if not loop.fast_path:
+            return "fast_path=False"
+        if parallel is not None:
+            return "distributed=True (the gradients are summed over the ranks by Pyro's path)"
+        if plan.enumerated:
+            return f"the discrete latents {plan.enumerated} are summed out by enumeration (TraceEnum_ELBO)"
+        if loop.device is not None and torch.device(loop.device).type != "cpu":
+            return f"device={loop.device!r} (the fast path replays the CPU generator's draws only)"
+        return None
+
     def _outcome(self, problem: Problem, plan: VIPlan, loop: FitOptions, method: dict, state: dict,
                  history: dict) -> Outcome:
         options = {k: v for k, v in vars(loop).items() if k not in ("callbacks",) and not callable(v)}
         options.update(method)
+        options["fast_path"] = bool(history.get("fast_path", False))  # what ran, and why not
+        options["fast_path_reason"] = history.get("fast_path_reason", "the fit stopped with an error")
         return Outcome(
             method=self.name,
             losses=np.asarray(history["losses"], dtype=float),

@@ -33,7 +33,7 @@ from ..runtime import run_scope
 from ..structure import ModelStructure
 from .linear import linear_emission
 from .patterns import HMMPattern, MixturePattern
-from .recognise_emission import emission_of, find, matches, same, unwrap
+from .recognise_emission import emission_of, matches, same, unwrap
 
 __all__ = ["HMMPattern", "MixturePattern", "recognise_discrete_hmm", "recognise_mixture"]
 

@@ -26,8 +26,8 @@ from ..chains import step_source
 from ..model import Model
 from ..runtime import select_steps
 from ..structure import ModelStructure
-from .patterns import HMMPattern
 from .linear import linear_emission
+from .patterns import HMMPattern
 from .recognise import _data_argument, _perturbed_state, _probe
 from .recognise_emission import emission_of, find, matches, unwrap
 
