@@ -16,6 +16,7 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pyro.distributions as dist
 import pytest
 import torch
 
@@ -83,6 +84,17 @@ def _continued(result):
 
 
 # ---------------------------------------------------------------------------------------------------- the fits
+@lvm.model
+def t_mixture(x, K=2):
+    """A mixture of Student t's: no closed-form M-step (the generic EM route)."""
+    w = lvm.param(torch.ones(K, dtype=x.dtype) / K, constraint=lvm.constraints.simplex)
+    loc = lvm.param(torch.linspace(-1.0, 1.0, K, dtype=x.dtype))
+    scale = lvm.param(torch.ones(K, dtype=x.dtype), constraint=lvm.constraints.positive)
+    with lvm.plate(len(x)):
+        z = lvm.latent(dist.Categorical(w))
+        lvm.observe(dist.StudentT(4.0, loc[z], scale[z]), x)
+
+
 def _cases():
     g = torch.Generator().manual_seed(0)
     two = torch.cat([torch.randn(15, 2, generator=g) - 3, torch.randn(15, 2, generator=g) + 3]).double()
@@ -114,6 +126,7 @@ def _cases():
         {"x": rx, "y": ry, "K": 2},
         {**em, "max_iter": 30},
     )
+    yield "t_mixture-em-generic", t_mixture, {"x": two[:, 0], "K": 2}, {**em, "max_iter": 20}
     yield (
         "gaussian_mixture-svi",
         mixtures.gaussian_mixture,
