@@ -14,6 +14,7 @@ Discrete latent sites are hidden from the built-in guides: the ELBO sums them ou
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from contextlib import ExitStack
 from typing import Any
@@ -70,7 +71,7 @@ def _is_identity(transform: Any) -> bool:
     return isinstance(transform, T.ComposeTransform) and not transform.parts
 
 
-class Amortized:
+class Amortized(abc.ABC):
     """The shared part of the amortised guides: ``encoder(data)`` gives the parameters of ``q(site | data)`` for one
     local latent site, row by row; a subclass says which distribution (:meth:`_distribution`).
 
@@ -110,7 +111,8 @@ class Amortized:
         return self
 
     def _check_site(self, info: Any) -> None:
-        """Refuse a model site this family cannot stand for (a subclass's check)."""
+        """Refuse a model site this family cannot stand for (a subclass's check; this one accepts every site)."""
+        return None
 
     def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         if self._frames is None:
@@ -136,8 +138,9 @@ class Amortized:
             fn = self._distribution(*params)
             return pyro.sample(self.site, fn) if interp is None else interp.sample(self.site, fn, None, None)
 
+    @abc.abstractmethod
     def _distribution(self, *params: torch.Tensor) -> Any:
-        raise NotImplementedError
+        """q(site | data) from the encoder's outputs."""
 
     def description(self) -> str:
         """How the guide is named in results (``result.guide_name``)."""

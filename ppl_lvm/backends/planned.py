@@ -22,6 +22,7 @@ sites, DReG, free bits, global latents of ``iwae``, particles one pass at a time
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, NamedTuple
 
@@ -51,7 +52,7 @@ class _Key(NamedTuple):
     size: int
 
 
-class PlannedLoss:
+class PlannedLoss(abc.ABC):
     """Runs the guide, then the model replaying its draws, through the interpreter; a subclass forms the loss."""
 
     outer: tuple[Frame, ...] = ()
@@ -76,9 +77,9 @@ class PlannedLoss:
             raise NotPlannable("the model's or the guide's sites or parameters changed from those of the first step")
         return q.sites, p.sites
 
+    @abc.abstractmethod
     def evaluate(self, model: Any, guide: Any, kwargs: dict) -> tuple[float, torch.Tensor]:
         """The loss (a float, as Pyro's estimator returns it) and the surrogate loss to differentiate."""
-        raise NotImplementedError
 
     def loss_and_grads(self, model: Any, guide: Any, **kwargs: Any) -> float:
         """The step's loss, its gradients accumulated into ``.grad``. The distributions' argument checks are off
