@@ -70,7 +70,47 @@ def _layer_sizes(name: str, value) -> tuple[int, ...]:
     return tuple(_positive_int(f"every width in {name}", v) for v in value)
 
 
-class VAE(nn.Module):
+class _VAEHelpers:
+    """What the one- and two-layer VAEs share: the rows check, q of the first latent, and p(x | first latent)."""
+
+    data_dim: int
+    likelihood: str
+    encoder: Encoder
+    decoder: Decoder
+
+    def _check_rows(self, x, where: str) -> None:
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.data_dim:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ValueError(f"{type(self).__name__}.{where}: x must be a float tensor of shape (N, {self.data_dim}), "
+                             f"got {shape}")
+
+    def _p_x(self, z: torch.Tensor) -> dist.Distribution:
+        out = self.decoder(z)
+        if self.likelihood == "bernoulli":
+            return dist.Bernoulli(logits=out).to_event(1)
+        return dist.Normal(out, self.decoder.scale).to_event(1)
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_rows(x, "encode")
+        with torch.no_grad():
+            return self.encoder(x)
+
+    def _decode(self, z: torch.Tensor, name: str, size: int) -> torch.Tensor:
+        if not isinstance(z, torch.Tensor) or z.shape[-1] != size:
+            raise ValueError(f"{type(self).__name__}.decode: {name} must be a tensor of shape (..., {size}), got "
+                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
+        with torch.no_grad():
+            out = self.decoder(z)
+            return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+
+    def _draw_x(self, mean: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """x drawn from p(x | z) given its mean ``decode(z)``."""
+        if self.likelihood == "bernoulli":
+            return torch.bernoulli(mean, generator=generator)
+        return mean + self.decoder.scale * torch.randn(mean.shape, generator=generator)
+
+
+class VAE(_VAEHelpers, nn.Module):
     r"""A variational autoencoder: an MLP decoder p(x | z) and an MLP encoder q(z | x).
 
     .. math::
@@ -177,31 +217,16 @@ class VAE(nn.Module):
 
     def p_x_given_z(self, z: torch.Tensor) -> dist.Distribution:
         """The likelihood p(x | z) as a distribution with event shape ``(data_dim,)``."""
-        out = self.decoder(z)
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
-        return dist.Normal(out, self.decoder.scale).to_event(1)
-
-    def _check_rows(self, x, where: str) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.data_dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"VAE.{where}: x must be a float tensor of shape (N, {self.data_dim}), got {shape}")
+        return self._p_x(z)
 
     # ------------------------------------------------------------------ helpers on the current weights
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` of q(z | x), each of shape ``(N, latent_dim)`` (no gradient)."""
-        self._check_rows(x, "encode")
-        with torch.no_grad():
-            return self.encoder(x)
+        return self._encode(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z): pixel probabilities (Bernoulli) or the Normal mean (Gaussian)."""
-        if not isinstance(z, torch.Tensor) or z.shape[-1] != self.latent_dim:
-            raise ValueError(f"VAE.decode: z must be a tensor of shape (..., {self.latent_dim}), got "
-                             f"{tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__}")
-        with torch.no_grad():
-            out = self.decoder(z)
-            return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return self._decode(z, "z", self.latent_dim)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """``decode(encode(x).loc)``: the mean of p(x | z) at the posterior mean of each row."""
@@ -212,11 +237,7 @@ class VAE(nn.Module):
         n = _positive_int("n", n)
         generator = torch.Generator().manual_seed(int(seed)) if seed is not None else None
         with torch.no_grad():
-            z = torch.randn(n, self.latent_dim, generator=generator)
-            mean = self.decode(z)
-            if self.likelihood == "bernoulli":
-                return torch.bernoulli(mean, generator=generator)
-            return mean + self.decoder.scale * torch.randn(mean.shape, generator=generator)
+            return self._draw_x(self.decode(torch.randn(n, self.latent_dim, generator=generator)), generator)
 
     def log_likelihood(self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100,
                        seed: int = 0) -> torch.Tensor:

@@ -21,12 +21,12 @@ from ppl_lvm import dist
 
 from ._checks import positive_int as _positive_int
 from ._heldout import importance_log_likelihood
-from .vae import _ACTIVATIONS, LIKELIHOODS, Decoder, Encoder, _layer_sizes
+from .vae import _ACTIVATIONS, LIKELIHOODS, Decoder, Encoder, _layer_sizes, _VAEHelpers
 
 __all__ = ["TwoLayerVAE"]
 
 
-class TwoLayerVAE(nn.Module):
+class TwoLayerVAE(_VAEHelpers, nn.Module):
     r"""A VAE with two stochastic layers: ``x <- z1 <- z2``, with the guide ``q(z1 | x) q(z2 | z1)``.
 
     .. math::
@@ -138,31 +138,16 @@ class TwoLayerVAE(nn.Module):
 
     def p_x_given_z1(self, z1: torch.Tensor) -> dist.Distribution:
         """The likelihood p(x | z1) as a distribution with event shape ``(data_dim,)``."""
-        out = self.decoder(z1)
-        if self.likelihood == "bernoulli":
-            return dist.Bernoulli(logits=out).to_event(1)
-        return dist.Normal(out, self.decoder.scale).to_event(1)
-
-    def _check_rows(self, x, where: str) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.data_dim:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"TwoLayerVAE.{where}: x must be a float tensor of shape (N, {self.data_dim}), got {shape}")
+        return self._p_x(z1)
 
     # ------------------------------------------------------------------ helpers on the current weights
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loc, scale)`` of q(z1 | x), each of shape ``(N, latent_dims[0])`` (no gradient)."""
-        self._check_rows(x, "encode")
-        with torch.no_grad():
-            return self.encoder(x)
+        return self._encode(x)
 
     def decode(self, z1: torch.Tensor) -> torch.Tensor:
         """The mean of p(x | z1): pixel probabilities (Bernoulli) or the Normal mean (Gaussian)."""
-        if not isinstance(z1, torch.Tensor) or z1.shape[-1] != self.latent_dims[0]:
-            raise ValueError(f"TwoLayerVAE.decode: z1 must be a tensor of shape (..., {self.latent_dims[0]}), got "
-                             f"{tuple(z1.shape) if isinstance(z1, torch.Tensor) else type(z1).__name__}")
-        with torch.no_grad():
-            out = self.decoder(z1)
-            return torch.sigmoid(out) if self.likelihood == "bernoulli" else out
+        return self._decode(z1, "z1", self.latent_dims[0])
 
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
         """``n`` draws of x from the generative model (z2, then z1 | z2, then x | z1), shape ``(n, data_dim)``."""
@@ -171,10 +156,7 @@ class TwoLayerVAE(nn.Module):
         with torch.no_grad():
             z2 = torch.randn(n, self.latent_dims[1], generator=generator)
             loc, scale = self.prior_net(z2)
-            mean = self.decode(loc + scale * torch.randn(loc.shape, generator=generator))
-            if self.likelihood == "bernoulli":
-                return torch.bernoulli(mean, generator=generator)
-            return mean + self.decoder.scale * torch.randn(mean.shape, generator=generator)
+            return self._draw_x(self.decode(loc + scale * torch.randn(loc.shape, generator=generator)), generator)
 
     def log_likelihood(self, x: torch.Tensor, num_particles: int = 1000, batch_size: int = 100,
                        seed: int = 0) -> torch.Tensor:
