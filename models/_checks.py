@@ -18,3 +18,11 @@ def positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def check_measurements(x: Any, name: str) -> None:
+    """Refuse integer or boolean data for a model of continuous measurements (its means start at rows of ``x``,
+    and a parameter must be floating point), saying how to convert them."""
+    if not x.is_floating_point():
+        raise ValueError(f"{name}: x must hold floating-point measurements, got dtype {x.dtype}; convert it with "
+                         "x.to(torch.get_default_dtype()) (numpy: x.astype(float))")

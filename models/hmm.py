@@ -13,7 +13,7 @@ import torch
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 
-from ._checks import check_k
+from ._checks import check_k, check_measurements
 
 __all__ = ["gaussian_hmm", "gaussian_hmm_vectorized", "categorical_hmm", "pad_sequences"]
 
@@ -104,6 +104,7 @@ def gaussian_hmm(x: torch.Tensor, lengths: torch.Tensor | None = None, K: int = 
     True
     """
     _check_sequences(x, lengths, 3, "gaussian_hmm", "(B, T, D) floats", K)
+    check_measurements(x, "gaussian_hmm")
     n_seq, n_steps, d = x.shape
     if lengths is None:
         lengths = torch.full((n_seq,), n_steps)
@@ -184,6 +185,7 @@ def gaussian_hmm_vectorized(x: torch.Tensor, K: int = 3) -> None:
     (True, torch.Size([3, 30]), True)
     """
     _check_sequences(x, None, 3, "gaussian_hmm_vectorized", "(B, T, D) floats", K)
+    check_measurements(x, "gaussian_hmm_vectorized")
     n_seq, n_steps, d = x.shape
     start = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
     trans = lvm.param(lambda: torch.full((K, K), 1.0 / K), constraint=constraints.simplex)

@@ -11,7 +11,7 @@ import torch
 import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 
-from ._checks import check_k
+from ._checks import check_k, check_measurements
 
 __all__ = ["gaussian_mixture", "bernoulli_mixture", "poisson_mixture", "COVARIANCE_TYPES"]
 
@@ -51,6 +51,7 @@ def gaussian_mixture(x: torch.Tensor, K: int = 3, covariance_type: str = "full")
     (True, torch.Size([100, 2]))
     """
     _check_rows(x, "gaussian_mixture", K)
+    check_measurements(x, "gaussian_mixture")
     if covariance_type not in COVARIANCE_TYPES:
         raise ValueError(f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}")
     d = x.shape[1]

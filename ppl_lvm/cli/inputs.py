@@ -36,15 +36,20 @@ class BuiltinModel:
     function: str
     layout: str  # "table": (N, D); "sequence": one (T, D) sequence -> (1, T, D); "symbols": (T,) -> (1, T)
     description: str
+    #: what the data are when they are not measurements on a continuous scale ("counts"); for a model of
+    #: continuous measurements (""), integer columns of the file are read as floats
+    discrete: str = ""
 
 
 MODELS: dict[str, BuiltinModel] = {
     "gaussian_mixture": BuiltinModel("ppl_lvm.models.mixtures", "gaussian_mixture", "table",
                                      "mixture of K Gaussians (args: K, covariance_type=full|diag|spherical|tied)"),
     "bernoulli_mixture": BuiltinModel("ppl_lvm.models.mixtures", "bernoulli_mixture", "table",
-                                      "mixture of K products of Bernoullis over 0/1 columns (args: K)"),
+                                      "mixture of K products of Bernoullis over 0/1 columns (args: K)",
+                                      discrete="0/1 data"),
     "poisson_mixture": BuiltinModel("ppl_lvm.models.mixtures", "poisson_mixture", "table",
-                                    "mixture of K products of Poissons over count columns (args: K)"),
+                                    "mixture of K products of Poissons over count columns (args: K)",
+                                    discrete="counts"),
     "ppca": BuiltinModel("ppl_lvm.models.factor", "ppca", "table",
                          "probabilistic PCA with q latent dimensions; svi from its closed-form maximum (args: q)"),
     "factor_analysis": BuiltinModel("ppl_lvm.models.factor", "factor_analysis", "table",
@@ -54,7 +59,7 @@ MODELS: dict[str, BuiltinModel] = {
                                  "--sequence-column for several sequences (args: K)"),
     "categorical_hmm": BuiltinModel("ppl_lvm.models.hmm", "categorical_hmm", "symbols",
                                     "hidden Markov chain over integer symbols; one column, rows are time steps "
-                                    "(args: K, n_symbols)"),
+                                    "(args: K, n_symbols)", discrete="integer symbols"),
 }
 
 
@@ -282,7 +287,10 @@ def load_table(path: Path, columns: list[str] | None = None, key: str | None = N
 
 
 def _shape_for(entry: BuiltinModel | None, array: Any, name: str) -> Any:
-    """Arrange a table as the built-in model's first argument expects."""
+    """Arrange a table as the built-in model's first argument expects; integer columns of a model of continuous
+    measurements (a CSV of whole numbers) become floats."""
+    if entry is not None and not entry.discrete and np.asarray(array).dtype.kind in "biu":
+        array = array.astype(float)
     if hasattr(array, "columns") and (entry is None or entry.layout == "table"):
         return array  # a table keeps its column names (axes of plots, coordinates of the ArviZ export)
     array = np.asarray(array)

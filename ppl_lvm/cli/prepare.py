@@ -16,10 +16,6 @@ __all__ = ["SCALE_RATIO", "check_arguments", "clean_message", "scale_warning", "
 #: columns whose standard deviations differ by more than this factor are "on very different scales"
 SCALE_RATIO = 10.0
 
-#: built-in models whose data are not continuous measurements: z-scoring them would break their likelihood
-_NOT_CONTINUOUS = {"bernoulli_mixture": "0/1 data", "poisson_mixture": "counts", "categorical_hmm": "integer symbols"}
-
-
 def _values(loaded: Any) -> np.ndarray:
     return np.asarray(loaded.to_numpy() if hasattr(loaded, "to_numpy") else loaded, dtype=float)
 
@@ -31,9 +27,9 @@ def standardize(loaded: Any, entry: BuiltinModel | None, model_name: str) -> tup
     Returns the scaled data (a table's columns renamed ``"name (standardised)"``) and the scaling, so that the
     original units are ``x = mean + scale * z``.
     """
-    if entry is not None and entry.function in _NOT_CONTINUOUS:
+    if entry is not None and entry.discrete:  # z-scoring them would break their likelihood
         raise CLIError(f"--standardize z-scores continuous measurements; {model_name} models "
-                       f"{_NOT_CONTINUOUS[entry.function]}, which must stay as they are: drop --standardize")
+                       f"{entry.discrete}, which must stay as they are: drop --standardize")
     if isinstance(loaded, dict):
         raise CLIError("--standardize needs one table; choose the array of the .npz file with --key")
     values = _values(loaded)

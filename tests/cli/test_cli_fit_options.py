@@ -21,6 +21,7 @@ from ppl_lvm.cli.exact import closed_form
 from ppl_lvm.cli.inputs import MODELS, load_model
 from ppl_lvm.cli.prepare import scale_warning
 from ppl_lvm.models.hmm import gaussian_hmm, pad_sequences
+from ppl_lvm.models.mixtures import gaussian_mixture
 from ppl_lvm.results import fit_result
 
 USER_MODEL = '''
@@ -214,6 +215,19 @@ def test_standardize_is_refused_where_it_would_change_the_likelihood(files, monk
     code, _, err = _run(files, monkeypatch, capsys, "fit", "gaussian_mixture", "constant.csv", "--standardize",
                         "--arg", "K=1", "--out", "never")
     assert code == 2 and "constant column(s) 'c'" in err
+
+
+def test_whole_numbers_in_a_table_are_measurements_for_a_gaussian_model(files, monkeypatch, capsys):
+    # a CSV of whole numbers is read as int64; a model of continuous measurements takes them as floats
+    whole = pd.DataFrame({"a": [1, 2, 2, 9, 10, 11], "b": [0, 1, 0, 7, 8, 8]})
+    whole.to_csv(files / "whole.csv", index=False)
+    code, _, err = _run(files, monkeypatch, capsys, "fit", "gaussian_mixture", "whole.csv", "--arg", "K=2",
+                        "--arg", "covariance_type=spherical", "--out", "whole_fit")
+    assert code == 0, err
+    floats = torch.tensor(whole.to_numpy(float))
+    reference = lvm.infer(gaussian_mixture, {"x": floats, "K": 2, "covariance_type": "spherical"}, method="em")
+    fit = lvm.load(str(files / "whole_fit" / "result.pt"))
+    assert float(fit.log_likelihood) == pytest.approx(float(reference.log_likelihood), rel=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------- EM hint

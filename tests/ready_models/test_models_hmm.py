@@ -9,7 +9,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 import ppl_lvm as lvm
-from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, pad_sequences
+from ppl_lvm.models.hmm import categorical_hmm, gaussian_hmm, gaussian_hmm_vectorized, pad_sequences
 
 # many moderate sequences rather than a few long ones: tracing the chain costs time linear in the longest
 LENGTHS = [150, 140, 130, 120, 110, 100, 90, 80, 70, 60, 45, 12]
@@ -106,3 +106,8 @@ def test_inputs_are_checked():
         lvm.infer(gaussian_hmm, {"x": x, "lengths": torch.tensor([3, 6]), "K": 2}, method="em")
     with pytest.raises(ValueError, match=r"x must be a tensor of shape \(B, T, D\)"):
         lvm.infer(gaussian_hmm, {"x": x[0], "K": 2}, method="em")
+    # whole numbers: said with the conversion, where the integer start of the means used to fail inside torch
+    for model in (gaussian_hmm, gaussian_hmm_vectorized):
+        with pytest.raises(ValueError, match=rf"{model.__name__}: x must hold floating-point measurements, got dtype "
+                                             r"torch.int64; convert it with x.to\(torch.get_default_dtype\(\)\)"):
+            lvm.infer(model, {"x": x.long(), "K": 2}, method="em")

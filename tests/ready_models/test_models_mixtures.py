@@ -113,3 +113,13 @@ def test_poisson_mixture_recovers_weights_and_rates(float64):
     # measured (N=1500, seed 12): weights 0.018, rates 0.066 relative
     assert weight_err < 0.04
     assert rate_err < 0.15
+
+
+def test_gaussian_mixture_refuses_integer_data_saying_how_to_convert_them():
+    x = torch.tensor([[1, 2], [3, 4], [5, 6]])
+    with pytest.raises(ValueError, match=r"gaussian_mixture: x must hold floating-point measurements, got dtype "
+                                         r"torch.int64; convert it with x.to\(torch.get_default_dtype\(\)\)"):
+        lvm.infer(gaussian_mixture, {"x": x, "K": 2}, method="em")
+    # counts and 0/1 data stay integers: the Poisson and Bernoulli mixtures take them as they are
+    fit = lvm.infer(poisson_mixture, {"x": x, "K": 1}, method="em")
+    assert torch.allclose(fit.params["rates"].double(), x.double().mean(0))
