@@ -16,9 +16,11 @@ from every free core. :func:`ppl_lvm.infer` therefore sets torch's thread count 
    equal to torch's own choice cannot be told apart from it: pass ``num_threads=n`` to the fit instead.
 2. **The work size decides.** :func:`work_size` estimates the arithmetic of one step (one EM iteration) from what
    the fit knows before it starts; the fit runs ``work // WORK_PER_THREAD`` threads, at least one.
-3. **Never more than the cores.** At most the cores this process may run on (``os.sched_getaffinity``), divided
-   among the processes of a data-parallel fit on this machine (``LOCAL_WORLD_SIZE``, set by ``torchrun``; else
-   the world size of an initialised ``torch.distributed`` group).
+3. **Never more than the free cores.** At most the cores this process may run on (``os.sched_getaffinity``),
+   divided among the processes of a data-parallel fit on this machine (``LOCAL_WORLD_SIZE``, set by ``torchrun``;
+   else the world size of an initialised ``torch.distributed`` group), and, when more than one thread would run,
+   at most the cores that were idle over 0.1 s before the fit (:func:`idle_cores`, Linux's ``/proc/stat``): a
+   thread on a core another process keeps busy stalls every operation of the fit.
 
 ``num_threads=n`` (a positive integer) runs the fit with ``n`` threads whatever the rule says; ``num_threads=None``
 leaves torch's count untouched. The fit records the count it ran with in ``result.options["num_threads"]`` and
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,8 +41,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["ENV_VARS", "STARTUP_THREADS", "WORK_PER_THREAD", "ThreadChoice", "choose_threads", "local_ranks",
-           "thread_scope", "usable_cores", "user_setting", "validate_num_threads", "work_size"]
+__all__ = ["ENV_VARS", "STARTUP_THREADS", "WORK_PER_THREAD", "ThreadChoice", "choose_threads", "idle_cores",
+           "local_ranks", "thread_scope", "usable_cores", "user_setting", "validate_num_threads", "work_size"]
 
 #: torch's intra-op thread count when ppl_lvm was imported (before ppl_lvm sets it for any fit)
 STARTUP_THREADS: int = torch.get_num_threads()
@@ -89,6 +92,38 @@ def local_ranks(environ: Mapping[str, str] | None = None) -> int:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return max(1, torch.distributed.get_world_size())
     return 1
+
+
+def _cpu_times(cpus: set[int]) -> dict[int, tuple[int, int]] | None:
+    """(idle, total) jiffies of each of ``cpus`` from ``/proc/stat``; ``None`` where it cannot be read."""
+    times = {}
+    try:
+        with open("/proc/stat") as stat:
+            for line in stat:
+                name, *values = line.split()
+                if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+                    counts = [int(v) for v in values[:8]]
+                    times[int(name[3:])] = (counts[3] + counts[4], sum(counts))  # idle + iowait, all
+    except (OSError, ValueError, IndexError):
+        return None
+    return times if len(times) == len(cpus) else None
+
+
+def idle_cores(cpus: set[int], interval: float = 0.1) -> float | None:
+    """How many of ``cpus`` were idle over the next ``interval`` seconds (this process sleeps meanwhile, so its own
+    core counts as idle); ``None`` where ``/proc/stat`` cannot be read (not Linux)."""
+    before = _cpu_times(cpus)
+    if before is None:
+        return None
+    time.sleep(interval)
+    after = _cpu_times(cpus)
+    if after is None:
+        return None
+    idle = 0.0
+    for cpu, (idle0, total0) in before.items():
+        total = after[cpu][1] - total0
+        idle += (after[cpu][0] - idle0) / total if total > 0 else 1.0
+    return idle
 
 
 def _defaults(cpus: set[int]) -> set[int]:
@@ -168,7 +203,8 @@ def validate_num_threads(value: Any) -> None:
 
 def choose_threads(num_threads: Any, work: int, *, current: int | None = None,
                    environ: Mapping[str, str] | None = None, cores: int | None = None, ranks: int | None = None,
-                   startup: int | None = None, startup_is_default: bool | None = None) -> ThreadChoice:
+                   idle: float | None = None, startup: int | None = None,
+                   startup_is_default: bool | None = None) -> ThreadChoice:
     """The thread count of a fit of ``work`` (:func:`work_size`) by the rule of this module.
 
     Parameters
@@ -182,6 +218,8 @@ def choose_threads(num_threads: Any, work: int, *, current: int | None = None,
     cores, ranks : int, optional
         The CPUs this process may use (default ``len(usable_cores())``) and the processes sharing them (default
         :func:`local_ranks`).
+    idle : float, optional
+        The idle cores among them (default :func:`idle_cores`, measured only when more than one thread would run).
     """
     validate_num_threads(num_threads)
     current = torch.get_num_threads() if current is None else current
@@ -194,14 +232,22 @@ def choose_threads(num_threads: Any, work: int, *, current: int | None = None,
     user = user_setting(current, environ, startup, startup_is_default)
     if user is not None:
         return ThreadChoice(current, f"{user}: the user's count is kept")
-    cores = len(usable_cores()) if cores is None else cores
+    cpus = usable_cores() if cores is None else None
+    cores = len(cpus) if cpus is not None else cores
     ranks = local_ranks(environ) if ranks is None else ranks
     share = max(1, cores // max(1, ranks))
-    wanted = max(1, int(work // WORK_PER_THREAD))
-    threads = min(share, wanted)
-    shared = f" shared by {ranks} local processes" if ranks > 1 else ""
-    return ThreadChoice(threads, f"auto: work {work:.1e} per step ({WORK_PER_THREAD:.1e} per thread), "
-                                 f"{cores} usable cores{shared}")
+    threads = min(share, max(1, int(work // WORK_PER_THREAD)))
+    reason = f"auto: work {work:.1e} per step ({WORK_PER_THREAD:.1e} per thread), {cores} usable cores"
+    if ranks > 1:
+        reason += f" shared by {ranks} local processes"
+    if threads > 1:
+        if idle is None and cpus is not None:
+            idle = idle_cores(cpus)
+        if idle is not None:
+            free = max(1, int(idle / max(1, ranks) + 0.5))
+            reason += f", {idle:.1f} idle"
+            threads = min(threads, free)
+    return ThreadChoice(threads, reason)
 
 
 @contextmanager
