@@ -50,10 +50,11 @@ STARTUP_THREADS: int = torch.get_num_threads()
 #: the environment variables through which torch takes a thread count at start-up
 ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
-#: the work (:func:`work_size`) that pays for one more thread: below twice this a fit runs one thread. Measured on
-#: 2 cores (bench/bench_threads.py): a VAE step (100 rows x 6e4 parameter values = 6e6) runs 1.2x faster on one
-#: thread than on two when idle and 2-3x faster beside a busy core; a diagonal GMM EM iteration over 2e6 rows
-#: (1e8) runs 1.5x faster on two threads when idle.
+#: the work (:func:`work_size`) per thread: below twice this a fit runs one thread. Measured on 2 cores
+#: (bench/RESULTS.md, "Threads"): the tutorial VAE (2.7e6 per step) gains 2% from a second thread on a free core
+#: and runs 11-20x slower with it beside a busy one; a diagonal GMM EM iteration over 2e5 rows (1.1e7) 2.3-2.7x
+#: slower and over 2e6 rows (1.1e8) 8-14x slower beside busy cores. More threads are given only where a
+#: one-thread step takes about 0.25 s or more (2e6 rows: 1.4-2.5 s) and only on idle cores (:func:`idle_cores`).
 WORK_PER_THREAD = 2.5e7
 
 _scope = threading.local()
