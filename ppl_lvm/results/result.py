@@ -193,10 +193,13 @@ class Result(Outcome):
         io.save_result(self, path)
 
     def fit_more(self, **options: Any) -> Result:
-        """Continue fitting from these parameters with the same model, data, method and guide."""
+        """Continue fitting from these parameters with the same model, data, method and guide.
+
+        The options not given are the fit's, except ``device``, ``n_init`` and ``num_threads``: the thread count is
+        chosen afresh (:mod:`ppl_lvm.threads`) unless given again.
+        """
         backend = get_backend(self.method)
         # the fit's options, without what it only recorded (the sites scored, the M-steps in closed form, ...)
-        # the thread count is chosen afresh (ppl_lvm.threads) unless given again
         accepted = backend.option_names() - {"device", "n_init"}
         merged = {k: v for k, v in self.options.items() if k in accepted}
         merged.update(options)
