@@ -163,6 +163,23 @@ def test_the_count_is_restored_after_an_error(torch_default):
     assert torch.get_num_threads() == 2
 
 
+def test_a_failed_fit_restores_the_count_and_its_result_records_it(torch_default):
+    calls = {"n": 0}
+
+    @lvm.model
+    def fragile(x):
+        mu = lvm.param(torch.tensor(0.0))
+        calls["n"] += 1
+        scale = torch.exp(torch.tensor(1000.0 if calls["n"] > 7 else 0.0))  # inf from the eighth run: the loss is inf
+        with lvm.plate(len(x)):
+            lvm.observe(lvm.dist.Normal(mu, scale), x)
+
+    with pytest.raises(lvm.FitError) as info:
+        lvm.infer(fragile, torch.randn(20) + 3, steps=50, lr=0.1, fast_path=False)
+    assert torch.get_num_threads() == 2
+    assert info.value.result.options["num_threads"] == 1
+
+
 def test_a_fit_inside_a_fit_keeps_the_outer_count(torch_default):
     inner = []
 
