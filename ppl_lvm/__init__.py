@@ -9,7 +9,7 @@ from __future__ import annotations
 import pyro.distributions as dist
 from pyro.distributions import constraints
 
-from . import backends
+from . import backends, threads
 from ._version import __version__ as __version__
 from .api import infer, methods
 from .compare import compare
@@ -87,4 +87,5 @@ __all__ = [
     "param",
     "plate",
     "temperature_schedule",
+    "threads",
 ]

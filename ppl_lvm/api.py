@@ -48,7 +48,12 @@ def infer(
         Options of the method: see :class:`ppl_lvm.fit.FitOptions` (``steps``, ``lr``, ``batch_size``,
         ``num_particles``, ``beta``, ``patience``, ``seed``, ``progress``, ``callbacks``, ...). ``distributed=True``
         fits data-parallel inside a ``torch.distributed`` process group (``em``, ``svi``, ``meanfield``, ``iwae``,
-        ``renyi``): every rank passes its own rows (see :mod:`ppl_lvm.backends.distributed`).
+        ``renyi``): every rank passes its own rows (see :mod:`ppl_lvm.backends.distributed`). Every method takes
+        ``num_threads``: ``"auto"`` (default) runs the fit with the torch thread count its work size calls for
+        (one thread for small steps such as a VAE's minibatches; up to the usable cores for large E-steps), unless
+        the user set the count (``torch.set_num_threads``, ``OMP_NUM_THREADS``), which is kept; an integer is used
+        as given; ``None`` leaves torch's count alone. The count is restored after the fit and recorded in
+        ``result.options["num_threads"]`` (the rule: :mod:`ppl_lvm.threads`).
 
     Returns
     -------

@@ -16,6 +16,8 @@ settings.load_profile("explore" if os.environ.get("PPL_LVM_TEST_EXPLORE") == "1"
 # which tests depend on the floating-point path, run the suite with PPL_LVM_TEST_THREADS=2 and with
 # PPL_LVM_TEST_DETERMINISTIC=1 (torch.use_deterministic_algorithms) too.
 torch.set_num_threads(int(os.environ.get("PPL_LVM_TEST_THREADS", "1")))
+if "PPL_LVM_TEST_THREADS" in os.environ:  # a count named in the environment is kept by every fit (ppl_lvm/threads.py)
+    os.environ.setdefault("OMP_NUM_THREADS", os.environ["PPL_LVM_TEST_THREADS"])
 if os.environ.get("PPL_LVM_TEST_DETERMINISTIC") == "1":
     torch.use_deterministic_algorithms(True)
 

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..data import BoundData, bind_data, to_tensor
@@ -18,8 +19,9 @@ from ..em.stream import Chunks
 from ..errors import DataError, DataWarning, ModelCheckError
 from ..model import PROTOTYPE_ROWS, Model, check_model, trace_structure
 from ..structure import ModelStructure
+from ..threads import validate_num_threads, work_size
 
-__all__ = ["OPTION_HINTS", "Problem", "make_problem"]
+__all__ = ["OPTION_HINTS", "Problem", "make_problem", "step_work"]
 
 # options that belong to another method: the error says which
 OPTION_HINTS = {
@@ -50,6 +52,25 @@ class Problem:
     #: the streams whose chunks carry whole sequences (``lvm.chunks`` with ``lengths`` or ``sequences=True``);
     #: ``data`` holds their first sequence in the padded layout of one sequence, shape ``(1, T_0, ...)``
     sequence_streams: frozenset[str] = frozenset()
+    #: the fit's ``num_threads`` option (``"auto"``, ``None`` or a count), applied around the fit by the results
+    #: layer (:mod:`ppl_lvm.threads`); every method takes it, so it is not among the backend's options
+    num_threads: Any = "auto"
+
+
+def step_work(problem: Problem) -> int:
+    """The work of one step of ``problem`` (:func:`ppl_lvm.threads.work_size`), from what is known before the fit:
+    the rows of a step (``batch_size`` or the data plate; for data read chunk by chunk, a chunk), the values of the
+    model's parameters, the particles and the observed sites in the data plate."""
+    structure = problem.structure
+    loop = problem.parsed_options[0] if problem.parsed_options is not None else None
+    rows = structure.n_data or 1
+    batch = getattr(loop, "batch_size", None)
+    if batch is not None:
+        rows = min(rows, int(batch))
+    parameters = sum(int(np.prod(site.shape)) for site in structure.param_sites)
+    plate = structure.data_plate
+    sites = sum(1 for site in structure.observed_sites if plate is not None and plate in site.plates)
+    return work_size(rows, parameters, int(getattr(loop, "num_particles", 1) or 1), sites)
 
 
 def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]) -> ModelStructure:
@@ -86,6 +107,8 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
                  options: dict[str, Any] | None = None) -> Problem:
     """Check ``model``, ``data`` and ``options`` for ``backend`` and bundle them as a :class:`Problem`."""
     options = dict(options or {})
+    num_threads = options.pop("num_threads", "auto")
+    validate_num_threads(num_threads)
     model = check_model(model)
     bound = bind_data(model, data)
     kwargs = dict(bound.kwargs)
@@ -112,7 +135,7 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
         ) from exc
     return Problem(model=model, data=bound, structure=structure, method=backend.name, guide=guide,
                    init_state=init_state, options=options, parsed_options=parsed, streams=streams,
-                   sequence_streams=sequence_streams)
+                   sequence_streams=sequence_streams, num_threads=num_threads)
 
 
 def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Chunks], frozenset[str]]:

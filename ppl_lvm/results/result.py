@@ -12,26 +12,41 @@ import torch
 
 from .. import arviz_export, diagnostics, io, summary
 from ..backends import get_backend
-from ..backends.problem import make_problem
+from ..backends.problem import make_problem, step_work
 from ..errors import FitError
 from ..guides import GUIDES
 from ..outcome import Outcome
 from ..posterior import queries
 from ..runtime import clone_param_state
+from ..threads import ThreadChoice, choose_threads, thread_scope
 from .display import repr_html
 
 __all__ = ["Result", "fit_into"]
 
 
 def fit_into(result_class: Callable[[Outcome], type], backend: Any, problem: Any) -> Any:
-    """Run ``backend`` on ``problem`` and build the result; a failed fit's error carries the result reached."""
+    """Run ``backend`` on ``problem`` with the thread count of :mod:`ppl_lvm.threads` (restored afterwards) and
+    build the result, which records that count; a failed fit's error carries the result reached."""
+    choice = choose_threads(problem.num_threads, step_work(problem))
     try:
-        outcome = backend.fit(problem)
+        with thread_scope(choice):
+            outcome = backend.fit(problem)
     except FitError as err:
+        if err.outcome is not None:
+            _record_threads(err.outcome, choice)
         if err.result is None and err.outcome is not None:
             err.result = result_class(err.outcome).from_outcome(err.outcome)
         raise
+    _record_threads(outcome, choice)
     return result_class(outcome).from_outcome(outcome)
+
+
+def _record_threads(outcome: Outcome, choice: ThreadChoice) -> None:
+    """``options["num_threads"]`` (the count the fit ran with) and ``options["num_threads_reason"]``, on the
+    outcome and its restarts."""
+    for fit in [outcome, *outcome.restarts]:
+        fit.options = {**fit.options, "num_threads": choice.threads if choice.threads is not None
+                       else torch.get_num_threads(), "num_threads_reason": choice.reason}
 
 
 @dataclass
@@ -178,7 +193,11 @@ class Result(Outcome):
         io.save_result(self, path)
 
     def fit_more(self, **options: Any) -> Result:
-        """Continue fitting from these parameters with the same model, data, method and guide."""
+        """Continue fitting from these parameters with the same model, data, method and guide.
+
+        The options not given are the fit's, except ``device``, ``n_init`` and ``num_threads``: the thread count is
+        chosen afresh (:mod:`ppl_lvm.threads`) unless given again.
+        """
         backend = get_backend(self.method)
         # the fit's options, without what it only recorded (the sites scored, the M-steps in closed form, ...)
         accepted = backend.option_names() - {"device", "n_init"}
