@@ -143,7 +143,7 @@ def test_a_discrete_hmm_chain_streams_by_whole_sequences(tmp_path, float64):
         streamed = lvm.infer(gaussian_hmm_vectorized, {"x": stream, "K": 2}, **options)
         assert streamed.closed_form and streamed.responsibilities == {}
         _same(streamed, in_memory)
-    symbols = rng.integers(0, 4, size=(11, 9))
+    symbols = np.random.default_rng(2).integers(0, 4, size=(11, 9))
     symbols[:5, :4] = 3  # the states differ in their symbols
     start = {"start": np.array([0.6, 0.4]), "trans": np.array([[0.8, 0.2], [0.3, 0.7]]), "emission": _chain_start()["emission"][:2]}
     options = {**options, "init_params": start}
