@@ -187,6 +187,19 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
             dist.all_reduce = all_reduce
         results["all_reduce_sizes"] = calls
         results["failure"] = _failure_on_rank_1(rank)
+
+        @lvm.model
+        def shared_switch(x):  # one latent for all the points couples the shards
+            w = lvm.param(torch.ones(2) / 2, constraint=constraints.simplex)
+            locs = lvm.param(torch.tensor([-1.0, 1.0]))
+            z = lvm.latent(lvm.dist.Categorical(w))
+            with lvm.plate(len(x)):
+                lvm.observe(lvm.dist.Normal(locs[z], 1.0), x)
+
+        try:
+            lvm.infer(shared_switch, torch.randn(20), method="em", max_iter=2, distributed=True)
+        except lvm.UnsupportedModelError as err:
+            results["coupled_error"] = str(err)
         torch.save(results, os.path.join(folder, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -271,6 +284,11 @@ def test_one_all_reduce_per_iteration(two_ranks):
 def test_generic_route_converges_and_stops_on_every_rank(two_ranks, one_process):
     assert one_process["student"]["converged"] and one_process["student"]["n_iter"] < 40
     assert one_process["student_stopped"]["n_iter"] == two_ranks[0]["student_stopped"]["n_iter"] == 2
+
+
+def test_a_model_whose_points_are_coupled_is_refused_on_every_rank(two_ranks):
+    for rank in two_ranks:
+        assert "couples the points" in rank["coupled_error"] and "distributed=True" in rank["coupled_error"]
 
 
 def test_a_failure_on_one_rank_is_raised_on_every_rank(two_ranks):
