@@ -19,6 +19,7 @@ import dataclasses
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -37,6 +38,7 @@ from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state, select_steps
 from .base import Backend, Problem
+from .distributed import collective
 from .em_checks import check_enumerable, check_streams
 from .restarts import run_restarts
 
@@ -97,8 +99,10 @@ class EMOptions:
         ``all_reduce`` per iteration, so every rank runs the same iterations and ends with the same parameters,
         equal to those of one process on all the data. The start is rank 0's (a data-seeded start is drawn from
         rank 0's shard). ``log_likelihood``, the history and the BIC are those of all the data; the
-        responsibilities and per-point values those of the rank's shard. Closed-form route only (recognised
-        mixtures and chains).
+        responsibilities and per-point values those of the rank's shard. On the generic route every evaluation
+        of the M-step's ``Q`` and its gradient (L-BFGS) and every E-step is summed over the ranks instead (two
+        all-reduces each), so every rank's optimiser takes the same steps; its model's log-likelihood must be a
+        sum over the points of its data plate.
     online : bool
         Online EM (Cappé and Moulines 2009; :mod:`ppl_lvm.em.online`) for a recognised mixture: a Robbins-Monro step
         on the sufficient statistics after each minibatch of ``batch_size`` points; ``max_iter`` counts passes
@@ -199,14 +203,6 @@ class EMOptions:
                     "online=True steps the sufficient statistics of the closed-form EM route (a recognised mixture); "
                     "this model runs the generic EM route, which has none. Drop online=True."
                 )
-            if self.distributed:
-                raise UnsupportedModelError(
-                    "distributed=True sums the expected sufficient statistics of the closed-form EM route "
-                    "(recognised mixtures and hidden Markov chains of the Gaussian, Bernoulli, categorical and "
-                    "Poisson families); this model runs the generic EM route (it is not a recognised mixture or "
-                    "chain), which has no such statistics. Fit it in one process (drop distributed=True), or write "
-                    "it as a recognised mixture or chain."
-                )
             if isinstance(init, str) and init not in GENERIC_INITS:
                 raise UnsupportedModelError(
                     f"init_params={init!r} seeds the components of a recognised mixture or chain from its data "
@@ -281,8 +277,13 @@ class EMBackend(Backend):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-                return any(bool(cb(i, ll)) for cb in opts.callbacks)
+                stop = any(bool(cb(i, ll)) for cb in opts.callbacks)
+                if opts.distributed and opts.callbacks:  # a stop asked on one rank stops every rank
+                    stop = bool(Reducer(True).sum({"stop": torch.tensor(float(stop))})["stop"] > 0)
+                return stop
 
+            Reducer(opts.distributed).agree("generic" if pattern is None else type(pattern).__name__,
+                                            "the EM route of the model (recognised on each rank's data)")
             check_streams(problem, pattern)
             if pattern is not None:
                 options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
@@ -319,6 +320,8 @@ class EMBackend(Backend):
         reducer = Reducer(opts.distributed)
         if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
             stream = next(iter(streams.values()))
+            if not pattern.latents:  # one DiscreteHMM site: every sequence has the first chunk's steps
+                stream = stream.as_sequences(pattern.n_steps)
             source = chain_source(pattern.family, stream.transformed(pattern.step_rows), reducer=reducer)
         elif chain:
             source = chain_source(pattern.family, x, [int(v) for v in pattern.lengths], reducer=reducer)
@@ -338,12 +341,14 @@ class EMBackend(Backend):
 
     def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
         """Any other enumerable model: exact E-step by contraction, numerical (generalised) M-step."""
-        Reducer(opts.distributed)  # no process group: that error first
+        reducer = Reducer(opts.distributed)  # no process group: that error first
         options = opts.for_route("generic")
         structure = problem.structure
         model = enumerating(problem.model, [s.name for s in structure.discrete_latents])
-        check_enumeration_size(model, kwargs, structure.max_plate_nesting, opts.max_bytes)  # once, not per restart
-        data = ModelChunks(kwargs, problem.streams) if problem.streams else None
+        # once, not per restart; on the rank's own data, so a refusal on one rank is announced to all
+        with collective("checking the size of the enumeration") if reducer.distributed else nullcontext():
+            check_enumeration_size(model, kwargs, structure.max_plate_nesting, opts.max_bytes)
+        data = ModelChunks(kwargs, problem.streams, reducer) if problem.streams or reducer.distributed else None
         return options, generic_fit(model, kwargs, structure, initial, options, callback, data)
 
 

@@ -42,14 +42,15 @@ def check_streams(problem: Problem, pattern: Any) -> None:
         )
     if pattern is None:  # the generic route reads every streamed argument side by side (ModelChunks)
         return
-    if chain:
-        if not pattern.latents:
+    if chain and not pattern.latents:  # one DiscreteHMM site: rows of whole sequences, or sequences
+        if names != [pattern.data_argument]:
             raise UnsupportedModelError(
-                f"data read chunk by chunk (lvm.chunks: {names}) are fitted for a hidden Markov chain written with "
-                "lvm.markov (one latent per step, e.g. ppl_lvm.models.hmm.gaussian_hmm); this chain is one "
-                "DiscreteHMM site, whose sequences share one length. Write it with lvm.markov, or pass the data "
-                "in memory"
+                f"a hidden Markov chain written as one DiscreteHMM site reads one argument chunk by chunk, its "
+                f"observed sequences of one length, given as lvm.chunks(x, chunk_size) over the rows (sequences) of "
+                f"an array of shape (sequences, steps, ...); got {names}"
             )
+        return
+    if chain:
         if len(names) != 1 or sequences != names:
             raise UnsupportedModelError(
                 f"a hidden Markov chain reads one argument chunk by chunk, its observed sequences, given as "

@@ -6,8 +6,8 @@ Every closed-form EM iteration (mixtures and hidden Markov chains, every emissio
    posteriors and expected transitions) and the family's additive statistics of them (``family.statistics``);
 2. their sum over the chunks (:meth:`Source.accumulate`);
 3. in a data-parallel fit, their sum over the ranks: one ``torch.distributed.all_reduce(SUM)`` of one flat
-   float64 buffer holding every statistic and the log-likelihood (:meth:`Reducer.sum`), so every rank runs the
-   same M-step on the same numbers and holds identical parameters;
+   float64 buffer holding every statistic and the log-likelihood (:meth:`~ppl_lvm.em.ranks.Reducer.sum`), so
+   every rank runs the same M-step on the same numbers and holds identical parameters;
 4. the M-step from the totals (``family.m_step_statistics``).
 
 Data held in memory by one process are one chunk whose cache is kept between iterations (the numbers are those of
@@ -19,20 +19,23 @@ empty component's fallback (the data covariance).
 
 The generic route (:mod:`ppl_lvm.em.generic`, no closed-form M-step) sums over the same chunks with
 :class:`ModelChunks`: the model's arguments, the streamed ones replaced chunk by chunk, and per chunk the
-log-likelihood (the E-step) or ``Q`` with its gradient (each evaluation of the M-step's optimiser).
+log-likelihood (the E-step) or ``Q`` with its gradient (each evaluation of the M-step's optimiser). In a
+data-parallel fit each of these sums, the gradient included, is then summed over the ranks with one all-reduce
+(after a small one that tells whether every rank computed its part), so every rank's L-BFGS sees the same values
+at every evaluation, takes the same steps and holds the same parameters.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from ..data import to_tensor
 from ..errors import DataError, DistributedError
 from .families.base import add_statistics, local_centred_sums
+from .ranks import Reducer
 from .stream import Chunks, lockstep
 
 __all__ = ["DataPass", "ModelChunks", "Reducer", "Source", "chunk_statistics"]
@@ -51,73 +54,6 @@ def chunk_statistics(family: Any, cache: dict, layout: Any, posterior: ChunkPost
         part.pop(key, None)
     part.update(extra)
     return resp, {k: v.to(torch.float64) if v.dtype == torch.float32 else v for k, v in part.items()}
-
-
-class Reducer:
-    """Sums statistics over the ranks of a ``torch.distributed`` process group (nothing to do in one process).
-
-    Parameters
-    ----------
-    distributed : bool
-        Reduce over the process group; it must be initialised (``torch.distributed.init_process_group``, which
-        ``torchrun`` scripts call first).
-    group : ProcessGroup, optional
-        The group to reduce over (default: the whole world).
-    """
-
-    def __init__(self, distributed: bool = False, group: Any = None) -> None:
-        self.distributed = bool(distributed)
-        self.group = group
-        if self.distributed and not (dist.is_available() and dist.is_initialized()):
-            raise DistributedError(
-                "distributed=True needs an initialised torch.distributed process group, and none is: call "
-                "torch.distributed.init_process_group('gloo') (CPU) or ('nccl') (GPU) first in every process, or "
-                "start the script with torchrun (e.g. torchrun --nproc-per-node 2 script.py) and call it there"
-            )
-        self.rank = dist.get_rank(group) if self.distributed else 0
-        self.world_size = dist.get_world_size(group) if self.distributed else 1
-        # NCCL reduces GPU tensors only: the statistics travel through the rank's current GPU
-        nccl = self.distributed and dist.get_backend(group) == "nccl"
-        self._device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
-
-    def sum(self, stats: dict[str, torch.Tensor], check: bool = False) -> dict[str, torch.Tensor]:
-        """``stats`` summed over the ranks, key by key: one all-reduce of one float64 buffer.
-
-        ``check``: first make sure every rank sends as many numbers (one more all-reduce; the data summary of a
-        fit's first pass is checked, so that ranks holding data of different widths fail with a clear error).
-        """
-        if not self.distributed:
-            return stats
-        keys = sorted(stats)
-        values = [torch.as_tensor(stats[k]) for k in keys]
-        flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
-        if check:
-            sizes = torch.tensor([float(flat.numel()), -float(flat.numel())], dtype=torch.float64,
-                                 device=self._device)
-            dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=self.group)
-            sizes = sizes.cpu()
-            if sizes[0].item() != -sizes[1].item():
-                raise DistributedError(
-                    f"the ranks hold data of different shapes (rank {self.rank}: {flat.numel()} summary numbers, "
-                    f"others between {-int(sizes[1].item())} and {int(sizes[0].item())}): every rank must pass data "
-                    "with the same columns (and, for categorical data, the same n_categories)")
-        if self._device is not None:
-            flat = flat.to(self._device)
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=self.group)
-        flat = flat.cpu()
-        out, offset = {}, 0
-        for key, value in zip(keys, values, strict=True):
-            out[key] = flat[offset : offset + value.numel()].reshape(value.shape).to(value.dtype)
-            offset += value.numel()
-        return out
-
-    def broadcast(self, value: Any) -> Any:
-        """Rank 0's ``value`` on every rank (the same bits: a pickled copy)."""
-        if not self.distributed:
-            return value
-        box = [value if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
 
 
 class Source:
@@ -289,10 +225,14 @@ class ModelChunks:
         rows. None or empty: the data in memory, one chunk.
     """
 
-    def __init__(self, kwargs: dict[str, Any], streams: dict[str, Chunks] | None = None) -> None:
+    def __init__(self, kwargs: dict[str, Any], streams: dict[str, Chunks] | None = None,
+                 reducer: Reducer | None = None) -> None:
         self.kwargs = dict(kwargs)
         self.streams = dict(streams or {})
         self.streamed = bool(self.streams)
+        self.reducer = reducer or Reducer()
+        #: a data-parallel fit: the chunks are this rank's shard, the sums are over every rank
+        self.distributed = self.reducer.distributed
 
     def chunks(self) -> Iterator[tuple[int, dict[str, Any], int | None]]:
         """``(index, the model's arguments for this chunk, its rows)``; rows None for data in memory."""
@@ -309,10 +249,33 @@ class ModelChunks:
                 values[name] = value.to(self.kwargs[name].dtype) if value.dtype != self.kwargs[name].dtype else value
             yield index, {**self.kwargs, **values}, int(rows)
 
-    def total(self, part: Callable[[int, dict[str, Any], int | None], dict[str, torch.Tensor]]
+    def total(self, part: Callable[[int, dict[str, Any], int | None], dict[str, torch.Tensor]],
+              gradients: Sequence[torch.Tensor] = (), what: str = "evaluating the generic EM route"
               ) -> dict[str, torch.Tensor]:
-        """``part(index, kwargs, rows)`` summed key by key over the chunks."""
-        total = None
-        for index, kwargs, rows in self.chunks():
-            total = add_statistics(total, part(index, kwargs, rows))
+        """``part(index, kwargs, rows)`` summed key by key over the chunks, then over the ranks.
+
+        In a data-parallel fit the sums and the ``.grad`` of ``gradients`` (accumulated by ``part``, e.g. by the
+        backward pass of each chunk's ``Q``; none counts as zeros) are summed over the ranks in one all-reduce,
+        and the gradients written back, so every rank holds the same totals; a failure on one rank is raised on
+        every rank (:meth:`Reducer.sum_checked`, which ``what`` tells).
+        """
+        if not self.distributed:
+            total = None
+            for index, kwargs, rows in self.chunks():
+                total = add_statistics(total, part(index, kwargs, rows))
+            return total
+        total, error = None, None
+        try:
+            for index, kwargs, rows in self.chunks():
+                total = add_statistics(total, part(index, kwargs, rows))
+            if total is None:
+                raise DistributedError(f"rank {self.reducer.rank} holds no data: give every rank at least one row "
+                                       "(shard with lvm.chunks(...).shard(rank, world_size))")
+            total.update({f"grad:{i:06d}": torch.zeros_like(t) if t.grad is None else t.grad
+                          for i, t in enumerate(gradients)})
+        except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
+            error = exc
+        total = self.reducer.sum_checked(total, error, what)
+        for i, t in enumerate(gradients):
+            t.grad = total.pop(f"grad:{i:06d}")
         return total

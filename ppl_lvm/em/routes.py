@@ -43,6 +43,7 @@ from .init import initialize_hmm, initialize_mixture
 from .mixture import fit_mixture, mixture_log_likelihood
 from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
+from .ranks import Reducer
 
 __all__ = ["EMRun", "closed_form_fit", "create_params", "em_outcome", "generic_fit", "jitter_state"]
 
@@ -246,26 +247,30 @@ def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options
     """``fit_once(restart, seed) -> EMRun`` of the generic route; the starts are those of the module docstring.
 
     The enumeration size is checked once by the caller, not per restart. ``data``: the arguments read chunk by
-    chunk (:class:`~ppl_lvm.em.accumulate.ModelChunks`); their fit keeps no per-point values or
-    responsibilities, its ``n_samples`` is the data plate's total size.
+    chunk, or the rank's shard of a data-parallel fit (:class:`~ppl_lvm.em.accumulate.ModelChunks`); a streamed
+    fit keeps no per-point values or responsibilities, and its ``n_samples`` is the data plate's total size. In a
+    data-parallel fit every restart starts from rank 0's start (its random start too) and every pass is summed
+    over the ranks (:mod:`ppl_lvm.em.generic.passes`); the log-likelihood, history and ``n_samples`` are those
+    of all the data, the per-point values and responsibilities those of the rank's shard (none when streamed).
     """
     store = pyro.get_param_store()
     tol, max_iter = options["tol"], options["max_iter"]
     random_start = options["init_params"] == "random"
     streamed = data is not None and data.streamed
+    reducer = data.reducer if data is not None else Reducer()
 
     def fit_once(restart: int, seed: int) -> EMRun:
         jitter = random_start or restart > 0
-        store.set_state(jitter_state(initial, seed) if jitter else clone_param_state(initial))
+        store.set_state(reducer.broadcast_state(jitter_state(initial, seed) if jitter else clone_param_state(initial)))
         out = fit_generic_em(model, kwargs, structure.max_plate_nesting, max_iter=max_iter, tol=tol,
                              callback=callback, max_bytes=None, data=data)
         _warn_unless_converged(out["converged"], max_iter, tol, restart, seed)
         state = clone_param_state(store.get_state())
+        history, converged, n_iter = list(out["history"]), bool(out["converged"]), int(out["n_iter"])
         if streamed:
-            return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), state,
-                         float(out["log_likelihood"]), None, {}, int(out["n_data"]))
+            return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), None, {}, int(out["n_data"]))
         e_step = out["e_step"]
-        return EMRun(list(out["history"]), bool(out["converged"]), int(out["n_iter"]), state,
-                     float(e_step.log_likelihood), e_step.log_likelihood_per_point, site_marginals(e_step, structure))
+        return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), e_step.log_likelihood_per_point,
+                     site_marginals(e_step, structure), int(out["n_data"]) if reducer.distributed else None)
 
     return fit_once

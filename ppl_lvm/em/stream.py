@@ -9,13 +9,15 @@ list of sequences, or a function yielding them, grouped into chunks of ``chunk_s
 
 from __future__ import annotations
 
-import mmap
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import DataError
+from .files import MappedPages, NpyFile
 
 __all__ = ["MEMORY_CHUNK_ROWS", "MEMORY_CHUNK_THRESHOLD", "Chunks", "NpyFile", "chunks", "lockstep", "memory_chunks",
            "shard_range"]
@@ -37,61 +39,6 @@ def shard_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return start, start + base + (1 if rank < extra else 0)
 
 
-class NpyFile:
-    """A ``.npy`` file read by row ranges with plain file reads (no memory mapping, so no pages stay resident).
-
-    Attributes
-    ----------
-    shape : tuple of int
-    dtype : numpy.dtype
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = os.fspath(path)
-        with open(self.path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            self.shape, fortran, self.dtype = read(f)
-            self._offset = f.tell()
-        if fortran and len(self.shape) > 1:
-            raise ValueError(f"{self.path} is stored in Fortran order; save it in C order to read it by rows")
-        self._row = int(np.prod(self.shape[1:], dtype=np.int64))
-
-    def __getitem__(self, rows: slice) -> np.ndarray:
-        start, stop, step = rows.indices(self.shape[0])
-        if step != 1:
-            raise ValueError("NpyFile reads contiguous row ranges only")
-        count = max(stop - start, 0) * self._row
-        values = np.fromfile(self.path, dtype=self.dtype, count=count,
-                             offset=self._offset + start * self._row * self.dtype.itemsize)
-        return values.reshape((max(stop - start, 0),) + tuple(self.shape[1:]))
-
-
-class _MappedPages:
-    """Hands the pages of a chunk read from a ``numpy.memmap`` back to the kernel (``madvise(MADV_DONTNEED)``).
-
-    The pages of a memory map that were read count in the process's resident memory until the kernel reclaims
-    them; releasing each chunk's pages once it is copied keeps resident memory at one chunk (the pages stay in
-    the page cache, so a second pass over a file that fits there reads no disk). Only read-only and shared
-    writable maps (``mode`` "r", "r+"): a copy-on-write map (``mode="c"``) would lose its changes.
-    """
-
-    def __init__(self, array: Any) -> None:
-        mapped = getattr(array, "_mmap", None)
-        self._map = mapped if isinstance(array, np.memmap) and array.mode in ("r", "r+") and hasattr(
-            mmap, "MADV_DONTNEED") and isinstance(mapped, mmap.mmap) else None
-        if self._map is not None:
-            self._start = np.frombuffer(self._map, dtype=np.uint8).ctypes.data  # the map's first byte
-
-    def release(self, view: np.ndarray) -> None:
-        if self._map is None or view.size == 0:
-            return
-        lo = view.ctypes.data - self._start
-        hi = min(lo + view.nbytes, len(self._map))
-        lo -= lo % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-
 def _as_chunk(value: Any) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach()
@@ -110,12 +57,13 @@ class Chunks:
     def __init__(self, array: Any = None, chunk_size: int | None = None, lengths: Sequence[int] | None = None,
                  pieces: Sequence | None = None, factory: Callable[[], Any] | None = None,
                  rows: tuple[int, int] | None = None, sequences: tuple[int, int] | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, one_by_one: bool = False) -> None:
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, one_by_one: bool = False,
+                 steps: int | None = None) -> None:
         self._array, self.chunk_size, self._pieces, self._factory = array, chunk_size, pieces, factory
-        self._transform = transform
+        self._transform, self._steps = transform, steps
         self._one_by_one = one_by_one  # the pieces (or the factory's items) are single sequences
         self._lengths = None if lengths is None else np.asarray(lengths, dtype=np.int64)
-        self._pages = _MappedPages(array)
+        self._pages = MappedPages(array)
         if array is not None:
             total = int(array.shape[0])
             if self._lengths is not None:
@@ -164,11 +112,29 @@ class Chunks:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         """``(rows, lengths)`` per chunk (``lengths`` None for data without sequences)."""
-        if self._transform is not None:
-            for x, lengths in self._untransformed():
-                yield self._transform(x), lengths
+        if self._transform is None and self._steps is None:
+            yield from self._untransformed()
             return
-        yield from self._untransformed()
+        for index, (x, lengths) in enumerate(self._untransformed()):
+            if self._steps is not None:
+                x, lengths = self._whole_sequences(index, x, lengths)
+            yield (x if self._transform is None else self._transform(x)), lengths
+
+    def _whole_sequences(self, index: int, x: torch.Tensor, lengths: list[int] | None
+                         ) -> tuple[torch.Tensor, list[int]]:
+        """A chunk of sequences of ``steps`` steps each in hmmlearn's layout (see :meth:`as_sequences`)."""
+        steps = self._steps
+        if lengths is None:  # one sequence per row: (sequences, steps, ...) -> (sequences * steps, ...)
+            if x.dim() < 2 or x.shape[1] != steps:
+                raise DataError(f"chunk {index} of the data has shape {tuple(x.shape)}, not (sequences, {steps}, "
+                                 f"...): every sequence of a chain written as one DiscreteHMM site has the first "
+                                 f"chunk's {steps} steps")
+            return x.reshape((-1,) + tuple(x.shape[2:])), [steps] * x.shape[0]
+        if any(n != steps for n in lengths):
+            raise DataError(f"chunk {index} of the data holds sequences of {sorted(set(lengths) - {steps})} steps: "
+                             f"every sequence of a chain written as one DiscreteHMM site has the first chunk's "
+                             f"{steps} steps (for sequences of different lengths write the chain with lvm.markov)")
+        return x, lengths
 
     def _untransformed(self) -> Iterator[tuple[torch.Tensor, list[int] | None]]:
         if self._array is not None:
@@ -228,7 +194,7 @@ class Chunks:
     def _like(self, **changes: Any) -> Chunks:
         spec = {"array": self._array, "chunk_size": self.chunk_size, "lengths": self._lengths,
                 "pieces": self._pieces, "factory": self._factory, "transform": self._transform,
-                "one_by_one": self._one_by_one}
+                "one_by_one": self._one_by_one, "steps": self._steps}
         if self._array is not None:
             spec["rows" if self._lengths is None else "sequences"] = self._rows if self._lengths is None else self._seq
         spec.update(changes)
@@ -237,6 +203,12 @@ class Chunks:
     def transformed(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Chunks:
         """The same chunks, each passed through ``fn`` (e.g. reshaped) when read."""
         return self._like(transform=fn if self._transform is None else (lambda x, f=self._transform: fn(f(x))))
+
+    def as_sequences(self, steps: int) -> Chunks:
+        """The same chunks read as whole sequences of ``steps`` steps each, ``(rows of every step, lengths)``:
+        a chunk of an array of shape ``(sequences, steps, ...)`` (one sequence per row), or of sequences (each
+        checked to have ``steps`` steps)."""
+        return self._like(steps=int(steps))
 
     def shard(self, rank: int, world_size: int) -> Chunks:
         """The part of the data rank ``rank`` of ``world_size`` reads: a contiguous range of rows (of whole

@@ -55,8 +55,9 @@ def fit_generic_em(
         Memory limit of the E-step (checked once, before the first E-step, on ``kwargs``).
     data : ModelChunks, optional
         The data read chunk by chunk (:class:`~ppl_lvm.em.accumulate.ModelChunks`; ``kwargs`` then hold the first
-        chunk); every E-step and every evaluation of the M-step's ``Q`` is a pass over the chunks
-        (:mod:`ppl_lvm.em.generic.passes`). Default: ``kwargs`` in memory.
+        chunk), or a rank's shard of a data-parallel fit; every E-step and every evaluation of the M-step's ``Q``
+        is a pass over the chunks, summed over the ranks (:mod:`ppl_lvm.em.generic.passes`). Default: ``kwargs``
+        in memory.
 
     Returns
     -------
