@@ -28,8 +28,10 @@ import torch
 
 from ...errors import UnsupportedModelError
 from ..accumulate import ModelChunks
+from ...interpreter import NotPlannable
 from .estep import EStep, e_step
-from .mstep import Objective, expected_complete_log_likelihood
+from .interpreted import FastQ
+from .mstep import Objective, expected_complete_log_likelihood, q_of_factors
 
 __all__ = ["DataLikelihood", "e_step_pass", "q_objective"]
 
@@ -86,14 +88,29 @@ def e_step_pass(
     return DataLikelihood(float(total["log_likelihood"]), int(total["n"].item()), state["plate"], None)
 
 
-def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood) -> Objective:
+def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood,
+                fast: FastQ | None = None) -> Objective:
     """``objective(scale)`` of the M-step (:data:`~ppl_lvm.em.generic.mstep.Objective`) at this iteration's old
-    parameters: the store's values now, before the optimiser moves them."""
+    parameters: the store's values now, before the optimiser moves them. ``fast``: evaluate ``Q`` by the
+    interpreter while ``fast.active`` (:mod:`ppl_lvm.em.generic.interpreted`), else by Pyro's trace."""
+
+    def chunk_q(kwargs: dict, marginals: dict, outside_plate: str | None) -> torch.Tensor:
+        if fast is not None and fast.active:
+            try:
+                factors, plates = fast.plan.factors(kwargs, marginals)
+            except NotPlannable as exc:
+                fast.stop(str(exc))
+            else:
+                keep = None if outside_plate is None else (lambda name: outside_plate in plates[name])
+                return q_of_factors(factors, marginals, keep)
+        return expected_complete_log_likelihood(model, kwargs, max_plate_nesting, marginals,
+                                                outside_plate=outside_plate)
+
     if not data.streamed:
         marginals = likelihood.e_step.marginals
 
         def in_memory(scale: float | None) -> torch.Tensor:
-            q = expected_complete_log_likelihood(model, data.kwargs, max_plate_nesting, marginals)
+            q = chunk_q(data.kwargs, marginals, None)
             if scale is not None and q.requires_grad:
                 (-q / scale).backward()
             return q.detach()
@@ -109,9 +126,7 @@ def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, like
 
         def part(index: int, kwargs: dict, rows: int | None) -> dict[str, torch.Tensor]:
             marginals = e_step(at_old, kwargs, max_plate_nesting, max_bytes=None, data_plate=plate).marginals
-            q = expected_complete_log_likelihood(
-                model, kwargs, max_plate_nesting, marginals, outside_plate=None if first[0] else plate
-            )
+            q = chunk_q(kwargs, marginals, None if first[0] else plate)
             first[0] = False
             if scale is not None and q.requires_grad:
                 (-q / scale).backward()
