@@ -126,7 +126,8 @@ class EMOptions:
         with Pyro each time (:mod:`ppl_lvm.em.generic.interpreted`); each fit checks at its first M-step that this
         ``Q`` and its gradient equal the traced ones, and traces otherwise. ``result.options["fast_path"]`` says
         whether it ran and ``["fast_path_reason"]`` why not. ``False``: every evaluation is a Pyro trace. The
-        closed-form route has no such ``Q`` (both recorded as None there).
+        closed-form route has no such ``Q`` (``result.options["fast_path"]`` is the option as given there, with no
+        reason recorded).
     """
 
     max_iter: int = 100
@@ -239,7 +240,6 @@ class EMOptions:
         record["init_params"] = "dict" if isinstance(init, dict) else (init or default_init or DEFAULT_INIT[route])
         if route != "generic":
             record["reg_covar"] = float(default_reg if self.reg_covar is None else self.reg_covar)
-            record["fast_path"] = record["fast_path_reason"] = None
         return record
 
 

@@ -14,7 +14,7 @@ from ..accumulate import ModelChunks
 from ..convergence import ConvergenceMonitor
 from .factors import _enum_trace
 from .interpreted import FastQ
-from .mstep import _store_params, maximise_q
+from .mstep import _store_params, maximise_q, q_of_factors
 from .passes import e_step_pass, q_objective
 from .size import DEFAULT_MAX_BYTES, check_enumeration_size
 
@@ -106,7 +106,9 @@ def fit_generic_em(
             if not fast.started:  # the check, at the first M-step's old parameters
                 fast.start(lambda: _traced(model, data, max_plate_nesting),
                            q_objective(model, data, max_plate_nesting, estep), objective, leaves)
-            info = maximise_q(objective, params=params, max_steps=max_steps)
+            # in memory, Q at the old parameters is the E-step's factors summed (the same numbers as a fresh trace)
+            q_before = None if estep.e_step is None else q_of_factors(estep.e_step.factors, estep.e_step.marginals)
+            info = maximise_q(objective, params=params, max_steps=max_steps, q_before=q_before)
             if info["nan"]:
                 warnings.warn(
                     f"generic EM: the M-step of iteration {iteration} produced NaN; parameters restored, fit stopped",

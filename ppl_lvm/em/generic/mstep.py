@@ -142,8 +142,11 @@ def generic_m_step(
 
 
 def maximise_q(objective: Objective, params: list[str] | None = None, max_steps: int = 50,
-               lr: float = 1.0) -> dict[str, Any]:
-    """The M-step of :func:`generic_m_step` on any ``objective`` (:data:`Objective`), e.g. a sum over chunks."""
+               lr: float = 1.0, q_before: float | None = None) -> dict[str, Any]:
+    """The M-step of :func:`generic_m_step` on any ``objective`` (:data:`Objective`), e.g. a sum over chunks.
+
+    ``q_before``: ``objective(None)`` at the current parameters when the caller has it (the E-step's factors
+    give it without another run of the model)."""
     leaves = _store_params(params)
     old = {n: p.detach().clone() for n, p in leaves.items()}
 
@@ -151,7 +154,7 @@ def maximise_q(objective: Objective, params: list[str] | None = None, max_steps:
         with torch.no_grad():
             return objective(None)
 
-    q_before = float(q_value())
+    q_before = float(q_value()) if q_before is None else float(q_before)
     tensors = [p for p in leaves.values() if p.requires_grad]
     if not tensors or not math.isfinite(q_before):
         return {"accepted": False, "q_before": q_before, "q_after": q_before, "steps": 0, "nan": True}
