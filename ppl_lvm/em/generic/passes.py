@@ -27,8 +27,8 @@ import pyro.poutine as poutine
 import torch
 
 from ...errors import UnsupportedModelError
-from ..accumulate import ModelChunks
 from ...interpreter import NotPlannable
+from ..accumulate import ModelChunks
 from .estep import EStep, e_step
 from .interpreted import FastQ
 from .mstep import Objective, expected_complete_log_likelihood, q_of_factors
