@@ -21,7 +21,7 @@ import ppl_lvm as lvm
 from ppl_lvm import constraints, dist
 from ppl_lvm.em.accumulate import ModelChunks
 from ppl_lvm.em.generic.factors import _enum_trace
-from ppl_lvm.em.generic.interpreted import FastQ
+from ppl_lvm.em.generic.interpreted import FastQ, InterpretedQ
 from ppl_lvm.em.generic.mstep import _store_params
 from ppl_lvm.em.generic.passes import e_step_pass, q_objective
 
@@ -244,3 +244,16 @@ def test_fast_path_option(float64):
 
     fit = _infer(normal_mixture, {"x": _two_groups()}, max_iter=3)
     assert fit.closed_form and fit.options["fast_path"] is True and "fast_path_reason" not in fit.options
+
+
+def test_an_interpreter_failure_at_the_check_runs_the_traced_path(monkeypatch, float64):
+    def broken(self, kwargs, marginals):
+        raise TypeError("no such statement")
+
+    model, data = CASES["t mixture"]
+    traced = _infer(model, data, max_iter=3, tol=None, fast_path=False)
+    monkeypatch.setattr(InterpretedQ, "factors", broken)
+    fit = _infer(model, data, max_iter=3, tol=None)
+    assert fit.options["fast_path"] is False
+    assert fit.options["fast_path_reason"] == "the interpreter failed: TypeError: no such statement"
+    assert fit.history.tolist() == traced.history.tolist()

@@ -151,9 +151,10 @@ class FastQ:
         tensors = [p for _, p in named]
         try:
             q_traced, g_traced = _value_and_grads(traced, tensors)
-            q_interp, g_interp = _value_and_grads(interpreted, tensors)
-        except NotPlannable as exc:
-            return self.stop(str(exc))
+            try:
+                q_interp, g_interp = _value_and_grads(interpreted, tensors)
+            except Exception as exc:  # noqa: BLE001 - the traced Q ran: what failed is the interpreter's run
+                return self.stop(f"the interpreter failed: {type(exc).__name__}: {exc}")
         finally:
             for p in tensors:
                 p.grad = None
