@@ -12,6 +12,13 @@ scales continuous latent sites, as :class:`ppl_lvm.fit.KLWeight` does.
 Anything the interpreter cannot run exactly as Pyro would raises :class:`NotPlannable` with the reason (a Pyro
 handler around a statement, a plate used as an iterator or drawing its own subsample, a sample statement without
 ``rsample`` in a guide, a model latent the guide does not draw); the caller then uses Pyro for the whole fit.
+
+The generic EM route's M-step runs a model in the role ``"enumerated"``: its discrete latents replay the values
+Pyro's parallel enumeration gave them (the support laid along each latent's enumeration dim), so the sites'
+log-densities are those of Pyro's enumerated trace (:mod:`ppl_lvm.em.generic.interpreted`); an ``lvm.markov`` loop
+then runs as a plain loop (the replayed values already carry the dims Pyro's markov context allotted), and Pyro's
+own sample statements the model calls (``pyro.factor`` for a log-prior) reach the interpreter through
+:meth:`Interpreter.pyro_statements`, the only handler then allowed on Pyro's stack.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import pyro
 import torch
+from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
 from .runtime import current_fit
@@ -114,10 +122,11 @@ class Interpreter:
 
     Parameters
     ----------
-    role : {"guide", "model"}
-        A guide draws its latent sites; a model replays the guide's values (``replay``).
+    role : {"guide", "model", "enumerated"}
+        A guide draws its latent sites; a model replays the guide's values (``replay``); an enumerated model
+        replays its latents' enumerated values (``replay``; sites marked for enumeration are accepted).
     replay : dict, optional
-        Site name -> the guide's value (the model's run).
+        Site name -> the guide's value (the model's run), or the latent's enumerated value.
     outer : list of Frame, optional
         Plates around the whole run (the vectorised particles of ``iwae``).
     """
@@ -131,6 +140,19 @@ class Interpreter:
         self.params: list[str] = []
         fit = current_fit()
         self.beta = 1.0 if fit is None else fit.beta
+        self.direct: _PyroStatements | None = None
+
+    def pyro_statements(self) -> _PyroStatements:
+        """``with interp.pyro_statements():`` hands Pyro's sample statements (``pyro.sample``, ``pyro.factor``)
+        called inside the run to this interpreter, as the DSL's are."""
+        self.direct = _PyroStatements(self)
+        return self.direct
+
+    def _under_pyro(self) -> str | None:
+        """The Pyro handler the statement runs under, if any but :meth:`pyro_statements`'s."""
+        if not _PYRO_STACK or (len(_PYRO_STACK) == 1 and _PYRO_STACK[0] is self.direct):
+            return None
+        return type(_PYRO_STACK[-1]).__name__
 
     def plate(self, name: str, size: Any, subsample: torch.Tensor | None, subsample_size: int | None,
               dim: int | None) -> _Plate:
@@ -143,9 +165,10 @@ class Interpreter:
         return _Plate(self, Frame(name, dim, size, size), None)
 
     def sample(self, name: str, fn: Any, obs: Any, infer: dict | None) -> torch.Tensor:
-        if _PYRO_STACK:
-            raise NotPlannable(f"site '{name}' runs under a Pyro handler ({type(_PYRO_STACK[-1]).__name__})")
-        if infer and infer.get("enumerate"):
+        handler = self._under_pyro()
+        if handler is not None:
+            raise NotPlannable(f"site '{name}' runs under a Pyro handler ({handler})")
+        if infer and infer.get("enumerate") and self.role != "enumerated":
             raise NotPlannable(f"site '{name}' is enumerated")
         frames = tuple(reversed(self.frames))  # innermost first, as Pyro's cond_indep_stack
         if frames:
@@ -171,7 +194,8 @@ class Interpreter:
             else:
                 value = self.replay.get(name)
                 if value is None:
-                    raise NotPlannable(f"the model's latent site '{name}' is not drawn by the guide")
+                    drawn = "has no enumerated value" if self.role == "enumerated" else "is not drawn by the guide"
+                    raise NotPlannable(f"the model's latent site '{name}' {drawn}")
         self.sites.append(RunSite(name, fn, value, observed, scale, mask, frames))
         return value
 
@@ -194,6 +218,20 @@ class Interpreter:
 
     def param(self, name: str, init: Any, constraint: Any, event_dim: int | None) -> torch.Tensor:
         self.params.append(name)
-        if _PYRO_STACK:
-            raise NotPlannable(f"parameter '{name}' is read under a Pyro handler ({type(_PYRO_STACK[-1]).__name__})")
+        handler = self._under_pyro()
+        if handler is not None:
+            raise NotPlannable(f"parameter '{name}' is read under a Pyro handler ({handler})")
         return pyro.get_param_store().get_param(name, init, constraint=constraint, event_dim=event_dim)
+
+
+class _PyroStatements(Messenger):
+    """Pyro's own sample statements in an interpreted run, handed to the interpreter (its value, its record)."""
+
+    def __init__(self, interp: Interpreter):
+        super().__init__()
+        self.interp = interp
+
+    def _pyro_sample(self, msg: dict) -> None:
+        obs = msg["value"] if msg["is_observed"] else None
+        msg["value"] = self.interp.sample(msg["name"], msg["fn"], obs, msg["infer"])
+        msg["done"] = msg["stop"] = True

@@ -205,7 +205,10 @@ def markov(iterable: Iterable[int], history: int = 1, keep: bool = False) -> Ite
     """
     run = current_run()
     iterable, loop = selected_steps(iterable, run)
-    for position, index in enumerate(pyro.markov(iterable, history=history, keep=keep)):
+    interp = current_interpreter()
+    if interp is None or interp.role != "enumerated":  # an enumerated run replays values whose dims are allotted
+        iterable = pyro.markov(iterable, history=history, keep=keep)
+    for position, index in enumerate(iterable):
         if run is not None:
             run.markov_indices.append(index)
         before = len(run.sites) if loop is not None else 0

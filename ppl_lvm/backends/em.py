@@ -124,6 +124,14 @@ class EMOptions:
         diagonal GMM on 1e7 rows) and half the memory for the responsibilities, at float32's accuracy (the
         log-likelihood within ~1e-7 relative of the float64 fit's in the tests).
         ``torch.float32`` / ``torch.float64`` are accepted too; ``result.options["dtype"]`` records the one used.
+    fast_path : bool
+        The generic route's M-step evaluates ``Q`` (several times per iteration, by L-BFGS) by re-running the model
+        through the DSL's interpreter, with the enumerated values of its latents replayed, instead of tracing it
+        with Pyro each time (:mod:`ppl_lvm.em.generic.interpreted`); each fit checks at its first M-step that this
+        ``Q`` and its gradient equal the traced ones, and traces otherwise. ``result.options["fast_path"]`` says
+        whether it ran and ``["fast_path_reason"]`` why not. ``False``: every evaluation is a Pyro trace. The
+        closed-form route has no such ``Q`` (``result.options["fast_path"]`` is the option as given there, with no
+        reason recorded).
     """
 
     max_iter: int = 100
@@ -141,6 +149,7 @@ class EMOptions:
     step_exponent: float = 0.6
     polyak: int | None = None
     dtype: str | torch.dtype | None = None
+    fast_path: bool = True
 
     @classmethod
     def names(cls) -> list[str]:
@@ -159,7 +168,7 @@ class EMOptions:
         init = self.init_params
         if init is not None and not isinstance(init, dict) and init not in INITS:
             raise ValueError(f"unknown init_params {init!r}; choose one of {list(INITS)} or pass a dict of values")
-        for name in ("distributed", "online"):
+        for name in ("distributed", "online", "fast_path"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not self.online and (self.batch_size is not None or self.polyak is not None):
@@ -349,7 +358,7 @@ class EMBackend(Backend):
         with collective("checking the size of the enumeration") if reducer.distributed else nullcontext():
             check_enumeration_size(model, kwargs, structure.max_plate_nesting, opts.max_bytes)
         data = ModelChunks(kwargs, problem.streams, reducer) if problem.streams or reducer.distributed else None
-        return options, generic_fit(model, kwargs, structure, initial, options, callback, data)
+        return options, generic_fit(model, kwargs, structure, initial, options, callback, data, problem.model)
 
 
 EM = EMBackend()

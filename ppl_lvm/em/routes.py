@@ -63,6 +63,8 @@ class EMRun:
     responsibilities: dict = field(default_factory=dict)
     #: data points of the whole fit when ``per_point`` covers only this rank's shard (a data-parallel fit)
     n_samples: int | None = None
+    #: what this fit ran, recorded over the route's options (the generic route: ``fast_path``, ``fast_path_reason``)
+    ran: dict = field(default_factory=dict)
 
 
 def create_params(model: Any, kwargs: dict, structure: Any) -> None:
@@ -97,7 +99,7 @@ def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any)
         data=problem.data,
         structure=problem.structure,
         param_state=run.state,
-        options=dict(options),
+        options={**options, **run.ran},
         enumerated=[s.name for s in problem.structure.discrete_latents],
         interrupted=False,
         log_likelihood=float(run.log_likelihood),
@@ -243,8 +245,12 @@ def jitter_state(state: dict, seed: int) -> dict:
 
 
 def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options: dict,
-                callback: Callable[[int, float], bool], data: ModelChunks | None = None) -> Callable[[int, int], EMRun]:
+                callback: Callable[[int, float], bool], data: ModelChunks | None = None,
+                dsl_model: Any = None) -> Callable[[int, int], EMRun]:
     """``fit_once(restart, seed) -> EMRun`` of the generic route; the starts are those of the module docstring.
+
+    ``dsl_model``: the model as written (``model`` is it with its latents marked for enumeration), whose ``Q`` the
+    M-step evaluates by the interpreter when ``options["fast_path"]`` (:mod:`ppl_lvm.em.generic.interpreted`).
 
     The enumeration size is checked once by the caller, not per restart. ``data``: the arguments read chunk by
     chunk, or the rank's shard of a data-parallel fit (:class:`~ppl_lvm.em.accumulate.ModelChunks`); a streamed
@@ -263,14 +269,17 @@ def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options
         jitter = random_start or restart > 0
         store.set_state(reducer.broadcast_state(jitter_state(initial, seed) if jitter else clone_param_state(initial)))
         out = fit_generic_em(model, kwargs, structure.max_plate_nesting, max_iter=max_iter, tol=tol,
-                             callback=callback, max_bytes=None, data=data)
+                             callback=callback, max_bytes=None, data=data, dsl_model=dsl_model,
+                             fast_path=options.get("fast_path", True))
         _warn_unless_converged(out["converged"], max_iter, tol, restart, seed)
         state = clone_param_state(store.get_state())
         history, converged, n_iter = list(out["history"]), bool(out["converged"]), int(out["n_iter"])
+        ran = {"fast_path": out["fast_path"], "fast_path_reason": out["fast_path_reason"]}
         if streamed:
-            return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), None, {}, int(out["n_data"]))
+            return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), None, {}, int(out["n_data"]),
+                         ran)
         e_step = out["e_step"]
         return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), e_step.log_likelihood_per_point,
-                     site_marginals(e_step, structure), int(out["n_data"]) if reducer.distributed else None)
+                     site_marginals(e_step, structure), int(out["n_data"]) if reducer.distributed else None, ran)
 
     return fit_once

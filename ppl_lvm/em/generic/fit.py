@@ -12,7 +12,9 @@ import torch
 from ...errors import EMDegeneracyWarning
 from ..accumulate import ModelChunks
 from ..convergence import ConvergenceMonitor
-from .mstep import _store_params, maximise_q
+from .factors import _enum_trace
+from .interpreted import FastQ
+from .mstep import _store_params, maximise_q, q_of_factors
 from .passes import e_step_pass, q_objective
 from .size import DEFAULT_MAX_BYTES, check_enumeration_size
 
@@ -31,6 +33,8 @@ def fit_generic_em(
     max_steps: int = 50,
     max_bytes: int | None = DEFAULT_MAX_BYTES,
     data: ModelChunks | None = None,
+    dsl_model: Callable | None = None,
+    fast_path: bool = True,
 ) -> dict[str, Any]:
     """Exact (generalised) EM: alternate :func:`e_step` and :func:`generic_m_step` until convergence.
 
@@ -58,6 +62,13 @@ def fit_generic_em(
         chunk), or a rank's shard of a data-parallel fit; every E-step and every evaluation of the M-step's ``Q``
         is a pass over the chunks, summed over the ranks (:mod:`ppl_lvm.em.generic.passes`). Default: ``kwargs``
         in memory.
+    dsl_model : callable, optional
+        The model as written with the DSL's statements, with no Pyro handler around it (``model`` is it with its
+        latents marked for enumeration): the M-step then evaluates ``Q`` by running it through the interpreter,
+        when that ``Q`` and its gradient equal the traced ones at the first M-step
+        (:mod:`ppl_lvm.em.generic.interpreted`). Default: every evaluation is a Pyro trace of ``model``.
+    fast_path : bool
+        ``False``: every evaluation of ``Q`` is a Pyro trace, whatever ``dsl_model``.
 
     Returns
     -------
@@ -66,7 +77,8 @@ def fit_generic_em(
         (``len(history) == n_iter + 1``) divided by the size of the data plate when there is one, else the total;
         ``converged`` (bool); ``n_iter`` (iterations run); ``e_step``: the final :class:`EStep` (at the final
         parameters; None for data read chunk by chunk); ``log_likelihood`` (float) and ``n_data`` (the data
-        plate's size, or None) at the final parameters.
+        plate's size, or None) at the final parameters; ``fast_path`` (bool: every M-step after the check evaluated
+        ``Q`` by the interpreter) and ``fast_path_reason`` (why not; None when it did).
 
     Notes
     -----
@@ -86,11 +98,20 @@ def fit_generic_em(
     n_iter = 0
     leaves = _store_params(params)
     stuck = False  # the last M-step was rejected: the parameters and the E-step have not changed since
+    fast = FastQ(dsl_model, None if fast_path else "fast_path=False")
     for iteration in range(1, max_iter + 1):
         n_iter = iteration
         if not stuck:
             snapshot = {k: p.detach().clone() for k, p in leaves.items()}
-            info = maximise_q(q_objective(model, data, max_plate_nesting, estep), params=params, max_steps=max_steps)
+            objective = q_objective(model, data, max_plate_nesting, estep, fast)
+            if not fast.started:  # the check, at the first M-step's old parameters
+                fast.start(lambda: _traced(model, data, max_plate_nesting),
+                           q_objective(model, data, max_plate_nesting, estep), objective, leaves)
+            # in memory in one process, Q at the old parameters is the E-step's factors summed (the same numbers as a
+            # fresh trace); a rank's E-step covers only its shard, so a data-parallel fit evaluates the sum over all
+            q_before = (None if estep.e_step is None or data.distributed
+                        else q_of_factors(estep.e_step.factors, estep.e_step.marginals))
+            info = maximise_q(objective, params=params, max_steps=max_steps, q_before=q_before)
             if info["nan"]:
                 warnings.warn(
                     f"generic EM: the M-step of iteration {iteration} produced NaN; parameters restored, fit stopped",
@@ -122,4 +143,10 @@ def fit_generic_em(
         if converged:
             break
     return {"history": monitor.history, "converged": monitor.converged, "n_iter": n_iter, "e_step": estep.e_step,
-            "log_likelihood": ll, "n_data": estep.n_data}
+            "log_likelihood": ll, "n_data": estep.n_data, "fast_path": fast.active,
+            "fast_path_reason": fast.reason if fast.started else "no M-step ran"}
+
+
+def _traced(model: Callable, data: ModelChunks, max_plate_nesting: int) -> Any:
+    with torch.no_grad():
+        return _enum_trace(model, data.kwargs, max_plate_nesting)

@@ -12,7 +12,7 @@ import torch
 from .estep import EStep
 from .factors import _collect_factors, _enum_trace, _in_plate
 
-__all__ = ["Objective", "expected_complete_log_likelihood", "generic_m_step", "maximise_q"]
+__all__ = ["Objective", "expected_complete_log_likelihood", "generic_m_step", "maximise_q", "q_of_factors"]
 
 
 def _align(marg: torch.Tensor, target_dims: str, name: str) -> torch.Tensor:
@@ -56,12 +56,20 @@ def expected_complete_log_likelihood(
     if isinstance(marginals, EStep):
         marginals = marginals.marginals
     fs = _collect_factors(model, _enum_trace(model, kwargs, max_plate_nesting))
-    missing = set(fs.factors) ^ set(marginals)
+    inside = None if outside_plate is None else (lambda name: _in_plate(fs.trace, name, outside_plate))
+    return q_of_factors(fs.factors, marginals, inside)
+
+
+def q_of_factors(factors: dict[str, torch.Tensor], marginals: dict[str, torch.Tensor],
+                 keep: Callable[[str], bool] | None = None) -> torch.Tensor:
+    """``sum_f sum(marginal_f * factor_f)`` over the packed factors (those ``keep(name)`` accepts), terms where
+    the marginal is 0 left out (a factor of ``-inf`` there is an impossible configuration, not a NaN)."""
+    missing = set(factors) ^ set(marginals)
     if missing:
         raise ValueError(f"marginals and model sites differ: {sorted(missing)}")
     q = None
-    for name, term in fs.factors.items():
-        if outside_plate is not None and not _in_plate(fs.trace, name, outside_plate):
+    for name, term in factors.items():
+        if keep is not None and not keep(name):
             continue
         marg = _align(marginals[name], term._pyro_dims, name)
         if marg.shape != term.shape:
@@ -134,8 +142,11 @@ def generic_m_step(
 
 
 def maximise_q(objective: Objective, params: list[str] | None = None, max_steps: int = 50,
-               lr: float = 1.0) -> dict[str, Any]:
-    """The M-step of :func:`generic_m_step` on any ``objective`` (:data:`Objective`), e.g. a sum over chunks."""
+               lr: float = 1.0, q_before: float | None = None) -> dict[str, Any]:
+    """The M-step of :func:`generic_m_step` on any ``objective`` (:data:`Objective`), e.g. a sum over chunks.
+
+    ``q_before``: ``objective(None)`` at the current parameters when the caller has it (the E-step's factors
+    give it without another run of the model)."""
     leaves = _store_params(params)
     old = {n: p.detach().clone() for n, p in leaves.items()}
 
@@ -143,7 +154,7 @@ def maximise_q(objective: Objective, params: list[str] | None = None, max_steps:
         with torch.no_grad():
             return objective(None)
 
-    q_before = float(q_value())
+    q_before = float(q_value()) if q_before is None else float(q_before)
     tensors = [p for p in leaves.values() if p.requires_grad]
     if not tensors or not math.isfinite(q_before):
         return {"accepted": False, "q_before": q_before, "q_after": q_before, "steps": 0, "nan": True}

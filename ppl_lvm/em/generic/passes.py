@@ -32,9 +32,11 @@ import pyro.poutine as poutine
 import torch
 
 from ...errors import UnsupportedModelError
+from ...interpreter import NotPlannable
 from ..accumulate import ModelChunks
 from .estep import EStep, e_step
-from .mstep import Objective, expected_complete_log_likelihood
+from .interpreted import FastQ
+from .mstep import Objective, expected_complete_log_likelihood, q_of_factors
 
 __all__ = ["DataLikelihood", "e_step_pass", "q_objective"]
 
@@ -97,10 +99,25 @@ def e_step_pass(
                           state["e_step"])
 
 
-def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood) -> Objective:
+def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, likelihood: DataLikelihood,
+                fast: FastQ | None = None) -> Objective:
     """``objective(scale)`` of the M-step (:data:`~ppl_lvm.em.generic.mstep.Objective`) at this iteration's old
     parameters: the store's values now, before the optimiser moves them. In a data-parallel fit ``Q`` and its
-    gradient are those of all the data, on every rank."""
+    gradient are those of all the data, on every rank. ``fast``: evaluate ``Q`` by the interpreter while
+    ``fast.active`` (:mod:`ppl_lvm.em.generic.interpreted`), else by Pyro's trace."""
+
+    def chunk_q(kwargs: dict, marginals: dict, outside_plate: str | None) -> torch.Tensor:
+        if fast is not None and fast.active:
+            try:
+                factors, plates = fast.plan.factors(kwargs, marginals)
+            except NotPlannable as exc:
+                fast.stop(str(exc))
+            else:
+                keep = None if outside_plate is None else (lambda name: outside_plate in plates[name])
+                return q_of_factors(factors, marginals, keep)
+        return expected_complete_log_likelihood(model, kwargs, max_plate_nesting, marginals,
+                                                outside_plate=outside_plate)
+
     store = pyro.get_param_store()
     plate = likelihood.data_plate
     if data.streamed:
@@ -121,9 +138,7 @@ def q_objective(model: Callable, data: ModelChunks, max_plate_nesting: int, like
         first: list[bool] = [data.reducer.rank == 0]
 
         def part(index: int, kwargs: dict, rows: int | None) -> dict[str, torch.Tensor]:
-            q = expected_complete_log_likelihood(
-                model, kwargs, max_plate_nesting, marginals_of(kwargs), outside_plate=None if first[0] else plate
-            )
+            q = chunk_q(kwargs, marginals_of(kwargs), None if first[0] else plate)
             first[0] = False
             if scale is not None and q.requires_grad:
                 (-q / scale).backward()
