@@ -175,7 +175,8 @@ class ResolvedName:
     name: str
     location: SourceLocation
     call: CallSite | None
-    frame_locals_value: object = None  # value of the model argument of the same name, when there is one
+    #: for ``latent`` calls: the value of the model argument of the same name, when there is one
+    frame_locals_value: object = None
     is_argument: bool = False
 
 
@@ -231,7 +232,7 @@ def _resolve(kind: str, explicit: str | None, frame: types.FrameType, index: Sou
             )
             raise ModelDefinitionError(f"this {kind}() call has no name: {hint}.", location)
     arg_value = _MISSING
-    if call is not None and name in index.arg_names and explicit is None:
+    if kind == "latent" and call is not None and name in index.arg_names and explicit is None:
         arg_value = frame.f_locals.get(name, None)
     return ResolvedName(
         name=name,
