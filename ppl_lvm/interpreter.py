@@ -9,6 +9,9 @@ a guide) or replays the guide's value (in a model), and records the site; ``para
 ``module`` returns the module, whose weights the fit already holds in the store (the fit checks it). The fit's KL weight ``beta``
 scales continuous latent sites, as :class:`ppl_lvm.fit.KLWeight` does.
 
+Within :class:`unchecked_distributions` (a planned step) the Pyro distributions built in this thread skip their
+argument checks; torch's process-wide default is not touched.
+
 Anything the interpreter cannot run exactly as Pyro would raises :class:`NotPlannable` with the reason (a Pyro
 handler around a statement, a plate used as an iterator or drawing its own subsample, a sample statement without
 ``rsample`` in a guide, a model latent the guide does not draw); the caller then uses Pyro for the whole fit.
