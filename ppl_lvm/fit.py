@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import pyro
 import pyro.optim
-import pyro.poutine as poutine
 import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
@@ -38,7 +37,7 @@ from .fit_options import (
     smoothed_final_loss,
     smoothed_losses,
 )
-from .interpreter import NotPlannable
+from .fit_step import Batches, BestSnapshot, Stepper
 from .runtime import FitContext, fit_scope
 
 __all__ = ["OPTIMIZERS", "FitOptions", "FitState", "Minibatch", "linear_warmup", "run_loop", "smoothed_final_loss",
@@ -70,23 +69,6 @@ class KLWeight(Messenger):
             msg["mask"] = False
         else:
             msg["scale"] = msg["scale"] * beta
-
-
-def _snapshot(store: Any, buffer: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Copy the unconstrained parameters into ``buffer`` (reused across steps: no allocation per step)."""
-    buffer = {} if buffer is None else buffer
-    sources, targets = [], []
-    with torch.no_grad():
-        for name, value in store._params.items():
-            kept = buffer.get(name)
-            if kept is None or kept.shape != value.shape or kept.dtype != value.dtype or kept.device != value.device:
-                buffer[name] = value.detach().clone()
-            else:
-                sources.append(value)
-                targets.append(kept)
-        if targets:
-            torch._foreach_copy_(targets, sources)  # one call for all of them
-    return buffer
 
 
 def _library_file(filename: str) -> bool:
@@ -147,10 +129,8 @@ def run_loop(
             optim_args["clip_norm"] = options.clip_norm
         optim = optim_cls(optim_args)
 
-    generator = torch.Generator().manual_seed(int(options.seed))
-    order: torch.Tensor | None = None
-    cursor = 0
     ctx = FitContext()
+    batches = Batches(minibatch, options.seed, ctx, parallel) if minibatch is not None else None
     progress = options.progress if options.progress is not None else sys.stderr.isatty()
     bar = None
     if progress:
@@ -162,7 +142,7 @@ def run_loop(
     alpha = 2.0 / (options.smoothing + 1.0)
     smoothed = math.nan
     best = math.inf
-    best_state = _snapshot(store)
+    snapshot = BestSnapshot(store)
     best_step = 0
     converged = False
     interrupted = False
@@ -174,12 +154,16 @@ def run_loop(
     n_averaged = 0
     lr_factor = 1.0
     postfix_every = max(1, options.steps // 100)
-    raw_model, raw_guide, planned = model, guide, None  # the interpreter applies beta itself
-    if callable(options.beta) or options.beta != 1.0:
+    callbacks = list(options.callbacks)
+    beta_schedule = options.beta if callable(options.beta) else None
+    ctx.beta = float(options.beta) if beta_schedule is None else ctx.beta
+    raw_model, raw_guide = model, guide  # the interpreter applies beta itself
+    if beta_schedule is not None or options.beta != 1.0:
         weight = KLWeight(ctx)
         model, guide = weight(model), weight(guide)
     if parallel is not None:
         model, guide = parallel.wrap(model), parallel.wrap(guide)
+    stepper = Stepper(loss_and_grads, model, guide, raw_model, raw_guide, planner, optim)
     step = 0
     try:
         with fit_scope(ctx):
@@ -188,72 +172,22 @@ def run_loop(
                     break
                 if anneal_len and step > anneal_start:
                     factor = anneal_factor(step - anneal_start, anneal_len)
-                    _scale_lr(optim, factor / lr_factor)
+                    _scale_lr(stepper.optim, factor / lr_factor)
                     lr_factor = factor
-                step_kwargs = kwargs
-                loss_scale = 1.0
-                if minibatch is not None:
-                    if order is None or cursor + minibatch.batch_size > minibatch.size:
-                        order = torch.randperm(minibatch.size, generator=generator)
-                        cursor = 0
-                    idx = order[cursor : cursor + minibatch.batch_size]
-                    cursor += minibatch.batch_size
-                    full, factor = minibatch.size, 1.0
-                    if parallel is not None:  # the global batch's rows in this rank's shard
-                        idx, full, factor = parallel.local_rows(idx, minibatch.batch_size)
-                    step_kwargs = dict(kwargs)
-                    for name in minibatch.arguments:
-                        step_kwargs[name] = kwargs[name].index_select(0, idx.to(kwargs[name].device))
-                    if minibatch.scaling == "plate":
-                        ctx.subsample = {minibatch.plate: (full, idx)}
-                    else:
-                        loss_scale = factor * minibatch.size / minibatch.batch_size
-                ctx.beta = float(options.beta(step - 1)) if callable(options.beta) else float(options.beta)
+                step_kwargs, loss_scale = batches.next(kwargs) if batches is not None else (kwargs, 1.0)
+                if beta_schedule is not None:
+                    ctx.beta = float(beta_schedule(step - 1))
                 ctx.step = step - 1
 
-                error: Exception | None = None
-                if planned is not None:  # the fast path (ppl_lvm.backends.planned)
-                    state_before = torch.get_rng_state()
-                    named = planned.named
-                    try:
-                        loss = planned.loss_and_grads(raw_model, raw_guide, **step_kwargs)
-                        if not math.isfinite(loss):  # Pyro's step says where (its argument checks are on)
-                            raise NotPlannable(f"the loss became {loss}")
-                    except NotPlannable as exc:  # e.g. the structure changed: this step and the rest by Pyro
-                        planner.stop(f"from step {step}: {exc}")
-                        torch.set_rng_state(state_before)
-                        for p in named.values():
-                            p.grad = None
-                        planned = None
-                    except Exception as exc:  # noqa: BLE001 - raised below, as on the Pyro path
-                        error = exc
-                if planned is None:
-                    state_before = torch.get_rng_state() if planner is not None and step == 1 else None
-                    with poutine.trace(param_only=True) as param_capture:
-                        try:
-                            loss = loss_and_grads(model, guide, **step_kwargs)
-                        except Exception as exc:  # noqa: BLE001 - raised below, on every rank of a data-parallel fit
-                            error = exc
-                    named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
-                    if state_before is not None and error is None:
-                        planned = planner.start(raw_model, raw_guide, step_kwargs, named, loss, state_before)
-                        if planned is not None and named:  # nothing to step: the model has no parameters
-                            optim = FlatOptim(optim, list(named.values()))
+                loss, named, params, error = stepper(step, step_kwargs)
                 if parallel is not None:  # collective: a failure on another rank is raised here too
                     try:
                         parallel.check_step(error, named, step)
                     except FitError:
-                        store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
+                        snapshot.restore()
                         raise
-                if isinstance(error, (ValueError, RuntimeError)):
-                    if step == 1 or isinstance(error, PplLvmError):
-                        raise error  # the model or the guide, not the parameters the fit reached
-                    message = _fault_message(error, step, method, best_step, best, store, options)
-                    store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
-                    raise FitError(message, step=step) from error
                 if error is not None:
-                    raise error
-                params = set(named.values())
+                    _raise_step_error(error, step, method, best_step, best, store, options, snapshot)
                 loss = float(loss) * loss_scale
                 if loss_scale != 1.0:
                     for p in params:
@@ -264,7 +198,7 @@ def run_loop(
                 if not math.isfinite(loss):
                     for p in params:
                         p.grad = None
-                    store._params.update({k: v.clone().requires_grad_() for k, v in best_state.items()})
+                    snapshot.restore()
                     raise FitError(
                         f"the loss became {loss} at step {step} of {method}. The parameters of step {best_step} "
                         f"(smoothed loss {best:.6g}) are kept in the exception's .result and in the parameter "
@@ -277,13 +211,8 @@ def run_loop(
                 if smoothed < best:
                     best = smoothed
                     best_step = step
-                    best_state = _snapshot(store, best_state)  # the parameters this loss was computed at
-                optim(params)
-                if planned is not None:
-                    for p in params:
-                        p.grad = None
-                else:
-                    pyro.infer.util.zero_grads(params)
+                    snapshot.take()  # the parameters this loss was computed at
+                stepper.step_optimizer(params)
 
                 if bar is not None:
                     bar.update(1)
@@ -292,10 +221,12 @@ def run_loop(
                 if anneal_len and step > total - int(anneal_len * AVERAGED):
                     n_averaged += 1
                     _accumulate(store, averaged, n_averaged)
-                state = FitState(step, loss, smoothed, best, ctx.beta)
-                stop = any(bool(cb(state)) for cb in options.callbacks)
-                if parallel is not None and options.callbacks:
-                    stop = parallel.any(stop)  # a callback on one rank stops every rank
+                stop = False
+                if callbacks:
+                    state = FitState(step, loss, smoothed, best, ctx.beta)
+                    stop = any(bool(cb(state)) for cb in callbacks)
+                    if parallel is not None:
+                        stop = parallel.any(stop)  # a callback on one rank stops every rank
                 if (options.patience is not None and step <= anneal_start and step >= options.patience
                         and step % check_every == 0 and settling(losses[-options.patience:], options.tol).settled):
                     # settled at the constant lr: anneal from here (or stop, without annealing)
@@ -333,11 +264,24 @@ def run_loop(
         "steps": len(losses),
         "converged": converged,
         "interrupted": interrupted,
-        "best_state": best_state,
+        "best_state": snapshot.state,
         "averaged": n_averaged,
         "settling": check,
-        "fast_path": planned is not None,
+        "fast_path": stepper.planned is not None,
     }
+
+
+def _raise_step_error(error: Exception, step: int, method: str, best_step: int, best: float, store: Any,
+                      options: FitOptions, snapshot: BestSnapshot) -> None:
+    """Raise what a step raised: a check of the model or the guide as it is; a ``ValueError`` or ``RuntimeError``
+    once the parameters have moved as a :class:`FitError` that keeps the best parameters."""
+    if isinstance(error, (ValueError, RuntimeError)):
+        if step == 1 or isinstance(error, PplLvmError):
+            raise error  # the model or the guide, not the parameters the fit reached
+        message = _fault_message(error, step, method, best_step, best, store, options)
+        snapshot.restore()
+        raise FitError(message, step=step) from error
+    raise error
 
 
 def _scale_lr(optim: Any, ratio: float) -> None:

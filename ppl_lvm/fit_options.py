@@ -305,17 +305,20 @@ class FlatOptim:
             args["foreach"] = True  # the same arithmetic as one tensor at a time (bit for bit), in fewer calls
         self.optim = pyro_optim.pt_optim_constructor(self.params, **args)
         self.clip = dict(pyro_optim.pt_clip_args)
+        self._checked: Any = None  # the last list of parameters checked for new ones
 
     @property
     def param_groups(self) -> list[dict]:
         return self.optim.param_groups
 
     def __call__(self, params: Any) -> None:
-        new = [p for p in params if p not in self.known]
-        if new:
-            self.optim.add_param_group({"params": new, "lr": self.optim.param_groups[0]["lr"]})
-            self.known.update(new)
-            self.params.extend(new)
+        if params is not self._checked:  # the fast path passes the same list every step
+            new = [p for p in params if p not in self.known]
+            if new:
+                self.optim.add_param_group({"params": new, "lr": self.optim.param_groups[0]["lr"]})
+                self.known.update(new)
+                self.params.extend(new)
+            self._checked = params
         if self.clip:
             for p in self.params:
                 self.pyro_optim._clip_grad(p, **self.clip)

@@ -9,6 +9,9 @@ a guide) or replays the guide's value (in a model), and records the site; ``para
 ``module`` returns the module, whose weights the fit already holds in the store (the fit checks it). The fit's KL weight ``beta``
 scales continuous latent sites, as :class:`ppl_lvm.fit.KLWeight` does.
 
+Within :class:`unchecked_distributions` (a planned step) the Pyro distributions built in this thread skip their
+argument checks; torch's process-wide default is not touched.
+
 Anything the interpreter cannot run exactly as Pyro would raises :class:`NotPlannable` with the reason (a Pyro
 handler around a statement, a plate used as an iterator or drawing its own subsample, a sample statement without
 ``rsample`` in a guide, a model latent the guide does not draw); the caller then uses Pyro for the whole fit.
@@ -23,18 +26,21 @@ own sample statements the model calls (``pyro.factor`` for a log-prior) reach th
 
 from __future__ import annotations
 
+import inspect
 import threading
 from dataclasses import dataclass
 from typing import Any
 
 import pyro
 import torch
+from pyro.distributions.distribution import COERCIONS
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.runtime import _PYRO_STACK
 
 from .runtime import current_fit
 
-__all__ = ["Frame", "Interpreter", "NotPlannable", "RunSite", "current_interpreter", "interpreting"]
+__all__ = ["Frame", "Interpreter", "NotPlannable", "RunSite", "current_interpreter", "interpreting",
+           "unchecked_distributions"]
 
 
 class NotPlannable(Exception):
@@ -89,6 +95,44 @@ class interpreting:
         _local.interpreter = self.previous
 
 
+class unchecked_distributions:
+    """``with unchecked_distributions():`` the Pyro distributions built in this thread skip their argument and
+    sample checks (they are built with ``validate_args=False``, unless the call passes ``validate_args`` itself);
+    torch's process-wide default (``Distribution.set_default_validate_args``) is left as it is, so other threads
+    and distributions of other libraries are checked as usual."""
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_local, "unchecked", False)
+        _local.unchecked = True
+
+    def __exit__(self, *exc: Any) -> None:
+        _local.unchecked = self.previous
+
+
+#: distribution class -> whether its constructor takes ``validate_args``
+_TAKES_VALIDATE_ARGS: dict[type, bool] = {}
+
+
+def _unchecked(cls: type, args: tuple, kwargs: dict) -> Any:
+    """A coercion of Pyro's ``DistributionMeta``: the distribution built unchecked within
+    :class:`unchecked_distributions`, else ``None`` (built as usual)."""
+    if not getattr(_local, "unchecked", False) or "validate_args" in kwargs or _PYRO_STACK:
+        return None
+    takes = _TAKES_VALIDATE_ARGS.get(cls)
+    if takes is None:
+        signature = getattr(cls, "__signature__", None) or inspect.signature(cls)
+        takes = _TAKES_VALIDATE_ARGS[cls] = "validate_args" in signature.parameters
+    if not takes:
+        return None
+    kwargs["validate_args"] = False
+    return type.__call__(cls, *args, **kwargs)  # what DistributionMeta.__call__ does after its coercions
+
+
+COERCIONS.append(_unchecked)  # once, at import; Pyro's CollapseMessenger pushes and pops its own after it
+
+
 class _Plate:
     __slots__ = ("interp", "frame", "indices")
 
@@ -106,12 +150,14 @@ class _Plate:
         elif self.frame.dim in used or self.frame.dim >= 0:
             raise NotPlannable(f"plate '{self.frame.name}' asks for dim {self.frame.dim}, which is taken")
         frames.append(self.frame)
+        self.interp._stack = None
         if self.indices is None:
             self.indices = torch.arange(self.frame.size)
         return self.indices
 
     def __exit__(self, *exc: Any) -> None:
         self.interp.frames.remove(self.frame)
+        self.interp._stack = None
 
     def __iter__(self):
         raise NotPlannable(f"plate '{self.frame.name}' is iterated over (a sequential plate)")
@@ -135,6 +181,7 @@ class Interpreter:
         self.role = role
         self.replay = replay or {}
         self.frames: list[Frame] = list(outer)
+        self._stack: tuple[tuple[Frame, ...], float] | None = None
         self.sites: list[RunSite] = []
         #: the names of the parameters the run read (``lvm.param``), in order
         self.params: list[str] = []
@@ -170,23 +217,21 @@ class Interpreter:
             raise NotPlannable(f"site '{name}' runs under a Pyro handler ({handler})")
         if infer and infer.get("enumerate") and self.role != "enumerated":
             raise NotPlannable(f"site '{name}' is enumerated")
-        frames = tuple(reversed(self.frames))  # innermost first, as Pyro's cond_indep_stack
+        frames, scale = self._stack if self._stack is not None else self._stack_of_frames()
         if frames:
             fn = self._broadcast(name, fn, frames)
-        scale = 1.0
-        for f in frames:
-            scale = scale * f.full_size / f.size
         mask = None
         observed = obs is not None
         if observed:
             value = obs
         else:
-            support = getattr(fn, "support", None)
-            if self.beta != 1.0 and not (support is not None and support.is_discrete):
-                if self.beta == 0.0:
-                    mask = False
-                else:
-                    scale = scale * self.beta
+            if self.beta != 1.0:
+                support = getattr(fn, "support", None)
+                if not (support is not None and support.is_discrete):
+                    if self.beta == 0.0:
+                        mask = False
+                    else:
+                        scale = scale * self.beta
             if self.role == "guide":
                 if not fn.has_rsample:
                     raise NotPlannable(f"the guide samples site '{name}' without rsample (a score-function site)")
@@ -198,6 +243,16 @@ class Interpreter:
                     raise NotPlannable(f"the model's latent site '{name}' {drawn}")
         self.sites.append(RunSite(name, fn, value, observed, scale, mask, frames))
         return value
+
+    def _stack_of_frames(self) -> tuple[tuple[Frame, ...], float]:
+        """The active plates, innermost first (as Pyro's ``cond_indep_stack``), and the scale of a site inside
+        them; kept until a plate is entered or left."""
+        frames = tuple(reversed(self.frames))
+        scale = 1.0
+        for f in frames:
+            scale = scale * f.full_size / f.size
+        self._stack = (frames, scale)
+        return self._stack
 
     @staticmethod
     def _broadcast(name: str, fn: Any, frames: tuple[Frame, ...]) -> Any:

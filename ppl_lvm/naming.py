@@ -46,6 +46,8 @@ class SourceIndex:
         self.error: str | None = None
         self._positions: list | None = None
         self._by_offset: dict[int, CallSite | None] = {}
+        #: (offset, kind, explicit name) -> the ResolvedName of a call that does not read an argument
+        self.resolved: dict[tuple, ResolvedName] = {}
         try:
             lines, first = inspect.getsourcelines(code)
         except (OSError, TypeError) as exc:
@@ -152,13 +154,19 @@ class _Scanner(ast.NodeVisitor):
 
 
 _INDEX_CACHE: dict[types.CodeType, SourceIndex] = {}
+#: the same indexes by ``id(code)``: hashing a code object hashes its constants on every call, and the index holds
+#: its code object, so the id of a cached one is never reused
+_INDEX_BY_ID: dict[int, SourceIndex] = {}
 
 
 def source_index(code: types.CodeType) -> SourceIndex:
     """The (cached) :class:`SourceIndex` of a code object."""
-    index = _INDEX_CACHE.get(code)
+    index = _INDEX_BY_ID.get(id(code))
     if index is None:
-        index = _INDEX_CACHE[code] = SourceIndex(code)
+        index = _INDEX_CACHE.get(code)
+        if index is None:
+            index = _INDEX_CACHE[code] = SourceIndex(code)
+        _INDEX_BY_ID[id(code)] = index
     return index
 
 
@@ -167,17 +175,37 @@ class ResolvedName:
     name: str
     location: SourceLocation
     call: CallSite | None
-    frame_locals_value: object = None  # value of the model argument of the same name, when there is one
+    #: for ``latent`` calls: the value of the model argument of the same name, when there is one
+    frame_locals_value: object = None
     is_argument: bool = False
 
 
 _MISSING = object()
+#: calls with ``name=`` are kept up to this many per code object (a loop may build its names: ``name=f"x_{t}"``)
+_EXPLICIT_KEPT = 256
 
 
 def resolve(kind: str, explicit: str | None, depth: int = 2) -> ResolvedName:
-    """Name the primitive call ``depth`` frames up; ``explicit`` (the ``name=`` argument) always wins."""
+    """Name the primitive call ``depth`` frames up; ``explicit`` (the ``name=`` argument) always wins.
+
+    A call whose name does not read the caller's arguments resolves the same way every time it runs: the answer is
+    kept per call (its bytecode offset, kind and ``explicit``) and returned as is (it is immutable)."""
     frame = sys._getframe(depth)
     index = source_index(frame.f_code)
+    key = (frame.f_lasti, kind, explicit)
+    try:
+        return index.resolved[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable name=, refused below
+        key = None
+    resolved = _resolve(kind, explicit, frame, index)
+    if key is not None and not resolved.is_argument and (explicit is None or len(index.resolved) < _EXPLICIT_KEPT):
+        index.resolved[key] = resolved
+    return resolved
+
+
+def _resolve(kind: str, explicit: str | None, frame: types.FrameType, index: SourceIndex) -> ResolvedName:
     call = index.lookup(frame)
     location = call.location if call is not None else index.location(frame.f_lineno)
     if explicit is not None:
@@ -204,7 +232,7 @@ def resolve(kind: str, explicit: str | None, depth: int = 2) -> ResolvedName:
             )
             raise ModelDefinitionError(f"this {kind}() call has no name: {hint}.", location)
     arg_value = _MISSING
-    if call is not None and name in index.arg_names and explicit is None:
+    if kind == "latent" and call is not None and name in index.arg_names and explicit is None:
         arg_value = frame.f_locals.get(name, None)
     return ResolvedName(
         name=name,

@@ -19,21 +19,19 @@ from pyro.distributions import constraints
 from .errors import ModelCheckError, ModelDefinitionError, PplLvmError
 from .interpreter import current_interpreter
 from .naming import ResolvedName, resolve
-from .runtime import SiteRecord, current_fit, current_run, selected_steps
+from .runtime import Run, SiteRecord, current_fit, current_run, selected_steps
 from .site_checks import as_tensor, check_observation, explain
 
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
 
-def _site_name(resolved: ResolvedName, explicit: str | None) -> str:
-    run = current_run()
+def _site_name(resolved: ResolvedName, explicit: str | None, run: Run | None) -> str:
     if run is None or not run.markov_indices or explicit is not None:
         return resolved.name
     return resolved.name + "".join(f"_{i}" for i in run.markov_indices)
 
 
-def _record(name: str, kind: str, resolved: ResolvedName, argument: str | None = None) -> None:
-    run = current_run()
+def _record(run: Run | None, name: str, kind: str, resolved: ResolvedName, argument: str | None = None) -> None:
     if run is None:
         return
     previous = run.sites.get(name)
@@ -89,14 +87,15 @@ def latent(
         The sampled (or observed) value.
     """
     resolved = resolve("latent", name)
-    site = _site_name(resolved, name)
+    run = current_run()
+    site = _site_name(resolved, name, run)
     value = obs
     argument = None
     if value is None and resolved.is_argument and resolved.frame_locals_value is not None:
         value = resolved.frame_locals_value
         argument = resolved.name
     kind = "latent" if value is None else "observed"
-    _record(site, kind, resolved, argument)
+    _record(run, site, kind, resolved, argument)
     if value is not None:
         value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
     return _sample(site, fn, value, resolved, infer, kind)
@@ -109,10 +108,11 @@ def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> to
     of ``None`` samples the site instead (simulation).
     """
     resolved = resolve("observe", name)
-    site = _site_name(resolved, name)
+    run = current_run()
+    site = _site_name(resolved, name, run)
     kind = "latent" if value is None else "observed"
     argument = resolved.call.value_name if resolved.call is not None else None
-    _record(site, kind, resolved, argument)
+    _record(run, site, kind, resolved, argument)
     if value is not None:
         value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
     return _sample(site, fn, value, resolved, None, kind)
@@ -241,8 +241,9 @@ def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module
 def deterministic(value: torch.Tensor, *, name: str | None = None, event_dim: int | None = None):
     """Record a derived quantity in the trace: ``mean = lvm.deterministic(a + b)``."""
     resolved = resolve("deterministic", name)
-    site = _site_name(resolved, name)
-    _record(site, "deterministic", resolved)
+    run = current_run()
+    site = _site_name(resolved, name, run)
+    _record(run, site, "deterministic", resolved)
     if current_interpreter() is not None:  # no density: nothing of the loss
         return value
     return pyro.deterministic(site, value, event_dim=event_dim)

@@ -101,24 +101,31 @@ def _stack(attr: str) -> list:
 
 
 def current_run() -> Run | None:
-    stack = _stack("runs")
+    stack = getattr(_local, "runs", None)
     return stack[-1] if stack else None
 
 
 def current_fit() -> FitContext | None:
-    stack = _stack("fits")
+    stack = getattr(_local, "fits", None)
     return stack[-1] if stack else None
 
 
-@contextmanager
-def run_scope(owner: Any, preflight: bool = False):
-    stack = _stack("runs")
-    run = Run(owner, preflight=preflight)
-    stack.append(run)
-    try:
-        yield run
-    finally:
-        stack.pop()
+class run_scope:
+    """``with run_scope(owner) as run:`` makes a new :class:`Run` the current one (a class, not a generator: it is
+    entered by every call of a model or a guide)."""
+
+    __slots__ = ("run", "stack")
+
+    def __init__(self, owner: Any, preflight: bool = False):
+        self.run = Run(owner, preflight=preflight)
+
+    def __enter__(self) -> Run:
+        self.stack = _stack("runs")
+        self.stack.append(self.run)
+        return self.run
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stack.pop()
 
 
 def current_selection() -> StepSelection | None:

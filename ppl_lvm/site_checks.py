@@ -42,8 +42,8 @@ def as_tensor(value: Any, name: str, resolved: ResolvedName) -> torch.Tensor:
 
 def check_observation(name: str, fn: Any, value: torch.Tensor, resolved: ResolvedName) -> torch.Tensor:
     """The observed value of site ``name`` checked against ``fn``: dtype, NaN, shape, plates, support."""
-    support = getattr(fn, "support", None)
-    if support is not None and not value.is_floating_point() and not support.is_discrete:
+    support = None if value.is_floating_point() else getattr(fn, "support", None)
+    if support is not None and not support.is_discrete:
         warnings.warn(
             f"site '{name}' ({resolved.location}): integer data given to the continuous distribution "
             f"{distribution_name(fn)}; converted to {torch.get_default_dtype()}.",

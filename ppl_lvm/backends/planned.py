@@ -33,9 +33,8 @@ from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
-from torch.distributions import Distribution
 
-from ..interpreter import Frame, Interpreter, NotPlannable, RunSite, interpreting
+from ..interpreter import Frame, Interpreter, NotPlannable, RunSite, interpreting, unchecked_distributions
 from .estimators import STLTrace_ELBO, _fixed
 
 __all__ = ["MeanFieldLoss", "Planner", "RenyiLoss", "TraceLoss", "loss_for"]
@@ -82,15 +81,12 @@ class PlannedLoss(abc.ABC):
         """The loss (a float, as Pyro's estimator returns it) and the surrogate loss to differentiate."""
 
     def loss_and_grads(self, model: Any, guide: Any, **kwargs: Any) -> float:
-        """The step's loss, its gradients accumulated into ``.grad``. The distributions' argument checks are off
-        here (the first step, run by Pyro, checked the same statements; a parameter that runs off gives a
-        non-finite loss, which the fit loop reports)."""
-        validate = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
+        """The step's loss, its gradients accumulated into ``.grad``. The Pyro distributions the step builds skip
+        their argument checks (:class:`~ppl_lvm.interpreter.unchecked_distributions`: in this thread only; the
+        first step, run by Pyro, checked the same statements; a parameter that runs off gives a non-finite loss,
+        which the fit loop reports)."""
+        with unchecked_distributions():
             loss, surrogate = self.evaluate(model, guide, kwargs)
-        finally:
-            Distribution.set_default_validate_args(validate)
         if self.named and isinstance(surrogate, torch.Tensor) and surrogate.requires_grad:
             surrogate.backward()
         return loss
@@ -140,6 +136,8 @@ class TraceLoss(ParticleLoss):
                 score = scale_and_mask(site.fn.log_prob(_fixed(site.value)), site.scale, site.mask)
                 entropy = entropy - score + score.detach()
             surrogate = surrogate - entropy.sum()
+        if self.num_particles == 1:  # x / 1 is x, bit for bit (and so is its gradient): one node fewer
+            return 0.0 + -elbo, -surrogate
         return 0.0 + -elbo / self.num_particles, -surrogate / self.num_particles
 
 
@@ -168,6 +166,8 @@ class MeanFieldLoss(ParticleLoss):
                 raise NotPlannable(f"the guide's site '{q.name}' is not in the model (an auxiliary site)")
         if not torch.is_tensor(elbo):
             raise NotPlannable("the model has no sample site")
+        if self.num_particles == 1:  # x / 1 is x, bit for bit (and so is its gradient): one node fewer
+            return 0.0 + -elbo.item(), -elbo
         return 0.0 + -elbo.item() / self.num_particles, -elbo / self.num_particles
 
 

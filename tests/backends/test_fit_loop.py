@@ -1,11 +1,13 @@
 import io
 
+import pyro
 import pytest
 import torch
 from demo_models import normal_normal
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
+from ppl_lvm.fit_step import BestSnapshot
 
 
 def test_progress_bar_shows_the_running_loss(monkeypatch):
@@ -69,3 +71,24 @@ def test_a_parameter_leaving_its_support_mid_fit_keeps_the_fit():
         lvm.infer(scale_only, x, method="svi", steps=100, lr=0.5, optimizer="sgd", seed=0)
     assert info.value.step == 2
     assert float(info.value.result.params["s"]) == 1.0  # the parameters the last finite loss was computed at
+
+
+def test_the_best_parameter_snapshot_follows_the_store():
+    store = pyro.get_param_store()
+    with store.scope():
+        a = pyro.param("a", torch.tensor([1.0, 2.0]))
+        snapshot = BestSnapshot(store)
+        buffer = snapshot.state["a"]
+        with torch.no_grad():
+            a.unconstrained().add_(1.0)
+        assert snapshot.state["a"].tolist() == [1.0, 2.0]  # a copy, not a view
+        snapshot.take()
+        assert snapshot.state["a"] is buffer and buffer.tolist() == [2.0, 3.0]  # the same buffer, refilled
+        pyro.param("b", torch.tensor(5.0))  # a parameter created mid-fit
+        store._params["a"] = torch.tensor([7.0, 8.0], requires_grad=True)  # one replaced
+        snapshot.take()
+        assert snapshot.state["a"].tolist() == [7.0, 8.0] and float(snapshot.state["b"]) == 5.0
+        with torch.no_grad():
+            store._params["a"].mul_(0.0)
+        snapshot.restore()
+        assert store._params["a"].tolist() == [7.0, 8.0] and store._params["a"].requires_grad

@@ -12,6 +12,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from torch.distributions import Distribution
 
 import ppl_lvm as lvm
 from ppl_lvm import dist
@@ -189,6 +190,29 @@ def test_a_model_without_parameters_runs_on_the_fast_path():
     fits = {fp: lvm.infer(fixed, x, steps=3, seed=0, fast_path=fp, progress=False) for fp in (True, False)}
     assert fits[True].options["fast_path"] is True
     np.testing.assert_allclose(fits[True].losses, fits[False].losses, rtol=1e-6)
+
+
+def test_a_planned_step_leaves_torchs_default_argument_checks_alone():
+    # the planned steps build their distributions unchecked in their own thread only; torch's process-wide default
+    # (what another thread building a distribution at that moment reads) stays as it was
+    default = Distribution._validate_args
+    seen = []
+
+    @lvm.model
+    def recording(x):
+        mu = lvm.param(torch.zeros(()))
+        likelihood = dist.Normal(mu, 1.0)
+        seen.append((Distribution._validate_args, likelihood._validate_args))
+        with lvm.plate(len(x)):
+            lvm.observe(likelihood, x)
+
+    fit = lvm.infer(recording, torch.randn(20), steps=5, lr=0.05, anneal=0, seed=0, progress=False)
+    assert fit.options["fast_path"] is True
+    assert Distribution._validate_args is default
+    assert [flag for flag, _ in seen] == [default] * len(seen)
+    # the prototype run, Pyro's first step and the planner's check of it build checked distributions (as torch's
+    # default says), the planned steps 2-5 unchecked ones
+    assert [checked for _, checked in seen] == [default] * 3 + [False] * 4
 
 
 def test_fast_path_must_be_a_bool():
