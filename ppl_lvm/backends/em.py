@@ -14,7 +14,6 @@ log-likelihood is returned. How each route starts is said in :mod:`ppl_lvm.em.ro
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 import sys
@@ -30,6 +29,7 @@ from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.queries import recognise
+from ..em.rows import keeps_rows, kernel_family
 from ..em.routes import closed_form_fit, create_params, em_outcome, generic_fit
 from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
@@ -37,7 +37,7 @@ from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state, select_steps
 from .base import Backend, Problem
-from .em_checks import check_enumerable, check_streams
+from .em_checks import check_enumerable, check_kept_rows, check_streams
 from .restarts import run_restarts
 
 __all__ = ["EM", "EMOptions"]
@@ -120,6 +120,17 @@ class EMOptions:
         diagonal GMM on 1e7 rows) and half the memory for the responsibilities, at float32's accuracy (the
         log-likelihood within ~1e-7 relative of the float64 fit's in the tests).
         ``torch.float32`` / ``torch.float64`` are accepted too; ``result.options["dtype"]`` records the one used.
+        With ``"float32"``, float32 data stay float32 on the way in (no float64 copy of them, whatever torch's
+        default dtype); the model's parameters are in torch's default dtype, as for converted data.
+    keep_responsibilities : {"auto", True, False}
+        Whether the result of a recognised mixture holds every row's responsibilities and ``log p(x_i)``
+        (``result.responsibilities``, ``result.log_likelihood_per_point``). ``False``: it does not; they are
+        recomputed on access from the fitted parameters and the data, chunk by chunk (the same numbers, bit for
+        bit; each access holds the (N, K) answer and one chunk's temporaries; the same tensor again while you hold
+        it), so the fit's memory is the data's and one chunk's. ``"auto"`` (default): held when N x K is at most
+        ``ppl_lvm.em.rows.KEEP_ROWS_ENTRIES`` (2**24, 128 MiB of float64), recomputed on access above.
+        Hidden Markov chains and the generic route hold theirs (``False`` is refused there); data read chunk by
+        chunk (``lvm.chunks``) are never held at once, so no row's values are kept (``True`` is refused there).
     """
 
     max_iter: int = 100
@@ -137,6 +148,7 @@ class EMOptions:
     step_exponent: float = 0.6
     polyak: int | None = None
     dtype: str | torch.dtype | None = None
+    keep_responsibilities: bool | str = "auto"
 
     @classmethod
     def names(cls) -> list[str]:
@@ -174,6 +186,9 @@ class EMOptions:
         if self.dtype is not None and KERNEL_DTYPES.get(self.dtype) is None:
             raise ValueError(f"dtype must be 'float32' or 'float64' (the dtype of the closed-form E-step kernels; "
                              f"None: float64), got {self.dtype!r}")
+        keep = self.keep_responsibilities
+        if not isinstance(keep, bool) and keep != "auto":
+            raise ValueError(f"keep_responsibilities must be True, False or 'auto', got {keep!r}")
         if self.kernel_dtype == torch.float32 and self.online:
             raise ValueError("dtype='float32' runs the kernels of batch EM; online=True steps its statistics in "
                              "float64: drop dtype or online=True")
@@ -220,6 +235,12 @@ class EMOptions:
                     "this model runs the generic EM route (it is not a recognised mixture or chain), which "
                     "computes in the model's own dtype. Drop dtype (or pass data and parameters in float32)."
                 )
+            if self.keep_responsibilities is False:
+                raise UnsupportedModelError(
+                    "keep_responsibilities=False recomputes the responsibilities of a recognised mixture from its "
+                    "closed-form parameters; this model runs the generic EM route (it is not a recognised mixture "
+                    "or chain), whose result holds them: drop keep_responsibilities"
+                )
             if self.reg_covar is not None:
                 raise UnsupportedModelError(
                     f"reg_covar={self.reg_covar!r} regularises the covariances of a recognised Gaussian mixture or "
@@ -252,10 +273,24 @@ def _write_init_values(store: Any, values: dict) -> None:
         store[name] = torch.as_tensor(value, dtype=store[name].dtype).detach().clone()
 
 
+def _params_in_default_dtype(store: Any) -> None:
+    """float32 data kept for the float32 kernels may have made float32 parameters (initial values read from the
+    data): they are stored in torch's default dtype, as they are when the data are converted to it."""
+    default = torch.get_default_dtype()
+    state = store.get_state()
+    params = {name: value.detach().to(default) if value.dtype == torch.float32 else value
+              for name, value in state["params"].items()}
+    store.set_state(clone_param_state({"params": params, "constraints": state["constraints"]}))
+
+
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
     accepts_chunks = True  # a recognised mixture's or chain's data may be lvm.chunks (read chunk by chunk)
+
+    def keeps_float32(self, loop: EMOptions) -> bool:
+        """float32 data stay float32 for the float32 kernels (``dtype="float32"``): no float64 copy of them."""
+        return loop.kernel_dtype == torch.float32
 
     def fit(self, problem: Problem) -> EMOutcome:
         """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
@@ -271,6 +306,8 @@ class EMBackend(Backend):
                 create_params(problem.model, kwargs, structure)
             if problem.structure.model_param_names(store.keys()) != problem.structure.model_param_names():
                 create_params(problem.model, kwargs, structure)  # a parameter made at a later step: run them all
+            if self.keeps_float32(opts):
+                _params_in_default_dtype(store)
             if isinstance(opts.init_params, dict):
                 _write_init_values(store, opts.init_params)
             initial = clone_param_state(store.get_state())
@@ -284,6 +321,7 @@ class EMBackend(Backend):
                 return any(bool(cb(i, ll)) for cb in opts.callbacks)
 
             check_streams(problem, pattern)
+            check_kept_rows(problem, opts.keep_responsibilities)
             if pattern is not None:
                 options, run = self._closed_form(pattern, kwargs, opts, initial, callback, problem.streams)
             else:
@@ -308,14 +346,20 @@ class EMBackend(Backend):
         if chain and opts.online:
             raise UnsupportedModelError("online=True fits recognised mixtures; this model is a hidden Markov chain: "
                                         "drop online=True (batch EM)")
+        if chain and opts.keep_responsibilities is False:
+            raise UnsupportedModelError("keep_responsibilities=False recomputes the responsibilities of a recognised "
+                                        "mixture; this model is a hidden Markov chain, whose result holds its state "
+                                        "posteriors: drop keep_responsibilities")
         if opts.kernel_dtype != torch.float64:
             if chain:
                 raise UnsupportedModelError(f"dtype={opts.dtype!r} sets the kernels of a recognised mixture; this "
                                             "model is a hidden Markov chain, fitted in float64: drop dtype")
-            family = copy.copy(pattern.family)  # the fit's kernels; the result's queries keep the pattern's
-            family.dtype = opts.kernel_dtype
-            pattern = dataclasses.replace(pattern, family=family)
+            # the fit's kernels; the result's queries keep the pattern's
+            pattern = dataclasses.replace(pattern, family=kernel_family(pattern.family, opts.kernel_dtype))
         x = pattern.data if chain else pattern.matrix(kwargs)
+        # a mixture's rows in memory: held by the result, or recomputed on access in the chunks read here
+        keep_rows = chain or bool(streams) or keeps_rows(opts.keep_responsibilities, x.shape[0],
+                                                          pattern.n_components)
         reducer = Reducer(opts.distributed)
         if chain and streams:  # one stream of whole sequences, in hmmlearn's layout (rows of every step)
             stream = next(iter(streams.values()))
@@ -326,15 +370,15 @@ class EMBackend(Backend):
             source = Source(pattern.family, streams[pattern.data_argument].transformed(pattern.data_matrix),
                             reducer=reducer)
         else:  # a large tensor is read in chunks (the temporaries of one chunk at a time; float32: summed in float64)
-            source = Source(pattern.family, memory_chunks(x, float32=opts.kernel_dtype == torch.float32),
-                            reducer=reducer)
+            source = Source(pattern.family, memory_chunks(x, float32=opts.kernel_dtype == torch.float32,
+                                                          on_demand=not keep_rows), reducer=reducer)
         n, k = source.n, pattern.n_components
         if n < k:
             what = ("observations", "hidden states") if chain else ("data points", "mixture components")
             raise DataError(f"{n} {what[0]} are fewer than the {k} {what[1]}; reduce K or add data")
         options = opts.for_route("closed form", pattern.family.default_reg,
                                  getattr(pattern.family, "default_init", None))
-        return options, closed_form_fit(pattern, source, initial, options, callback)
+        return options, closed_form_fit(pattern, source, initial, options, callback, keep_rows)
 
     def _generic(self, problem: Problem, kwargs: dict, opts: EMOptions, initial: dict, callback: Any):
         """Any other enumerable model: exact E-step by contraction, numerical (generalised) M-step."""
