@@ -29,8 +29,8 @@ from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
 from ..em.queries import recognise
-from ..em.rows import keeps_rows, kernel_family
 from ..em.routes import closed_form_fit, create_params, em_outcome, generic_fit
+from ..em.rows import keeps_rows, kernel_family
 from ..em.stream import memory_chunks
 from ..errors import DataError, UnsupportedModelError
 from ..handlers import enumerating

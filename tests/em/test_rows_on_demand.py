@@ -145,6 +145,7 @@ def test_a_saved_result_loads_with_the_same_rows(float64, small_chunks, tmp_path
     _same_answers(held_loaded, on_demand_loaded, exact=True)
     # a loaded result recomputes from the stored parameters (the scales' square roots squared again): rounding
     _same_answers(on_demand, on_demand_loaded, exact=False)
+    _same_answers(held, held_loaded, exact=False)
 
 
 def test_data_read_chunk_by_chunk_keep_no_rows(float64):
