@@ -140,9 +140,9 @@ class EMOutcome(Outcome):
     rows: Any = field(default=None, repr=False, compare=False)
 
     def field_values(self) -> dict[str, Any]:
-        values = super().field_values()
-        values["log_likelihood_per_point"] = self.__dict__.get("_per_point")  # not recomputed from rows
-        return values
+        # log_likelihood_per_point as held (None when recomputed from rows), not recomputed
+        return {f.name: self.__dict__.get("_per_point") if f.name == "log_likelihood_per_point" else getattr(self, f.name)
+                for f in fields(self) if f.init}
 
 
 def _get_per_point(self: EMOutcome) -> torch.Tensor | None:
