@@ -114,7 +114,16 @@ def test_auto_keeps_the_rows_up_to_a_number_of_entries(float64, monkeypatch):
 
 def test_a_recomputation_holds_one_chunk_besides_its_answer(float64, small_chunks, monkeypatch):
     x = _data()
+    calls = []
+    compute = rows_module.MixtureRows.compute
+
+    def record(self, per_point=True, responsibilities=True, caches=None):
+        calls.append((per_point, responsibilities))
+        return compute(self, per_point, responsibilities, caches)
+
+    monkeypatch.setattr(rows_module.MixtureRows, "compute", record)
     fit = _fit(x, keep_responsibilities=False)
+    assert calls == [(False, False)]  # the fit's final E-step: its total only; building the result computes nothing
     seen = []
     precompute = Gaussian.precompute
 
