@@ -125,9 +125,11 @@ class EMOptions:
     keep_responsibilities : {"auto", True, False}
         Whether the result of a recognised mixture holds every row's responsibilities and ``log p(x_i)``
         (``result.responsibilities``, ``result.log_likelihood_per_point``). ``False``: it does not; they are
-        recomputed on access from the fitted parameters and the data, chunk by chunk (the same numbers, bit for
-        bit; each access holds the (N, K) answer and one chunk's temporaries; the same tensor again while you hold
-        it), so the fit's memory is the data's and one chunk's. ``"auto"`` (default): held when N x K is at most
+        recomputed on access from the fitted parameters and the data, chunk by chunk (each access holds the (N, K)
+        answer and one chunk's temporaries; the same tensor again while you hold it), so the fit's memory is the
+        data's and one chunk's. Such a fit reads its data in chunks of 2**16 rows from 2**16 rows on (else from
+        2**20), so its numbers are those a held result of the same chunks has, bit for bit; on fewer than 2**20
+        rows they differ from a default fit's by rounding (~1e-14 relative). ``"auto"`` (default): held when N x K is at most
         ``ppl_lvm.em.rows.KEEP_ROWS_ENTRIES`` (2**24, 128 MiB of float64), recomputed on access above.
         Hidden Markov chains and the generic route hold theirs (``False`` is refused there); data read chunk by
         chunk (``lvm.chunks``) are never held at once, so no row's values are kept (``True`` is refused there).
