@@ -9,7 +9,8 @@ disabled. The data are written to a ``.npy`` file first (in blocks, never held a
 ``--mmap`` streams from ``np.load(path, mmap_mode="r")`` (a memory map; each chunk's pages are released once
 copied) instead of the path (plain file reads); ``--dtype float32`` writes the file in float32 (and makes float32
 the torch default dtype of our fits, so the data stay float32, as for a user of float32 data); ``--iters`` sets the
-iterations. ``--kernels float64,float32`` runs the in-memory route once per kernel dtype (``lvm.infer(...,
+iterations; ``--default-dtype float64`` keeps torch's default dtype float64 for a float32 file (a user of float64
+models with float32 data; default: the file's dtype). ``--kernels float64,float32`` runs the in-memory route once per kernel dtype (``lvm.infer(...,
 dtype=...)``; default float64 only). "peak RSS" is the process's whole peak resident memory (``VmHWM``, imports
 included). For our routes the time is split, from an EM callback's clock, into the set-up (to the end of the first
 iteration, less one iteration's time), the time per iteration (the mean of iterations 2 to the last) and the rest
@@ -18,7 +19,7 @@ iteration, less one iteration's time), the time per iteration (the mean of itera
 Usage::
 
     PYTHONPATH=. python bench/bench_scale.py [--n 1000000] [--chunk 65536] [--skip sklearn,memory,stream,torchrun]
-        [--mmap] [--dtype float64] [--iters 20] [--kernels float64,float32]
+        [--mmap] [--dtype float64] [--iters 20] [--kernels float64,float32] [--default-dtype float64]
 """
 
 from __future__ import annotations
@@ -75,13 +76,15 @@ def start(path: str) -> dict:
 
 
 def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS,
-               kernel: str = "float64") -> dict:
+               kernel: str = "float64", default_dtype: str = "auto") -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
     float32_file = np.load(path, mmap_mode="r").dtype == np.float32
-    torch.set_default_dtype(torch.float32 if float32_file else torch.float64)
+    if default_dtype == "auto":
+        default_dtype = "float32" if float32_file else "float64"
+    torch.set_default_dtype(getattr(torch, default_dtype))
     import ppl_lvm as lvm
     from ppl_lvm.models.mixtures import gaussian_mixture
 
@@ -132,9 +135,11 @@ def run_config(kind: str, path: str, chunk: int, mmap: bool = False, iters: int 
     return row
 
 
-def _child(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS, kernel: str = "float64") -> dict:
+def _child(kind: str, path: str, chunk: int, mmap: bool = False, iters: int = ITERS, kernel: str = "float64",
+           default_dtype: str = "auto") -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", kind, "--path", path, "--chunk", str(chunk),
-                          "--iters", str(iters), "--kernels", kernel] + (["--mmap"] if mmap else []),
+                          "--iters", str(iters), "--kernels", kernel, "--default-dtype", default_dtype]
+                         + (["--mmap"] if mmap else []),
                          capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -162,10 +167,12 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--iters", type=int, default=ITERS)
     parser.add_argument("--kernels", default="float64")
+    parser.add_argument("--default-dtype", default="auto", choices=["auto", "float64", "float32"])
     args = parser.parse_args()
     kernels = args.kernels.split(",")
     if args.child:
-        print(json.dumps(run_config(args.child, args.path, args.chunk, args.mmap, args.iters, kernels[0])))
+        print(json.dumps(run_config(args.child, args.path, args.chunk, args.mmap, args.iters, kernels[0],
+                                    args.default_dtype)))
         return
     skip = set(filter(None, args.skip.split(",")))
     with tempfile.TemporaryDirectory() as folder:
@@ -175,14 +182,14 @@ def main() -> None:
         print(f"wrote {path} in {time.perf_counter() - t0:.1f} s", flush=True)
         size_mb = args.n * D * np.dtype(args.dtype).itemsize / 2**20
         runs = [("sklearn", "float64")] + [("memory", k) for k in kernels] + [("stream", "float64")]
-        rows = [_child(kind, path, args.chunk, args.mmap, args.iters, kernel) for kind, kernel in runs
-                if kind not in skip]
+        rows = [_child(kind, path, args.chunk, args.mmap, args.iters, kernel, args.default_dtype)
+                for kind, kernel in runs if kind not in skip]
         if "torchrun" not in skip:
             rows.append(_torchrun(path, args.chunk, args.iters))
     ref = next((r for r in rows if r["kind"] == "sklearn"), None)
     print(f"N={args.n:,} D={D} K={K}, {args.iters} iterations, data {size_mb:.0f} MB ({args.dtype}), chunk "
           f"{args.chunk:,} rows, streamed from {'a memory map' if args.mmap else 'the path (file reads)'}")
-    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}; torch default dtype {args.default_dtype}")
     print("| route | seconds | vs sklearn | set-up s | s per iteration | rest s | extra peak MB | x data | "
           "peak RSS MB | LL per point |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -1,6 +1,7 @@
 """Data in, once: conversion of tensors, arrays, pandas objects and dicts to the model's arguments, and checks.
 
-Continuous data become the torch default dtype, integer data stay ``long`` (the model's prototype run later tells
+Continuous data become the torch default dtype (float32 data stay float32 where the method's kernels read them as
+given: ``keep_float32``), integer data stay ``long`` (the model's prototype run later tells
 which integer arrays feed a continuous likelihood; :func:`ppl_lvm.infer` converts those with a warning). NaN and
 infinite values are refused with their count and first positions. Index and column labels of pandas objects are
 kept for the ArviZ export.
@@ -43,8 +44,12 @@ def _labels(obj: Any) -> dict[str, list]:
     return labels
 
 
-def to_tensor(value: Any, name: str) -> torch.Tensor:
-    """Convert one data value; refuse what cannot be a numeric tensor."""
+def to_tensor(value: Any, name: str, keep_float32: bool = False) -> torch.Tensor:
+    """Convert one data value; refuse what cannot be a numeric tensor.
+
+    Floating data become torch's default dtype; with ``keep_float32``, float32 data stay float32 (a tensor is then
+    not copied).
+    """
     if isinstance(value, torch.Tensor):
         tensor = value.detach()  # data simulated from a model may still carry its autograd graph
     else:
@@ -76,7 +81,8 @@ def to_tensor(value: Any, name: str) -> torch.Tensor:
     if tensor.dtype == torch.bool:
         tensor = tensor.to(torch.long)
     if tensor.is_floating_point():
-        tensor = tensor.to(torch.get_default_dtype())
+        if not (keep_float32 and tensor.dtype == torch.float32):
+            tensor = tensor.to(torch.get_default_dtype())
         n_nan, n_inf, positions = _non_finite(tensor)
         if n_nan or n_inf:
             shown = ", ".join(str(list(p)) for p in positions)
@@ -131,18 +137,19 @@ def row_arguments(tensors: dict[str, Any], n: int | None = None) -> tuple[int | 
     return n, [k for k, v in tensors.items() if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == n]
 
 
-def _convert(value: Any, name: str) -> Any:
+def _convert(value: Any, name: str, keep_float32: bool) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, (torch.Tensor, np.ndarray, list, tuple)) or hasattr(value, "to_numpy"):
-        return to_tensor(value, name)
+        return to_tensor(value, name, keep_float32)
     return value  # anything else (a module, a callable) is passed through untouched
 
 
-def bind_data(model: Any, data: Any) -> BoundData:
+def bind_data(model: Any, data: Any, keep_float32: bool = False) -> BoundData:
     """Map ``data`` onto the model's arguments.
 
     A dict binds by argument name; a tuple binds positionally; anything else binds to the first argument.
+    ``keep_float32``: float32 data stay float32 (:func:`to_tensor`).
     """
     names = list(model.signature.parameters)
     if data is None:
@@ -168,5 +175,5 @@ def bind_data(model: Any, data: Any) -> BoundData:
     for key, value in items.items():
         if hasattr(value, "to_numpy"):
             coords[key] = _labels(value)
-        kwargs[key] = _convert(value, key)
+        kwargs[key] = _convert(value, key, keep_float32)
     return BoundData((), kwargs, coords)

@@ -8,9 +8,9 @@ Engines (``ppl_lvm.backends``, ``ppl_lvm.em``) return an :class:`Outcome`; the r
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -20,7 +20,7 @@ import torch
 from .data import BoundData
 from .model import Model, ModelStructure
 
-__all__ = ["EMOutcome", "MCMCOutcome", "Outcome", "StochasticEMOutcome"]
+__all__ = ["EMOutcome", "MCMCOutcome", "Outcome", "ResponsibilitiesOnDemand", "StochasticEMOutcome"]
 
 
 @dataclass
@@ -89,6 +89,11 @@ class Outcome:
             store = pyro.get_param_store()
             return {name: store[name].detach().clone() for name in list(store.keys())}
 
+    def field_values(self) -> dict[str, Any]:
+        """The values of the fields set at construction, by name, as stored (values computed on access are not
+        computed: a result is built from them)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+
 
 @dataclass
 class EMOutcome(Outcome):
@@ -103,9 +108,11 @@ class EMOutcome(Outcome):
     n_iter : int
         Iterations of this fit.
     responsibilities : dict of str -> Tensor
-        Posterior probabilities of each discrete latent site.
+        Posterior probabilities of each discrete latent site (a :class:`ResponsibilitiesOnDemand` when the fit
+        does not hold them: ``rows``).
     log_likelihood_per_point : Tensor, optional
-        log p(x_i) for every data point, when the data sit in one plate.
+        log p(x_i) for every data point, when the data sit in one plate (recomputed on access from ``rows`` when
+        the fit does not hold them).
     closed_form : bool
         Whether the closed-form kernels ran (a recognised mixture or chain) or the generic route.
     n_parameters, n_samples : int
@@ -114,18 +121,70 @@ class EMOutcome(Outcome):
         The recognised mixture or chain (``None`` on the generic route).
     streams : dict
         Arguments read chunk by chunk (``lvm.chunks``), by name; ``data`` holds their first chunk.
+    rows : object, optional
+        What recomputes every row's values on access (:class:`ppl_lvm.em.rows.MixtureRows`: ``n``, ``latent``,
+        ``responsibilities()``, ``log_likelihood_per_point()``) when the fit does not hold them
+        (``keep_responsibilities``); None when it holds them.
     """
 
     log_likelihood: float = math.nan
     history: np.ndarray = field(default_factory=lambda: np.zeros(0))
     n_iter: int = 0
     responsibilities: dict[str, torch.Tensor] = field(default_factory=dict)
-    log_likelihood_per_point: torch.Tensor | None = None
+    log_likelihood_per_point: torch.Tensor | None = field(default=None, repr=False)
     closed_form: bool = False
     n_parameters: int = 0
     n_samples: int = 0
     pattern: Any = None
     streams: dict = field(default_factory=dict)
+    rows: Any = field(default=None, repr=False, compare=False)
+
+    def field_values(self) -> dict[str, Any]:
+        # log_likelihood_per_point as held (None when recomputed from rows), not recomputed
+        return {f.name: self.__dict__.get("_per_point") if f.name == "log_likelihood_per_point" else getattr(self, f.name)
+                for f in fields(self) if f.init}
+
+
+def _get_per_point(self: EMOutcome) -> torch.Tensor | None:
+    held = self.__dict__.get("_per_point")
+    rows = self.__dict__.get("rows")
+    return rows.log_likelihood_per_point() if held is None and rows is not None else held
+
+
+def _set_per_point(self: EMOutcome, value: torch.Tensor | None) -> None:
+    self.__dict__["_per_point"] = value
+
+
+# the field, held or recomputed from ``rows`` on access (the dataclass's __init__ sets it through the property)
+EMOutcome.log_likelihood_per_point = property(_get_per_point, _set_per_point, doc="log p(x_i) of every data point.")
+
+
+class ResponsibilitiesOnDemand(Mapping):
+    """The ``responsibilities`` of a fit that does not hold them: ``{site: (N, K) tensor}`` whose tensor is
+    recomputed on access by ``rows`` (the same tensor again while the caller holds the previous one).
+
+    Parameters
+    ----------
+    rows : object
+        See ``EMOutcome.rows``.
+    """
+
+    def __init__(self, rows: Any) -> None:
+        self.rows = rows
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name != self.rows.latent:
+            raise KeyError(name)
+        return self.rows.responsibilities()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter((self.rows.latent,))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return f"ResponsibilitiesOnDemand({self.rows.latent!r}: {self.rows.n} rows, recomputed on access)"
 
 
 @dataclass

@@ -62,6 +62,11 @@ class Backend(ABC):
         method = {k: v for k, v in options.items() if k in self.method_options}
         return loop, method
 
+    def keeps_float32(self, loop: Any) -> bool:
+        """Whether float32 data stay float32 on the way in (not converted to torch's default dtype): the
+        backend's kernels read them as given (``loop``: the parsed options)."""
+        return False
+
     def options_of(self, problem: Problem) -> tuple[Any, dict[str, Any]]:
         """The problem's options as parsed by :meth:`parse_options` (once, in :func:`make_problem`)."""
         if problem.parsed_options is None:  # a Problem built by hand

@@ -7,7 +7,7 @@ from typing import Any
 from ..errors import UnsupportedModelError
 from .base import Problem
 
-__all__ = ["check_enumerable", "check_streams"]
+__all__ = ["check_enumerable", "check_kept_rows", "check_streams"]
 
 
 def check_enumerable(structure: Any) -> None:
@@ -68,4 +68,14 @@ def check_streams(problem: Problem, pattern: Any) -> None:
         raise UnsupportedModelError(
             f"only the observed data may be read chunk by chunk; {sorted(set(names) - {pattern.data_argument})} "
             f"feed the model otherwise: pass them in memory"
+        )
+
+
+def check_kept_rows(problem: Problem, keep: bool | str) -> None:
+    """``keep_responsibilities=True`` needs every row in memory (see :mod:`ppl_lvm.em.rows`)."""
+    if keep is True and problem.streams:
+        raise UnsupportedModelError(
+            f"keep_responsibilities=True holds every row's responsibilities, but the data {sorted(problem.streams)} "
+            "are read chunk by chunk (lvm.chunks) and never held at once, so no row's values are kept: drop "
+            "keep_responsibilities, or score the rows chunk by chunk with result.predict_proba(chunk)"
         )

@@ -110,7 +110,9 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
     num_threads = options.pop("num_threads", "auto")
     validate_num_threads(num_threads)
     model = check_model(model)
-    bound = bind_data(model, data)
+    parsed = backend.parse_options(options)  # before the (possibly slow) prototype run
+    keep_float32 = bool(getattr(backend, "keeps_float32", lambda loop: False)(parsed[0]))
+    bound = bind_data(model, data, keep_float32=keep_float32)
     kwargs = dict(bound.kwargs)
     missing = [
         name
@@ -119,8 +121,7 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
     ]
     if missing:
         raise DataError(f"{model.__name__}() needs argument(s) {missing}; pass them in data (a dict by name)")
-    parsed = backend.parse_options(options)  # before the (possibly slow) prototype run
-    streams, sequence_streams = _first_chunks(backend, kwargs)
+    streams, sequence_streams = _first_chunks(backend, kwargs, keep_float32)
     try:
         structure = _convert_integer_data(model, bound, kwargs)
     except (ModelCheckError, ValueError, RuntimeError) as exc:
@@ -138,7 +139,8 @@ def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init
                    sequence_streams=sequence_streams, num_threads=num_threads)
 
 
-def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Chunks], frozenset[str]]:
+def _first_chunks(backend: Any, kwargs: dict[str, Any], keep_float32: bool = False
+                  ) -> tuple[dict[str, Chunks], frozenset[str]]:
     """Arguments read chunk by chunk: replaced in ``kwargs`` by their first chunk (the model's prototype runs on it).
 
     A stream of sequences is replaced by its first sequence as a batch of one, ``(1, T_0, ...)``: the layout of a
@@ -157,5 +159,5 @@ def _first_chunks(backend: Any, kwargs: dict[str, Any]) -> tuple[dict[str, Chunk
         if lengths is not None:
             sequence_streams.add(name)
             x = x[: lengths[0]].unsqueeze(0)
-        kwargs[name] = to_tensor(x, name)
+        kwargs[name] = to_tensor(x, name, keep_float32)
     return streams, frozenset(sequence_streams)

@@ -70,6 +70,8 @@ class Launch:
         if not self.distributed:
             return
         rows = {name: getattr(result, name, None) for name in ("responsibilities", "log_likelihood_per_point")}
+        if rows["responsibilities"] is not None:  # the tensors (a result may recompute them on access)
+            rows["responsibilities"] = dict(rows["responsibilities"])
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, {k: v for k, v in rows.items() if v is not None and len(v) > 0})
         if self.rank != 0:

@@ -15,12 +15,13 @@ import torch
 from ..handlers import enumerating
 from .generic import e_step, site_marginals
 from .hmm import hmm_e_step, viterbi
-from .mixture import mixture_log_likelihood
 from .patterns import HMMPattern
 from .recognise import recognise_discrete_hmm, recognise_mixture
 from .recognise_chain import recognise_hmm
+from .rows import MixtureRows, keeps_rows, kernel_family
 
-__all__ = ["chain_posteriors", "chain_viterbi", "fitted_posterior", "recognise", "sample_chain", "sample_mixture"]
+__all__ = ["chain_posteriors", "chain_viterbi", "fitted_posterior", "mixture_rows", "recognise", "sample_chain",
+           "sample_mixture"]
 
 
 def recognise(model: Any, kwargs: dict, structure: Any) -> Any:
@@ -60,14 +61,24 @@ def chain_viterbi(pattern: HMMPattern, params: Any) -> torch.Tensor:
     return pattern.pad(states, fill=-1)
 
 
+def mixture_rows(pattern: Any, params: Any, kwargs: dict, options: dict) -> tuple[MixtureRows, bool]:
+    """``(rows, kept)``: every row's values of a fitted mixture as its fit computes them (its kernels' dtype and
+    chunks, from ``options``: ``dtype``, ``keep_responsibilities``), and whether its result holds them."""
+    family = kernel_family(pattern.family, options.get("dtype"))
+    x = pattern.matrix(kwargs)
+    kept = keeps_rows(options.get("keep_responsibilities", "auto"), x.shape[0], pattern.n_components)
+    kernel = family.complete_params(pattern.to_kernel(params))
+    return MixtureRows.of_data(family, kernel, x, pattern.latent, on_demand=not kept), kept
+
+
 def fitted_posterior(
-    model: Any, kwargs: dict, structure: Any, pattern: Any, params: Any
+    model: Any, kwargs: dict, structure: Any, pattern: Any, params: Any, options: dict | None = None
 ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """What an EM fit reports at its parameters: ``log p(x_i)`` per data point (or per sequence) and the
     responsibilities of every discrete latent site.
 
     ``params`` are the model's parameters by name; on the generic route (``pattern`` None) they must also be the
-    live parameter store (the model is run).
+    live parameter store (the model is run). ``options``: the fit's (a mixture's kernel dtype and chunks).
     """
     if pattern is None:
         enumerated = enumerating(model, [s.name for s in structure.discrete_latents])
@@ -76,8 +87,7 @@ def fitted_posterior(
     if isinstance(pattern, HMMPattern):
         per_sequence, gamma = chain_posteriors(pattern, params)
         return per_sequence, {pattern.latent: gamma}
-    x = pattern.matrix(kwargs)
-    per_point, resp = mixture_log_likelihood(x, pattern.family, _kernel_params(pattern, params))
+    per_point, resp, _ = mixture_rows(pattern, params, kwargs, options or {})[0].compute()
     return per_point, {pattern.latent: resp}
 
 

@@ -33,16 +33,17 @@ import torch
 from ..errors import ConvergenceWarning
 from ..guides import empty_guide
 from ..handlers import enumerating
-from ..outcome import EMOutcome
+from ..outcome import EMOutcome, ResponsibilitiesOnDemand
 from ..runtime import clone_param_state
 from .accumulate import ModelChunks, Source
 from .convergence import not_converged_message
 from .generic import fit_generic_em, site_marginals
 from .hmm import fit_hmm, hmm_e_step
 from .init import initialize_hmm, initialize_mixture
-from .mixture import fit_mixture, mixture_log_likelihood
+from .mixture import fit_mixture
 from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
+from .rows import MixtureRows
 from .ranks import Reducer
 
 __all__ = ["EMRun", "closed_form_fit", "create_params", "em_outcome", "generic_fit", "jitter_state"]
@@ -61,10 +62,13 @@ class EMRun:
     log_likelihood: float
     per_point: torch.Tensor | None = None
     responsibilities: dict = field(default_factory=dict)
-    #: data points of the whole fit when ``per_point`` covers only this rank's shard (a data-parallel fit)
+    #: data points of the whole fit when ``per_point`` covers only this rank's shard (a data-parallel fit) or is
+    #: not held
     n_samples: int | None = None
     #: what this fit ran, recorded over the route's options (the generic route: ``fast_path``, ``fast_path_reason``)
     ran: dict = field(default_factory=dict)
+    #: what recomputes every row's values on access when the fit does not hold them (:mod:`ppl_lvm.em.rows`)
+    rows: Any = None
 
 
 def create_params(model: Any, kwargs: dict, structure: Any) -> None:
@@ -105,12 +109,13 @@ def em_outcome(problem: Any, options: dict, seed: int, run: EMRun, pattern: Any)
         log_likelihood=float(run.log_likelihood),
         history=history,
         n_iter=int(run.n_iter),
-        responsibilities=dict(run.responsibilities),
+        responsibilities=dict(run.responsibilities) if run.rows is None else ResponsibilitiesOnDemand(run.rows),
         log_likelihood_per_point=run.per_point,
         closed_form=pattern is not None,
         n_samples=n,
         pattern=pattern,
         streams=dict(problem.streams),
+        rows=run.rows,
     )
     outcome.n_parameters = n_free_parameters(pattern, outcome.constrained_params(), run.state["constraints"])
     return outcome
@@ -122,22 +127,8 @@ def _warn_unless_converged(converged: bool, max_iter: int, tol: float | None, re
                       stacklevel=3)
 
 
-def _by_chunks(source: Source, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every row's log-likelihood and responsibilities under ``params``, chunk by chunk (data in memory), written
-    into one (N,) and one (N, K) tensor (no second copy of either)."""
-    per_point, resp, row = None, None, 0
-    for cache, _ in source.chunks():
-        ll, r = mixture_log_likelihood(None, source.family, params, cache=cache)
-        if resp is None:
-            per_point = torch.empty(source.n, dtype=ll.dtype)
-            resp = torch.empty((source.n,) + tuple(r.shape[1:]), dtype=r.dtype)
-        per_point[row : row + len(ll)], resp[row : row + len(ll)] = ll, r
-        row += len(ll)
-    return per_point, resp
-
-
 def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
-                    callback: Callable[[int, float], bool]) -> Callable[[int, int], EMRun]:
+                    callback: Callable[[int, float], bool], keep_rows: bool = True) -> Callable[[int, int], EMRun]:
     """``fit_once(restart, seed) -> EMRun`` of a recognised mixture (``fit_mixture``) or chain (Baum-Welch).
 
     ``source`` holds this process's data (:class:`~ppl_lvm.em.accumulate.Source`; in a data-parallel fit, the
@@ -145,7 +136,8 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
     ``reg_covar`` a float); ``callback(iteration, mean_log_likelihood)`` returns True to stop. In a data-parallel
     fit the start is rank 0's (a data-seeded start is drawn from rank 0's shard) and every rank receives it; the
     log-likelihood and the number of points are those of the whole data, the per-point values and
-    responsibilities those of the rank's shard.
+    responsibilities those of the rank's shard. ``keep_rows``: a mixture's data in memory keep every row's values
+    in the run; otherwise the run carries what recomputes them on access (:class:`~ppl_lvm.em.rows.MixtureRows`).
     """
     chain = hasattr(pattern, "trans")
     family = pattern.family
@@ -159,6 +151,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
     per = float(source.n) if chain else 1.0
     initialize = initialize_hmm if chain else initialize_mixture
     store = pyro.get_param_store()
+    in_memory = not source.streamed or source.data.per_row  # every row's values can be kept or recomputed
 
     def kernel_callback(i: int, ll: float, params: Any) -> bool:
         return callback(i, ll / per)
@@ -171,14 +164,8 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         elif reducer.rank == 0:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
         start = reducer.broadcast(start)
-        if options.get("online"):
-            fit = _online(source, family, start, options, seed, kernel_callback)
-            total = fit.log_likelihood
-            per_point, resp = (None, None) if source.streamed else mixture_log_likelihood(x, family, fit.params,
-                                                                                           cache=cache)
-            if source.streamed and source.data.per_row:
-                per_point, resp = _by_chunks(source, fit.params)
-        elif chain:
+        rows = None
+        if chain:
             fit = fit_hmm(source, None, family, start, max_iter=max_iter, tol=None if tol is None else tol * per,
                           reg=reg, callback=kernel_callback)
             if source.streamed:  # no (N, K) state posteriors of data never held at once; the final log-likelihood
@@ -190,29 +177,29 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
             else:
                 e = hmm_e_step(family.log_prob(x, fit.params, cache=cache), lengths, fit.params["startprob"],
                                fit.params["transmat"])
-                per_point, resp = e.log_likelihood, pattern.pad(e.gamma)
-        elif source.streamed and source.data.per_row:  # a large tensor read in chunks: every row's values too
-            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
-            per_point, resp = _by_chunks(source, fit.params)
-        elif source.streamed:  # no (N, K) responsibilities of data never held at once; the final log-likelihood
-            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
-            per_point, resp = None, None
-            total = sum(float(mixture_log_likelihood(None, family, fit.params, cache=c)[0].sum(dtype=torch.float64))
-                        for c, _ in source.chunks())
+                per_point, resp = e.log_likelihood.clone(), pattern.pad(e.gamma)
+                total = per_point.sum(dtype=torch.float64)
         else:
-            fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg, callback=kernel_callback)
-            per_point, resp = mixture_log_likelihood(x, family, fit.params, cache=cache)
+            if options.get("online"):
+                fit = _online(source, family, start, options, seed, kernel_callback)
+            else:
+                fit = fit_mixture(source, family, start, max_iter=max_iter, tol=tol, reg=reg,
+                                  callback=kernel_callback)
+            if in_memory or not options.get("online"):
+                # the final E-step, in the fit's own chunks: the total, and every row's values where they are kept
+                rows = MixtureRows.from_source(source, fit.params, pattern.latent)
+                keep = in_memory and keep_rows
+                per_point, resp, total = rows.compute(keep, keep, caches=(c for c, _ in source.chunks()))
+                rows = rows if in_memory and not keep_rows else None
+            else:  # online EM over data never held at once: its own last pass's log-likelihood
+                per_point, resp, total = None, None, fit.log_likelihood
         pattern.to_model(fit.params, store)
         _warn_unless_converged(fit.converged, max_iter, tol, restart, seed)
-        if per_point is not None:
-            total = per_point.sum(dtype=torch.float64)
-        total = float(reducer.sum({"log_likelihood": torch.as_tensor(total)})["log_likelihood"])
-        fresh = source.streamed and source.data.per_row  # made for this run alone: no copy needed
-        responsibilities = {} if resp is None else {pattern.latent: resp if fresh else resp.clone()}
-        per_point = None if per_point is None else per_point if fresh else per_point.clone()
+        total = float(reducer.sum({"log_likelihood": torch.as_tensor(total, dtype=torch.float64)})["log_likelihood"])
+        responsibilities = {} if resp is None else {pattern.latent: resp}
+        n_samples = source.n if reducer.distributed or per_point is None else None
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
-                     total, per_point, responsibilities,
-                     source.n if reducer.distributed or (source.streamed and not source.data.per_row) else None)
+                     total, per_point, responsibilities, n_samples, rows)
 
     return fit_once
 

@@ -336,12 +336,15 @@ def chunks(source: Any, chunk_size: int | None = None, *, lengths: Sequence[int]
     raise TypeError(f"chunks needs an array, a .npy path, a list of chunks or a function, got {type(source).__name__}")
 
 
-def memory_chunks(x: torch.Tensor, float32: bool = False) -> torch.Tensor | Chunks:
+def memory_chunks(x: torch.Tensor, float32: bool = False, on_demand: bool = False) -> torch.Tensor | Chunks:
     """``x`` itself, or, with more than :data:`MEMORY_CHUNK_THRESHOLD` rows, ``x`` read in chunks of
     :data:`MEMORY_CHUNK_ROWS` rows: then an EM iteration holds the temporaries of one chunk (its design matrix,
     its (rows, K) log densities), never of all N rows at once. ``float32`` (float32 kernels): in chunks from
-    :data:`MEMORY_CHUNK_ROWS` rows on, so that no float32 sum runs over more rows than one chunk's."""
-    if x.shape[0] <= (MEMORY_CHUNK_ROWS if float32 else MEMORY_CHUNK_THRESHOLD):
+    :data:`MEMORY_CHUNK_ROWS` rows on, so that no float32 sum runs over more rows than one chunk's.
+    ``on_demand`` (a fit whose result recomputes every row's values on access, :mod:`ppl_lvm.em.rows`): in chunks
+    from :data:`MEMORY_CHUNK_ROWS` rows on too, so that the recomputation, in the fit's own chunks, holds one
+    chunk's temporaries besides its output."""
+    if x.shape[0] <= (MEMORY_CHUNK_ROWS if float32 or on_demand else MEMORY_CHUNK_THRESHOLD):
         return x
     chunked = Chunks(x, MEMORY_CHUNK_ROWS)
     chunked.per_row = True

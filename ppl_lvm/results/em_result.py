@@ -35,9 +35,13 @@ class EMResult(Result, EMOutcome):
     n_iter : int
         Iterations of the kept restart.
     responsibilities : dict of str -> Tensor
-        Posterior probabilities of each discrete latent site, shape ``(N, K)`` for a mixture.
+        Posterior probabilities of each discrete latent site, shape ``(N, K)`` for a mixture. A recognised
+        mixture's result above N x K = 2**24 entries (option ``keep_responsibilities``) does not hold them: a
+        mapping whose tensor is recomputed on access, chunk by chunk (the same numbers; keep the tensor you got
+        rather than asking again).
     log_likelihood_per_point : Tensor, optional
-        log p(x_i) for every data point, when the data sit in one plate.
+        log p(x_i) for every data point, when the data sit in one plate (recomputed on access like the
+        responsibilities when those are).
     closed_form : bool
         Whether the closed-form kernels ran (a recognised mixture) or the generic route.
     """

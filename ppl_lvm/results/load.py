@@ -9,12 +9,13 @@ import pyro
 import torch
 
 from ..data import BoundData
-from ..em.queries import fitted_posterior, recognise
+from ..em.patterns import MixturePattern
+from ..em.queries import fitted_posterior, mixture_rows, recognise
 from ..errors import PplLvmError
 from ..guides import GUIDES, build_guide, empty_guide
 from ..io import read_result_file
 from ..model import check_model
-from ..outcome import EMOutcome, Outcome, StochasticEMOutcome
+from ..outcome import EMOutcome, Outcome, ResponsibilitiesOnDemand, StochasticEMOutcome
 from ..runtime import clone_param_state
 from .build import build_result
 
@@ -38,7 +39,8 @@ def _check_same_sites(meta: dict, structure: Any, model: Any, path: str) -> None
 def _restore_e_step(outcome: EMOutcome, extra: dict, path: str) -> None:
     """Re-derive what an EM fit held beside its parameters: the recognised pattern (which new data, draws and the
     Viterbi path need), the responsibilities and log p(x_i), from the model on the saved data at the saved
-    parameters (the same computation the fit ended with)."""
+    parameters (the same computation the fit ended with; for a result that recomputed them on access, what
+    recomputes them)."""
     kwargs = dict(outcome.data.kwargs)
     with outcome.activated():
         store = pyro.get_param_store()
@@ -49,8 +51,14 @@ def _restore_e_step(outcome: EMOutcome, extra: dict, path: str) -> None:
                               "data takes the other one; load it with the model it was fitted with")
         if extra.get("streamed"):  # a fit on data read chunk by chunk kept no per-point values
             return
+        if isinstance(outcome.pattern, MixturePattern):
+            rows, kept = mixture_rows(outcome.pattern, store, kwargs, outcome.options)
+            if not kept:  # recomputed on access, as by the fit's result (keep_responsibilities)
+                outcome.rows, outcome.responsibilities = rows, ResponsibilitiesOnDemand(rows)
+                outcome.log_likelihood_per_point = None
+                return
         per_point, responsibilities = fitted_posterior(outcome.model, kwargs, outcome.structure, outcome.pattern,
-                                                       store)
+                                                       store, outcome.options)
     outcome.log_likelihood_per_point = None if per_point is None else per_point.detach()
     outcome.responsibilities = {k: v.detach() for k, v in responsibilities.items()}
 

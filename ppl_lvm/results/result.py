@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -212,7 +212,7 @@ class Result(Outcome):
     @classmethod
     def from_outcome(cls, outcome: Outcome) -> Result:
         """The result of ``outcome`` (its restarts too): the one way results are made."""
-        values = {f.name: getattr(outcome, f.name) for f in fields(outcome) if f.init}
+        values = outcome.field_values()
         result = cls(**values)
         result.params = result.constrained_params()
         if "bound" in outcome.cache:  # computed by the backend at these parameters (restarts are ranked by it)

@@ -163,7 +163,8 @@ def _record(fit) -> dict:
     return {"params": {k: v.detach().clone() for k, v in fit.params.items()}, "history": np.asarray(fit.history),
             "log_likelihood": fit.log_likelihood, "n_samples": fit.n_samples, "bic": fit.bic(),
             "n_iter": fit.n_iter, "converged": fit.converged,
-            "resp": next((r.clone() for r in fit.responsibilities.values()), None)}
+            "resp": next((r.clone() for r in fit.responsibilities.values()), None),
+            "per_point": None if fit.log_likelihood_per_point is None else fit.log_likelihood_per_point.clone()}
 
 
 def _worker(rank: int, world: int, port: int, folder: str) -> None:
@@ -177,6 +178,10 @@ def _worker(rank: int, world: int, port: int, folder: str) -> None:
         seeded = lvm.infer(gaussian_mixture, {"x": shard, "K": K}, method="em", n_init=2, seed=rank + 5,
                            distributed=True)  # k-means++ on rank 0's shard, seeds of rank 0 too
         results["seeded"] = _record(seeded)
+        on_demand = lvm.infer(gaussian_mixture, {"x": shard, "K": K, "covariance_type": "diag"}, method="em",
+                              init_params=_mixture_start("diag"), max_iter=25, tol=None, distributed=True,
+                              keep_responsibilities=False)
+        results["diag_on_demand"] = {**_record(on_demand), "held": on_demand.rows is None}
         calls = []
         all_reduce = dist.all_reduce
         dist.all_reduce = lambda tensor, *a, **kw: (calls.append(tensor.numel()), all_reduce(tensor, *a, **kw))[1]
@@ -263,6 +268,17 @@ def test_two_ranks_equal_one_process(two_ranks, one_process, case):
                                    atol=1e-10)
     else:
         np.testing.assert_allclose(torch.cat([rank0["resp"], rank1["resp"]]).numpy(), ref["resp"].numpy(), atol=1e-10)
+
+
+def test_rows_recomputed_on_access_equal_the_held_ones_on_every_rank(two_ranks):
+    """keep_responsibilities=False: each rank recomputes its shard's rows, centred on the whole data's shift, with no
+    collective; bit for bit the rows a rank holds with the default."""
+    for rank in two_ranks:
+        held, on_demand = rank["diag"], rank["diag_on_demand"]
+        assert not on_demand["held"]
+        assert torch.equal(on_demand["resp"], held["resp"])
+        assert torch.equal(on_demand["per_point"], held["per_point"])
+        assert on_demand["log_likelihood"] == held["log_likelihood"] and on_demand["bic"] == held["bic"]
 
 
 def test_a_data_seeded_start_is_rank_0s_on_every_rank(two_ranks):

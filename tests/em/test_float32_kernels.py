@@ -4,6 +4,8 @@ float64, against the float64 fit from the same start."""
 import pytest
 import torch
 from generic_models import student_mixture
+from torch.utils._python_dispatch import TorchDispatchMode  # torch's own hook for seeing every op's output
+from torch.utils._pytree import tree_flatten
 
 import ppl_lvm as lvm
 import ppl_lvm.em.stream as stream_module
@@ -67,6 +69,62 @@ def test_float32_streamed_equals_float32_in_memory(monkeypatch, float64):
     assert abs(streamed.log_likelihood - memory.log_likelihood) <= 1e-9 * abs(memory.log_likelihood)
     for name, value in memory.params.items():
         assert torch.allclose(streamed.params[name], value, rtol=1e-6, atol=1e-6), name
+
+
+class _Float64Rows(TorchDispatchMode):
+    """Records every op whose output is a float64 tensor with storage for ``rows`` rows of 3 columns or more."""
+
+    def __init__(self, rows: int) -> None:
+        super().__init__()
+        self.nbytes, self.seen = rows * D * 8, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and t.dtype == torch.float64 and t.untyped_storage().nbytes() >= self.nbytes:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out
+
+
+@pytest.mark.parametrize("keep", [True, False])
+def test_float32_data_reach_the_float32_kernels_with_no_float64_copy(monkeypatch, float64, keep):
+    """torch's default dtype float64, float32 data and dtype='float32': no float64 tensor of the data's size is made
+    anywhere (9 000 rows: the model's prototype runs on a slice), the data are the caller's tensor, the parameters
+    are float64 (as for converted data), and the fit is the one from float64 data (converted chunk by chunk to
+    float32 for the kernels: the same float32 values; measured equal to the last bit)."""
+    monkeypatch.setattr(stream_module, "MEMORY_CHUNK_ROWS", 1024)
+    n = 9000
+    g = torch.Generator().manual_seed(3)
+    x = (3.0 * torch.randn(K, D, generator=g))[torch.randint(0, K, (n,), generator=g)]
+    x = (x + torch.randn(n, D, generator=g)).float()
+    seen = []
+    precompute = Gaussian.precompute
+
+    def spy(self, X, summary=None):
+        seen.append(X.dtype)
+        return precompute(self, X, summary)
+
+    monkeypatch.setattr(Gaussian, "precompute", spy)
+    options = {"init_params": {"locs": x[:: n // K][:K].double()}, "max_iter": 10, "tol": None}
+    with _Float64Rows(n) as watch:
+        fit = lvm.infer(gaussian_mixture, {"x": x, "K": K, "covariance_type": "diag"}, method="em", dtype="float32",
+                        keep_responsibilities=keep, **options)
+        resp, per_point = fit.responsibilities["z"], fit.log_likelihood_per_point
+    assert watch.seen == []
+    assert fit.data.kwargs["x"].dtype == torch.float32 and fit.data.kwargs["x"].data_ptr() == x.data_ptr()
+    assert seen and set(seen) == {torch.float32}
+    assert all(v.dtype == torch.float64 for v in fit.params.values())
+    assert resp.dtype == per_point.dtype == torch.float32
+    converted = lvm.infer(gaussian_mixture, {"x": x.double(), "K": K, "covariance_type": "diag"}, method="em",
+                          dtype="float32", keep_responsibilities=keep, **options)
+    assert converted.data.kwargs["x"].dtype == torch.float64
+    assert fit.log_likelihood == converted.log_likelihood
+    for name, value in converted.params.items():
+        assert torch.equal(fit.params[name], value), name
+    assert torch.equal(resp, converted.responsibilities["z"])
+    # with float64 kernels (the default) the data are converted to the default dtype, as before
+    default = lvm.infer(gaussian_mixture, {"x": x, "K": K}, method="em", max_iter=2, tol=None)
+    assert default.data.kwargs["x"].dtype == torch.float64
 
 
 @pytest.mark.parametrize("value", ["float16", "double", torch.int64, 32, "f32"])

@@ -65,6 +65,7 @@ CALLS = {
 EXCLUDED = {
     "activated": "a context manager (the parameter store of the fit); constrained_params() runs inside it",
     "from_outcome": "the constructor from an engine's outcome, not a query of a result",
+    "field_values": "the stored fields a result is built from (from_outcome), not a query of a result",
     "save": "saving is what is tested: test_a_loaded_result_saves_to_the_same_file saves a loaded result again",
     "model": "the model object given to lvm.load (compiled again by the caller); its answers are compared instead",
     "guide": "rebuilt by name or given to lvm.load; compared through guide_draws(), summary(), ...",
