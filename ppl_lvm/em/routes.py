@@ -199,7 +199,7 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         responsibilities = {} if resp is None else {pattern.latent: resp}
         n_samples = source.n if reducer.distributed or per_point is None else None
         return EMRun([h / per for h in fit.history], fit.converged, fit.n_iter, clone_param_state(store.get_state()),
-                     total, per_point, responsibilities, n_samples, rows)
+                     total, per_point, responsibilities, n_samples, rows=rows)
 
     return fit_once
 
@@ -264,9 +264,9 @@ def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options
         ran = {"fast_path": out["fast_path"], "fast_path_reason": out["fast_path_reason"]}
         if streamed:
             return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), None, {}, int(out["n_data"]),
-                         ran)
+                         ran=ran)
         e_step = out["e_step"]
         return EMRun(history, converged, n_iter, state, float(out["log_likelihood"]), e_step.log_likelihood_per_point,
-                     site_marginals(e_step, structure), int(out["n_data"]) if reducer.distributed else None, ran)
+                     site_marginals(e_step, structure), int(out["n_data"]) if reducer.distributed else None, ran=ran)
 
     return fit_once
