@@ -43,8 +43,8 @@ from .init import initialize_hmm, initialize_mixture
 from .mixture import fit_mixture
 from .online import fit_mixture_online
 from .parameters import n_data_points, n_free_parameters
-from .rows import MixtureRows
 from .ranks import Reducer
+from .rows import MixtureRows
 
 __all__ = ["EMRun", "closed_form_fit", "create_params", "em_outcome", "generic_fit", "jitter_state"]
 
