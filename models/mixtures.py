@@ -139,7 +139,7 @@ def poisson_mixture(x: torch.Tensor, K: int = 3) -> None:
     _check_rows(x, "poisson_mixture", K)
     d = x.shape[1]
     weights = lvm.param(lambda: torch.ones(K) / K, constraint=constraints.simplex)
-    rates = lvm.param(lambda: x.float().mean(0).expand(K, d) * (0.5 + torch.rand(K, d)), constraint=constraints.positive)
+    rates = lvm.param(lambda: x.to(torch.get_default_dtype()).mean(0).expand(K, d) * (0.5 + torch.rand(K, d)), constraint=constraints.positive)
     with lvm.plate(len(x)):
         z = lvm.latent(dist.Categorical(weights))
         lvm.observe(dist.Poisson(rates[z]).to_event(1), x)

@@ -6,6 +6,7 @@ are sampling error, of the size of the standard errors of the per-component samp
 """
 
 import numpy as np
+import pyro
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
@@ -123,3 +124,17 @@ def test_gaussian_mixture_refuses_integer_data_saying_how_to_convert_them():
     # counts and 0/1 data stay integers: the Poisson and Bernoulli mixtures take them as they are
     fit = lvm.infer(poisson_mixture, {"x": x, "K": 1}, method="em")
     assert torch.allclose(fit.params["rates"].double(), x.double().mean(0))
+
+
+def test_poisson_mixture_starts_its_rates_in_the_default_dtype_from_the_exact_count_means(float64):
+    # the start is the column means of the counts times 0.5 + U(0, 1): computed in float64, not rounded to float32
+    x = torch.tensor([[1, 2], [3, 4], [5, 7]])
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    pyro.poutine.trace(poisson_mixture).get_trace(x, 2)
+    start = pyro.param("rates").detach()
+    pyro.set_rng_seed(0)
+    expected = x.double().mean(0).expand(2, 2) * (0.5 + torch.rand(2, 2))
+    assert start.dtype == torch.float64
+    assert torch.equal(start, expected)
+    pyro.clear_param_store()
