@@ -16,8 +16,10 @@ arithmetic of Pyro's estimator, so the losses are the Pyro path's to float error
 A step whose sites differ from the plan's (the model's structure changed) raises
 :class:`~ppl_lvm.interpreter.NotPlannable` before anything is differentiated; the fit loop then restores the random
 state and runs that step and the rest with Pyro. Estimators it does not implement (enumeration, score-function
-sites, DReG, free bits, global latents of ``iwae``, particles one pass at a time) and autoguides run Pyro throughout;
-:attr:`Planner.reason` says why.
+sites, DReG, free bits, global latents of ``iwae``, particles one pass at a time) and autoguides other than the
+built-in ones (``"normal"``, ``"delta"``, ``"fullrank"`` and Pyro's ``AutoNormal``, whose statements
+:mod:`ppl_lvm.backends.planned_guides` runs through the interpreter) run Pyro throughout; :attr:`Planner.reason` says
+why.
 """
 
 from __future__ import annotations

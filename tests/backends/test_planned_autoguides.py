@@ -116,6 +116,7 @@ PLANNED = [
     ("constrained svi AutoNormal", _constrained, "svi", {"guide": "AutoNormal"}),
     ("local constrained iwae", _local, "iwae", {"num_particles": 3}),
     ("local constrained renyi", _local, "renyi", {"num_particles": 3, "alpha": 0.5}),
+    ("local constrained iwae AutoNormal", _local, "iwae", {"num_particles": 3, "guide": "AutoNormal"}),
     ("local constrained meanfield", _local, "meanfield", {}),
     ("minibatches, normal", _global, "svi", {"batch_size": 10}),
     ("minibatches, delta", _global, "svi", {"batch_size": 10, "guide": "delta"}),
