@@ -36,11 +36,6 @@ from ..interpreter import Interpreter, NotPlannable
 
 __all__ = ["autoguide_run"]
 
-#: the autoguides run here (exact types: a subclass may change ``forward``), each with its ``guide=`` names
-PLANNED_AUTOGUIDES = {MeanFieldNormal: "'normal'", autoguide.AutoNormal: "AutoNormal",
-                      autoguide.AutoDelta: "'delta'", autoguide.AutoMultivariateNormal: "'fullrank'"}
-
-
 class _Site:
     """A latent site of the prototype trace: its name, plates ``(name, dim, size)``, support transform, event dim."""
 
@@ -153,9 +148,13 @@ class _AutoMultivariateNormalRun(_AutoguideRun):
                 self.at_image(interp, site, unconstrained)
 
 
-_RUNS: dict[type, type[_AutoguideRun]] = {MeanFieldNormal: _MeanFieldNormalRun, autoguide.AutoNormal: _AutoNormalRun,
-                                          autoguide.AutoDelta: _AutoDeltaRun,
-                                          autoguide.AutoMultivariateNormal: _AutoMultivariateNormalRun}
+#: the autoguides run here (exact types: a subclass may change ``forward``): their runs and how users name them
+_RUNS: dict[type, tuple[type[_AutoguideRun], str]] = {
+    MeanFieldNormal: (_MeanFieldNormalRun, "'normal'"),
+    autoguide.AutoNormal: (_AutoNormalRun, "AutoNormal"),
+    autoguide.AutoDelta: (_AutoDeltaRun, "'delta'"),
+    autoguide.AutoMultivariateNormal: (_AutoMultivariateNormalRun, "'fullrank'"),
+}
 
 
 def autoguide_run(guide: Any) -> tuple[Callable[[Interpreter], None] | None, str | None]:
@@ -164,9 +163,9 @@ def autoguide_run(guide: Any) -> tuple[Callable[[Interpreter], None] | None, str
     if not isinstance(guide, autoguide.AutoGuide):
         return None, None
     name = type(guide).__name__
-    run = _RUNS.get(type(guide))
+    run, _ = _RUNS.get(type(guide), (None, None))
     if run is None:
-        known = ", ".join(PLANNED_AUTOGUIDES.values())
+        known = ", ".join(label for _, label in _RUNS.values())
         return None, (f"the guide is a Pyro autoguide ({name}), which the interpreter does not run (it runs the "
                       f"autoguides {known})")
     if guide.master is not None or guide.create_plates is not None:
