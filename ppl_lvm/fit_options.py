@@ -82,10 +82,14 @@ class FitOptions:
         Run the steps without Pyro's effect stack where the model and guide allow it (default ``True``): after the
         first step (run by Pyro's ELBO) the loss is evaluated by a plan of the sites that step recorded, run by
         :mod:`ppl_lvm.interpreter`, and one torch optimiser steps every parameter with the same update rule. The
-        plan is kept only when its loss and gradients equal the Pyro step's on the same draws; models it cannot
-        plan (enumerated or score-function sites, autoguides, Pyro handlers inside the model, estimators it does
-        not implement, ``distributed``) run Pyro throughout. ``result.options["fast_path"]`` says whether it ran
-        and ``result.options["fast_path_reason"]`` why not. ``False`` runs Pyro's ELBO on every step.
+        plan is kept only when its loss and gradients equal the Pyro step's on the same draws. The guides it runs:
+        the DSL's, the amortised ones and the built-in autoguides ``"normal"`` (the default), ``"delta"`` /
+        ``"map"``, ``"fullrank"`` / ``"mvn"`` and Pyro's ``AutoNormal`` (:mod:`ppl_lvm.backends.planned_guides`;
+        not the last two with ``meanfield``, whose KL terms have no place for their auxiliary sites, and
+        ``"fullrank"``'s global auxiliary site makes ``iwae`` run ``LocalIWAE``, on Pyro's path); models it cannot
+        plan (enumerated or score-function sites, other autoguides, Pyro handlers inside the model, estimators it
+        does not implement, ``distributed``) run Pyro throughout. ``result.options["fast_path"]`` says whether it
+        ran and ``result.options["fast_path_reason"]`` why not. ``False`` runs Pyro's ELBO on every step.
     distributed : bool
         Data-parallel fit over the ranks of the initialised ``torch.distributed`` process group (a script started
         by ``torchrun``): every rank passes its own contiguous rows of the data, in rank order, with the same

@@ -16,8 +16,10 @@ arithmetic of Pyro's estimator, so the losses are the Pyro path's to float error
 A step whose sites differ from the plan's (the model's structure changed) raises
 :class:`~ppl_lvm.interpreter.NotPlannable` before anything is differentiated; the fit loop then restores the random
 state and runs that step and the rest with Pyro. Estimators it does not implement (enumeration, score-function
-sites, DReG, free bits, global latents of ``iwae``, particles one pass at a time) and autoguides run Pyro throughout;
-:attr:`Planner.reason` says why.
+sites, DReG, free bits, global latents of ``iwae``, particles one pass at a time) and autoguides other than the
+built-in ones (``"normal"``, ``"delta"``, ``"fullrank"`` and Pyro's ``AutoNormal``, whose statements
+:mod:`ppl_lvm.backends.planned_guides` runs through the interpreter) run Pyro throughout; :attr:`Planner.reason` says
+why.
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ import torch
 from pyro.distributions.kl import kl_divergence
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import RenyiELBO, Trace_ELBO, TraceMeanField_ELBO
-from pyro.infer.autoguide import AutoGuide
 from pyro.infer.util import get_dependent_plate_dims, torch_sum
 
 from ..interpreter import Frame, Interpreter, NotPlannable, RunSite, interpreting, unchecked_distributions
 from .estimators import STLTrace_ELBO, _fixed
+from .planned_guides import autoguide_run
 
 __all__ = ["MeanFieldLoss", "Planner", "RenyiLoss", "TraceLoss", "loss_for"]
 
@@ -55,6 +57,8 @@ class PlannedLoss(abc.ABC):
     """Runs the guide, then the model replaying its draws, through the interpreter; a subclass forms the loss."""
 
     outer: tuple[Frame, ...] = ()
+    #: runs a built-in autoguide's statements through the interpreter (:mod:`.planned_guides`); None: call the guide
+    guide_run: Any = None
 
     def __init__(self) -> None:
         self.named: dict[str, torch.Tensor] = {}
@@ -65,7 +69,10 @@ class PlannedLoss(abc.ABC):
     def run(self, model: Any, guide: Any, kwargs: dict) -> tuple[list[RunSite], list[RunSite]]:
         q = Interpreter("guide", outer=self.outer)
         with interpreting(q):
-            guide(**kwargs)
+            if self.guide_run is None:
+                guide(**kwargs)
+            else:
+                self.guide_run(q)
         p = Interpreter("model", replay={s.name: s.value for s in q.sites if not s.observed}, outer=self.outer)
         with interpreting(p):
             model(**kwargs)
@@ -205,9 +212,17 @@ class RenyiLoss(PlannedLoss):
 
 def loss_for(elbo: Any, guide: Any) -> tuple[PlannedLoss | None, str | None]:
     """The planned loss standing for Pyro's estimator ``elbo``, or ``None`` and why there is none."""
+    guide_run, why = autoguide_run(guide)
+    if why is not None:
+        return None, why
+    loss, why = _loss_for(elbo)
+    if loss is not None:
+        loss.guide_run = guide_run
+    return loss, why
+
+
+def _loss_for(elbo: Any) -> tuple[PlannedLoss | None, str | None]:
     name = type(elbo).__name__
-    if isinstance(guide, AutoGuide):
-        return None, f"the guide is a Pyro autoguide ({type(guide).__name__}), which the interpreter does not run"
     particles = int(getattr(elbo, "num_particles", 1))
     dim = -int(elbo.max_plate_nesting) if math.isfinite(getattr(elbo, "max_plate_nesting", math.inf)) else None
     if type(elbo) in (Trace_ELBO, STLTrace_ELBO, TraceMeanField_ELBO):

@@ -143,7 +143,6 @@ FALLBACK = [
     ("relaxed categorical vae: a Pyro handler", _relaxed, "svi", {}, "handler"),
     ("two-layer vae meanfield: Monte Carlo KL term", _deep, "meanfield", {}, "FreeBitsMeanField_ELBO"),
     ("two-layer vae dreg", _deep, "iwae", {"num_particles": 3, "estimator": "dreg"}, "LocalIWAE"),
-    ("default guide: an autoguide", lambda seed: (_normal_mean, torch.randn(20), {}), "svi", {}, "autoguide"),
     ("particles one at a time", _vae, "svi", {"num_particles": 2, "vectorize_particles": False}, "one at a time"),
 ]
 
