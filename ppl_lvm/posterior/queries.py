@@ -155,7 +155,8 @@ def _draw(fit: Outcome, num_samples: int, seed: int | None, predictive: bool) ->
         if vectorizes(fit):
             trace = _trace_draws(fit, num_samples, predictive)
             values = {n: trace.nodes[n]["value"] for n in wanted if n in trace.nodes}
-            return {n: v.reshape((num_samples,) + structure.sites[n].shape) for n, v in values.items()}
+            # detached: a point-mass guide (AutoDelta) returns its parameter itself as the draw
+            return {n: v.detach().reshape((num_samples,) + structure.sites[n].shape) for n, v in values.items()}
         traces = [_trace_draws(fit, None, predictive) for _ in _one_at_a_time(fit, num_samples)]
         return {
             n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])
@@ -190,7 +191,7 @@ def guide_draws(fit: Outcome, num_samples: int, seed: int | None = None, names: 
         pyro.set_rng_seed(fit.seed if seed is None else seed)
         if guide_vectorizes(fit):
             trace = guide_traces(fit, num_samples, vectorised=True)[0]
-            return {n: trace.nodes[n]["value"].reshape((num_samples,) + structure.sites[n].shape)
+            return {n: trace.nodes[n]["value"].detach().reshape((num_samples,) + structure.sites[n].shape)
                     for n in wanted(trace)}
         traces = guide_traces(fit, num_samples, vectorised=False)
         return {n: torch.stack([t.nodes[n]["value"].reshape(structure.sites[n].shape) for t in traces])

@@ -3,6 +3,7 @@
 model, with the assignments drawn from their exact conditional."""
 
 import numpy as np
+import pyro.distributions as dist
 import pytest
 import torch
 from scipy.special import logsumexp
@@ -63,3 +64,21 @@ def test_vectorised_draws_follow_the_exact_conditional(fit, seed):
     z = found.draws["z"].numpy()
     std = (found.predictive["x"].numpy() - p["locs"][z]) / p["scales"][z]
     assert abs(std.mean()) < 0.016 and abs(std.std() - 1.0) < 0.03
+
+
+def test_draws_of_a_point_mass_guide_carry_no_autograd_graph(float64):
+    # AutoDelta's draw of an unconstrained site is its parameter itself; the draws must not carry its autograd graph
+    @lvm.model
+    def location(x):
+        mu = lvm.latent(dist.Normal(0.0, 10.0))
+        s = lvm.latent(dist.LogNormal(0.0, 1.0))
+        with lvm.plate(len(x)):
+            lvm.observe(dist.Normal(mu, s), x)
+
+    x = torch.randn(20, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    f = lvm.infer(location, {"x": x}, method="svi", guide="delta", steps=5, seed=0, progress=False)
+    assert queries.vectorizes(f)
+    for draws in (f.sample_posterior(4), f.posterior_predictive(3), f.guide_draws(4)):
+        assert not any(v.requires_grad for v in draws.values()), {n: v.requires_grad for n, v in draws.items()}
+    draws = f.sample_posterior(4)
+    assert torch.equal(draws["mu"], draws["mu"][:1].expand(4)), "a point mass draws one value"
