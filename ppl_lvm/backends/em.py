@@ -133,9 +133,8 @@ class EMBackend(Backend):
                     stop = bool(Reducer(True).sum({"stop": torch.tensor(float(stop))})["stop"] > 0)
                 return stop
 
-            Reducer(opts.distributed).agree("generic" if pattern is None else type(pattern).__name__,
-                                            "the EM route of the model (recognised on each rank's data)")
-            Reducer(opts.distributed).agree(_options_signature(opts), "the options")
+            route = "generic" if pattern is None else type(pattern).__name__  # recognised on each rank's data
+            Reducer(opts.distributed).agree({"route": route, **_options_signature(opts)}, "the EM route and options")
             check_streams(problem, pattern)
             check_kept_rows(problem, opts.keep_responsibilities)
             if pattern is not None:

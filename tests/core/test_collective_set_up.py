@@ -181,7 +181,7 @@ def test_errors_found_together_are_raised_alike_on_every_rank(two_ranks):
         kind, text = rank["failures"]["closed_columns"]
         assert kind == "DistributedError" and "the ranks hold data of different shapes" in text
         kind, text = rank["failures"]["generic_options"]
-        assert kind == "DistributedError" and "disagree on the options: rank 0 has {'max_iter': '5'}, rank 1 has " \
+        assert kind == "DistributedError" and "disagree on the EM route and options: rank 0 has {'max_iter': '5'}, rank 1 has " \
             "{'max_iter': '6'}" in text
 
 
