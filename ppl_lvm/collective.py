@@ -34,8 +34,8 @@ import torch.distributed as dist
 from .errors import DistributedError
 
 __all__ = ["Exchanged", "broadcast_object", "checked", "checkpoint", "collective", "exchange", "failure_message",
-           "failure_text", "flag_device", "gather_object", "in_group", "known", "raise_failure", "receive_failure",
-           "require_group", "restarting", "set_up", "stage", "started"]
+           "failure_text", "flag_device", "gather_object", "in_group", "is_known", "known", "raise_failure",
+           "receive_failure", "require_group", "restarting", "set_up", "stage", "started"]
 
 #: set on an error every rank already knows of (announced, or raised because another rank failed)
 _KNOWN = "_ppl_lvm_known_to_every_rank"
@@ -72,10 +72,23 @@ def failure_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+#: ids of the last errors marked known that take no attribute (an exception class with ``__slots__``)
+_UNMARKABLE: list[int] = []
+
+
 def known(error: BaseException) -> BaseException:
     """Mark ``error`` as known to every rank (no more exchanges for it); returns it."""
-    setattr(error, _KNOWN, True)
+    try:
+        setattr(error, _KNOWN, True)
+    except (AttributeError, TypeError):
+        _UNMARKABLE.append(id(error))
+        del _UNMARKABLE[:-16]
     return error
+
+
+def is_known(error: BaseException) -> bool:
+    """Whether every rank already knows of ``error`` (:func:`known`)."""
+    return bool(getattr(error, _KNOWN, False)) or id(error) in _UNMARKABLE
 
 
 @dataclass(frozen=True)
@@ -141,7 +154,7 @@ def collective(what: str, group: Any = None) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
-        if getattr(exc, _KNOWN, False):
+        if is_known(exc):
             raise
         error = exc
     checked(error, what, group=group)
@@ -175,7 +188,7 @@ def set_up(what: str, active: bool = True) -> Iterator[None]:
     try:
         yield
     except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
-        if not phase.open or getattr(exc, _KNOWN, False):
+        if not phase.open or is_known(exc):
             raise
         error = exc
     finally:

@@ -34,7 +34,8 @@ differ between ranks.
 **Decisions are collective.** The losses seen by the convergence rule, the annealing, NaN checks, restarts and
 ``result.elbo`` are the all-reduced ones, so every rank decides the same. Before a fit every rank checks with the
 others that they agree on the method, the options, the model's arguments (shapes but the rows) and the parameters;
-an error on one rank (in the set-up or at a step) is announced to all, which raise with it (no rank is left waiting).
+an error on one rank (in the set-up or at a step) is announced to all, which raise with it (no rank is left waiting:
+the flag exchange of :mod:`ppl_lvm.collective`, before every collective call of the set-up and after every step).
 """
 
 from __future__ import annotations
