@@ -5,7 +5,8 @@ The reference fits run in this process (``main([...])``); the torchrun commands 
 at once, bounded in time. The CLI fits in float32, where the two ranks sum the loss and gradients in another order
 than one process: measured over seeds 0-4 (the same svi fits through lvm.infer under torchrun), at most 1.7e-7
 relative on the losses and 4.2e-7 on the parameters (tolerance 1e-5). EM from the same start (no randomness):
-parameters equal, history 7e-16, responsibilities 1e-19 apart.
+parameters equal, history 7e-16, responsibilities 1e-19 apart. A model of the generic EM route (a Student-t mixture
+in ``models.py``) runs in the same launch as the others.
 """
 
 import os
