@@ -17,7 +17,7 @@ same exchange: whichever collective call the other ranks wait in, they meet it t
 ends the set-up with one exchange just before the iterations (whose own sums are not checked: their failures are
 found by the flagged passes of the generic EM route and the variational steps); :func:`restarting` begins the set-up
 of the next restart. An error raised on every rank alike (an agreement refused) is exchanged once more and each rank
-raises its own. Nothing here does anything in one process.
+raises its own. Without a process group of several ranks the set-up exchanges nothing.
 """
 
 from __future__ import annotations

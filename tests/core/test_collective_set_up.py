@@ -1,7 +1,7 @@
 """A data-parallel fit whose set-up fails on one rank raises on every rank (2 processes, gloo on loopback).
 
 One launch of two ranks (bounded in time: a rank left waiting fails the test instead of hanging it) runs every case:
-a bad shard on rank 1 only (NaN, the wrong shape, values a model check refuses) on the closed-form EM route, the
+a bad shard on rank 1 only (NaN, the wrong dtype or shape, values a model check refuses) on the closed-form EM route, the
 generic EM route and SVI, a failure between two collective calls of the EM set-up (an ``init_params`` name only
 rank 1 gets wrong, a start that cannot be drawn on rank 0), then a fit that works (the ranks are still in step).
 The failing rank raises its own error; the other raises :class:`~ppl_lvm.errors.DistributedError` naming the rank,
@@ -96,6 +96,8 @@ def _failures(rank: int) -> dict:
             gaussian_mixture, {"x": x, **gaussian}, **em,
             init_params=start if rank == 0 else {"locs": start["locs"], "scale": start["scales"]})),
         "generic_nan": _error(lambda: lvm.infer(student_mixture, {"x": nan_y}, **em)),
+        "generic_dtype": _error(lambda: lvm.infer(student_mixture, {"x": y if rank == 0 else y.numpy().astype(str)},
+                                                  **em)),
         "generic_shape": _error(lambda: lvm.infer(student_mixture, {"x": y if rank == 0 else y[:, None]}, **em)),
         "generic_options": _error(lambda: lvm.infer(student_mixture, {"x": y}, **{**em, "max_iter": 5 + rank})),
         "svi_nan": _error(lambda: lvm.infer(loc_gmm, {"x": nan_x}, method="svi", steps=3, distributed=True)),
@@ -155,6 +157,11 @@ def _announced(two_ranks, case: str, kind: str, stage: str) -> tuple[str, str]:
 def test_a_nan_in_rank_1s_shard_is_raised_on_every_rank(two_ranks, case):
     _, text1 = _announced(two_ranks, case, "DataError", "binding and checking its data")
     assert "NaN" in text1
+
+
+def test_a_shard_of_another_dtype_on_rank_1_is_raised_on_every_rank(two_ranks):
+    _, text1 = _announced(two_ranks, "generic_dtype", "DataError", "binding and checking its data")
+    assert "non-numeric dtype" in text1
 
 
 @pytest.mark.parametrize("case", ["generic_shape", "svi_shape"])
