@@ -22,7 +22,7 @@ from typing import Any
 import pyro
 import torch
 
-from ..collective import collective, set_up
+from ..collective import checked, collective, set_up
 from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
@@ -128,10 +128,15 @@ class EMBackend(Backend):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-                stop = any(bool(cb(i, ll)) for cb in opts.callbacks)
-                if opts.distributed and opts.callbacks:  # a stop asked on one rank stops every rank
-                    stop = bool(Reducer(True).sum({"stop": torch.tensor(float(stop))})["stop"] > 0)
-                return stop
+                if not (opts.distributed and opts.callbacks):
+                    return any(bool(cb(i, ll)) for cb in opts.callbacks)
+                error, stop = None, False
+                try:
+                    stop = any(bool(cb(i, ll)) for cb in opts.callbacks)
+                except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
+                    error = exc
+                # a stop asked on one rank stops every rank; a callback that raised on one rank raises on all
+                return checked(error, f"running the callbacks of iteration {i}", float(stop)).high > 0
 
             route = "generic" if pattern is None else type(pattern).__name__  # recognised on each rank's data
             Reducer(opts.distributed).agree({"route": route, **_options_signature(opts)}, "the EM route and options")

@@ -3,7 +3,8 @@
 One launch of two ranks (bounded in time: a rank left waiting fails the test instead of hanging it) runs every case:
 a bad shard on rank 1 only (NaN, the wrong dtype or shape, values a model check refuses) on the closed-form EM route, the
 generic EM route and SVI, a failure between two collective calls of the EM set-up (an ``init_params`` name only
-rank 1 gets wrong, a start that cannot be drawn on rank 0), then a fit that works (the ranks are still in step).
+rank 1 gets wrong, a start that cannot be drawn on rank 0), an EM callback that raises on rank 1, then a fit that
+works (the ranks are still in step).
 The failing rank raises its own error; the other raises :class:`~ppl_lvm.errors.DistributedError` naming the rank,
 what it was doing and the same text.
 
@@ -104,6 +105,12 @@ def _failures(rank: int) -> dict:
         "svi_shape": _error(lambda: lvm.infer(bayes_linreg, {"X": x, "y": x.sum(1) if rank == 0 else x[:, :1]},
                                               method="svi", steps=3, distributed=True)),
     }
+    def fails_on_rank_1(i, ll):
+        if rank == 1 and i == 2:
+            raise ValueError("a callback fails on rank 1")
+        return False
+
+    out["callback"] = _error(lambda: lvm.infer(student_mixture, {"x": y}, callbacks=[fails_on_rank_1], **em))
     draw = routes.initialize_mixture
     if rank == 0:  # a start that rank 0 alone draws, and cannot
         routes.initialize_mixture = lambda *a, **kw: (_ for _ in ()).throw(ValueError("no start on rank 0"))
@@ -184,6 +191,10 @@ def test_a_failure_between_the_set_ups_collectives_is_raised_on_every_rank(two_r
     assert (kind0, text0) == ("ValueError", "no start on rank 0")
     assert (kind1, text1) == ("DistributedError", "rank 0 of the data-parallel fit failed while drawing the start "
                                                   "of restart 0 (seed 3): ValueError: no start on rank 0")
+
+
+def test_a_callback_that_fails_on_one_rank_is_raised_on_every_rank(two_ranks):
+    _announced(two_ranks, "callback", "ValueError", "running the callbacks of iteration 2")
 
 
 def test_errors_found_together_are_raised_alike_on_every_rank(two_ranks):
