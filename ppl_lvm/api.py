@@ -5,8 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from .backends import BACKENDS, get_backend
-from .backends.distributed import METHODS as DATA_PARALLEL
-from .backends.distributed import collective
 from .backends.problem import make_problem
 from .results import fit_result
 from .runtime import clone_param_state
@@ -79,12 +77,7 @@ def infer(
         if state is None:
             raise TypeError(f"init must be a Result, got {type(init).__name__}")
         init_state = clone_param_state(state)
-    if options.get("distributed") is True and backend.name in DATA_PARALLEL:
-        # every rank checks its own data; one that fails tells the others, which would otherwise wait for it
-        with collective("checking the model, data and options"):
-            problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
-    else:
-        problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
+    problem = make_problem(backend, model, data, guide=guide, init_state=init_state, options=options)
     return fit_result(backend, problem)
 
 

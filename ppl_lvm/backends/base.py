@@ -21,6 +21,7 @@ from pyro.infer import Trace_ELBO, TraceEnum_ELBO
 from pyro.infer.autoguide import AutoGuide
 from pyro.poutine.util import site_is_subsample
 
+from ..collective import collective, restarting, set_up, started
 from ..data import row_arguments
 from ..errors import FitError, UnsupportedModelError
 from ..fit import FitOptions, Minibatch, run_loop
@@ -29,7 +30,7 @@ from ..handlers import enumerating
 from ..outcome import Outcome
 from ..runtime import FitContext, clone_param_state, fit_scope, run_scope
 from ..structure import ModelStructure
-from .distributed import DataParallel, check_rows_guide, collective
+from .distributed import DataParallel, check_rows_guide
 from .guide_check import check_guide
 from .planned import Planner
 from .problem import OPTION_HINTS, Problem
@@ -121,13 +122,14 @@ class VariationalBackend(Backend):
         With ``distributed=True`` every rank runs this together (:mod:`ppl_lvm.backends.distributed`).
         """
         loop, method = self.options_of(problem)
-        parallel = DataParallel.start(self, problem, loop, method) if loop.distributed else None
+        with set_up("setting up the fit", active=loop.distributed):  # up to each restart's first step
+            parallel = DataParallel.start(self, problem, loop, method) if loop.distributed else None
 
-        def fit_once(restart: int, seed: int) -> Outcome:
-            return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method, parallel)
+            def fit_once(restart: int, seed: int) -> Outcome:
+                return self._fit_once(problem, dataclasses.replace(loop, seed=seed), method, parallel)
 
-        return run_restarts(fit_once, n_init=loop.n_init, seed=int(loop.seed), name=self.name,
-                            score=self.bound_at if loop.n_init > 1 else lambda o: 0.0)
+            return run_restarts(fit_once, n_init=loop.n_init, seed=int(loop.seed), name=self.name,
+                                score=self.bound_at if loop.n_init > 1 else lambda o: 0.0)
 
     #: at most this many evaluations of the bound estimator in :meth:`bound_at`
     bound_evaluations = 32
@@ -185,6 +187,7 @@ class VariationalBackend(Backend):
     def _fit_once(self, problem: Problem, loop: FitOptions, method: dict, parallel: DataParallel | None = None):
         pyro.set_rng_seed(int(loop.seed))
         if parallel is not None:
+            restarting(f"setting up the fit (seed {loop.seed})")
             parallel.reset_stream(int(loop.seed))
         kwargs = dict(problem.data.kwargs)
         device_ctx: Any = contextlib.nullcontext()
@@ -218,6 +221,7 @@ class VariationalBackend(Backend):
                         poutine.trace(poutine.replay(problem.model, trace=gtrace)).get_trace(**kwargs)
             if parallel is not None:
                 parallel.broadcast_params(pyro.get_param_store())  # DDP's start: rank 0's values everywhere
+                started()  # a step's failure is announced by the step itself (DataParallel.check_step)
             planner = Planner(plan.elbo, plan.guide, self._no_fast_path(loop, plan, parallel))
             try:
                 history = run_loop(

@@ -34,13 +34,12 @@ differ between ranks.
 **Decisions are collective.** The losses seen by the convergence rule, the annealing, NaN checks, restarts and
 ``result.elbo`` are the all-reduced ones, so every rank decides the same. Before a fit every rank checks with the
 others that they agree on the method, the options, the model's arguments (shapes but the rows) and the parameters;
-an error on one rank (in the set-up or at a step) is announced to all, which raise with it (no rank is left waiting).
+an error on one rank (in the set-up or at a step) is announced to all, which raise with it (no rank is left waiting:
+the flag exchange of :mod:`ppl_lvm.collective`, before every collective call of the set-up and after every step).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import pyro.poutine as poutine
@@ -49,51 +48,14 @@ import torch.distributed as dist
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import site_is_subsample
 
+from ..collective import collective, exchange, flag_device, gather_object, known, receive_failure
 from ..em.stream import shard_range
 from ..errors import DistributedError, FitError, PplLvmError, UnsupportedModelError
 
-__all__ = ["METHODS", "DataParallel", "check_rows_guide", "collective", "shard_range"]
+__all__ = ["METHODS", "DataParallel", "check_rows_guide", "shard_range"]
 
 #: methods whose fits run data-parallel
 METHODS = ("svi", "meanfield", "iwae", "renyi")
-
-
-def _group_ready(what: str) -> None:
-    if not (dist.is_available() and dist.is_initialized()):
-        raise DistributedError(
-            f"distributed=True ({what}) needs an initialised torch.distributed process group, and none is: call "
-            "torch.distributed.init_process_group('gloo') (CPU) or ('nccl') (GPU) first in every process, or start "
-            "the script with torchrun (e.g. torchrun --nproc-per-node 2 script.py)"
-        )
-
-
-def _gather(value: Any) -> list[Any]:
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, value)
-    return out
-
-
-@contextlib.contextmanager
-def collective(what: str) -> Iterator[None]:
-    """Run a block on every rank and let every rank know whether it failed anywhere.
-
-    Each rank passes the end of the block exactly once and exchanges its outcome with the others: a rank that
-    raised re-raises its own error; the others raise :class:`~ppl_lvm.errors.DistributedError` naming that rank and
-    its error, instead of waiting for it in the next collective call.
-    """
-    _group_ready(what)
-    error: BaseException | None = None
-    try:
-        yield
-    except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
-        error = exc
-    outcomes = _gather(None if error is None else f"{type(error).__name__}: {error}")
-    if error is not None:
-        raise error
-    failed = [(r, text) for r, text in enumerate(outcomes) if text is not None]
-    if failed:
-        rank, text = failed[0]
-        raise DistributedError(f"rank {rank} of the data-parallel fit failed while {what}: {text}")
 
 
 def _in_plate(msg: dict, plate: str) -> bool:
@@ -150,8 +112,7 @@ class DataParallel:
         self.offset = int(sum(sizes[: self.rank]))
         self.empty = False  # this step's batch has none of this rank's rows
         self.reset_stream(seed)
-        self._device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
-                        else torch.device("cpu"))
+        self._device = flag_device()
 
     @classmethod
     def start(cls, backend: Any, problem: Any, loop: Any, method: dict) -> DataParallel:
@@ -175,7 +136,7 @@ class DataParallel:
                          "options": _options_signature(loop, method),
                          "data": _data_signature(problem.data.kwargs, n_local),
                          "guide": _guide_signature(problem.guide)}
-        gathered = _gather((signature, n_local, _fingerprint(problem.data.kwargs, n_local)))
+        gathered = gather_object((signature, n_local, _fingerprint(problem.data.kwargs, n_local)))
         if len(gathered) > 1 and all(g[1:] == gathered[0][1:] for g in gathered):
             raise DistributedError(
                 f"every rank passed the same {n_local} data rows: with distributed=True each rank passes its own part "
@@ -224,21 +185,17 @@ class DataParallel:
     def check_step(self, error: BaseException | None, params: dict[str, torch.Tensor], step: int) -> None:
         """After a step's backward pass, on every rank: did any rank fail, and do all send as many gradients?"""
         numel = float(sum(p.numel() for p in params.values()))
-        flags = torch.tensor([self.rank + 1.0 if error is not None else 0.0, numel, -numel], dtype=torch.float64,
-                             device=self._device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-        failed = int(flags[0].item()) - 1
-        if failed >= 0:
-            box = [self._failure(error, step) if self.rank == failed else None]
-            dist.broadcast_object_list(box, src=failed)
+        told = exchange(error, numel)
+        if told.failed is not None:
+            kind, text = receive_failure(told.failed, None if error is None else self._failure(error, step))
             if error is not None:
+                known(error)
                 return  # the failing rank raises its own error, as in one process
-            kind, text = box[0]
-            message = f"rank {failed} of the data-parallel fit failed at step {step}: {text}"
-            raise FitError(message, step=step) if kind == "fit" else DistributedError(message)
-        if flags[1].item() != -flags[2].item():
+            message = f"rank {told.failed} of the data-parallel fit failed at step {step}: {text}"
+            raise known(FitError(message, step=step) if kind == "fit" else DistributedError(message))
+        if told.low != told.high:
             raise DistributedError(f"the ranks' parameters differ at step {step} (rank {self.rank}: {int(numel)} "
-                                   f"numbers, others up to {int(flags[1].item())}): the model or guide creates "
+                                   f"numbers, others up to {int(told.high)}): the model or guide creates "
                                    "parameters that depend on the rank's data")
 
     @staticmethod
@@ -275,7 +232,7 @@ class DataParallel:
         """Rank 0's parameters on every rank, after checking that every rank has the same names and shapes."""
         names = sorted(store._params)
         shapes = [(n, tuple(store._params[n].shape)) for n in names]
-        gathered = _gather(shapes)
+        gathered = gather_object(shapes)
         for rank, other in enumerate(gathered):
             if other != shapes:
                 raise DistributedError(

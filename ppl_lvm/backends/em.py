@@ -22,6 +22,7 @@ from typing import Any
 import pyro
 import torch
 
+from ..collective import checked, collective, set_up
 from ..em.accumulate import ModelChunks, Reducer, Source
 from ..em.generic import check_enumeration_size
 from ..em.hmm import chain_source
@@ -34,7 +35,6 @@ from ..handlers import enumerating
 from ..outcome import EMOutcome
 from ..runtime import clone_param_state, select_steps
 from .base import Backend, Problem
-from .distributed import collective
 from .em_checks import check_enumerable, check_kept_rows, check_streams
 from .em_options import EMOptions
 from .restarts import run_restarts
@@ -69,6 +69,22 @@ def _params_in_default_dtype(store: Any) -> None:
     store.set_state(clone_param_state({"params": params, "constraints": state["constraints"]}))
 
 
+def _options_signature(opts: EMOptions) -> dict[str, str]:
+    """The options every rank of a data-parallel fit must share: all but the seed (rank 0's starts are used), the
+    progress bar and the callbacks themselves (their number is kept), and ``init_params`` values (rank 0's)."""
+    out = {}
+    for name in opts.names():
+        value = getattr(opts, name)
+        if name in ("seed", "progress"):
+            continue
+        if name == "callbacks":
+            value = len(value)
+        elif name == "init_params" and isinstance(value, dict):
+            value = f"dict of {sorted(value)}"
+        out[name] = repr(value)
+    return out
+
+
 class EMBackend(Backend):
     name = "em"
     options_class = EMOptions
@@ -79,8 +95,16 @@ class EMBackend(Backend):
         return loop.kernel_dtype == torch.float32
 
     def fit(self, problem: Problem) -> EMOutcome:
-        """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``."""
+        """Recognise the model's route, then run ``n_init`` restarts of it through ``run_restarts``.
+
+        With ``distributed=True`` the set-up, up to each restart's first iteration, runs inside
+        :func:`~ppl_lvm.collective.set_up`: a rank that fails in it is named by the others, which raise too.
+        """
         opts, _ = self.options_of(problem)
+        with set_up("setting up the EM fit", active=opts.distributed):
+            return self._fit(problem, opts)
+
+    def _fit(self, problem: Problem, opts: EMOptions) -> EMOutcome:
         structure = problem.structure
         check_enumerable(structure)
         kwargs = dict(problem.data.kwargs)
@@ -104,13 +128,18 @@ class EMBackend(Backend):
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loglik=f"{ll:.6g}", refresh=False)
-                stop = any(bool(cb(i, ll)) for cb in opts.callbacks)
-                if opts.distributed and opts.callbacks:  # a stop asked on one rank stops every rank
-                    stop = bool(Reducer(True).sum({"stop": torch.tensor(float(stop))})["stop"] > 0)
-                return stop
+                if not (opts.distributed and opts.callbacks):
+                    return any(bool(cb(i, ll)) for cb in opts.callbacks)
+                error, stop = None, False
+                try:
+                    stop = any(bool(cb(i, ll)) for cb in opts.callbacks)
+                except Exception as exc:  # noqa: BLE001 - announced to the other ranks, then re-raised
+                    error = exc
+                # a stop asked on one rank stops every rank; a callback that raised on one rank raises on all
+                return checked(error, f"running the callbacks of iteration {i}", float(stop)).high > 0
 
-            Reducer(opts.distributed).agree("generic" if pattern is None else type(pattern).__name__,
-                                            "the EM route of the model (recognised on each rank's data)")
+            route = "generic" if pattern is None else type(pattern).__name__  # recognised on each rank's data
+            Reducer(opts.distributed).agree({"route": route, **_options_signature(opts)}, "the EM route and options")
             check_streams(problem, pattern)
             check_kept_rows(problem, opts.keep_responsibilities)
             if pattern is not None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..collective import collective, in_group
 from ..data import BoundData, bind_data, to_tensor
 from ..em.stream import Chunks
 from ..errors import DataError, DataWarning, ModelCheckError
@@ -105,8 +106,20 @@ def _convert_integer_data(model: Model, bound: BoundData, kwargs: dict[str, Any]
 
 def make_problem(backend: Any, model: Any, data: Any, *, guide: Any = None, init_state: dict | None = None,
                  options: dict[str, Any] | None = None) -> Problem:
-    """Check ``model``, ``data`` and ``options`` for ``backend`` and bundle them as a :class:`Problem`."""
+    """Check ``model``, ``data`` and ``options`` for ``backend`` and bundle them as a :class:`Problem`.
+
+    With ``distributed=True`` in a process group every rank checks its own rows, and a rank whose check fails
+    tells the others (:func:`~ppl_lvm.collective.collective`), which raise too instead of waiting for it.
+    """
     options = dict(options or {})
+    if options.get("distributed") is True and in_group():
+        with collective("binding and checking its data"):
+            return _make_problem(backend, model, data, guide, init_state, options)
+    return _make_problem(backend, model, data, guide, init_state, options)
+
+
+def _make_problem(backend: Any, model: Any, data: Any, guide: Any, init_state: dict | None,
+                  options: dict[str, Any]) -> Problem:
     num_threads = options.pop("num_threads", "auto")
     validate_num_threads(num_threads)
     model = check_model(model)

@@ -158,12 +158,14 @@ def _fit(ns: argparse.Namespace, launch: Any) -> int:
     }
     if ns.sequence_column is not None:
         manifest["sequences"] = labels["sequence_names"]
-    form = closed_form(entry, model, data)
     start_state = None
+    with launch.together("computing the closed-form maximum"):
+        form = closed_form(entry, model, data)
+        if form is not None and method in GRADIENT_METHODS:
+            start_state = form.start_state(model, with_guide=guide is None)
     if form is not None:
         _say(f"{model.__name__}: the maximum log-likelihood is {form.maximum:.1f} ({form.how})")
         if method in GRADIENT_METHODS:
-            start_state = form.start_state(model, with_guide=guide is None)
             # from the maximum, larger steps only add noise (Adam moves every coordinate by about lr per step)
             options = {**CLOSED_FORM_START_OPTIONS, **options}
             _say(f"{method} starts at that maximum" + (", its guide at the exact posterior" if guide is None else "")

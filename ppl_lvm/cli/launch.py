@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from ..backends.distributed import collective
+from ..collective import collective
 from ..data import bind_data
 from .inputs import CLIError
 

@@ -1,5 +1,9 @@
 """Sums, broadcasts and agreements over the ranks of a ``torch.distributed`` process group: the data-parallel half
-of :mod:`ppl_lvm.em.accumulate` (one process: nothing to do)."""
+of :mod:`ppl_lvm.em.accumulate` (one process: nothing to do).
+
+A failure on one rank is announced to the others by the flag exchange of :mod:`ppl_lvm.collective`: inside a fit's
+set-up before every agreement and broadcast (:func:`~ppl_lvm.collective.checkpoint`) and with the first pass's
+size check; in the generic route's passes with every sum (:meth:`Reducer.sum_checked`)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from ..collective import broadcast_object, checked, exchange, flag_device, gather_object, raise_failure, require_group
 from ..errors import DistributedError
 from ..runtime import clone_param_state
 
@@ -29,17 +34,13 @@ class Reducer:
     def __init__(self, distributed: bool = False, group: Any = None) -> None:
         self.distributed = bool(distributed)
         self.group = group
-        if self.distributed and not (dist.is_available() and dist.is_initialized()):
-            raise DistributedError(
-                "distributed=True needs an initialised torch.distributed process group, and none is: call "
-                "torch.distributed.init_process_group('gloo') (CPU) or ('nccl') (GPU) first in every process, or "
-                "start the script with torchrun (e.g. torchrun --nproc-per-node 2 script.py) and call it there"
-            )
+        if self.distributed:
+            require_group("method='em'")
         self.rank = dist.get_rank(group) if self.distributed else 0
         self.world_size = dist.get_world_size(group) if self.distributed else 1
         # NCCL reduces GPU tensors only: the statistics travel through the rank's current GPU
-        nccl = self.distributed and dist.get_backend(group) == "nccl"
-        self._device = torch.device("cuda", torch.cuda.current_device()) if nccl else None
+        device = flag_device(group) if self.distributed else None
+        self._device = device if device is not None and device.type == "cuda" else None
 
     def sum(self, stats: dict[str, torch.Tensor], check: bool = False) -> dict[str, torch.Tensor]:
         """``stats`` summed over the ranks, key by key: one all-reduce of one float64 buffer.
@@ -52,15 +53,12 @@ class Reducer:
         keys = sorted(stats)
         values = [torch.as_tensor(stats[k]) for k in keys]
         flat = torch.cat([v.reshape(-1).to(torch.float64) for v in values])
-        if check:
-            sizes = torch.tensor([float(flat.numel()), -float(flat.numel())], dtype=torch.float64,
-                                 device=self._device)
-            dist.all_reduce(sizes, op=dist.ReduceOp.MAX, group=self.group)
-            sizes = sizes.cpu()
-            if sizes[0].item() != -sizes[1].item():
+        if check:  # inside a fit's set-up, also the exchange that tells whether a rank failed before
+            told = checked(None, "summing the first pass over the data", float(flat.numel()), self.group)
+            if told.low != told.high:
                 raise DistributedError(
                     f"the ranks hold data of different shapes (rank {self.rank}: {flat.numel()} summary numbers, "
-                    f"others between {-int(sizes[1].item())} and {int(sizes[0].item())}): every rank must pass data "
+                    f"others between {int(told.low)} and {int(told.high)}): every rank must pass data "
                     "with the same columns (and, for categorical data, the same n_categories)")
         if self._device is not None:
             flat = flat.to(self._device)
@@ -76,14 +74,7 @@ class Reducer:
         """Rank 0's ``value`` on every rank (the same bits: a pickled copy)."""
         if not self.distributed:
             return value
-        box = [value if self.rank == 0 else None]
-        dist.broadcast_object_list(box, src=0, group=self.group)
-        return box[0]
-
-    def _gather(self, value: Any) -> list[Any]:
-        out: list[Any] = [None] * self.world_size
-        dist.all_gather_object(out, value, group=self.group)
-        return out
+        return broadcast_object(value, self.group)
 
     def sum_checked(self, stats: dict[str, torch.Tensor] | None, error: BaseException | None,
                     what: str) -> dict[str, torch.Tensor]:
@@ -101,32 +92,31 @@ class Reducer:
                 raise error
             return stats
         numel = 0.0 if error is not None else float(sum(torch.as_tensor(v).numel() for v in stats.values()))
-        flags = torch.tensor([self.rank + 1.0 if error is not None else 0.0, numel, -numel], dtype=torch.float64,
-                             device=self._device)
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=self.group)
-        failed = int(flags[0].item()) - 1
-        if failed >= 0:
-            texts = self._gather(None if error is None else f"{type(error).__name__}: {error}")
-            if error is not None:
-                raise error
-            raise DistributedError(f"rank {failed} of the data-parallel fit failed while {what}: {texts[failed]}")
-        if flags[1].item() != -flags[2].item():
+        told = exchange(error, numel, self.group)
+        if told.failed is not None:
+            raise_failure(told.failed, error, what, self.group)
+        if told.low != told.high:
             raise DistributedError(
                 f"the ranks send different numbers of values while {what} (rank {self.rank}: {int(numel)}, others "
-                f"between {-int(flags[2].item())} and {int(flags[1].item())}): every rank must fit the same model, "
+                f"between {int(told.low)} and {int(told.high)}): every rank must fit the same model, "
                 "with parameters of the same shapes")
         return self.sum(stats)
 
     def agree(self, value: Any, what: str) -> None:
-        """Refuse, on every rank, a ``value`` (a picklable description) that differs between the ranks."""
+        """Refuse, on every rank, a ``value`` (a picklable description) that differs between the ranks; of a dict,
+        the message shows the entries that differ."""
         if not self.distributed:
             return
-        values = self._gather(value)
+        values = gather_object(value, self.group)
         other = next((r for r, v in enumerate(values) if v != values[0]), None)
         if other is not None:
+            first, theirs = values[0], values[other]
+            if isinstance(first, dict) and isinstance(theirs, dict):  # named values: only those that differ
+                names = [n for n in sorted(set(first) | set(theirs)) if first.get(n) != theirs.get(n)]
+                first, theirs = ({n: v.get(n) for n in names} for v in (first, theirs))
             raise DistributedError(
-                f"the ranks of the data-parallel fit disagree on {what}: rank 0 has {values[0]!r}, rank {other} has "
-                f"{values[other]!r}. Every rank must call lvm.infer with the same model and options, and data that "
+                f"the ranks of the data-parallel fit disagree on {what}: rank 0 has {first!r}, rank {other} has "
+                f"{theirs!r}. Every rank must call lvm.infer with the same model and options, and data that "
                 "differ only in their rows")
 
     def broadcast_state(self, state: dict) -> dict:

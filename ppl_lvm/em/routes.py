@@ -30,6 +30,7 @@ import pyro
 import pyro.poutine as poutine
 import torch
 
+from ..collective import restarting, started
 from ..errors import ConvergenceWarning
 from ..guides import empty_guide
 from ..handlers import enumerating
@@ -157,12 +158,14 @@ def closed_form_fit(pattern: Any, source: Source, initial: dict, options: dict,
         return callback(i, ll / per)
 
     def fit_once(restart: int, seed: int) -> EMRun:
+        restarting(f"drawing the start of restart {restart} (seed {seed})")
         store.set_state(clone_param_state(initial))
         start = None
         if init in ("params", "dict"):
             start = family.complete_params(pattern.to_kernel(store))
         elif reducer.rank == 0:
             start = initialize(x, family, pattern.n_components, init, seed=seed, reg=reg, cache=cache)
+        started()  # every rank has its start (rank 0 the one it drew): the iterations' sums are not checked
         start = reducer.broadcast(start)
         rows = None
         if chain:
@@ -251,13 +254,17 @@ def generic_fit(model: Any, kwargs: dict, structure: Any, initial: dict, options
     random_start = options["init_params"] == "random"
     streamed = data is not None and data.streamed
     reducer = data.reducer if data is not None else Reducer()
+    # the ranks shard the structure's data plate; a rank of one row has no plate dim to find it by
+    data_plate = structure.data_plate if reducer.distributed else None
 
     def fit_once(restart: int, seed: int) -> EMRun:
+        restarting(f"setting up restart {restart} (seed {seed})")
         jitter = random_start or restart > 0
         store.set_state(reducer.broadcast_state(jitter_state(initial, seed) if jitter else clone_param_state(initial)))
+        started()  # the passes of the iterations are checked by themselves (Reducer.sum_checked)
         out = fit_generic_em(model, kwargs, structure.max_plate_nesting, max_iter=max_iter, tol=tol,
                              callback=callback, max_bytes=None, data=data, dsl_model=dsl_model,
-                             fast_path=options.get("fast_path", True))
+                             fast_path=options.get("fast_path", True), data_plate=data_plate)
         _warn_unless_converged(out["converged"], max_iter, tol, restart, seed)
         state = clone_param_state(store.get_state())
         history, converged, n_iter = list(out["history"]), bool(out["converged"]), int(out["n_iter"])

@@ -289,11 +289,14 @@ def test_a_data_seeded_start_is_rank_0s_on_every_rank(two_ranks):
 
 
 def test_one_all_reduce_per_iteration(two_ranks):
-    # the first pass (the data mean: its size is checked, then summed), one per iteration, the final log-likelihood
+    # the set-up's flag exchanges (3 numbers each, ppl_lvm.collective: after binding the data, before the agreement
+    # on the route and options, with the first pass's size check, before the start's broadcast), the first pass (the
+    # data mean), one per iteration, the final log-likelihood
     sizes = two_ranks[0]["all_reduce_sizes"]
-    assert len(sizes) == 2 + 7 + 1
+    assert len(sizes) == 5 + 7 + 1
+    assert [sizes[i] for i in (0, 1, 2, 4)] == [3] * 4
     per_iteration = K + K * 3 + K * 3 + K + 1  # weights_sum, s_lin, s_quad, resp_sum, log-likelihood
-    assert sizes[2:-1] == [per_iteration] * 7
+    assert sizes[5:-1] == [per_iteration] * 7
     assert two_ranks[1]["all_reduce_sizes"] == sizes
 
 

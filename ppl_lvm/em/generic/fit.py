@@ -35,6 +35,7 @@ def fit_generic_em(
     data: ModelChunks | None = None,
     dsl_model: Callable | None = None,
     fast_path: bool = True,
+    data_plate: str | None = None,
 ) -> dict[str, Any]:
     """Exact (generalised) EM: alternate :func:`e_step` and :func:`generic_m_step` until convergence.
 
@@ -69,6 +70,9 @@ def fit_generic_em(
         (:mod:`ppl_lvm.em.generic.interpreted`). Default: every evaluation is a Pyro trace of ``model``.
     fast_path : bool
         ``False``: every evaluation of ``Q`` is a Pyro trace, whatever ``dsl_model``.
+    data_plate : str, optional
+        The data plate, when known (a data-parallel fit's, from the model's structure: a rank holding one row has
+        no plate dim to find it by); default: found by the first E-step.
 
     Returns
     -------
@@ -90,7 +94,7 @@ def fit_generic_em(
     """
     check_enumeration_size(model, kwargs, max_plate_nesting, max_bytes)
     data = data if data is not None else ModelChunks(kwargs)
-    estep = e_step_pass(model, data, max_plate_nesting)
+    estep = e_step_pass(model, data, max_plate_nesting, data_plate)
     n = estep.n_data if estep.n_data else 1
     ll = estep.log_likelihood
     monitor = ConvergenceMonitor(tol)
