@@ -1,6 +1,9 @@
+import functools
 import os
+import re
 import sys
 import tempfile
+from pathlib import Path
 
 # A byte-code cache for the suite's Python processes. Where PYTHONDONTWRITEBYTECODE is set (as on the CI machines)
 # and the packages were installed with --no-compile, every process the suite starts (the tutorials, the CLI,
@@ -18,6 +21,8 @@ import pyro  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from hypothesis import settings  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Property tests draw the same examples on every run (set PPL_LVM_TEST_EXPLORE=1 to draw new ones): a suite that
 # passes on one machine passes on the next. New examples are explored on purpose, and the failures found are kept
@@ -61,3 +66,82 @@ def pytest_configure(config):
     config.addinivalue_line(
         "filterwarnings", r"ignore:(svi|meanfield|iwae|renyi) stopped after \d+ steps before:ppl_lvm.errors.ConvergenceWarning"
     )
+
+
+# ------------------------------------------------------------------------------------------- scheduling (xdist)
+# Under pytest-xdist's default `--dist load` (the README's `-n auto`) the tests of one module are dealt to both
+# workers one by one, so a module-scoped fixture (a torchrun launch, a NUTS fit, the CLI's background commands) is
+# computed once per worker. The scheduler below keeps every test of a module that defines a module-scoped fixture
+# on one worker, so that fixture is computed once; every other test is scheduled on its own, wherever a worker is
+# free. (xdist's own `--dist loadgroup` cannot do this under pytest >= 9.2: it renames the tests through an
+# attribute that pytest no longer reads.) An explicit `--dist` other than `load` is left alone.
+#
+# The tests that take longest start first (longest-processing-time-first), so that no long test starts last and
+# leaves the other worker idle: the modules and tests below, in this order, then the rest in collection order.
+# The list is a scheduling hint only (measured with --durations); a test missing from it still runs.
+LONGEST_FIRST = (
+    "tests/test_tutorials.py::test_tutorial_runs_in_fast_mode[11_",
+    "tests/test_tutorials.py::test_tutorial_runs_in_fast_mode[10_",
+    "tests/cli/test_cli_torchrun.py",
+    "tests/test_tutorials.py::test_tutorial_runs_in_fast_mode[06_",
+    "tests/backends/test_nuts.py",
+    "tests/cli/test_cli.py",
+    "tests/backends/test_vi_defaults.py::test_fitting_longer_as_the_warning_advises_reaches_the_optimum",
+    "tests/backends/test_mcem.py::test_mcem_reaches_the_factor_analysis_maximum",
+    "tests/em/test_distributed_em.py",
+    "tests/test_tutorials.py::test_tutorial_runs_in_fast_mode[09_",
+    "tests/test_docstrings.py::test_docstring_examples[ppl_lvm.posterior_distance]",
+    "tests/test_tutorials.py",
+    "tests/backends/test_vi_defaults.py",
+    "tests/test_docstrings.py::test_docstring_examples[ppl_lvm.models.factor]",
+    "tests/ready_models/test_models_vae_deep.py",
+    "tests/results/test_em_uncertainty.py::test_hmm_standard_errors_match_parametric_bootstrap_refits",
+    "tests/backends/test_mcem.py",
+    "tests/backends/test_distributed_vi.py",
+    "tests/backends/test_dreg_hierarchical.py",
+    "tests/em/test_generic_fast_q.py",
+    "tests/backends/test_local_iwae_models.py",
+    "tests/analysis/test_posterior_distance.py",
+    "tests/backends/test_svi.py",
+    "tests/ready_models/test_models_factor.py",
+    "tests/ready_models/test_models_vae_categorical.py",
+    "tests/results/test_load_parity.py",
+    "tests/cli/test_report_layout.py",
+    "tests/cli/test_report.py",
+    "tests/plots/test_plots.py",
+)
+
+
+def _rank(item) -> int:
+    for rank, prefix in enumerate(LONGEST_FIRST):
+        if item.nodeid.startswith(prefix):
+            return rank
+    return len(LONGEST_FIRST)
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=_rank)  # stable: the tests of one module keep their order
+
+
+@functools.cache
+def _has_module_fixture(path: str) -> bool:
+    """Whether the test module at ``path`` (relative to the repository) defines a module-scoped fixture."""
+    file = ROOT / path
+    return file.is_file() and re.search(r"@pytest\.fixture\(\s*scope=[\"']module[\"']", file.read_text()) is not None
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: absent under -p no:xdist
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "load":
+        return None
+    from xdist.scheduler import LoadScopeScheduling  # late: only when pytest-xdist runs the suite
+
+    class ModuleFixtureScheduling(LoadScopeScheduling):
+        """One work unit per test, except the tests of a module with a module-scoped fixture: one unit together."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if _has_module_fixture(path) else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's (longest-first) order, not the largest unit first
+    return ModuleFixtureScheduling(config, log)
