@@ -79,6 +79,8 @@ class _VAEHelpers:
     decoder: Decoder
 
     def _check_rows(self, x, where: str) -> None:
+        """Refuse ``x`` unless it is a tensor of shape (N, data_dim) (a model or guide runs this condition inline
+        and calls here for the message: it runs at every step of a fit)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != self.data_dim:
             shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ValueError(f"{type(self).__name__}.{where}: x must be a float tensor of shape (N, {self.data_dim}), "
@@ -196,7 +198,8 @@ class VAE(_VAEHelpers, nn.Module):
         @lvm.model
         def model(x):
             """p(x, z) = N(z; 0, I) p(x | decoder(z)), one z per row of ``x``."""
-            vae._check_rows(x, "model")
+            if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != vae.data_dim:  # at every step:
+                vae._check_rows(x, "model")  # the check written out, its message by the helper
             lvm.module(vae.decoder, name="decoder")
             prior_loc, prior_scale = x.new_zeros(vae.latent_dim), x.new_ones(vae.latent_dim)
             with lvm.plate(len(x)) as data:  # noqa: F841 - names the plate "data"
@@ -206,7 +209,8 @@ class VAE(_VAEHelpers, nn.Module):
         @model.guide
         def guide(x):
             """q(z | x) = N(encoder(x)), amortised over the rows of ``x``."""
-            vae._check_rows(x, "guide")
+            if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[-1] != vae.data_dim:
+                vae._check_rows(x, "guide")
             lvm.module(vae.encoder, name="encoder")
             loc, scale = vae.encoder(x)
             with lvm.plate(len(x)) as data:  # noqa: F841 - names the plate "data"

@@ -224,7 +224,10 @@ def run_loop(
                 stop = False
                 if callbacks:
                     state = FitState(step, loss, smoothed, best, ctx.beta)
-                    stop = any(bool(cb(state)) for cb in callbacks)
+                    for cb in callbacks:  # the first that asks stops the fit (the later ones are not called)
+                        if cb(state):
+                            stop = True
+                            break
                     if parallel is not None:
                         stop = parallel.any(stop)  # a callback on one rank stops every rank
                 if (options.patience is not None and step <= anneal_start and step >= options.patience

@@ -24,7 +24,7 @@ from .chains import extend_chains
 from .data import CHECK_ROWS, row_arguments
 from .errors import SourceLocation
 from .naming import source_index
-from .runtime import FitContext, SiteRecord, fit_scope, run_scope, select_steps
+from .runtime import FitContext, Run, SiteRecord, fit_scope, run_scope, run_stack, select_steps
 from .site_checks import check_support
 from .structure import ModelStructure, PlateInfo, SiteInfo, structure_from_trace
 
@@ -56,11 +56,14 @@ class _Compiled:
         self.site_records: dict[str, SiteRecord] = {}
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        with run_scope(self) as run:
-            try:
-                return self.fn(*args, **kwargs)
-            finally:
-                self.site_records = run.sites
+        run = Run(self)  # the run scope, written out: this runs at every call of a model or a guide
+        stack = run_stack()
+        stack.append(run)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            stack.pop()
+            self.site_records = run.sites
 
     @property
     def argument_names(self) -> list[str]:

@@ -15,7 +15,7 @@ import linecache
 import sys
 import textwrap
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .errors import ModelDefinitionError, SourceLocation
 
@@ -178,6 +178,9 @@ class ResolvedName:
     #: for ``latent`` calls: the value of the model argument of the same name, when there is one
     frame_locals_value: object = None
     is_argument: bool = False
+    #: the site records of this call by kind, kept by the primitives for a site that has the call's own name (a
+    #: call's steady state is then a look-up here, not a new record per run)
+    records: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 _MISSING = object()
@@ -191,7 +194,10 @@ def resolve(kind: str, explicit: str | None, depth: int = 2) -> ResolvedName:
     A call whose name does not read the caller's arguments resolves the same way every time it runs: the answer is
     kept per call (its bytecode offset, kind and ``explicit``) and returned as is (it is immutable)."""
     frame = sys._getframe(depth)
-    index = source_index(frame.f_code)
+    code = frame.f_code
+    index = _INDEX_BY_ID.get(id(code))  # source_index(code), without its call once the code is known
+    if index is None:
+        index = source_index(code)
     key = (frame.f_lasti, kind, explicit)
     try:
         return index.resolved[key]

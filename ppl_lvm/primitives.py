@@ -25,36 +25,32 @@ from .site_checks import as_tensor, check_observation, explain
 __all__ = ["latent", "observe", "param", "plate", "markov", "module", "deterministic"]
 
 
-def _site_name(resolved: ResolvedName, explicit: str | None, run: Run | None) -> str:
-    if run is None or not run.markov_indices or explicit is not None:
-        return resolved.name
+def _site_name(resolved: ResolvedName, run: Run) -> str:
+    """The site name of a call inside ``lvm.markov`` loops: the call's name with the steps appended."""
     return resolved.name + "".join(f"_{i}" for i in run.markov_indices)
 
 
-def _record(run: Run | None, name: str, kind: str, resolved: ResolvedName, argument: str | None = None) -> None:
-    if run is None:
-        return
-    previous = run.sites.get(name)
-    if previous is not None:
-        raise ModelDefinitionError(
-            f"two sites are named '{name}' (the first at {previous.location}). Site names must be unique "
-            "within one run: rename one, pass name='...', or for a loop over time use lvm.markov(...), "
-            "which appends the step to the name.",
-            resolved.location,
-        )
-    run.sites[name] = SiteRecord(name, kind, resolved.location, argument)
+def _new_record(site: str, kind: str, resolved: ResolvedName, argument: str | None = None) -> SiteRecord:
+    """A site's record; kept on ``resolved`` when the site has the call's own name (no step appended), so that the
+    next run of the same call reuses it."""
+    record = SiteRecord(site, kind, resolved.location, argument)
+    if site is resolved.name:
+        resolved.records[kind] = record
+    return record
 
 
-def _sample(name: str, fn: Any, obs: Any, resolved: ResolvedName, infer: dict | None, kind: str):
-    interp = current_interpreter()  # a planned step runs the statement itself (ppl_lvm.interpreter)
-    try:
-        if interp is not None:
-            return interp.sample(name, fn, obs, infer)
-        return pyro.sample(name, fn, obs=obs, infer=infer)
-    except (ValueError, RuntimeError, IndexError) as exc:
-        if isinstance(exc, PplLvmError):
-            raise
-        raise ModelCheckError(explain(exc), site=name, location=resolved.location) from exc
+def _duplicate(name: str, previous: SiteRecord, resolved: ResolvedName) -> ModelDefinitionError:
+    return ModelDefinitionError(
+        f"two sites are named '{name}' (the first at {previous.location}). Site names must be unique "
+        "within one run: rename one, pass name='...', or for a loop over time use lvm.markov(...), "
+        "which appends the step to the name.",
+        resolved.location,
+    )
+
+
+# The primitives below run at every statement of every step of a fit, so their common case is written out: the
+# call's name and site record come from per-call caches (naming.resolve, ResolvedName.records), an observed
+# floating-point tensor outside the prototype run needs no check, and only a failure takes a helper's path.
 
 
 def latent(
@@ -88,17 +84,33 @@ def latent(
     """
     resolved = resolve("latent", name)
     run = current_run()
-    site = _site_name(resolved, name, run)
+    site = resolved.name
     value = obs
     argument = None
     if value is None and resolved.is_argument and resolved.frame_locals_value is not None:
         value = resolved.frame_locals_value
-        argument = resolved.name
+        argument = site
     kind = "latent" if value is None else "observed"
-    _record(run, site, kind, resolved, argument)
-    if value is not None:
+    if run is not None:
+        if run.markov_indices and name is None:
+            site = _site_name(resolved, run)
+        sites = run.sites
+        if site in sites:
+            raise _duplicate(site, sites[site], resolved)
+        record = resolved.records.get(kind) if site is resolved.name else None
+        sites[site] = record if record is not None else _new_record(site, kind, resolved, argument)
+    if value is not None and not (isinstance(value, torch.Tensor) and value.is_floating_point()
+                                  and (run is None or not run.preflight)):
         value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
-    return _sample(site, fn, value, resolved, infer, kind)
+    interp = current_interpreter()  # a planned step runs the statement itself (ppl_lvm.interpreter)
+    try:
+        if interp is not None:
+            return interp.sample(site, fn, value, infer)
+        return pyro.sample(site, fn, obs=value, infer=infer)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, PplLvmError):
+            raise
+        raise ModelCheckError(explain(exc), site=site, location=resolved.location) from exc
 
 
 def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> torch.Tensor:
@@ -109,13 +121,30 @@ def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> to
     """
     resolved = resolve("observe", name)
     run = current_run()
-    site = _site_name(resolved, name, run)
+    site = resolved.name
     kind = "latent" if value is None else "observed"
-    argument = resolved.call.value_name if resolved.call is not None else None
-    _record(run, site, kind, resolved, argument)
-    if value is not None:
+    if run is not None:
+        if run.markov_indices and name is None:
+            site = _site_name(resolved, run)
+        sites = run.sites
+        if site in sites:
+            raise _duplicate(site, sites[site], resolved)
+        record = resolved.records.get(kind) if site is resolved.name else None
+        if record is None:
+            record = _new_record(site, kind, resolved, resolved.call.value_name if resolved.call is not None else None)
+        sites[site] = record
+    if value is not None and not (isinstance(value, torch.Tensor) and value.is_floating_point()
+                                  and (run is None or not run.preflight)):
         value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
-    return _sample(site, fn, value, resolved, None, kind)
+    interp = current_interpreter()
+    try:
+        if interp is not None:
+            return interp.sample(site, fn, value, None)
+        return pyro.sample(site, fn, obs=value, infer=None)
+    except (ValueError, RuntimeError, IndexError) as exc:
+        if isinstance(exc, PplLvmError):
+            raise
+        raise ModelCheckError(explain(exc), site=site, location=resolved.location) from exc
 
 
 def param(
@@ -141,7 +170,7 @@ def param(
     resolved = resolve("param", name)
     run = current_run()
     if run is not None and resolved.name not in run.sites:
-        run.sites[resolved.name] = SiteRecord(resolved.name, "param", resolved.location)
+        run.sites[resolved.name] = resolved.records.get("param") or _new_record(resolved.name, "param", resolved)
     if init is not None and not callable(init) and not isinstance(init, torch.Tensor):
         init = torch.as_tensor(np.asarray(init), dtype=torch.get_default_dtype())
     interp = current_interpreter()
@@ -232,7 +261,7 @@ def module(nn_module: torch.nn.Module, *, name: str | None = None, update_module
     resolved = resolve("module", name)
     run = current_run()
     if run is not None and resolved.name not in run.sites:
-        run.sites[resolved.name] = SiteRecord(resolved.name, "module", resolved.location)
+        run.sites[resolved.name] = resolved.records.get("module") or _new_record(resolved.name, "module", resolved)
     if current_interpreter() is not None:  # a planned step: the fit checked the weights are the store's
         return nn_module
     return pyro.module(resolved.name, nn_module, update_module_params=update_module_params)
@@ -242,8 +271,14 @@ def deterministic(value: torch.Tensor, *, name: str | None = None, event_dim: in
     """Record a derived quantity in the trace: ``mean = lvm.deterministic(a + b)``."""
     resolved = resolve("deterministic", name)
     run = current_run()
-    site = _site_name(resolved, name, run)
-    _record(run, site, "deterministic", resolved)
+    site = resolved.name
+    if run is not None:
+        if run.markov_indices and name is None:
+            site = _site_name(resolved, run)
+        if site in run.sites:
+            raise _duplicate(site, run.sites[site], resolved)
+        run.sites[site] = (resolved.records.get("deterministic") if site is resolved.name else None) or _new_record(
+            site, "deterministic", resolved)
     if current_interpreter() is not None:  # no density: nothing of the loss
         return value
     return pyro.deterministic(site, value, event_dim=event_dim)

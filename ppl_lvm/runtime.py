@@ -27,7 +27,7 @@ class SiteRecord:
     argument: str | None = None  # model argument that supplied the observed value
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     owner: Any
     sites: dict[str, SiteRecord] = field(default_factory=dict)
@@ -89,30 +89,36 @@ def chain_positions(n: int) -> list[int]:
     return sorted(set(range(CHAIN_PREFIX)) | spread)
 
 
-_local = threading.local()
+class _Stacks(threading.local):
+    """Each thread's stacks of runs, fits and step selections (made for a thread on its first use)."""
+
+    def __init__(self) -> None:
+        self.runs: list[Run] = []
+        self.fits: list[FitContext] = []
+        self.selections: list[StepSelection] = []
 
 
-def _stack(attr: str) -> list:
-    stack = getattr(_local, attr, None)
-    if stack is None:
-        stack = []
-        setattr(_local, attr, stack)
-    return stack
+_local = _Stacks()
+
+
+def run_stack() -> list[Run]:
+    """This thread's stack of runs, innermost last (a compiled model's call pushes its :class:`Run` here and pops
+    it, without the context manager's calls)."""
+    return _local.runs
 
 
 def current_run() -> Run | None:
-    stack = getattr(_local, "runs", None)
+    stack = _local.runs
     return stack[-1] if stack else None
 
 
 def current_fit() -> FitContext | None:
-    stack = getattr(_local, "fits", None)
+    stack = _local.fits
     return stack[-1] if stack else None
 
 
 class run_scope:
-    """``with run_scope(owner) as run:`` makes a new :class:`Run` the current one (a class, not a generator: it is
-    entered by every call of a model or a guide)."""
+    """``with run_scope(owner) as run:`` makes a new :class:`Run` the current one."""
 
     __slots__ = ("run", "stack")
 
@@ -120,7 +126,7 @@ class run_scope:
         self.run = Run(owner, preflight=preflight)
 
     def __enter__(self) -> Run:
-        self.stack = _stack("runs")
+        self.stack = _local.runs
         self.stack.append(self.run)
         return self.run
 
@@ -129,7 +135,7 @@ class run_scope:
 
 
 def current_selection() -> StepSelection | None:
-    stack = _stack("selections")
+    stack = _local.selections
     return stack[-1] if stack else None
 
 
@@ -152,7 +158,7 @@ def selected_steps(iterable: Iterable, run: Run | None) -> tuple[Iterable, Chain
 def select_steps():
     """Within this scope every top-level ``lvm.markov`` loop of a model run runs only the steps of
     :func:`chain_positions`; the :class:`StepSelection` yielded records what each loop did."""
-    stack = _stack("selections")
+    stack = _local.selections
     selection = StepSelection()
     stack.append(selection)
     try:
@@ -163,7 +169,7 @@ def select_steps():
 
 @contextmanager
 def fit_scope(ctx: FitContext):
-    stack = _stack("fits")
+    stack = _local.fits
     stack.append(ctx)
     try:
         yield ctx
