@@ -2,8 +2,8 @@
 snapshot of the best parameters.
 
 :class:`Stepper` takes the steps: Pyro's estimator, or from the second step the planned loss of
-:mod:`ppl_lvm.backends.planned` when the planner accepts the first step (then one torch optimiser over all the
-parameters, :class:`~ppl_lvm.fit_options.FlatOptim`); a planned step that meets a changed structure or a
+:mod:`ppl_lvm.backends.planned` when the planner accepts the first step; after the first step, on either path, one
+torch optimiser steps all the parameters (:class:`~ppl_lvm.fit_options.FlatOptim`); a planned step that meets a changed structure or a
 non-finite loss restores the random state and is taken again by Pyro, which runs the rest of the fit.
 """
 
@@ -124,7 +124,8 @@ class Stepper:
     planner : Planner, optional
         Decides after the first step whether the rest run on the fast path.
     optim : PyroOptim
-        The optimiser; :attr:`optim` becomes a :class:`FlatOptim` over the same rule when the fast path starts.
+        The optimiser; :attr:`optim` becomes a :class:`FlatOptim` over the same rule after the first step (on
+        either path: the same steps, bit for bit, in one optimiser call instead of one per parameter).
     """
 
     def __init__(self, loss_and_grads: Any, model: Any, guide: Any, raw_model: Any, raw_guide: Any, planner: Any,
@@ -176,8 +177,9 @@ class Stepper:
         named = {name: site["value"].unconstrained() for name, site in param_capture.trace.nodes.items()}
         if state_before is not None and error is None:
             self.planned = self.planner.start(self.raw_model, self.raw_guide, step_kwargs, named, loss, state_before)
-            if self.planned is not None and named:  # nothing to step: the model has no parameters
-                self.optim = FlatOptim(self.optim, list(named.values()))
+        if step == 1 and error is None and named and not isinstance(self.optim, FlatOptim):
+            # on either path, one torch optimiser over every parameter, with the rule of Pyro's per-parameter ones
+            self.optim = FlatOptim(self.optim, list(named.values()))
         return loss, named, list(named.values()), error
 
     def _params_of(self, named: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -84,3 +84,67 @@ def test_pyros_path_takes_the_steps_of_the_model_hand_written_in_pyro(seed):
     decoder.load_state_dict(state[1])
     hand = _pyro(x, encoder, decoder, seed)
     assert dsl == hand  # to the bit
+
+
+OPTIMIZERS = {"adam": pyro.optim.Adam, "clippedadam": pyro.optim.ClippedAdam, "adamw": pyro.optim.AdamW,
+              "sgd": pyro.optim.SGD, "rmsprop": pyro.optim.RMSprop, "adagrad": pyro.optim.Adagrad}
+
+
+@lvm.model
+def _late(x):
+    loc = lvm.param(lambda: torch.zeros(()))
+    shift = lvm.param(lambda: torch.zeros(()), name="shift") if float(loc.detach()) > 0.05 else 0.0  # joins from step 2
+    with lvm.plate(len(x)) as data:  # noqa: F841 - names the plate "data"
+        z = lvm.latent(dist.Normal(loc, 1.0))
+        lvm.observe(dist.Normal(z + shift, 1.0), x)
+
+
+@_late.guide
+def _late_guide(x):
+    q_loc = lvm.param(lambda: torch.zeros(len(x)))
+    q_scale = lvm.param(lambda: torch.ones(len(x)), constraint=lvm.constraints.positive)
+    with lvm.plate(len(x)) as data:  # noqa: F841
+        z = lvm.latent(dist.Normal(q_loc, q_scale))  # noqa: F841
+
+
+def _late_by_pyro(x, optimizer, clip_norm, steps):
+    def model(x):
+        loc = pyro.param("loc", lambda: torch.zeros(()))
+        shift = pyro.param("shift", lambda: torch.zeros(())) if float(loc.detach()) > 0.05 else 0.0
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", pdist.Normal(loc, 1.0))
+            pyro.sample("x", pdist.Normal(z + shift, 1.0), obs=x)
+
+    def guide(x):
+        q_loc = pyro.param("q_loc", lambda: torch.zeros(len(x)))
+        q_scale = pyro.param("q_scale", lambda: torch.ones(len(x)), constraint=pdist.constraints.positive)
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", pdist.Normal(q_loc, q_scale))
+
+    pyro.clear_param_store()
+    pyro.set_rng_seed(0)
+    if clip_norm is None:
+        optim = OPTIMIZERS[optimizer]({"lr": 0.05})
+    elif optimizer == "clippedadam":
+        optim = OPTIMIZERS[optimizer]({"lr": 0.05, "clip_norm": clip_norm})
+    else:
+        optim = OPTIMIZERS[optimizer]({"lr": 0.05}, clip_args={"clip_norm": clip_norm})
+    svi = SVI(model, guide, optim, Trace_ELBO())
+    losses = [svi.step(x) for _ in range(steps)]
+    shift = float(pyro.param("shift").detach())
+    pyro.clear_param_store()
+    return losses, shift
+
+
+@pytest.mark.parametrize("clip_norm", [None, 0.5])
+@pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
+def test_one_optimiser_over_every_parameter_takes_pyros_per_parameter_steps(optimizer, clip_norm, float64):
+    # Pyro's path steps all the parameters with one torch optimiser after the first step, and a parameter the model
+    # first makes at a later step joins it: the losses of Pyro's SVI with its per-parameter optimisers, to the bit
+    x = torch.randn(40, generator=torch.Generator().manual_seed(0)) + 2.0
+    fit = lvm.infer(_late, x, method="svi", estimator="standard", fast_path=False, lr=0.05, steps=25, seed=0,
+                    anneal=0, optimizer=optimizer, clip_norm=clip_norm, progress=False, callbacks=[lambda s: False])
+    losses, shift = _late_by_pyro(x, optimizer, clip_norm, 25)
+    assert "shift" in fit.params and shift != 0.0  # it joined and was stepped
+    assert list(fit.losses) == losses
+    assert float(fit.params["shift"]) == shift
