@@ -160,7 +160,10 @@ def _fit(ns: argparse.Namespace, launch: Any) -> int:
         manifest["sequences"] = labels["sequence_names"]
     start_state = None
     with launch.together("computing the closed-form maximum"):
-        form = closed_form(entry, model, data)
+        # of all the rows: under torchrun each rank reads the whole table for it (a D x D problem), so the start is
+        # the same on every rank and the check after the fit is against the maximum of the data set, not of a shard
+        form = closed_form(entry, model, _all_rows(launch, entry, data, lambda: bind_file_data(
+            model, entry, *load_table(data_path, columns, ns.key), args, data_path)))
         if form is not None and method in GRADIENT_METHODS:
             start_state = form.start_state(model, with_guide=guide is None)
     if form is not None:
@@ -267,3 +270,10 @@ def cmd_report(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     run_demo(Path(ns.out), fast=ns.fast)
     return 0
+
+
+def _all_rows(launch: Any, entry: Any, data: dict[str, Any], read_all: Any) -> dict[str, Any]:
+    """``data``, or under torchrun every row of the file (``read_all()``) where the model has a closed form."""
+    if not launch.distributed or entry is None or entry.function not in CLOSED_FORM_MODELS:
+        return data
+    return read_all()
