@@ -99,18 +99,7 @@ def latent(
             raise _duplicate(site, sites[site], resolved)
         record = resolved.records.get(kind) if site is resolved.name else None
         sites[site] = record if record is not None else _new_record(site, kind, resolved, argument)
-    if value is not None and not (isinstance(value, torch.Tensor) and value.is_floating_point()
-                                  and (run is None or not run.preflight)):
-        value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
-    interp = current_interpreter()  # a planned step runs the statement itself (ppl_lvm.interpreter)
-    try:
-        if interp is not None:
-            return interp.sample(site, fn, value, infer)
-        return pyro.sample(site, fn, obs=value, infer=infer)
-    except (ValueError, RuntimeError, IndexError) as exc:
-        if isinstance(exc, PplLvmError):
-            raise
-        raise ModelCheckError(explain(exc), site=site, location=resolved.location) from exc
+    return _emit(site, fn, value, infer, resolved, run)
 
 
 def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> torch.Tensor:
@@ -133,14 +122,21 @@ def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> to
         if record is None:
             record = _new_record(site, kind, resolved, resolved.call.value_name if resolved.call is not None else None)
         sites[site] = record
+    return _emit(site, fn, value, None, resolved, run)
+
+
+def _emit(site: str, fn: Any, value: Any, infer: Any, resolved: Any, run: Any) -> torch.Tensor:
+    """The site itself, once named and recorded: the observed value checked (a floating-point tensor outside the
+    prototype run goes as it is), then Pyro's ``sample`` or, in a planned step, the interpreter's
+    (:mod:`ppl_lvm.interpreter`); an error in the distribution is re-raised with the site and its source line."""
     if value is not None and not (isinstance(value, torch.Tensor) and value.is_floating_point()
                                   and (run is None or not run.preflight)):
         value = check_observation(site, fn, as_tensor(value, site, resolved), resolved)
     interp = current_interpreter()
     try:
         if interp is not None:
-            return interp.sample(site, fn, value, None)
-        return pyro.sample(site, fn, obs=value, infer=None)
+            return interp.sample(site, fn, value, infer)
+        return pyro.sample(site, fn, obs=value, infer=infer)
     except (ValueError, RuntimeError, IndexError) as exc:
         if isinstance(exc, PplLvmError):
             raise
