@@ -81,8 +81,8 @@ class FitOptions:
     fast_path : bool
         Run the steps without Pyro's effect stack where the model and guide allow it (default ``True``): after the
         first step (run by Pyro's ELBO) the loss is evaluated by a plan of the sites that step recorded, run by
-        :mod:`ppl_lvm.interpreter`, and one torch optimiser steps every parameter with the same update rule. The
-        plan is kept only when its loss and gradients equal the Pyro step's on the same draws. The guides it runs:
+        :mod:`ppl_lvm.interpreter` (on either path one torch optimiser steps every parameter after the first step,
+        with the update rule of Pyro's per-parameter ones: :class:`FlatOptim`). The plan is kept only when its loss and gradients equal the Pyro step's on the same draws. The guides it runs:
         the DSL's, the amortised ones and the built-in autoguides ``"normal"`` (the default), ``"delta"`` /
         ``"map"``, ``"fullrank"`` / ``"mvn"`` and Pyro's ``AutoNormal`` (:mod:`ppl_lvm.backends.planned_guides`;
         not the last two with ``meanfield``, whose KL terms have no place for their auxiliary sites, and
