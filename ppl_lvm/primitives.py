@@ -48,9 +48,24 @@ def _duplicate(name: str, previous: SiteRecord, resolved: ResolvedName) -> Model
     )
 
 
-# The primitives below run at every statement of every step of a fit, so their common case is written out: the
-# call's name and site record come from per-call caches (naming.resolve, ResolvedName.records), an observed
-# floating-point tensor outside the prototype run needs no check, and only a failure takes a helper's path.
+def _register(run: Run, resolved: ResolvedName, explicit: str | None, kind: str, argument: str | None = None) -> str:
+    """Name a sampled, observed or deterministic site within ``run`` (the steps of ``lvm.markov`` loops appended to
+    a name found in the code), refuse a name the run already has, and record the site: the call's kept record when
+    the site has the call's own name, else a new one. Returns the site's name."""
+    site = resolved.name
+    if run.markov_indices and explicit is None:
+        site = _site_name(resolved, run)
+    sites = run.sites
+    if site in sites:
+        raise _duplicate(site, sites[site], resolved)
+    record = resolved.records.get(kind) if site is resolved.name else None
+    sites[site] = record if record is not None else _new_record(site, kind, resolved, argument)
+    return site
+
+
+# The primitives below run at every statement of every step of a fit: the call's name and site record come from
+# per-call caches (naming.resolve, ResolvedName.records), and an observed floating-point tensor outside the
+# prototype run needs no check.
 
 
 def latent(
@@ -90,15 +105,8 @@ def latent(
     if value is None and resolved.is_argument and resolved.frame_locals_value is not None:
         value = resolved.frame_locals_value
         argument = site
-    kind = "latent" if value is None else "observed"
     if run is not None:
-        if run.markov_indices and name is None:
-            site = _site_name(resolved, run)
-        sites = run.sites
-        if site in sites:
-            raise _duplicate(site, sites[site], resolved)
-        record = resolved.records.get(kind) if site is resolved.name else None
-        sites[site] = record if record is not None else _new_record(site, kind, resolved, argument)
+        site = _register(run, resolved, name, "latent" if value is None else "observed", argument)
     return _emit(site, fn, value, infer, resolved, run)
 
 
@@ -111,17 +119,9 @@ def observe(fn: dist.Distribution, value: Any, *, name: str | None = None) -> to
     resolved = resolve("observe", name)
     run = current_run()
     site = resolved.name
-    kind = "latent" if value is None else "observed"
     if run is not None:
-        if run.markov_indices and name is None:
-            site = _site_name(resolved, run)
-        sites = run.sites
-        if site in sites:
-            raise _duplicate(site, sites[site], resolved)
-        record = resolved.records.get(kind) if site is resolved.name else None
-        if record is None:
-            record = _new_record(site, kind, resolved, resolved.call.value_name if resolved.call is not None else None)
-        sites[site] = record
+        site = _register(run, resolved, name, "latent" if value is None else "observed",
+                         resolved.call.value_name if resolved.call is not None else None)
     return _emit(site, fn, value, None, resolved, run)
 
 
@@ -267,14 +267,7 @@ def deterministic(value: torch.Tensor, *, name: str | None = None, event_dim: in
     """Record a derived quantity in the trace: ``mean = lvm.deterministic(a + b)``."""
     resolved = resolve("deterministic", name)
     run = current_run()
-    site = resolved.name
-    if run is not None:
-        if run.markov_indices and name is None:
-            site = _site_name(resolved, run)
-        if site in run.sites:
-            raise _duplicate(site, run.sites[site], resolved)
-        run.sites[site] = (resolved.records.get("deterministic") if site is resolved.name else None) or _new_record(
-            site, "deterministic", resolved)
+    site = resolved.name if run is None else _register(run, resolved, name, "deterministic")
     if current_interpreter() is not None:  # no density: nothing of the loss
         return value
     return pyro.deterministic(site, value, event_dim=event_dim)
