@@ -22,6 +22,7 @@ runs is checked against the Pyro step before a fit uses it (:class:`~ppl_lvm.bac
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Any
 
@@ -72,7 +73,7 @@ class _Plates:
             p.__exit__(None, None, None)
 
 
-class _AutoguideRun:
+class _AutoguideRun(abc.ABC):
     """Runs one autoguide's statements through an interpreter (:meth:`__call__`), its sites read once from the
     prototype trace at the first call."""
 
@@ -91,8 +92,16 @@ class _AutoguideRun:
     def param(self, interp: Interpreter, name: str) -> torch.Tensor:
         return interp.param(f"{self.prefix}.{name}", None, None, None)
 
+    @abc.abstractmethod
     def run(self, interp: Interpreter, sites: list[_Site]) -> None:
-        raise NotImplementedError
+        """Make the guide's statements for ``sites`` through ``interp``."""
+
+    def normal(self, interp: Interpreter, site: _Site) -> dist.Distribution:
+        """The site's ``Normal(locs.<site>, scales.<site>)`` over its event dims (``MeanFieldNormal``,
+        ``AutoNormal``)."""
+        loc = self.param(interp, f"locs.{site.name}")
+        scale = self.param(interp, f"scales.{site.name}")
+        return dist.Normal(loc, scale).to_event(self.guide._event_dims[site.name])
 
     @staticmethod
     def at_image(interp: Interpreter, site: _Site, unconstrained: torch.Tensor) -> None:
@@ -107,25 +116,18 @@ class _AutoguideRun:
 
 class _MeanFieldNormalRun(_AutoguideRun):
     def run(self, interp, sites):
-        event_dims = self.guide._event_dims
         for site in sites:
             with _Plates(interp, site.frames):
-                loc = self.param(interp, f"locs.{site.name}")
-                scale = self.param(interp, f"scales.{site.name}")
-                base = dist.Normal(loc, scale).to_event(event_dims[site.name])
+                base = self.normal(interp, site)
                 fn = base if site.identity else dist.TransformedDistribution(base, site.transform.with_cache())
                 interp.sample(site.name, fn, None, None)
 
 
 class _AutoNormalRun(_AutoguideRun):
     def run(self, interp, sites):
-        event_dims = self.guide._event_dims
         for site in sites:
             with _Plates(interp, site.frames):
-                loc = self.param(interp, f"locs.{site.name}")
-                scale = self.param(interp, f"scales.{site.name}")
-                unconstrained = interp.sample(site.name + "_unconstrained",
-                                              dist.Normal(loc, scale).to_event(event_dims[site.name]), None,
+                unconstrained = interp.sample(site.name + "_unconstrained", self.normal(interp, site), None,
                                               {"is_auxiliary": True})
                 self.at_image(interp, site, unconstrained)
 
