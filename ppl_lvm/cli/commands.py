@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -159,11 +160,13 @@ def _fit(ns: argparse.Namespace, launch: Any) -> int:
     if ns.sequence_column is not None:
         manifest["sequences"] = labels["sequence_names"]
     start_state = None
+    # every row of the file (read once, when first asked for): the closed form's data and rank 0's outputs under torchrun
+    all_rows = functools.cache(lambda: bind_file_data(model, entry, *load_table(data_path, columns, ns.key), args,
+                                                      data_path))
     with launch.together("computing the closed-form maximum"):
         # of all the rows: under torchrun each rank reads the whole table for it (a D x D problem), so the start is
         # the same on every rank and the check after the fit is against the maximum of the data set, not of a shard
-        form = closed_form(entry, model, _all_rows(launch, entry, data, lambda: bind_file_data(
-            model, entry, *load_table(data_path, columns, ns.key), args, data_path)))
+        form = closed_form(entry, model, _all_rows(launch, entry, data, all_rows))
         if form is not None and method in GRADIENT_METHODS:
             start_state = form.start_state(model, with_guide=guide is None)
     if form is not None:
@@ -196,8 +199,7 @@ def _fit(ns: argparse.Namespace, launch: Any) -> int:
         catcher.__exit__(None, None, None)
     caught_lines = _warning_lines(caught)
     if launch.distributed:  # rank 0 writes the outputs of all the rows
-        launch.complete(result, model, lambda: bind_file_data(model, entry, *load_table(data_path, columns, ns.key),
-                                                              args, data_path))
+        launch.complete(result, model, all_rows)
         if launch.rank != 0:
             return 130 if result.interrupted else 0
         manifest["world_size"] = launch.world_size
