@@ -3,8 +3,9 @@ snapshot of the best parameters.
 
 :class:`Stepper` takes the steps: Pyro's estimator, or from the second step the planned loss of
 :mod:`ppl_lvm.backends.planned` when the planner accepts the first step; after the first step, on either path, one
-torch optimiser steps all the parameters (:class:`~ppl_lvm.fit_options.FlatOptim`); a planned step that meets a changed structure or a
-non-finite loss restores the random state and is taken again by Pyro, which runs the rest of the fit.
+torch optimiser steps all the parameters (:class:`~ppl_lvm.fit_options.FlatOptim`). A planned step that meets a
+changed structure or a non-finite loss restores the random state and is taken again by Pyro, which runs the rest of
+the fit.
 """
 
 from __future__ import annotations
